@@ -1,0 +1,4 @@
+//! The `isthmus` command line.
+fn main() {
+    println!("isthmus");
+}
