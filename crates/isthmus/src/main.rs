@@ -1,4 +1,46 @@
-//! The `isthmus` command line.
-fn main() {
-    println!("isthmus");
+//! The `isthmus` command line: kubectl/istioctl habits (`-f`, `-n`, `-o`), exit codes
+//! 0 ok, 1 invalid input or failed check, 2 usage error.
+
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "isthmus", version, about = "A service mesh that runs Istio's networking API on its own control plane and proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate manifests exactly as the CRD schemas and Istio's webhook would.
+    Validate(validate::Args),
+}
+
+/// Common input flags: `-f` paths (files, directories, `-` for stdin).
+#[derive(clap::Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Files or directories (recursive) of YAML/JSON manifests; `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Namespace for objects that name none.
+    #[arg(short = 'n', long = "namespace")]
+    pub namespace: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
