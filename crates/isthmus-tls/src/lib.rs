@@ -1,1 +1,94 @@
-//! isthmus-tls
+//! rustls building blocks for the isthmus proxy.
+//!
+//! * **Termination** ([`ServerTls`], [`ServerTlsOptions`]): Istio's server modes SIMPLE, MUTUAL,
+//!   OPTIONAL_MUTUAL and ISTIO_MUTUAL (client chained to the mesh root, SPIFFE ID in the trust
+//!   domain), ALPN with Envoy's lenient no-overlap behaviour, min/max versions, and certificate
+//!   selection by SNI ([`SniCertResolver`], [`SniMap`]).
+//! * **Origination** ([`UpstreamTls`], [`ClientTlsOptions`]): SIMPLE (CA file, system bundle or
+//!   `insecureSkipVerify`), MUTUAL, ISTIO_MUTUAL; SNI; Envoy's `subjectAltNames` matching and
+//!   `autoSanValidation`.
+//! * **Rotation** ([`CertStore`]): certificates are looked up per handshake, so swapping a store
+//!   changes new handshakes only and open connections keep theirs.
+//! * **Peers and failures**: [`peer_spiffe_id`], [`SessionInfo`] and [`failure_reason`] /
+//!   [`failure_reason_io`] for the access log's `UF` reason.
+//! * **Identities** ([`Identity`]): Istio's exact SPIFFE ID rules.
+//!
+//! Everything uses rustls' *ring* provider explicitly ([`provider`]); nothing depends on a
+//! process-wide default provider being installed.
+//!
+//! # Example: ISTIO_MUTUAL between two workloads
+//!
+//! ```
+//! use std::sync::Arc;
+//! use isthmus_tls::{CertStore, ClientTlsOptions, ServerTls, ServerTlsOptions, TrustBundle, UpstreamTls};
+//!
+//! # fn demo(svid_chain: &[u8], svid_key: &[u8], root_pem: &[u8]) -> Result<(), isthmus_tls::TlsError> {
+//! // The workload certificate (SDS `default`), swappable on rotation.
+//! let svid = Arc::new(CertStore::from_pem("default", svid_chain, svid_key)?);
+//! // The mesh root (SDS `ROOTCA`).
+//! let root = TrustBundle::from_pem(root_pem, "ROOTCA")?;
+//!
+//! // Inbound: require a client certificate from the mesh, in trust domain cluster.local.
+//! let server = ServerTls::new(
+//!     svid.clone(),
+//!     &ServerTlsOptions::istio_mutual(root.clone(), &["cluster.local"]).alpn(&["h2", "http/1.1"]),
+//! )?;
+//!
+//! // Outbound: present our SVID, accept only the destination's service account.
+//! let client = UpstreamTls::new(
+//!     &ClientTlsOptions::istio_mutual(svid, root, &["spiffe://cluster.local/ns/prod/sa/api"])
+//!         .sni("outbound_.8080_._.api.prod.svc.cluster.local")
+//!         .alpn(&["istio-peer-exchange", "istio"]),
+//! )?;
+//! // let tls = client.connect(tcp_stream, None).await?;          // upstream
+//! // let tls = server.accept(accepted_stream).await?;             // downstream
+//! // let who = isthmus_tls::peer_spiffe_id(tls.get_ref().1);      // "spiffe://..."
+//! # let _ = (server, client); Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+
+mod client;
+mod error;
+mod identity;
+mod peer;
+mod pem;
+mod server;
+mod sni;
+mod store;
+mod verify;
+mod version;
+mod x509;
+
+pub use client::{server_name, ClientTlsOptions, UpstreamTls};
+pub use error::{failure_reason, failure_reason_io, rustls_error, TlsError};
+pub use identity::{
+    spiffe_trust_domain, Identity, IdentityError, DEFAULT_TRUST_DOMAIN, SPIFFE_PREFIX,
+};
+pub use peer::{peer_certificate, peer_identity, peer_spiffe_id, peer_subject, SessionInfo};
+pub use pem::{
+    certified_key_from_der, certified_key_from_pem, parse_certs, parse_crls, parse_private_key,
+    TrustBundle, SYSTEM_CA_BUNDLE,
+};
+pub use server::{ClientAuth, ServerTls, ServerTlsOptions};
+pub use sni::{SniCertResolver, SniMap};
+pub use store::CertStore;
+pub use verify::{PeerSanPolicy, PolicyClientVerifier, PolicyViolation, ServerTrust, UpstreamServerVerifier};
+pub use version::{protocol_versions, TlsVersion};
+pub use x509::{dns_san_matches, san_list_matches, serial_hex, CertSummary, San, SanKind};
+
+/// Re-exports so that callers use exactly our rustls / tokio-rustls versions.
+pub use rustls;
+pub use tokio_rustls;
+
+/// The crypto provider every config in this crate uses: rustls' *ring* provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
