@@ -1,1 +1,297 @@
-//! isthmus-proxy
+//! isthmus-proxy: the data plane.
+//!
+//! Runs the proxy's runtime config ([`config::ProxyConfig`]): listeners with filter chains
+//! matched on destination port / SNI / transport protocol / ALPN (ClientHello peek in
+//! [`peek`]), L4 TCP proxying and SNI passthrough, TLS termination and origination, an
+//! HTTP/1.1 + HTTP/2 router with upstream pools, Envoy circuit breakers and outlier
+//! detection, Istio-format access logs, Istio standard metrics and an Envoy-like admin API.
+//!
+//! Entry points: [`run_proxy`] (blocks until `/quitquitquit` or shutdown) and [`Proxy::start`]
+//! (returns a handle; [`Proxy::update`] applies a new config, refusing it whole on error).
+
+pub mod accesslog;
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod origdst;
+pub mod peek;
+pub mod pool;
+pub mod runtime;
+pub mod stats;
+pub mod telemetry;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use accesslog::AccessLogSink;
+pub use config::{ConfigError, ProxyConfig};
+pub use origdst::OrigDst;
+use runtime::Runtime;
+use stats::Stats;
+
+/// Errors from starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {what} on {addr}: {source} (hint: is another proxy or Envoy running? ports < 1024 need root)")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// How to run the proxy.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub config: ProxyConfig,
+    /// Admin server address (Envoy default 127.0.0.1:15000); `None` disables it.
+    pub admin_addr: Option<SocketAddr>,
+    /// JSON served on `/config_dump` (e.g. the compiled xDS config); defaults to the runtime config.
+    pub config_dump: Option<serde_json::Value>,
+    /// Override the access log destination (tests); else `config.access_log` (or off).
+    pub access_log: Option<AccessLogSink>,
+    pub orig_dst: OrigDst,
+    /// Called by `POST /logging?level=...`; return the new level description or an error.
+    pub log_level_hook: Option<Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>>,
+}
+
+impl ProxyOptions {
+    pub fn new(config: ProxyConfig) -> Self {
+        ProxyOptions {
+            config,
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
+            config_dump: None,
+            access_log: None,
+            orig_dst: OrigDst::Socket,
+            log_level_hook: None,
+        }
+    }
+}
+
+struct RunningListener {
+    address: SocketAddr,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// State shared by every task of one proxy.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub stats: Arc<Stats>,
+    pub log: ArcSwap<AccessLogSink>,
+    log_override: bool,
+    pub orig_dst: OrigDst,
+    listeners: Mutex<BTreeMap<String, RunningListener>>,
+    pub config_dump: Mutex<Option<serde_json::Value>>,
+    pub ready: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    pub log_level_hook: Option<Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>>,
+    update_lock: tokio::sync::Mutex<()>,
+}
+
+/// Handle to a running proxy. Dropping it does not stop the proxy; call [`Proxy::shutdown`].
+#[derive(Clone)]
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    admin: Option<SocketAddr>,
+}
+
+impl Proxy {
+    /// Bind everything and start serving. Fails (binding nothing) if the config is refused.
+    pub async fn start(opts: ProxyOptions) -> Result<Proxy, ProxyError> {
+        let (tx, _) = watch::channel(false);
+        let log = match (&opts.access_log, &opts.config.access_log) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => AccessLogSink::from_config(c).map_err(ProxyError::AccessLog)?,
+            (None, None) => AccessLogSink::off(),
+        };
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            stats: Arc::new(Stats::default()),
+            log: ArcSwap::from_pointee(log),
+            log_override: opts.access_log.is_some(),
+            orig_dst: opts.orig_dst.clone(),
+            listeners: Mutex::new(BTreeMap::new()),
+            config_dump: Mutex::new(opts.config_dump.clone()),
+            ready: AtomicBool::new(false),
+            shutdown: tx,
+            log_level_hook: opts.log_level_hook.clone(),
+            update_lock: tokio::sync::Mutex::new(()),
+        });
+        let admin = match opts.admin_addr {
+            Some(a) => {
+                let l = TcpListener::bind(a).await.map_err(|e| ProxyError::Bind {
+                    what: "admin".into(),
+                    addr: a,
+                    source: e,
+                })?;
+                let bound = l.local_addr().unwrap_or(a);
+                tokio::spawn(admin::serve(shared.clone(), l));
+                Some(bound)
+            }
+            None => None,
+        };
+        let p = Proxy { shared, admin };
+        p.apply(opts.config).await?;
+        p.shared.ready.store(true, Ordering::Release);
+        Ok(p)
+    }
+
+    /// Apply a new config version (ACK) or refuse it whole (NACK): on error nothing changes.
+    pub async fn update(&self, cfg: ProxyConfig) -> Result<(), ProxyError> {
+        self.apply(cfg).await
+    }
+
+    async fn apply(&self, cfg: ProxyConfig) -> Result<(), ProxyError> {
+        let _g = self.shared.update_lock.lock().await;
+        let sh = &self.shared;
+        let prev = sh.runtime.load_full();
+        let rt = Runtime::build(cfg, Some(&prev), &sh.stats)?;
+        // Bind new / moved listeners first so a bind failure refuses the whole config.
+        let mut fresh: BTreeMap<String, (SocketAddr, TcpListener)> = BTreeMap::new();
+        {
+            let running: Vec<(String, SocketAddr)> = lock(&sh.listeners)
+                .iter()
+                .map(|(k, v)| (k.clone(), v.address))
+                .collect();
+            for (name, l) in &rt.listeners {
+                if running
+                    .iter()
+                    .any(|(n, a)| n == name && *a == l.spec.address)
+                {
+                    continue;
+                }
+                let tl = bind_listener(l.spec.address).map_err(|e| ProxyError::Bind {
+                    what: format!("listener {name}"),
+                    addr: l.spec.address,
+                    source: e,
+                })?;
+                fresh.insert(name.clone(), (l.spec.address, tl));
+            }
+        }
+        if !sh.log_override {
+            if let Some(c) = &rt.config.access_log {
+                if prev.config.access_log.as_ref() != Some(c) {
+                    sh.log.store(Arc::new(
+                        AccessLogSink::from_config(c).map_err(ProxyError::AccessLog)?,
+                    ));
+                }
+            }
+        }
+        let version = rt.config.version.clone();
+        let names: Vec<String> = rt.listeners.keys().cloned().collect();
+        sh.runtime.store(Arc::new(rt));
+        let mut running = lock(&sh.listeners);
+        // Removed or moved listeners stop accepting; their connections drain on their own.
+        running.retain(|name, r| {
+            let keep = names.contains(name) && !fresh.contains_key(name);
+            if !keep {
+                let _ = r.stop.send(true);
+                tracing::info!(listener = %name, "listener removed; draining in-flight connections");
+            }
+            keep
+        });
+        for (name, (address, tl)) in fresh {
+            let bound = tl.local_addr().unwrap_or(address);
+            let (stop, stop_rx) = watch::channel(false);
+            tokio::spawn(conn::accept_loop(
+                sh.clone(),
+                name.clone(),
+                tl,
+                stop_rx,
+                sh.shutdown.subscribe(),
+            ));
+            tracing::info!(listener = %name, %bound, "listener started");
+            running.insert(
+                name,
+                RunningListener {
+                    address,
+                    bound,
+                    stop,
+                },
+            );
+        }
+        sh.stats.inc("listener_manager.lds.update_success", 1);
+        tracing::info!(version = %version, "config applied");
+        Ok(())
+    }
+
+    /// The address a listener actually bound (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.shared.listeners).get(name).map(|r| r.bound)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.shared.stats
+    }
+
+    /// Replace the JSON served on `/config_dump`.
+    pub fn set_config_dump(&self, v: serde_json::Value) {
+        *lock(&self.shared.config_dump) = Some(v);
+    }
+
+    /// Stop all listeners and the admin server.
+    pub fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+    }
+
+    /// Resolves when shutdown was requested (e.g. `/quitquitquit`).
+    pub async fn wait(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
+/// The binary's entry point: start, serve until `/quitquitquit` or Ctrl-C, then stop.
+pub async fn run_proxy(opts: ProxyOptions) -> Result<(), ProxyError> {
+    let p = Proxy::start(opts).await?;
+    tokio::select! {
+        _ = p.wait() => {}
+        _ = tokio::signal::ctrl_c() => { p.shutdown(); }
+    }
+    Ok(())
+}
+
+/// Load a runtime config file (JSON).
+pub fn load_config_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
+    let s = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![format!("cannot read {}: {e}", path.display())],
+    })?;
+    ProxyConfig::from_json(&s)
+}

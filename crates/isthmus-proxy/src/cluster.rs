@@ -1,0 +1,489 @@
+//! Upstream clusters at runtime: endpoint choice (round robin / least request / random),
+//! circuit breakers, outlier detection and connection establishment (connect timeout,
+//! keepalive socket options, optional TLS origination).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpSocket;
+use tokio::time::Instant;
+
+use crate::config::{Cluster, DiscoveryType, LbPolicy};
+use crate::stats::Stats;
+use crate::tls::Origination;
+
+/// Istio's default connect timeout when none is configured.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-endpoint state.
+#[derive(Debug)]
+pub struct Host {
+    /// Configured address (IP or DNS name) and port.
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    pub rq_active: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub cx_active: AtomicI64,
+    outlier: Mutex<OutlierState>,
+}
+
+#[derive(Debug, Default)]
+struct OutlierState {
+    consecutive_5xx: u32,
+    consecutive_gw: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+impl Host {
+    pub fn ejected(&self, now: Instant) -> bool {
+        let g = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        g.ejected_until.is_some_and(|t| now < t)
+    }
+
+    pub fn display(&self) -> String {
+        match self.address.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, self.port).to_string(),
+            Err(_) => format!("{}:{}", self.address, self.port),
+        }
+    }
+}
+
+/// Why no upstream connection was made, with its Envoy response flag.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no healthy upstream in cluster {0}")]
+    NoHealthy(String),
+    #[error("circuit breaker open: max connections reached for cluster {0}")]
+    Overflow(String),
+    #[error("upstream connect timeout after {1:?} to {0}")]
+    ConnectTimeout(SocketAddr, Duration),
+    #[error("upstream connect error to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("TLS handshake with upstream {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
+    #[error("DNS resolution of {0} failed: {1}")]
+    Dns(String, String),
+}
+
+impl UpstreamError {
+    pub fn flag(&self) -> &'static str {
+        match self {
+            UpstreamError::NoHealthy(_) => "UH",
+            UpstreamError::Overflow(_) => "UO",
+            UpstreamError::Dns(..) => "DF",
+            _ => "UF",
+        }
+    }
+    /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub fn transport_reason(&self) -> Option<String> {
+        match self {
+            UpstreamError::Tls(_, e) => {
+                Some(format!("TLS_error:_{}", e.to_string().replace(' ', "_")))
+            }
+            UpstreamError::Connect(_, e) => Some(format!(
+                "delayed_connect_error:_{}",
+                e.to_string().replace(' ', "_")
+            )),
+            UpstreamError::ConnectTimeout(..) => Some("connect_timeout".into()),
+            _ => None,
+        }
+    }
+}
+
+pub struct ClusterRuntime {
+    pub spec: Cluster,
+    pub hosts: Vec<Arc<Host>>,
+    pub tls: Option<Origination>,
+    pub stats: Arc<Stats>,
+    rr: AtomicUsize,
+    pub cx_active: AtomicI64,
+    pub rq_active: AtomicI64,
+    pub rq_pending: AtomicI64,
+    pub pool: crate::pool::Pool,
+}
+
+/// Envoy names the stat prefix `cluster.<name>.`.
+pub fn stat(cluster: &str, s: &str) -> String {
+    format!("cluster.{cluster}.{s}")
+}
+
+impl ClusterRuntime {
+    pub fn new(spec: Cluster, tls: Option<Origination>, stats: Arc<Stats>) -> Self {
+        let hosts = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                Arc::new(Host {
+                    address: e.address.clone(),
+                    port: e.port,
+                    weight: e.weight.max(1),
+                    rq_active: AtomicU64::new(0),
+                    rq_total: AtomicU64::new(0),
+                    cx_active: AtomicI64::new(0),
+                    outlier: Mutex::new(OutlierState::default()),
+                })
+            })
+            .collect();
+        for s in [
+            "upstream_cx_total",
+            "upstream_cx_overflow",
+            "upstream_cx_connect_fail",
+            "upstream_rq_total",
+            "upstream_rq_pending_overflow",
+        ] {
+            stats.touch(&stat(&spec.name, s));
+        }
+        stats.gauge_add(&stat(&spec.name, "upstream_cx_active"), 0);
+        ClusterRuntime {
+            spec,
+            hosts,
+            tls,
+            stats,
+            rr: AtomicUsize::new(0),
+            cx_active: AtomicI64::new(0),
+            rq_active: AtomicI64::new(0),
+            rq_pending: AtomicI64::new(0),
+            pool: crate::pool::Pool::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn inc(&self, s: &str) {
+        self.stats.inc(&stat(&self.spec.name, s), 1);
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.spec
+            .connect_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// Pick a healthy host. ORIGINAL_DST clusters use `orig_dst` instead of endpoints.
+    pub fn pick(&self, orig_dst: Option<SocketAddr>) -> Result<Arc<Host>, UpstreamError> {
+        if self.spec.discovery == DiscoveryType::OriginalDst {
+            let dst = orig_dst.ok_or_else(|| UpstreamError::NoHealthy(self.spec.name.clone()))?;
+            return Ok(Arc::new(Host {
+                address: dst.ip().to_string(),
+                port: dst.port(),
+                weight: 1,
+                rq_active: AtomicU64::new(0),
+                rq_total: AtomicU64::new(0),
+                cx_active: AtomicI64::new(0),
+                outlier: Mutex::new(OutlierState::default()),
+            }));
+        }
+        let now = Instant::now();
+        let healthy: Vec<&Arc<Host>> = self.hosts.iter().filter(|h| !h.ejected(now)).collect();
+        if healthy.is_empty() {
+            self.inc("upstream_cx_none_healthy");
+            return Err(UpstreamError::NoHealthy(self.spec.name.clone()));
+        }
+        let h = match self.spec.lb_policy {
+            LbPolicy::RoundRobin => {
+                // Weighted round robin over the expanded list.
+                let total: u64 = healthy.iter().map(|h| h.weight as u64).sum();
+                let mut i = (self.rr.fetch_add(1, Ordering::Relaxed) as u64) % total.max(1);
+                let mut pick = healthy[0];
+                for h in &healthy {
+                    if i < h.weight as u64 {
+                        pick = h;
+                        break;
+                    }
+                    i -= h.weight as u64;
+                }
+                pick
+            }
+            LbPolicy::Random => healthy[rand::random_range(0..healthy.len())],
+            LbPolicy::LeastRequest => {
+                // Power of two choices, as Envoy does by default.
+                let a = healthy[rand::random_range(0..healthy.len())];
+                let b = healthy[rand::random_range(0..healthy.len())];
+                if b.rq_active.load(Ordering::Relaxed) < a.rq_active.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Ok(h.clone())
+    }
+
+    /// Resolve a host to a socket address (DNS clusters resolve at connect time).
+    pub async fn resolve(&self, h: &Host) -> Result<SocketAddr, UpstreamError> {
+        if let Ok(ip) = h.address.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, h.port));
+        }
+        let q = format!("{}:{}", h.address, h.port);
+        match tokio::net::lookup_host(q).await {
+            Ok(mut it) => it
+                .next()
+                .ok_or_else(|| UpstreamError::Dns(h.address.clone(), "no addresses".into())),
+            Err(e) => Err(UpstreamError::Dns(h.address.clone(), e.to_string())),
+        }
+    }
+
+    /// Reserve a connection slot (maxConnections breaker). Dropping the guard releases it.
+    pub fn try_reserve_cx(self: &Arc<Self>, host: &Arc<Host>) -> Result<CxGuard, UpstreamError> {
+        let max = self.spec.circuit_breakers.max_connections as i64;
+        let prev = self.cx_active.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.cx_active.fetch_sub(1, Ordering::AcqRel);
+            self.inc("upstream_cx_overflow");
+            return Err(UpstreamError::Overflow(self.spec.name.clone()));
+        }
+        host.cx_active.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .gauge_add(&stat(&self.spec.name, "upstream_cx_active"), 1);
+        self.inc("upstream_cx_total");
+        Ok(CxGuard {
+            cluster: self.clone(),
+            host: host.clone(),
+        })
+    }
+
+    /// Open a TCP connection (and TLS if configured) to `addr`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Box<dyn Upstream>, Option<SocketAddr>, bool), UpstreamError> {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| UpstreamError::Connect(addr, e))?;
+        if let Some(ka) = &self.spec.tcp_keepalive {
+            let sref = socket2::SockRef::from(&sock);
+            let mut k = socket2::TcpKeepalive::new();
+            if let Some(t) = ka.keepalive_time {
+                k = k.with_time(t.0);
+            }
+            if let Some(i) = ka.keepalive_interval {
+                k = k.with_interval(i.0);
+            }
+            if let Some(p) = ka.keepalive_probes {
+                k = k.with_retries(p);
+            }
+            if let Err(e) = sref.set_tcp_keepalive(&k) {
+                tracing::warn!(error = %e, "setting TCP keepalive failed");
+            }
+        }
+        let _ = sock.set_nodelay(true);
+        let timeout = self.connect_timeout();
+        let stream = match tokio::time::timeout(timeout, sock.connect(addr)).await {
+            Err(_) => {
+                self.inc("upstream_cx_connect_timeout");
+                self.inc("upstream_cx_connect_fail");
+                return Err(UpstreamError::ConnectTimeout(addr, timeout));
+            }
+            Ok(Err(e)) => {
+                self.inc("upstream_cx_connect_fail");
+                return Err(UpstreamError::Connect(addr, e));
+            }
+            Ok(Ok(s)) => s,
+        };
+        let local = stream.local_addr().ok();
+        match &self.tls {
+            None => Ok((Box::new(stream), local, self.spec.http2)),
+            Some(o) => {
+                let conn = tokio_rustls::TlsConnector::from(o.config.clone());
+                let name = crate::tls::server_name(o, addr.ip());
+                match tokio::time::timeout(timeout, conn.connect(name, stream)).await {
+                    Err(_) => {
+                        self.inc("upstream_cx_connect_fail");
+                        Err(UpstreamError::ConnectTimeout(addr, timeout))
+                    }
+                    Ok(Err(e)) => {
+                        self.inc("upstream_cx_connect_fail");
+                        Err(UpstreamError::Tls(addr, e))
+                    }
+                    Ok(Ok(s)) => {
+                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2") || self.spec.http2;
+                        Ok((Box::new(s), local, h2))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feed one result into outlier detection. `status` is the HTTP status, or 503 for a
+    /// connect failure (Envoy maps local-origin failures to 5xx when not split).
+    pub fn record_result(&self, host: &Host, status: u16) {
+        let Some(od) = &self.spec.outlier_detection else {
+            return;
+        };
+        let now = Instant::now();
+        let mut eject_reason = None;
+        {
+            let mut g = host.outlier.lock().unwrap_or_else(|e| e.into_inner());
+            if status >= 500 {
+                g.consecutive_5xx += 1;
+            } else {
+                g.consecutive_5xx = 0;
+            }
+            if matches!(status, 502..=504) {
+                g.consecutive_gw += 1;
+            } else {
+                g.consecutive_gw = 0;
+            }
+            if g.ejected_until.is_some_and(|t| now < t) {
+                return;
+            }
+            if od
+                .consecutive_gateway_failure
+                .is_some_and(|n| n > 0 && g.consecutive_gw >= n)
+            {
+                eject_reason = Some("consecutive_gateway_failure");
+            } else if od
+                .consecutive_5xx
+                .is_some_and(|n| n > 0 && g.consecutive_5xx >= n)
+            {
+                eject_reason = Some("consecutive_5xx");
+            }
+        }
+        let Some(reason) = eject_reason else { return };
+        let n = self.hosts.len().max(1);
+        let ejected = self.hosts.iter().filter(|h| h.ejected(now)).count();
+        // Envoy ejects at least one host even when maxEjectionPercent rounds down to zero.
+        let allowed = ejected == 0 || (ejected + 1) * 100 <= n * od.max_ejection_percent as usize;
+        if !allowed {
+            self.inc("outlier_detection.ejections_overflow");
+            return;
+        }
+        let mut g = host.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        g.times_ejected += 1;
+        g.ejected_until = Some(now + od.base_ejection_time.0 * g.times_ejected);
+        g.consecutive_5xx = 0;
+        g.consecutive_gw = 0;
+        drop(g);
+        self.inc("outlier_detection.ejections_enforced_total");
+        self.inc(&format!("outlier_detection.ejections_enforced_{reason}"));
+        tracing::info!(cluster = %self.spec.name, host = %host.display(), reason, "outlier ejected");
+        self.refresh_ejection_gauge();
+    }
+
+    pub fn refresh_ejection_gauge(&self) {
+        let now = Instant::now();
+        let n = self.hosts.iter().filter(|h| h.ejected(now)).count();
+        self.stats.gauge_set(
+            &stat(&self.spec.name, "outlier_detection.ejections_active"),
+            n as i64,
+        );
+    }
+}
+
+/// Holds one `maxConnections` slot; releasing updates `upstream_cx_active`/`_destroy`.
+pub struct CxGuard {
+    cluster: Arc<ClusterRuntime>,
+    host: Arc<Host>,
+}
+
+impl Drop for CxGuard {
+    fn drop(&mut self) {
+        self.cluster.cx_active.fetch_sub(1, Ordering::AcqRel);
+        self.host.cx_active.fetch_sub(1, Ordering::Relaxed);
+        self.cluster
+            .stats
+            .gauge_add(&stat(&self.cluster.spec.name, "upstream_cx_active"), -1);
+        self.cluster.inc("upstream_cx_destroy");
+        self.cluster.pool.notify.notify_waiters();
+    }
+}
+
+/// A bidirectional byte stream to an upstream (plain TCP or TLS).
+pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Dur, OutlierDetection};
+
+    fn cluster(n: usize, od: Option<OutlierDetection>) -> ClusterRuntime {
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+            .collect();
+        let mut c = Cluster::new_static("c", &addrs);
+        c.outlier_detection = od;
+        ClusterRuntime::new(c, None, Arc::new(Stats::default()))
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let c = cluster(3, None);
+        let ports: Vec<u16> = (0..6).map(|_| c.pick(None).unwrap().port).collect();
+        assert_eq!(ports, vec![1000, 1001, 1002, 1000, 1001, 1002]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn single_host_ejected_means_no_traffic_then_returns() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(2),
+            base_ejection_time: Dur::from_secs(30),
+            max_ejection_percent: 10,
+            ..Default::default()
+        };
+        let c = cluster(1, Some(od));
+        let h = c.pick(None).unwrap();
+        c.record_result(&h, 500);
+        assert!(c.pick(None).is_ok());
+        c.record_result(&h, 503);
+        assert!(matches!(c.pick(None), Err(UpstreamError::NoHealthy(_))));
+        assert_eq!(
+            c.stats.get("cluster.c.outlier_detection.ejections_active"),
+            1
+        );
+        assert_eq!(
+            c.stats
+                .get("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx"),
+            1
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(c.pick(None).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_limits() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: 50,
+            ..Default::default()
+        };
+        let c = cluster(4, Some(od));
+        for h in c.hosts.clone() {
+            c.record_result(&h, 500);
+        }
+        let now = Instant::now();
+        assert_eq!(c.hosts.iter().filter(|h| h.ejected(now)).count(), 2);
+        assert_eq!(
+            c.stats
+                .get("cluster.c.outlier_detection.ejections_overflow"),
+            2
+        );
+    }
+
+    #[test]
+    fn max_connections_breaker() {
+        let mut c = cluster(1, None);
+        c.spec.circuit_breakers.max_connections = 1;
+        let c = Arc::new(c);
+        let h = c.pick(None).unwrap();
+        let g = c.try_reserve_cx(&h).unwrap();
+        assert!(matches!(
+            c.try_reserve_cx(&h),
+            Err(UpstreamError::Overflow(_))
+        ));
+        assert_eq!(c.stats.get("cluster.c.upstream_cx_overflow"), 1);
+        drop(g);
+        assert!(c.try_reserve_cx(&h).is_ok());
+    }
+}

@@ -1,0 +1,413 @@
+//! Per-connection pipeline: accept → original destination → ClientHello peek → filter-chain
+//! match → (TLS termination) → TCP proxy / passthrough / HTTP. Each connection reads the
+//! runtime once at accept, so it finishes on the config version it started with.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::accesslog::LogEntry;
+use crate::cluster::{ClusterRuntime, Upstream, UpstreamError};
+use crate::config::{ChainAction, Direction, WeightedCluster};
+use crate::peek::{self, Peek, PrefixedStream};
+use crate::runtime::{ConnFacts, Runtime};
+use crate::telemetry::{self, StreamFacts};
+use crate::Shared;
+
+/// Envoy's default `listener_filters_timeout`.
+pub const DEFAULT_PEEK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Envoy tcp_proxy default idle timeout.
+pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
+
+pub async fn accept_loop(
+    sh: Arc<Shared>,
+    name: String,
+    l: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = l.accept() => match r {
+                Ok((s, peer)) => {
+                    let rt = sh.runtime.load_full();
+                    let sh = sh.clone();
+                    let name = name.clone();
+                    tokio::spawn(async move { handle(sh, rt, name, s, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Everything known about a downstream connection.
+#[derive(Clone)]
+pub struct ConnCtx {
+    pub sh: Arc<Shared>,
+    pub rt: Arc<Runtime>,
+    pub listener: String,
+    pub direction: Direction,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub orig_dst: Option<SocketAddr>,
+    pub sni: Option<String>,
+    pub peer_principal: Option<String>,
+    pub tls_terminated: bool,
+    pub start: SystemTime,
+    pub started: Instant,
+}
+
+impl ConnCtx {
+    fn tcp_entry(&self) -> LogEntry {
+        LogEntry {
+            start_time: Some(self.start),
+            downstream_local_address: Some(self.local),
+            downstream_remote_address: Some(self.peer),
+            requested_server_name: self.sni.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+async fn handle(sh: Arc<Shared>, rt: Arc<Runtime>, name: String, s: TcpStream, peer: SocketAddr) {
+    let Some(l) = rt.listeners.get(&name).cloned() else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let sock_local = s.local_addr().unwrap_or(l.spec.address);
+    let orig = if l.spec.use_original_dst {
+        sh.orig_dst.lookup(&s, sock_local, peer)
+    } else {
+        None
+    };
+    // Envoy restores the original destination as the downstream local address.
+    let local = orig.unwrap_or(sock_local);
+    let lstat = format!("listener.{}", l.spec.address);
+    sh.stats.inc(&format!("{lstat}.downstream_cx_total"), 1);
+    let mut ctx = ConnCtx {
+        sh: sh.clone(),
+        rt: rt.clone(),
+        listener: name.clone(),
+        direction: l.spec.direction,
+        local,
+        peer,
+        orig_dst: orig,
+        sni: None,
+        peer_principal: None,
+        tls_terminated: false,
+        start: SystemTime::now(),
+        started: Instant::now(),
+    };
+    let mut s = s;
+    let mut facts = ConnFacts {
+        dst_port: local.port(),
+        ..Default::default()
+    };
+    let mut prefix = Vec::new();
+    if l.needs_peek {
+        let timeout = l
+            .spec
+            .listener_filters_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_PEEK_TIMEOUT);
+        match peek::peek_stream(&mut s, timeout).await {
+            Ok(p) => {
+                match p.result {
+                    Peek::Tls(info) => {
+                        facts.tls = true;
+                        facts.sni = info.sni.clone();
+                        facts.alpn = info.alpn;
+                        ctx.sni = info.sni;
+                    }
+                    Peek::TooLarge => {
+                        sh.stats.inc("tls_inspector.client_hello_too_large", 1);
+                        return;
+                    }
+                    _ => sh.stats.inc("tls_inspector.tls_not_found", 1),
+                }
+                prefix = p.bytes;
+            }
+            Err(_) => return,
+        }
+    }
+    let Some(chain) = l.select(&facts) else {
+        sh.stats.inc(&format!("{lstat}.no_filter_chain_match"), 1);
+        let mut e = ctx.tcp_entry();
+        e.add_flag("NR");
+        e.bytes_received = prefix.len() as u64;
+        e.duration_ms = ctx.started.elapsed().as_millis() as u64;
+        sh.log.load().write(&e);
+        // Reset rather than FIN: the client sees the handshake fail (curl exit 35).
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        return;
+    };
+    let down: Box<dyn Upstream> = Box::new(PrefixedStream::new(prefix, s));
+    let down: Box<dyn Upstream> = match &chain.tls {
+        None => down,
+        Some(cfg) => {
+            let acc = tokio_rustls::TlsAcceptor::from(cfg.clone());
+            match acc.accept(down).await {
+                Ok(t) => {
+                    let conn = t.get_ref().1;
+                    ctx.peer_principal = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::tls::spiffe_id(c));
+                    if ctx.sni.is_none() {
+                        ctx.sni = conn.server_name().map(|s| s.to_string());
+                    }
+                    ctx.tls_terminated = true;
+                    Box::new(t)
+                }
+                Err(e) => {
+                    sh.stats.inc(&format!("{lstat}.ssl.connection_error"), 1);
+                    tracing::debug!(error = %e, peer = %peer, "downstream TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
+    match &chain.spec.action {
+        ChainAction::TcpProxy(t) => {
+            let cluster = pick_weighted(t.cluster.as_deref(), &t.weighted_clusters);
+            let attempts = t.max_connect_attempts.unwrap_or(1).max(1);
+            let idle = t.idle_timeout.map(|d| d.0).unwrap_or(DEFAULT_TCP_IDLE);
+            tcp_proxy(ctx, down, &cluster, attempts, idle).await;
+        }
+        ChainAction::Passthrough(_) => {
+            tcp_proxy(ctx, down, "PassthroughCluster", 1, DEFAULT_TCP_IDLE).await;
+        }
+        ChainAction::Http(h) => {
+            if let Some(routes) = chain.routes.clone() {
+                crate::http::serve(ctx, down, routes, h.idle_timeout.map(|d| d.0)).await;
+            }
+        }
+    }
+}
+
+/// Weighted random choice (Envoy weighted_clusters).
+pub fn pick_weighted(single: Option<&str>, w: &[WeightedCluster]) -> String {
+    if let Some(c) = single {
+        return c.to_string();
+    }
+    let total: u64 = w.iter().map(|c| c.weight as u64).sum();
+    if total == 0 {
+        return w.first().map(|c| c.name.clone()).unwrap_or_default();
+    }
+    let mut r = rand::random_range(0..total);
+    for c in w {
+        if r < c.weight as u64 {
+            return c.name.clone();
+        }
+        r -= c.weight as u64;
+    }
+    w.last().map(|c| c.name.clone()).unwrap_or_default()
+}
+
+async fn tcp_proxy(
+    ctx: ConnCtx,
+    mut down: Box<dyn Upstream>,
+    cluster_name: &str,
+    attempts: u32,
+    idle: Duration,
+) {
+    let sh = ctx.sh.clone();
+    let mut e = ctx.tcp_entry();
+    e.upstream_cluster = Some(cluster_name.to_string());
+    let cluster = ctx.rt.clusters.get(cluster_name).cloned().or_else(|| {
+        // PassthroughCluster is implicit for the Passthrough action.
+        (cluster_name == "PassthroughCluster").then(|| {
+            let mut c = crate::config::Cluster::new_static("PassthroughCluster", &[]);
+            c.discovery = crate::config::DiscoveryType::OriginalDst;
+            Arc::new(ClusterRuntime::new(c, None, sh.stats.clone()))
+        })
+    });
+    let Some(cluster) = cluster else {
+        e.add_flag("NC");
+        finish_tcp(&ctx, e, None);
+        return;
+    };
+    let dst = ctx.orig_dst.or(Some(ctx.local));
+    let mut tries = 0;
+    let (up, guard, host, local) = loop {
+        tries += 1;
+        let host = match cluster.pick(dst) {
+            Ok(h) => h,
+            Err(err) => {
+                e.add_flag(err.flag());
+                finish_tcp(&ctx, e, Some(&cluster));
+                return;
+            }
+        };
+        let guard = match cluster.try_reserve_cx(&host) {
+            Ok(g) => g,
+            Err(err) => {
+                e.add_flag(err.flag());
+                finish_tcp(&ctx, e, Some(&cluster));
+                return;
+            }
+        };
+        let res: Result<_, UpstreamError> = async {
+            let addr = cluster.resolve(&host).await?;
+            let (io, local, _) = cluster.connect(addr).await?;
+            Ok((io, addr, local))
+        }
+        .await;
+        match res {
+            Ok((io, addr, local)) => {
+                e.upstream_host = Some(addr);
+                break (io, guard, host, local);
+            }
+            Err(err) => {
+                cluster.record_result(&host, 503);
+                tracing::debug!(error = %err, "tcp upstream connect failed");
+                if let Ok(a) = cluster.resolve(&host).await {
+                    e.upstream_host = Some(a);
+                }
+                if tries >= attempts {
+                    e.add_flag(err.flag());
+                    if attempts > 1 {
+                        e.add_flag("URX");
+                    }
+                    e.upstream_transport_failure_reason = err.transport_reason();
+                    finish_tcp(&ctx, e, Some(&cluster));
+                    return;
+                }
+            }
+        }
+    };
+    e.upstream_local_address = local;
+    cluster.record_result(&host, 200);
+    let opened = StreamFacts {
+        node: &ctx.rt.config.node,
+        direction: ctx.direction,
+        cluster_name: Some(cluster.name()),
+        cluster: Some(&cluster),
+        route_name: None,
+        authority: ctx.sni.as_deref(),
+        peer_principal: ctx.peer_principal.as_deref(),
+        protocol: "tcp",
+        response_code: None,
+        flags: "-".into(),
+    };
+    sh.stats.istio_inc(
+        "istio_tcp_connections_opened_total",
+        &telemetry::labels(&opened),
+        1,
+    );
+    let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
+    let (rx, tx, why) = relay(&mut down, up, idle, max_dur).await;
+    drop(guard);
+    e.bytes_received = rx;
+    e.bytes_sent = tx;
+    if why == Some("DT") {
+        e.add_flag("DT");
+    }
+    cluster.stats.inc(
+        &crate::cluster::stat(cluster.name(), "upstream_cx_tx_bytes_total"),
+        rx,
+    );
+    cluster.stats.inc(
+        &crate::cluster::stat(cluster.name(), "upstream_cx_rx_bytes_total"),
+        tx,
+    );
+    finish_tcp(&ctx, e, Some(&cluster));
+}
+
+/// Record TCP metrics and write the access log line for a finished connection.
+fn finish_tcp(ctx: &ConnCtx, mut e: LogEntry, cluster: Option<&Arc<ClusterRuntime>>) {
+    e.duration_ms = ctx.started.elapsed().as_millis() as u64;
+    let f = StreamFacts {
+        node: &ctx.rt.config.node,
+        direction: ctx.direction,
+        cluster_name: e.upstream_cluster.as_deref(),
+        cluster: cluster.map(|c| c.as_ref()),
+        route_name: None,
+        authority: ctx.sni.as_deref(),
+        peer_principal: ctx.peer_principal.as_deref(),
+        protocol: "tcp",
+        response_code: None,
+        flags: e.flags(),
+    };
+    let l = telemetry::labels(&f);
+    let st = &ctx.sh.stats;
+    if e.upstream_local_address.is_some() {
+        st.istio_inc("istio_tcp_connections_closed_total", &l, 1);
+        st.istio_inc("istio_tcp_received_bytes_total", &l, e.bytes_received);
+        st.istio_inc("istio_tcp_sent_bytes_total", &l, e.bytes_sent);
+    }
+    ctx.sh.log.load().write(&e);
+}
+
+/// Copy both ways until both sides are done, the idle timeout passes without traffic, or the
+/// max duration is reached. Returns (bytes from downstream, bytes to downstream, reason).
+pub async fn relay(
+    down: &mut Box<dyn Upstream>,
+    up: Box<dyn Upstream>,
+    idle: Duration,
+    max: Option<Duration>,
+) -> (u64, u64, Option<&'static str>) {
+    let rx = Arc::new(AtomicU64::new(0));
+    let tx = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(AtomicU64::new(0));
+    let (mut dr, mut dw) = tokio::io::split(down);
+    let (mut ur, mut uw) = tokio::io::split(up);
+    let c1 = copy_one(&mut dr, &mut uw, rx.clone(), activity.clone());
+    let c2 = copy_one(&mut ur, &mut dw, tx.clone(), activity.clone());
+    let both = async { tokio::join!(c1, c2) };
+    tokio::pin!(both);
+    let deadline = max.map(|m| tokio::time::Instant::now() + m);
+    let reason = loop {
+        let seen = activity.load(Ordering::Relaxed);
+        let sleep = tokio::time::sleep(idle);
+        let dl = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut both => break None,
+            _ = sleep => {
+                if activity.load(Ordering::Relaxed) == seen { break Some("idle_timeout"); }
+            }
+            _ = dl => break Some("DT"),
+        }
+    };
+    (
+        rx.load(Ordering::Relaxed),
+        tx.load(Ordering::Relaxed),
+        reason,
+    )
+}
+
+async fn copy_one<R, W>(r: &mut R, w: &mut W, count: Arc<AtomicU64>, activity: Arc<AtomicU64>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        activity.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,687 @@
+//! HTTP connection manager and router (HTTP/1.1, HTTP/2 over ALPN h2, prior-knowledge h2c).
+//!
+//! Per request: virtual host by Host/:authority, first matching route, then a direct response
+//! or a cluster (weighted) with timeout, retries, circuit breakers and a pooled upstream
+//! connection. The access log line and Istio metrics are emitted when the response body has
+//! been fully sent (or the stream dropped), like Envoy's stream-end logging.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::accesslog::LogEntry;
+use crate::cluster::{ClusterRuntime, Upstream, UpstreamError};
+use crate::config::{RetryPolicy, RouteAction};
+use crate::conn::{pick_weighted, ConnCtx};
+use crate::pool::{self, BoxError, ReqBody};
+use crate::runtime::RoutesRt;
+use crate::telemetry::{self, StreamFacts};
+
+/// Envoy's default route timeout when none is configured (Istio always sets one, often 0s).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bodies are buffered only when a retry policy may replay them; beyond this, no retries.
+pub const MAX_RETRY_BUFFER: usize = 1 << 20;
+
+type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+pub async fn serve(
+    ctx: ConnCtx,
+    io: Box<dyn Upstream>,
+    routes: Arc<RoutesRt>,
+    _idle: Option<Duration>,
+) {
+    let ctx = Arc::new(ctx);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        let routes = routes.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, routes, req).await) }
+    });
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1().keep_alive(true);
+    if let Err(e) = b.serve_connection(TokioIo::new(io), svc).await {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with error");
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for n in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
+        if n == "te"
+            && h.get("te")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        h.remove(n.as_str());
+    }
+}
+
+fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn proto(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn hdr(h: &HeaderMap, n: &str) -> Option<String> {
+    h.get(n)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// Emits the access log and metrics when the response stream ends.
+struct Finisher {
+    ctx: Arc<ConnCtx>,
+    entry: LogEntry,
+    started: Instant,
+    received: Arc<AtomicU64>,
+    cluster: Option<Arc<ClusterRuntime>>,
+    _rq: Option<RqGuard>,
+}
+
+impl Finisher {
+    fn finish(mut self, sent: u64) {
+        self.entry.bytes_sent = sent;
+        self.entry.bytes_received = self.received.load(Ordering::Relaxed);
+        let dur = self.started.elapsed();
+        self.entry.duration_ms = dur.as_millis() as u64;
+        let f = StreamFacts {
+            node: &self.ctx.rt.config.node,
+            direction: self.ctx.direction,
+            cluster_name: self.entry.upstream_cluster.as_deref(),
+            cluster: self.cluster.as_deref(),
+            route_name: self.entry.route_name.as_deref(),
+            authority: self.entry.authority.as_deref(),
+            peer_principal: self.ctx.peer_principal.as_deref(),
+            protocol: "http",
+            response_code: Some(self.entry.response_code),
+            flags: self.entry.flags(),
+        };
+        telemetry::record_http(&self.ctx.sh.stats, &f, dur.as_secs_f64() * 1000.0);
+        self.ctx.sh.log.load().write(&self.entry);
+    }
+}
+
+/// Response body wrapper counting bytes sent; finishing the log on end or drop.
+struct Tracked {
+    inner: RespBody,
+    sent: u64,
+    fin: Option<Finisher>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = self.fin.take() {
+                    let sent = self.sent;
+                    f.finish(sent);
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(f) = self.fin.take() {
+            f.finish(self.sent);
+        }
+    }
+}
+
+/// Request body wrapper counting bytes received.
+struct Counting<B> {
+    inner: B,
+    n: Arc<AtomicU64>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B>
+where
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Holds one `maxRequests` slot.
+struct RqGuard(Arc<ClusterRuntime>);
+
+impl Drop for RqGuard {
+    fn drop(&mut self) {
+        self.0.rq_active.fetch_sub(1, Ordering::AcqRel);
+        self.0.stats.gauge_add(
+            &crate::cluster::stat(self.0.name(), "upstream_rq_active"),
+            -1,
+        );
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn local_reply(status: u16, body: &str) -> Response<RespBody> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !body.is_empty() {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    r
+}
+
+fn wrap(resp: Response<RespBody>, fin: Finisher) -> Response<RespBody> {
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(
+        parts,
+        Tracked {
+            inner: body,
+            sent: 0,
+            fin: Some(fin),
+        }
+        .boxed(),
+    )
+}
+
+async fn handle(
+    ctx: Arc<ConnCtx>,
+    routes: Arc<RoutesRt>,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let received = Arc::new(AtomicU64::new(0));
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| hdr(&parts.headers, "host"))
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let method = parts.method.as_str().to_string();
+    let downstream_version = parts.version;
+    // Header handling a proxy owes: hop-by-hop removal, x-request-id, x-forwarded-for/proto.
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
+            parts.headers.insert("x-request-id", v);
+        }
+    }
+    let xff = match hdr(&parts.headers, "x-forwarded-for") {
+        Some(x) if !x.is_empty() => format!("{x}, {}", ctx.peer.ip()),
+        _ => ctx.peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    let scheme = if ctx.tls_terminated { "https" } else { "http" };
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if ctx.tls_terminated { "https" } else { "http" }),
+    );
+    let mut entry = LogEntry {
+        start_time: Some(ctx.start.max(SystemTime::now())),
+        method: Some(method.clone()),
+        path: Some(path.clone()),
+        protocol: Some(proto(downstream_version).to_string()),
+        x_forwarded_for: Some(xff),
+        user_agent: hdr(&parts.headers, "user-agent"),
+        request_id: hdr(&parts.headers, "x-request-id"),
+        authority: Some(authority.clone()),
+        downstream_local_address: Some(ctx.local),
+        downstream_remote_address: Some(ctx.peer),
+        requested_server_name: ctx.sni.clone(),
+        ..Default::default()
+    };
+    let fin =
+        |entry: LogEntry, cluster: Option<Arc<ClusterRuntime>>, rq: Option<RqGuard>| Finisher {
+            ctx: ctx.clone(),
+            entry,
+            started,
+            received: received.clone(),
+            cluster,
+            _rq: rq,
+        };
+    let route = routes
+        .vhost(&authority)
+        .and_then(|v| v.route(&method, &path, &parts.headers));
+    let Some(route) = route else {
+        entry.response_code = 404;
+        entry.add_flag("NR");
+        entry.response_code_details = Some("route_not_found".into());
+        return wrap(local_reply(404, ""), fin(entry, None, None));
+    };
+    if !route.spec.name.is_empty() {
+        entry.route_name = Some(route.spec.name.clone());
+    }
+    let target = match &route.spec.action {
+        RouteAction::DirectResponse(d) => {
+            entry.response_code = d.status;
+            entry.response_code_details = Some("direct_response".into());
+            return wrap(
+                local_reply(d.status, d.body.as_deref().unwrap_or("")),
+                fin(entry, None, None),
+            );
+        }
+        RouteAction::Route(t) => t.clone(),
+    };
+    let cname = pick_weighted(target.cluster.as_deref(), &target.weighted_clusters);
+    entry.upstream_cluster = Some(cname.clone());
+    let Some(cluster) = ctx.rt.clusters.get(&cname).cloned() else {
+        entry.response_code = 503;
+        entry.add_flag("NC");
+        entry.response_code_details = Some("cluster_not_found".into());
+        return wrap(local_reply(503, ""), fin(entry, None, None));
+    };
+    cluster.inc("upstream_rq_total");
+    // maxRequests breaker (mostly HTTP/2): beyond it, 503 UO.
+    let max_rq = cluster.spec.circuit_breakers.max_requests as i64;
+    if cluster.rq_active.fetch_add(1, Ordering::AcqRel) >= max_rq {
+        cluster.rq_active.fetch_sub(1, Ordering::AcqRel);
+        cluster.inc("upstream_rq_pending_overflow");
+        entry.response_code = 503;
+        entry.add_flag("UO");
+        entry.response_code_details =
+            Some("upstream_reset_before_response_started{overflow}".into());
+        return wrap(
+            local_reply(
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
+            fin(entry, Some(cluster), None),
+        );
+    }
+    cluster.stats.gauge_add(
+        &crate::cluster::stat(cluster.name(), "upstream_rq_active"),
+        1,
+    );
+    let rq = RqGuard(cluster.clone());
+
+    if let Some(h) = &target.host_rewrite {
+        if let Ok(v) = HeaderValue::from_str(h) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    }
+    let mut upstream_path = path.clone();
+    if let (Some(rw), Some(prefix)) = (&target.prefix_rewrite, &route.spec.matcher.prefix) {
+        if let Some(rest) = path.get(prefix.len()..) {
+            upstream_path = format!("{rw}{rest}");
+        }
+    }
+    let up_authority = hdr(&parts.headers, "host")
+        .filter(|_| target.host_rewrite.is_some())
+        .unwrap_or_else(|| authority.clone());
+    let retry = target.retry_policy.clone().unwrap_or_default();
+    // Buffer the body only if a retry may need it.
+    let body_src: BodySrc = if retry.num_retries > 0 {
+        match Limited::collect(body, &received).await {
+            Some(b) => BodySrc::Buffered(b),
+            None => {
+                entry.response_code = 413;
+                entry.response_code_details = Some("request_payload_too_large".into());
+                return wrap(
+                    local_reply(413, "payload too large"),
+                    fin(entry, Some(cluster), Some(rq)),
+                );
+            }
+        }
+    } else {
+        BodySrc::Stream(Some(
+            Counting {
+                inner: body,
+                n: received.clone(),
+            }
+            .boxed(),
+        ))
+    };
+    let timeout = match target.timeout {
+        Some(d) if d.0.is_zero() => None,
+        Some(d) => Some(d.0),
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let result = forward(
+        &ctx,
+        &cluster,
+        parts,
+        body_src,
+        &retry,
+        deadline,
+        &up_authority,
+        &upstream_path,
+        scheme,
+        &mut entry,
+    )
+    .await;
+    match result {
+        Ok(resp) => wrap(resp, fin(entry, Some(cluster), Some(rq))),
+        Err((status, body)) => {
+            entry.response_code = status;
+            wrap(
+                local_reply(status, body),
+                fin(entry, Some(cluster), Some(rq)),
+            )
+        }
+    }
+}
+
+enum BodySrc {
+    Buffered(Bytes),
+    Stream(Option<ReqBody>),
+}
+
+struct Limited;
+
+impl Limited {
+    async fn collect(body: Incoming, received: &AtomicU64) -> Option<Bytes> {
+        let limited = http_body_util::Limited::new(body, MAX_RETRY_BUFFER);
+        let b = limited.collect().await.ok()?.to_bytes();
+        received.fetch_add(b.len() as u64, Ordering::Relaxed);
+        Some(b)
+    }
+}
+
+fn retry_on(p: &RetryPolicy, what: &str) -> bool {
+    p.retry_on.split(',').any(|s| s.trim() == what)
+}
+
+fn retriable_status(p: &RetryPolicy, s: u16) -> bool {
+    (retry_on(p, "5xx") && s >= 500)
+        || (retry_on(p, "gateway-error") && matches!(s, 502..=504))
+        || (retry_on(p, "retriable-status-codes") && p.retriable_status_codes.contains(&s))
+}
+
+fn retriable_connect(p: &RetryPolicy) -> bool {
+    ["connect-failure", "5xx", "gateway-error", "reset"]
+        .iter()
+        .any(|w| retry_on(p, w))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: &ConnCtx,
+    cluster: &Arc<ClusterRuntime>,
+    parts: http::request::Parts,
+    mut body: BodySrc,
+    retry: &RetryPolicy,
+    deadline: Option<tokio::time::Instant>,
+    authority: &str,
+    path: &str,
+    scheme: &str,
+    e: &mut LogEntry,
+) -> Result<Response<RespBody>, (u16, &'static str)> {
+    let max_attempts = 1 + retry.num_retries;
+    let mut attempt = 0;
+    let st = |s: &str| crate::cluster::stat(cluster.name(), s);
+    loop {
+        attempt += 1;
+        let last = attempt >= max_attempts;
+        let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let host = match cluster.pick(ctx.orig_dst.or(Some(ctx.local))) {
+            Ok(h) => h,
+            Err(err) => {
+                e.add_flag(err.flag());
+                e.response_code_details = Some("no_healthy_upstream".into());
+                return Err((503, "no healthy upstream"));
+            }
+        };
+        let addr = match cluster.resolve(&host).await {
+            Ok(a) => a,
+            Err(err) => {
+                e.add_flag(err.flag());
+                e.response_code_details = Some("dns_resolution_failure".into());
+                return Err((503, "dns resolution failure"));
+            }
+        };
+        e.upstream_host = Some(addr);
+        let acquired = match remaining {
+            Some(r) => {
+                match tokio::time::timeout(r, pool::acquire(cluster, &host, addr, Some(r))).await {
+                    Ok(x) => x,
+                    Err(_) => Err(UpstreamError::Overflow(cluster.name().to_string())),
+                }
+            }
+            None => pool::acquire(cluster, &host, addr, None).await,
+        };
+        let mut co = match acquired {
+            Ok(c) => c,
+            Err(UpstreamError::Overflow(_)) => {
+                e.add_flag("UO");
+                e.response_code_details =
+                    Some("upstream_reset_before_response_started{overflow}".into());
+                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: overflow"));
+            }
+            Err(err) => {
+                cluster.record_result(&host, 503);
+                e.upstream_transport_failure_reason = err.transport_reason();
+                if !last && retriable_connect(retry) {
+                    cluster.stats.inc(&st("upstream_rq_retry"), 1);
+                    continue;
+                }
+                e.add_flag(err.flag());
+                if retry.num_retries > 0 && retriable_connect(retry) {
+                    e.add_flag("URX");
+                    cluster
+                        .stats
+                        .inc(&st("upstream_rq_retry_limit_exceeded"), 1);
+                }
+                e.response_code_details =
+                    Some("upstream_reset_before_response_started{connection_failure}".into());
+                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"));
+            }
+        };
+        e.upstream_local_address = co.info.local;
+        let req_body: ReqBody = match &mut body {
+            BodySrc::Buffered(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            BodySrc::Stream(s) => s.take().unwrap_or_else(|| {
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed()
+            }),
+        };
+        let mut b = Request::builder().method(parts.method.clone());
+        if co.is_h2() {
+            b = b
+                .version(Version::HTTP_2)
+                .uri(format!("{scheme}://{authority}{path}"));
+        } else {
+            b = b.version(Version::HTTP_11).uri(path);
+        }
+        let mut req = match b.body(req_body) {
+            Ok(r) => r,
+            Err(_) => {
+                e.add_flag("DPE");
+                return Err((400, "bad request"));
+            }
+        };
+        *req.headers_mut() = parts.headers.clone();
+        if co.is_h2() {
+            req.headers_mut().remove(http::header::HOST);
+        } else if let Ok(v) = HeaderValue::from_str(authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let per_try = retry.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+        let limit = match (
+            per_try,
+            deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sent_at = Instant::now();
+        let res = match limit {
+            Some(l) => tokio::time::timeout(l, co.send(req)).await,
+            None => Ok(co.send(req).await),
+        };
+        match res {
+            Err(_) => {
+                // Timed out: per-try (retry if allowed) or the whole route timeout.
+                cluster.record_result(&host, 504);
+                let global_left =
+                    deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+                if !last
+                    && per_try.is_some()
+                    && global_left.is_none_or(|g| !g.is_zero())
+                    && (retry_on(retry, "5xx")
+                        || retry_on(retry, "gateway-error")
+                        || retry_on(retry, "reset"))
+                    && matches!(body, BodySrc::Buffered(_))
+                {
+                    cluster.stats.inc(&st("upstream_rq_retry"), 1);
+                    cluster.stats.inc(&st("upstream_rq_per_try_timeout"), 1);
+                    continue;
+                }
+                cluster.stats.inc(&st("upstream_rq_timeout"), 1);
+                e.add_flag("UT");
+                e.response_code_details = Some("upstream_response_timeout".into());
+                return Err((504, "upstream request timeout"));
+            }
+            Ok(Err(err)) => {
+                cluster.record_result(&host, 503);
+                let retriable = retry_on(retry, "reset")
+                    || retry_on(retry, "5xx")
+                    || retry_on(retry, "gateway-error");
+                if !last && retriable && matches!(body, BodySrc::Buffered(_)) {
+                    cluster.stats.inc(&st("upstream_rq_retry"), 1);
+                    continue;
+                }
+                tracing::debug!(error = %err, "upstream request failed");
+                e.add_flag("UC");
+                e.response_code_details =
+                    Some("upstream_reset_before_response_started{connection_termination}".into());
+                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"));
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                cluster.record_result(&host, status);
+                cluster.stats.inc(&st(&format!("upstream_rq_{status}")), 1);
+                cluster
+                    .stats
+                    .inc(&st(&format!("upstream_rq_{}xx", status / 100)), 1);
+                if retriable_status(retry, status) && retry.num_retries > 0 {
+                    if !last && matches!(body, BodySrc::Buffered(_)) {
+                        cluster.stats.inc(&st("upstream_rq_retry"), 1);
+                        drop(resp);
+                        continue;
+                    }
+                    e.add_flag("URX");
+                    cluster
+                        .stats
+                        .inc(&st("upstream_rq_retry_limit_exceeded"), 1);
+                }
+                let service_ms = sent_at.elapsed().as_millis() as u64;
+                e.upstream_service_time = Some(service_ms);
+                e.response_code = status;
+                e.response_code_details = Some("via_upstream".into());
+                co.release(cluster);
+                let (mut rp, rb) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers);
+                if let Ok(v) = HeaderValue::from_str(&service_ms.to_string()) {
+                    rp.headers
+                        .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
+                }
+                let rb: RespBody = rb.map_err(|err| -> BoxError { Box::new(err) }).boxed();
+                return Ok(Response::from_parts(rp, rb));
+            }
+        }
+    }
+}

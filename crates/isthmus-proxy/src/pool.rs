@@ -1,0 +1,318 @@
+//! Upstream HTTP connection pool, one per cluster runtime and keyed by endpoint address.
+//!
+//! A cluster runtime carries its own TLS origination settings, so (cluster version, address)
+//! is the pool key pingora recommends: a changed TLS setting means a new cluster runtime and
+//! therefore fresh connections. Enforces Envoy's circuit breakers: `maxConnections` (then the
+//! request waits as *pending*), `maxPendingRequests` (beyond: `UO`), plus
+//! `maxRequestsPerConnection`, `idleTimeout` and `maxConnectionDuration`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
+
+use crate::cluster::{ClusterRuntime, CxGuard, Host, UpstreamError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ReqBody = BoxBody<Bytes, BoxError>;
+
+/// Envoy's default upstream idle timeout (1h).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub struct ConnInfo {
+    pub id: u64,
+    pub local: Option<SocketAddr>,
+    pub requests: AtomicU32,
+    pub expired: AtomicBool,
+    _guard: CxGuard,
+}
+
+enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// A connection lent to one request.
+pub struct Checkout {
+    sender: Sender,
+    pub info: Arc<ConnInfo>,
+    pub addr: SocketAddr,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)>>>,
+    h2: Mutex<HashMap<SocketAddr, (http2::SendRequest<ReqBody>, Arc<ConnInfo>)>>,
+    /// Woken whenever a connection slot or an idle connection becomes available.
+    pub notify: Notify,
+    next_id: AtomicU64,
+}
+
+impl Pool {
+    fn take_idle(&self, addr: SocketAddr) -> Option<Checkout> {
+        let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = g.get_mut(&addr)?;
+        while let Some((s, info)) = list.pop() {
+            if !s.is_closed() && s.is_ready() && !info.expired.load(Ordering::Acquire) {
+                return Some(Checkout {
+                    sender: Sender::H1(s),
+                    info,
+                    addr,
+                });
+            }
+        }
+        None
+    }
+
+    fn take_h2(&self, addr: SocketAddr) -> Option<Checkout> {
+        let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, info)) = g.get(&addr) {
+            if !s.is_closed() && !info.expired.load(Ordering::Acquire) {
+                return Some(Checkout {
+                    sender: Sender::H2(s.clone()),
+                    info: info.clone(),
+                    addr,
+                });
+            }
+            g.remove(&addr);
+        }
+        None
+    }
+
+    fn remove_conn(&self, addr: SocketAddr, id: u64) {
+        if let Some(l) = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&addr)
+        {
+            l.retain(|(_, i)| i.id != id);
+        }
+        let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        if g.get(&addr).is_some_and(|(_, i)| i.id == id) {
+            g.remove(&addr);
+        }
+    }
+
+    /// Number of idle HTTP/1 connections (for tests and /clusters).
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|v| v.len())
+            .sum()
+    }
+}
+
+/// Get a connection to `host`: reuse an idle one, open a new one within `maxConnections`, or
+/// wait as a pending request (bounded by `maxPendingRequests` and `wait`).
+pub async fn acquire(
+    cluster: &Arc<ClusterRuntime>,
+    host: &Arc<Host>,
+    addr: SocketAddr,
+    wait: Option<Duration>,
+) -> Result<Checkout, UpstreamError> {
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let mut pending = false;
+    let res = loop {
+        let notified = cluster.pool.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(c) = cluster
+            .pool
+            .take_h2(addr)
+            .or_else(|| cluster.pool.take_idle(addr))
+        {
+            break Ok(c);
+        }
+        match cluster.try_reserve_cx(host) {
+            Ok(guard) => break open(cluster, addr, guard).await,
+            Err(UpstreamError::Overflow(_)) => {
+                if !pending {
+                    let max = cluster.spec.circuit_breakers.max_pending_requests as i64;
+                    if cluster.rq_pending.fetch_add(1, Ordering::AcqRel) >= max {
+                        cluster.rq_pending.fetch_sub(1, Ordering::AcqRel);
+                        cluster.inc("upstream_rq_pending_overflow");
+                        return Err(UpstreamError::Overflow(cluster.name().to_string()));
+                    }
+                    pending = true;
+                    cluster.inc("upstream_rq_pending_total");
+                }
+                match deadline {
+                    Some(d) => {
+                        if tokio::time::timeout_at(d, notified).await.is_err() {
+                            break Err(UpstreamError::Overflow(cluster.name().to_string()));
+                        }
+                    }
+                    None => notified.await,
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if pending {
+        cluster.rq_pending.fetch_sub(1, Ordering::AcqRel);
+    }
+    res
+}
+
+async fn open(
+    cluster: &Arc<ClusterRuntime>,
+    addr: SocketAddr,
+    guard: CxGuard,
+) -> Result<Checkout, UpstreamError> {
+    let (io, local, h2) = cluster.connect(addr).await?;
+    let id = cluster.pool.next_id.fetch_add(1, Ordering::Relaxed);
+    let info = Arc::new(ConnInfo {
+        id,
+        local,
+        requests: AtomicU32::new(0),
+        expired: AtomicBool::new(false),
+        _guard: guard,
+    });
+    let io = TokioIo::new(io);
+    let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
+    let driver_cluster = cluster.clone();
+    let driver_info = info.clone();
+    let sender = if h2 {
+        let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| UpstreamError::Connect(addr, std::io::Error::other(e)))?;
+        spawn_driver(driver_cluster, driver_info, addr, max_dur, conn);
+        cluster
+            .pool
+            .h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, (s.clone(), info.clone()));
+        Sender::H2(s)
+    } else {
+        let (s, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(addr, std::io::Error::other(e)))?;
+        spawn_driver(driver_cluster, driver_info, addr, max_dur, conn);
+        Sender::H1(s)
+    };
+    Ok(Checkout { sender, info, addr })
+}
+
+fn spawn_driver<F>(
+    cluster: Arc<ClusterRuntime>,
+    info: Arc<ConnInfo>,
+    addr: SocketAddr,
+    max_dur: Option<Duration>,
+    conn: F,
+) where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        if let Some(d) = max_dur {
+            tokio::select! {
+                _ = &mut conn => { drop(info); return; }
+                _ = tokio::time::sleep(d) => {
+                    // Drain: no new requests; an in-flight request finishes, then the
+                    // last sender handle drops and the connection closes.
+                    info.expired.store(true, Ordering::Release);
+                    cluster.inc("upstream_cx_max_duration_reached");
+                    cluster.pool.remove_conn(addr, info.id);
+                }
+            }
+        }
+        drop(info);
+        let _ = conn.await;
+    });
+}
+
+impl Checkout {
+    pub async fn send(
+        &mut self,
+        req: http::Request<ReqBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        self.info.requests.fetch_add(1, Ordering::AcqRel);
+        match &mut self.sender {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self.sender, Sender::H2(_))
+    }
+
+    /// Give the connection back once the exchange is complete (HTTP/1: when `ready()` says
+    /// the response body has been read), honouring maxRequestsPerConnection and idleTimeout.
+    pub fn release(self, cluster: &Arc<ClusterRuntime>) {
+        let max_rq = cluster.spec.max_requests_per_connection.unwrap_or(0);
+        let n = self.info.requests.load(Ordering::Acquire);
+        match self.sender {
+            Sender::H2(_) => {
+                if max_rq > 0 && n >= max_rq {
+                    cluster.inc("upstream_cx_max_requests");
+                    cluster.pool.remove_conn(self.addr, self.info.id);
+                }
+            }
+            Sender::H1(mut s) => {
+                if max_rq > 0 && n >= max_rq {
+                    cluster.inc("upstream_cx_max_requests");
+                    return; // dropping the sender closes the connection
+                }
+                let cluster = cluster.clone();
+                let info = self.info;
+                let addr = self.addr;
+                tokio::spawn(async move {
+                    if s.ready().await.is_err() || info.expired.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let id = info.id;
+                    cluster
+                        .pool
+                        .idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(addr)
+                        .or_default()
+                        .push((s, info));
+                    cluster.pool.notify.notify_waiters();
+                    let idle = cluster
+                        .spec
+                        .idle_timeout
+                        .map(|d| d.0)
+                        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+                    let requests_before = cluster.pool.requests_marker(addr, id);
+                    tokio::time::sleep(idle).await;
+                    // Still idle with the same request count: close it.
+                    if cluster.pool.requests_marker(addr, id) == requests_before
+                        && requests_before.is_some()
+                    {
+                        cluster.pool.remove_conn(addr, id);
+                        cluster.inc("upstream_cx_idle_timeout");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// The request count of an idle connection, `None` when it is not idle.
+    fn requests_marker(&self, addr: SocketAddr, id: u64) -> Option<u32> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .and_then(|l| {
+                l.iter()
+                    .find(|(_, i)| i.id == id)
+                    .map(|(_, i)| i.requests.load(Ordering::Acquire))
+            })
+    }
+}

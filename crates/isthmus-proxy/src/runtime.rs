@@ -1,0 +1,471 @@
+//! A config version compiled for serving: TLS contexts built, regexes compiled, clusters
+//! instantiated (and reused from the previous version when unchanged, so breaker counters,
+//! pools and outlier state survive updates that do not touch them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
+use crate::cluster::ClusterRuntime;
+use crate::config::*;
+use crate::stats::Stats;
+use crate::tls::{self, SecretSet};
+
+pub struct Runtime {
+    pub config: Arc<ProxyConfig>,
+    pub listeners: BTreeMap<String, Arc<ListenerRt>>,
+    pub clusters: BTreeMap<String, Arc<ClusterRuntime>>,
+}
+
+pub struct ListenerRt {
+    pub spec: Listener,
+    pub chains: Vec<ChainRt>,
+    pub default_chain: Option<ChainRt>,
+    /// Whether any chain needs the ClientHello (server names, transport protocol, ALPN).
+    pub needs_peek: bool,
+}
+
+pub struct ChainRt {
+    pub spec: FilterChain,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub routes: Option<Arc<RoutesRt>>,
+}
+
+pub struct RoutesRt {
+    pub name: String,
+    pub vhosts: Vec<VhostRt>,
+}
+
+pub struct VhostRt {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub routes: Vec<RouteRt>,
+}
+
+pub struct RouteRt {
+    pub spec: Route,
+    pub regex: Option<regex::Regex>,
+    pub headers: Vec<(HeaderMatcher, Option<regex::Regex>)>,
+}
+
+impl Runtime {
+    pub fn empty() -> Self {
+        Runtime {
+            config: Arc::new(ProxyConfig::default()),
+            listeners: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    /// Build a runtime or refuse the config whole.
+    pub fn build(
+        cfg: ProxyConfig,
+        prev: Option<&Runtime>,
+        stats: &Arc<Stats>,
+    ) -> Result<Runtime, ConfigError> {
+        cfg.validate()?;
+        let mut problems = Vec::new();
+        let secrets = SecretSet::load(&cfg.secrets, &mut problems);
+        let secrets_same = prev.is_some_and(|p| p.config.secrets == cfg.secrets);
+        let mut clusters = BTreeMap::new();
+        for c in &cfg.clusters {
+            if let Some(old) = prev.and_then(|p| p.clusters.get(&c.name)) {
+                if old.spec == *c && (c.tls.is_none() || secrets_same) {
+                    clusters.insert(c.name.clone(), old.clone());
+                    continue;
+                }
+            }
+            let orig = match &c.tls {
+                None => None,
+                Some(t) => match tls::client_config(t, &secrets, c.http2) {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        problems.push(format!("cluster {}: {e}", c.name));
+                        None
+                    }
+                },
+            };
+            clusters.insert(
+                c.name.clone(),
+                Arc::new(ClusterRuntime::new(c.clone(), orig, stats.clone())),
+            );
+        }
+        let mut listeners = BTreeMap::new();
+        for l in &cfg.listeners {
+            let mut build_chain = |fc: &FilterChain| -> ChainRt {
+                let what = format!("listener {} chain {:?}", l.name, fc.name);
+                let alpn: &[&str] = match fc.action {
+                    ChainAction::Http(_) => &["h2", "http/1.1"],
+                    _ => &[],
+                };
+                let tls =
+                    fc.tls
+                        .as_ref()
+                        .and_then(|t| match tls::server_config(t, &secrets, alpn) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                problems.push(format!("{what}: {e}"));
+                                None
+                            }
+                        });
+                let routes = match &fc.action {
+                    ChainAction::Http(h) => Some(Arc::new(compile_routes(&h.route_config))),
+                    _ => None,
+                };
+                ChainRt {
+                    spec: fc.clone(),
+                    tls,
+                    routes,
+                }
+            };
+            let chains: Vec<ChainRt> = l.filter_chains.iter().map(&mut build_chain).collect();
+            let default_chain = l.default_filter_chain.as_ref().map(&mut build_chain);
+            let needs_peek = l.filter_chains.iter().any(|c| {
+                !c.matcher.server_names.is_empty()
+                    || c.matcher.transport_protocol.is_some()
+                    || !c.matcher.application_protocols.is_empty()
+            });
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerRt {
+                    spec: l.clone(),
+                    chains,
+                    default_chain,
+                    needs_peek,
+                }),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Runtime {
+            config: Arc::new(cfg),
+            listeners,
+            clusters,
+        })
+    }
+}
+
+fn compile_routes(rt: &RouteTable) -> RoutesRt {
+    RoutesRt {
+        name: rt.name.clone(),
+        vhosts: rt
+            .virtual_hosts
+            .iter()
+            .map(|v| VhostRt {
+                name: v.name.clone(),
+                domains: v.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                routes: v
+                    .routes
+                    .iter()
+                    .map(|r| RouteRt {
+                        spec: r.clone(),
+                        // validate() already proved these compile.
+                        regex: r.matcher.safe_regex.as_ref().and_then(|re| {
+                            let re = if r.matcher.case_sensitive {
+                                format!("^(?:{re})$")
+                            } else {
+                                format!("(?i)^(?:{re})$")
+                            };
+                            regex::Regex::new(&re).ok()
+                        }),
+                        headers: r
+                            .matcher
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.clone(),
+                                    h.safe_regex.as_ref().and_then(|re| {
+                                        regex::Regex::new(&format!("^(?:{re})$")).ok()
+                                    }),
+                                )
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// What the filter-chain matcher knows about a connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnFacts {
+    pub dst_port: u16,
+    pub sni: Option<String>,
+    pub tls: bool,
+    pub alpn: Vec<String>,
+}
+
+fn sni_score(names: &[String], sni: Option<&str>) -> Option<usize> {
+    // Higher is more specific: exact > longer wildcard > catch-all (no names).
+    if names.is_empty() {
+        return Some(0);
+    }
+    let sni = sni?.to_ascii_lowercase();
+    let mut best = None;
+    for n in names {
+        let n = n.to_ascii_lowercase();
+        let s = if n == sni {
+            Some(usize::MAX)
+        } else if let Some(suffix) = n.strip_prefix('*') {
+            // "*.example.com" matches any name ending in ".example.com".
+            (suffix.starts_with('.') && sni.len() > suffix.len() && sni.ends_with(suffix))
+                .then_some(suffix.len() + 1)
+        } else {
+            None
+        };
+        best = best.max(s);
+    }
+    best
+}
+
+impl ListenerRt {
+    /// Envoy's filter-chain selection order: destination port, server names (most specific),
+    /// transport protocol, application protocols; then the default chain.
+    pub fn select(&self, f: &ConnFacts) -> Option<&ChainRt> {
+        let all: Vec<&ChainRt> = self.chains.iter().collect();
+        let by_port: Vec<&ChainRt> = {
+            let exact: Vec<_> = all
+                .iter()
+                .copied()
+                .filter(|c| c.spec.matcher.destination_port == Some(f.dst_port))
+                .collect();
+            if exact.is_empty() {
+                all.iter()
+                    .copied()
+                    .filter(|c| c.spec.matcher.destination_port.is_none())
+                    .collect()
+            } else {
+                exact
+            }
+        };
+        let scored: Vec<(usize, &ChainRt)> = by_port
+            .iter()
+            .filter_map(|c| {
+                sni_score(&c.spec.matcher.server_names, f.sni.as_deref()).map(|s| (s, *c))
+            })
+            .collect();
+        let top = scored.iter().map(|s| s.0).max();
+        let by_sni: Vec<&ChainRt> = scored
+            .iter()
+            .filter(|s| Some(s.0) == top)
+            .map(|s| s.1)
+            .collect();
+        let tp = if f.tls { "tls" } else { "raw_buffer" };
+        let by_tp: Vec<&ChainRt> = {
+            let exact: Vec<_> = by_sni
+                .iter()
+                .copied()
+                .filter(|c| c.spec.matcher.transport_protocol.as_deref() == Some(tp))
+                .collect();
+            if exact.is_empty() {
+                by_sni
+                    .iter()
+                    .copied()
+                    .filter(|c| c.spec.matcher.transport_protocol.is_none())
+                    .collect()
+            } else {
+                exact
+            }
+        };
+        let by_alpn: Vec<&ChainRt> = {
+            let exact: Vec<_> = by_tp
+                .iter()
+                .copied()
+                .filter(|c| {
+                    c.spec
+                        .matcher
+                        .application_protocols
+                        .iter()
+                        .any(|a| f.alpn.contains(a))
+                })
+                .collect();
+            if exact.is_empty() {
+                by_tp
+                    .iter()
+                    .copied()
+                    .filter(|c| c.spec.matcher.application_protocols.is_empty())
+                    .collect()
+            } else {
+                exact
+            }
+        };
+        by_alpn.first().copied().or(self.default_chain.as_ref())
+    }
+}
+
+/// Strip a `:port` suffix (and IPv6 brackets stay intact) from a Host/:authority value.
+pub fn host_without_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return match h.find(']') {
+            Some(i) => &h[..=i],
+            None => h,
+        };
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') => {
+            host
+        }
+        _ => h,
+    }
+}
+
+impl RoutesRt {
+    /// Envoy virtual host selection: exact, then longest `*.suffix`, then longest `prefix.*`,
+    /// then `*`. Ports are ignored (Istio sets ignorePortInHostMatching).
+    pub fn vhost(&self, host: &str) -> Option<&VhostRt> {
+        let host = host_without_port(host).to_ascii_lowercase();
+        if let Some(v) = self
+            .vhosts
+            .iter()
+            .find(|v| v.domains.iter().any(|d| *d == host))
+        {
+            return Some(v);
+        }
+        let mut best: Option<(usize, &VhostRt)> = None;
+        for v in &self.vhosts {
+            for d in &v.domains {
+                if let Some(suffix) = d.strip_prefix('*') {
+                    if !suffix.is_empty()
+                        && host.len() > suffix.len()
+                        && host.ends_with(suffix)
+                        && best.is_none_or(|b| suffix.len() > b.0)
+                    {
+                        best = Some((suffix.len(), v));
+                    }
+                }
+            }
+        }
+        if let Some(b) = best {
+            return Some(b.1);
+        }
+        for v in &self.vhosts {
+            for d in &v.domains {
+                if let Some(prefix) = d.strip_suffix('*') {
+                    if !prefix.is_empty()
+                        && host.len() > prefix.len()
+                        && host.starts_with(prefix)
+                        && best.is_none_or(|b| prefix.len() > b.0)
+                    {
+                        best = Some((prefix.len(), v));
+                    }
+                }
+            }
+        }
+        if let Some(b) = best {
+            return Some(b.1);
+        }
+        self.vhosts
+            .iter()
+            .find(|v| v.domains.iter().any(|d| d == "*"))
+    }
+}
+
+impl VhostRt {
+    /// First route whose match accepts the request.
+    pub fn route(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<&RouteRt> {
+        let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path, headers))
+    }
+}
+
+impl RouteRt {
+    pub fn matches(&self, method: &str, path: &str, headers: &http::HeaderMap) -> bool {
+        let m = &self.spec.matcher;
+        let cs = m.case_sensitive;
+        let eq = |a: &str, b: &str| {
+            if cs {
+                a == b
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
+        };
+        let path_ok = if let Some(p) = &m.path {
+            eq(path, p)
+        } else if let Some(p) = &m.prefix {
+            path.len() >= p.len() && path.is_char_boundary(p.len()) && eq(&path[..p.len()], p)
+        } else if m.safe_regex.is_some() {
+            self.regex.as_ref().is_some_and(|r| r.is_match(path))
+        } else {
+            true
+        };
+        if !path_ok {
+            return false;
+        }
+        if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)) {
+            return false;
+        }
+        self.headers.iter().all(|(h, re)| {
+            let value: Option<String> = match h.name.as_str() {
+                ":method" => Some(method.to_string()),
+                ":path" => Some(path.to_string()),
+                n => headers
+                    .get(n)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            };
+            let ok = match (&value, &h.exact, &h.prefix, re) {
+                (None, ..) => false,
+                (Some(v), Some(e), _, _) => v == e,
+                (Some(v), None, Some(p), _) => v.starts_with(p.as_str()),
+                (Some(v), None, None, Some(r)) => r.is_match(v),
+                (Some(_), None, None, None) => true, // present match
+            };
+            ok != h.invert
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vh(name: &str, domains: &[&str]) -> VhostRt {
+        VhostRt {
+            name: name.into(),
+            domains: domains.iter().map(|s| s.to_string()).collect(),
+            routes: vec![],
+        }
+    }
+
+    #[test]
+    fn vhost_precedence() {
+        let r = RoutesRt {
+            name: "r".into(),
+            vhosts: vec![
+                vh("all", &["*"]),
+                vh("pre", &["api.*"]),
+                vh("suf", &["*.example.com"]),
+                vh("ex", &["api.example.com"]),
+            ],
+        };
+        assert_eq!(r.vhost("api.example.com:8080").unwrap().name, "ex");
+        assert_eq!(r.vhost("www.example.com").unwrap().name, "suf");
+        assert_eq!(r.vhost("api.other.org").unwrap().name, "pre");
+        assert_eq!(r.vhost("x.y").unwrap().name, "all");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn sni_specificity() {
+        assert_eq!(sni_score(&[], Some("a.b")), Some(0));
+        assert!(
+            sni_score(&["a.example.com".into()], Some("a.example.com"))
+                > sni_score(&["*.example.com".into()], Some("a.example.com"))
+        );
+        assert_eq!(
+            sni_score(&["*.example.com".into()], Some("example.com")),
+            None
+        );
+        assert_eq!(sni_score(&["a.example.com".into()], None), None);
+    }
+}
