@@ -1,1 +1,290 @@
-//! isthmus-xds
+//! isthmus-xds: the per-proxy configuration IR in Envoy's shape.
+//!
+//! These types serialise to exactly the JSON `istioctl proxy-config ... -o json` prints
+//! (lowerCamelCase field names, `@type` on typed configs, empty fields omitted), so the seeds'
+//! `jq` filters work unchanged on isthmus output. They are also the contract with the data
+//! plane: `isthmus-proxy` consumes a [`ProxyConfig`] and nothing else, so every setting needed to
+//! carry traffic (addresses, SNI, ALPN, SDS names, limits, timeouts, keepalive, outlier
+//! detection, route actions, direct responses, original-destination use) lives here.
+//!
+//! Compatibility rule: changes to this crate are additive only.
+
+pub mod cluster;
+pub mod core;
+pub mod duration;
+pub mod listener;
+pub mod route;
+pub mod tls;
+
+pub use cluster::{
+    parse_cluster_name, CircuitBreakers, Cluster, ClusterLoadAssignment, CommonHttpProtocolOptions,
+    CommonLbConfig, DiscoveryType, EdsClusterConfig, Endpoint, ExplicitHttpConfig,
+    Http2ProtocolOptions, HttpProtocolOptions, LbEndpoint, LocalityLbEndpoints, OutlierDetection,
+    TcpKeepalive, Thresholds, UpstreamConnectionOptions, UpstreamHttpProtocolOptions,
+    HTTP_PROTOCOL_OPTIONS_KEY,
+};
+pub use core::{
+    Address, ConfigSource, DataSource, IstioMetadata, Metadata, Node, NodeMetadata, Percent,
+    ServiceMetadata, StringMatcher,
+};
+pub use duration::{Duration, DurationError};
+pub use listener::{
+    Filter, FilterChain, FilterChainMatch, HttpConnectionManager, Listener, ListenerFilter,
+    NetworkFilterConfig, Rds, TcpProxy,
+};
+pub use route::{
+    DirectResponseAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    WeightedCluster,
+};
+pub use tls::{
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TransportSocket,
+    TransportSocketConfig, TransportSocketMatch, UpstreamTlsContext,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Well-known cluster and listener names istiod uses.
+pub mod names {
+    pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+    pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+    pub const INBOUND_PASSTHROUGH_CLUSTER_IPV4: &str = "InboundPassthroughClusterIpv4";
+    pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+    pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+    pub const PASSTHROUGH_FILTER_CHAIN: &str = "PassthroughFilterChain";
+    pub const VIRTUAL_OUTBOUND_CATCHALL_TCP: &str = "virtualOutbound-catchall-tcp";
+    pub const VIRTUAL_OUTBOUND_BLACKHOLE: &str = "virtualOutbound-blackhole";
+    pub const ALLOW_ANY: &str = "allow_any";
+    pub const BLOCK_ALL: &str = "block_all";
+    pub const SDS_DEFAULT: &str = "default";
+    pub const SDS_ROOTCA: &str = "ROOTCA";
+    pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
+    pub const VIRTUAL_INBOUND_PORT: u32 = 15006;
+}
+
+/// Whether the proxy is a sidecar or a gateway (Envoy's "router" mode in Istio).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyType {
+    #[default]
+    Sidecar,
+    Router,
+}
+
+/// Everything one proxy needs, as one versioned bundle (what istiod pushes over CDS/EDS/LDS/RDS/SDS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyConfig {
+    /// Content version: changes whenever anything in the bundle changes.
+    pub version: String,
+    pub node: Node,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfiguration>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<Cluster>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Secret>,
+}
+
+impl ProxyConfig {
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+    pub fn route(&self, name: &str) -> Option<&RouteConfiguration> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+    pub fn endpoints_for(&self, cluster: &str) -> Option<&ClusterLoadAssignment> {
+        self.endpoints.iter().find(|e| e.cluster_name == cluster)
+    }
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
+    /// The endpoints of a cluster wherever they live: EDS assignment or inline loadAssignment.
+    pub fn cluster_endpoints<'a>(
+        &'a self,
+        cluster: &'a Cluster,
+    ) -> Option<&'a ClusterLoadAssignment> {
+        match cluster.r#type {
+            DiscoveryType::Eds => {
+                let svc = cluster
+                    .eds_cluster_config
+                    .as_ref()
+                    .map(|e| e.service_name.as_str())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(&cluster.name);
+                self.endpoints_for(svc)
+            }
+            _ => cluster.load_assignment.as_ref(),
+        }
+    }
+    /// Computes a content hash for `version` (FNV-1a over the canonical JSON, hex).
+    pub fn content_hash(&self) -> String {
+        let mut copy = self.clone();
+        copy.version.clear();
+        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cluster_json_shape_matches_istioctl() {
+        let mut c = Cluster {
+            name: "outbound|443||api.partner.example".into(),
+            r#type: DiscoveryType::Eds,
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: ConfigSource::ads(),
+                service_name: "outbound|443||api.partner.example".into(),
+            }),
+            connect_timeout: Some(Duration::from_secs(3)),
+            lb_policy: "LEAST_REQUEST".into(),
+            circuit_breakers: Some(CircuitBreakers {
+                thresholds: vec![Thresholds {
+                    max_connections: Some(222),
+                    max_pending_requests: Some(u32::MAX),
+                    max_requests: Some(u32::MAX),
+                    max_retries: Some(u32::MAX),
+                    track_remaining: true,
+                    priority: None,
+                }],
+            }),
+            upstream_connection_options: Some(UpstreamConnectionOptions {
+                tcp_keepalive: Some(TcpKeepalive {
+                    keepalive_probes: Some(3),
+                    keepalive_time: Some(300),
+                    keepalive_interval: Some(30),
+                }),
+            }),
+            common_lb_config: Some(CommonLbConfig::default()),
+            ..Default::default()
+        };
+        c.metadata.filter_metadata.istio = Some(IstioMetadata {
+            config: Some("/apis/networking.istio.io/v1/namespaces/x/destination-rule/y".into()),
+            ..Default::default()
+        });
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["type"], "EDS");
+        assert_eq!(v["connectTimeout"], "3s");
+        assert_eq!(v["circuitBreakers"]["thresholds"][0]["maxConnections"], 222);
+        assert_eq!(
+            v["circuitBreakers"]["thresholds"][0]["trackRemaining"],
+            true
+        );
+        assert_eq!(
+            v["upstreamConnectionOptions"]["tcpKeepalive"],
+            json!({"keepaliveProbes": 3, "keepaliveTime": 300, "keepaliveInterval": 30})
+        );
+        assert_eq!(
+            v["edsClusterConfig"]["edsConfig"],
+            json!({"ads": {}, "initialFetchTimeout": "0s", "resourceApiVersion": "V3"})
+        );
+        assert_eq!(v["commonLbConfig"], json!({}));
+        assert!(v.get("transportSocket").is_none());
+        assert_eq!(
+            v["metadata"]["filterMetadata"]["istio"]["config"],
+            "/apis/networking.istio.io/v1/namespaces/x/destination-rule/y"
+        );
+        let back: Cluster = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn typed_configs_carry_at_type() {
+        let ts = TransportSocket::upstream_tls(UpstreamTlsContext {
+            sni: "api.partner.example".into(),
+            common_tls_context: CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named("default")],
+                alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+                ..Default::default()
+            },
+        });
+        let v = serde_json::to_value(&ts).unwrap();
+        assert_eq!(v["name"], "envoy.transport_sockets.tls");
+        assert_eq!(
+            v["typedConfig"]["@type"],
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        );
+        assert_eq!(v["typedConfig"]["sni"], "api.partner.example");
+        assert_eq!(
+            v["typedConfig"]["commonTlsContext"]["tlsCertificateSdsSecretConfigs"][0]["name"],
+            "default"
+        );
+        assert_eq!(
+            v["typedConfig"]["commonTlsContext"]["tlsCertificateSdsSecretConfigs"][0]["sdsConfig"]
+                ["apiConfigSource"]["grpcServices"][0]["envoyGrpc"]["clusterName"],
+            "sds-grpc"
+        );
+        let back: TransportSocket = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ts);
+        let raw = serde_json::to_value(TransportSocket::raw_buffer()).unwrap();
+        assert_eq!(
+            raw["typedConfig"]["@type"],
+            "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+        );
+
+        let f = Filter::tcp_proxy(TcpProxy {
+            stat_prefix: "x".into(),
+            cluster: Some("c".into()),
+            ..Default::default()
+        });
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            v["typedConfig"]["@type"],
+            "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+        );
+        assert_eq!(v["typedConfig"]["cluster"], "c");
+        let back: Filter = serde_json::from_value(v).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn vhost_selection_follows_envoy() {
+        let rc = RouteConfiguration {
+            name: "80".into(),
+            ignore_port_in_host_matching: true,
+            virtual_hosts: vec![
+                VirtualHost {
+                    name: "a".into(),
+                    domains: vec!["a.example".into()],
+                    ..Default::default()
+                },
+                VirtualHost {
+                    name: "w".into(),
+                    domains: vec!["*.example".into()],
+                    ..Default::default()
+                },
+                VirtualHost {
+                    name: "any".into(),
+                    domains: vec!["*".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(rc.find_virtual_host("a.example:80").unwrap().name, "a");
+        assert_eq!(rc.find_virtual_host("b.example").unwrap().name, "w");
+        assert_eq!(rc.find_virtual_host("other").unwrap().name, "any");
+        assert_eq!(
+            parse_cluster_name("outbound|8443|partner|gw.ns.svc.cluster.local"),
+            Some(("outbound", 8443, "partner", "gw.ns.svc.cluster.local"))
+        );
+        assert_eq!(parse_cluster_name("PassthroughCluster"), None);
+    }
+}
