@@ -74,7 +74,11 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}: ", self.file, self.line, self.column, self.severity)?;
+        write!(
+            f,
+            "{}:{}:{}: {}: ",
+            self.file, self.line, self.column, self.severity
+        )?;
         if let Some(label) = self.object_label() {
             write!(f, "({label}) ")?;
         }

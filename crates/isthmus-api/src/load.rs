@@ -31,7 +31,9 @@ pub struct Rejection {
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     pub fn extend(&mut self, other: Loaded) {
@@ -55,7 +57,10 @@ pub struct LoadOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source} (check the path exists and is readable)")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid UTF-8 text (is this a binary file?)")]
     NotUtf8 { path: String },
 }
@@ -94,7 +99,10 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     for e in entries {
         if e.is_dir() {
             collect_dir(&e, out)?;
-        } else if matches!(e.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
+        } else if matches!(
+            e.extension().and_then(|x| x.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
             out.push(e);
         }
     }
@@ -107,9 +115,11 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, LoadE
     for p in expand_paths(paths)? {
         let (name, text) = if p.as_os_str() == "-" {
             let mut s = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(|source| LoadError::Io {
-                path: "-".into(),
-                source,
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(|source| {
+                LoadError::Io {
+                    path: "-".into(),
+                    source,
+                }
             })?;
             ("-".to_string(), s)
         } else {
@@ -119,7 +129,8 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, LoadE
             })?;
             (p.display().to_string(), bytes)
         };
-        let text = String::from_utf8(text).map_err(|_| LoadError::NotUtf8 { path: name.clone() })?;
+        let text =
+            String::from_utf8(text).map_err(|_| LoadError::NotUtf8 { path: name.clone() })?;
         all.extend(load_str(&name, &text, opts));
     }
     Ok(all)
@@ -142,7 +153,10 @@ pub fn load_str(file: &str, text: &str, opts: &LoadOptions) -> Loaded {
                 file: file.into(),
                 line: e.line,
                 column: e.column,
-                message: format!("error converting YAML to JSON: yaml: line {}: {}", e.line, e.message),
+                message: format!(
+                    "error converting YAML to JSON: yaml: line {}: {}",
+                    e.line, e.message
+                ),
             });
             return out;
         }
@@ -153,12 +167,15 @@ pub fn load_str(file: &str, text: &str, opts: &LoadOptions) -> Loaded {
         }
         let json = doc.root.to_json();
         let is_list = json.get("kind").and_then(|k| k.as_str()) == Some("List")
-            || json
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .is_some_and(|k| k.ends_with("List") && json.get("items").is_some_and(|i| i.is_array()));
+            || json.get("kind").and_then(|k| k.as_str()).is_some_and(|k| {
+                k.ends_with("List") && json.get("items").is_some_and(|i| i.is_array())
+            });
         if is_list {
-            let items = json.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            let items = json
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default();
             for (i, item) in items.into_iter().enumerate() {
                 let node = doc.root.get(&format!("items[{i}]")).unwrap_or(&doc.root);
                 load_object(file, doc_index, node, item, opts, &mut out);
@@ -179,7 +196,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn diag(&self, code: &str, severity: Severity, stage: Stage, field: Option<String>, message: String) -> Diagnostic {
+    fn diag(
+        &self,
+        code: &str,
+        severity: Severity,
+        stage: Stage,
+        field: Option<String>,
+        message: String,
+    ) -> Diagnostic {
         let pos: Position = match &field {
             Some(f) => self.node.locate(f),
             None => self.node.pos,
@@ -200,7 +224,14 @@ impl Ctx<'_> {
     }
 }
 
-fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Value, opts: &LoadOptions, out: &mut Loaded) {
+fn load_object(
+    file: &str,
+    doc_index: usize,
+    node: &Node,
+    json: serde_json::Value,
+    opts: &LoadOptions,
+    out: &mut Loaded,
+) {
     let mut ctx = Ctx {
         file,
         node,
@@ -209,17 +240,28 @@ fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Valu
         name: None,
     };
     let Some(map) = json.as_object() else {
-        out.diagnostics.push(ctx.diag(
-            "ENVELOPE",
-            Severity::Error,
-            Stage::Envelope,
-            None,
-            "document is not a Kubernetes object (expected a mapping with apiVersion and kind)".into(),
-        ));
+        out.diagnostics.push(
+            ctx.diag(
+                "ENVELOPE",
+                Severity::Error,
+                Stage::Envelope,
+                None,
+                "document is not a Kubernetes object (expected a mapping with apiVersion and kind)"
+                    .into(),
+            ),
+        );
         return;
     };
-    let api_version = map.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let kind_str = map.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let kind_str = map
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     if api_version.is_empty() || kind_str.is_empty() {
         let mut missing = Vec::new();
         if api_version.is_empty() {
@@ -238,12 +280,21 @@ fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Valu
         return;
     }
     ctx.kind = Some(kind_str.clone());
-    let meta_json = map.get("metadata").cloned().unwrap_or(serde_json::Value::Null);
+    let meta_json = map
+        .get("metadata")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
     let mut meta: ObjectMeta = match serde_path_to_error::deserialize(meta_json) {
         Ok(m) => m,
         Err(e) => {
             let field = format!("metadata.{}", e.path());
-            out.diagnostics.push(ctx.diag("DECODE", Severity::Error, Stage::Schema, Some(field), e.into_inner().to_string()));
+            out.diagnostics.push(ctx.diag(
+                "DECODE",
+                Severity::Error,
+                Stage::Schema,
+                Some(field),
+                e.into_inner().to_string(),
+            ));
             return;
         }
     };
@@ -272,7 +323,13 @@ fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Valu
         let msg = format!(
             "The {kind_str} \"\" is invalid: metadata.name: Required value: name or generateName is required"
         );
-        out.diagnostics.push(ctx.diag("SCHEMA", Severity::Error, Stage::Schema, Some("metadata.name".into()), "Required value: name or generateName is required".into()));
+        out.diagnostics.push(ctx.diag(
+            "SCHEMA",
+            Severity::Error,
+            Stage::Schema,
+            Some("metadata.name".into()),
+            "Required value: name or generateName is required".into(),
+        ));
         out.rejections.push(rejection(&ctx, &source, msg));
         return;
     }
@@ -292,15 +349,28 @@ fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Valu
                     format!("unknown field \"{path}\""),
                 ));
             }
-            out.rejections.push(rejection(&ctx, &source, format!("Error from server (BadRequest): error when creating \"{file}\": {msg}")));
+            out.rejections.push(rejection(
+                &ctx,
+                &source,
+                format!("Error from server (BadRequest): error when creating \"{file}\": {msg}"),
+            ));
             return;
         }
         let errors = crate::schema::validate_structure(&kind_str, &api_version, &json);
         if !errors.is_empty() {
             for e in &errors {
                 let body = e.to_string();
-                let body = body.strip_prefix(&format!("{}: ", e.path)).unwrap_or(&body).to_string();
-                out.diagnostics.push(ctx.diag("SCHEMA", Severity::Error, Stage::Schema, Some(e.path.clone()), body));
+                let body = body
+                    .strip_prefix(&format!("{}: ", e.path))
+                    .unwrap_or(&body)
+                    .to_string();
+                out.diagnostics.push(ctx.diag(
+                    "SCHEMA",
+                    Severity::Error,
+                    Stage::Schema,
+                    Some(e.path.clone()),
+                    body,
+                ));
             }
             let msg = crate::schema::kubectl_message(&kind_str, &meta.name, &errors);
             out.rejections.push(rejection(&ctx, &source, msg));
@@ -312,11 +382,20 @@ fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Valu
     let body = match Body::decode(kind, &json) {
         Ok(b) => b,
         Err((path, message)) => {
-            out.diagnostics.push(ctx.diag("DECODE", Severity::Error, Stage::Schema, Some(path.clone()), message.clone()));
+            out.diagnostics.push(ctx.diag(
+                "DECODE",
+                Severity::Error,
+                Stage::Schema,
+                Some(path.clone()),
+                message.clone(),
+            ));
             out.rejections.push(rejection(
                 &ctx,
                 &source,
-                format!("The {kind_str} \"{}\" is invalid: {path}: {message}", meta.name),
+                format!(
+                    "The {kind_str} \"{}\" is invalid: {path}: {message}",
+                    meta.name
+                ),
             ));
             return;
         }
@@ -335,11 +414,23 @@ fn load_object(file: &str, doc_index: usize, node: &Node, json: serde_json::Valu
     if kind.is_istio() {
         let report = crate::validation::validate_object(&obj);
         for w in &report.warnings {
-            out.diagnostics.push(ctx.diag("WEBHOOK", Severity::Warning, Stage::Webhook, w.field.clone(), w.message.clone()));
+            out.diagnostics.push(ctx.diag(
+                "WEBHOOK",
+                Severity::Warning,
+                Stage::Webhook,
+                w.field.clone(),
+                w.message.clone(),
+            ));
         }
         if !report.errors.is_empty() {
             for e in &report.errors {
-                out.diagnostics.push(ctx.diag("WEBHOOK", Severity::Error, Stage::Webhook, e.field.clone(), e.message.clone()));
+                out.diagnostics.push(ctx.diag(
+                    "WEBHOOK",
+                    Severity::Error,
+                    Stage::Webhook,
+                    e.field.clone(),
+                    e.message.clone(),
+                ));
             }
             let msg = format!(
                 "Error from server: error when creating \"{file}\": admission webhook \"validation.istio.io\" denied the request: configuration is invalid: {}",

@@ -78,14 +78,20 @@ impl Default for MeshConfig {
 impl MeshConfig {
     /// The effective outbound policy: ALLOW_ANY unless the mesh says otherwise.
     pub fn outbound_mode(&self) -> &str {
-        self.outbound_traffic_policy.mode.as_deref().unwrap_or("ALLOW_ANY")
+        self.outbound_traffic_policy
+            .mode
+            .as_deref()
+            .unwrap_or("ALLOW_ANY")
     }
 
     /// Parses MeshConfig YAML (the text of `data.mesh`, or a `--mesh-config` file). Unset
     /// fields keep Istio's defaults.
     pub fn from_yaml(text: &str) -> Result<MeshConfig, String> {
         let docs = crate::yaml::parse_stream(text).map_err(|e| e.to_string())?;
-        let Some(doc) = docs.into_iter().find(|d| !matches!(d.root.value, crate::yaml::NodeValue::Null)) else {
+        let Some(doc) = docs
+            .into_iter()
+            .find(|d| !matches!(d.root.value, crate::yaml::NodeValue::Null))
+        else {
             return Ok(MeshConfig::default());
         };
         let json = doc.root.to_json();
@@ -108,7 +114,9 @@ fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
         (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge_json(existing, v),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_json(existing, v)
+                    }
                     _ => {
                         b.insert(k, v);
                     }
@@ -130,7 +138,10 @@ mod tests {
         assert_eq!(m.access_log_file, "/dev/stdout");
         assert_eq!(m.trust_domain, "cluster.local");
         assert_eq!(m.connect_timeout, "10s");
-        assert_eq!(m.default_config.proxy_metadata["ISTIO_META_DNS_CAPTURE"], "true");
+        assert_eq!(
+            m.default_config.proxy_metadata["ISTIO_META_DNS_CAPTURE"],
+            "true"
+        );
         assert_eq!(MeshConfig::default().outbound_mode(), "ALLOW_ANY");
         let e = MeshConfig::from_yaml("trustDomain: [1]").unwrap_err();
         assert!(e.contains("trustDomain"), "{e}");

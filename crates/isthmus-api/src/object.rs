@@ -55,7 +55,9 @@ impl Kind {
     pub fn from_api(api_version: &str, kind: &str) -> Option<Kind> {
         let istio = matches!(
             api_version,
-            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3"
+            "networking.istio.io/v1"
+                | "networking.istio.io/v1beta1"
+                | "networking.istio.io/v1alpha3"
         );
         Some(match (kind, api_version) {
             ("Gateway", _) if istio => Kind::Gateway,
@@ -78,7 +80,12 @@ impl Kind {
     pub fn is_istio(self) -> bool {
         matches!(
             self,
-            Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry | Kind::Sidecar | Kind::WorkloadEntry
+            Kind::Gateway
+                | Kind::VirtualService
+                | Kind::DestinationRule
+                | Kind::ServiceEntry
+                | Kind::Sidecar
+                | Kind::WorkloadEntry
         )
     }
 
@@ -127,7 +134,9 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// The typed content of an object.
+/// The typed content of an object. (Variants differ in size; objects are few and long-lived,
+/// so boxing would only add indirection.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Body {
@@ -146,11 +155,17 @@ pub enum Body {
     Deployment(k8s::DeploymentSpec),
 }
 
-fn decode_at<T: serde::de::DeserializeOwned>(value: &serde_json::Value, prefix: &str) -> Result<T, (String, String)> {
+fn decode_at<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    prefix: &str,
+) -> Result<T, (String, String)> {
     let v = if prefix.is_empty() {
         value.clone()
     } else {
-        value.get(prefix).cloned().unwrap_or(serde_json::Value::Object(Default::default()))
+        value
+            .get(prefix)
+            .cloned()
+            .unwrap_or(serde_json::Value::Object(Default::default()))
     };
     serde_path_to_error::deserialize(v).map_err(|e| {
         let p = e.path().to_string();
@@ -282,7 +297,9 @@ impl Object {
 pub fn find_mesh_config(objects: &[Object]) -> Option<(&Object, &str)> {
     objects.iter().find_map(|o| {
         if o.kind == Kind::ConfigMap && o.name() == "istio" && o.namespace() == "istio-system" {
-            o.as_config_map().and_then(|c| c.data.get("mesh")).map(|m| (o, m.as_str()))
+            o.as_config_map()
+                .and_then(|c| c.data.get("mesh"))
+                .map(|m| (o, m.as_str()))
         } else {
             None
         }

@@ -65,7 +65,12 @@ fn pos_of(span: &Span) -> Position {
 
 enum Frame {
     Seq(Position, Vec<Node>, usize),
-    Map(Position, Vec<(String, Position, Node)>, Option<(String, Position)>, usize),
+    Map(
+        Position,
+        Vec<(String, Position, Node)>,
+        Option<(String, Position)>,
+        usize,
+    ),
 }
 
 /// Parses a whole YAML stream into documents. Empty documents are returned with a Null root.
@@ -185,7 +190,12 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, YamlError> {
 fn count_nodes(n: &Node) -> usize {
     match &n.value {
         NodeValue::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        NodeValue::Map(entries) => 1 + entries.iter().map(|(_, _, v)| count_nodes(v)).sum::<usize>(),
+        NodeValue::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(_, _, v)| count_nodes(v))
+                .sum::<usize>()
+        }
         _ => 1,
     }
 }
@@ -260,7 +270,9 @@ pub fn resolve_plain(s: &str) -> NodeValue {
         "false" | "False" | "FALSE" | "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
             return NodeValue::Bool(false)
         }
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return NodeValue::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return NodeValue::Float(f64::INFINITY)
+        }
         "-.inf" | "-.Inf" | "-.INF" => return NodeValue::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return NodeValue::Float(f64::NAN),
         _ => {}
@@ -305,9 +317,10 @@ fn parse_yaml_int(s: &str) -> Option<i64> {
 fn looks_like_float(s: &str) -> bool {
     let t = s.trim_start_matches(['-', '+']);
     !t.is_empty()
-        && t.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && t
-            .bytes()
+        && t.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && t.bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+' | b'_'))
         && t.bytes().any(|b| b.is_ascii_digit())
 }
@@ -319,7 +332,9 @@ impl Node {
             NodeValue::Null => Value::Null,
             NodeValue::Bool(b) => Value::Bool(*b),
             NodeValue::Int(i) => Value::Number((*i).into()),
-            NodeValue::Float(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+            NodeValue::Float(f) => Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
             NodeValue::Str(s) => Value::String(s.clone()),
             NodeValue::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
             NodeValue::Map(entries) => {
@@ -340,8 +355,15 @@ impl Node {
         let mut best = self.pos;
         for seg in split_path(path) {
             let next = match (&node.value, &seg) {
-                (NodeValue::Map(entries), PathSeg::Key(k)) => entries.iter().find(|(ek, _, _)| ek == k).map(|(_, kp, v)| (*kp, v)),
-                (NodeValue::Seq(items), PathSeg::Key(k)) => k.parse::<usize>().ok().and_then(|i| items.get(i)).map(|v| (v.pos, v)),
+                (NodeValue::Map(entries), PathSeg::Key(k)) => entries
+                    .iter()
+                    .find(|(ek, _, _)| ek == k)
+                    .map(|(_, kp, v)| (*kp, v)),
+                (NodeValue::Seq(items), PathSeg::Key(k)) => k
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .map(|v| (v.pos, v)),
                 _ => None,
             };
             match next {
@@ -361,7 +383,10 @@ impl Node {
         for seg in split_path(path) {
             let PathSeg::Key(k) = seg;
             node = match &node.value {
-                NodeValue::Map(entries) => entries.iter().find(|(ek, _, _)| *ek == k).map(|(_, _, v)| v)?,
+                NodeValue::Map(entries) => entries
+                    .iter()
+                    .find(|(ek, _, _)| *ek == k)
+                    .map(|(_, _, v)| v)?,
                 NodeValue::Seq(items) => items.get(k.parse::<usize>().ok()?)?,
                 _ => return None,
             };
@@ -424,14 +449,31 @@ mod tests {
         assert_eq!(j["b"]["e"][1], "x");
         assert_eq!(docs[1].root.to_json()["f"], 16);
         assert_eq!(docs[0].root.locate("b.d"), Position { line: 4, column: 3 });
-        assert_eq!(docs[0].root.locate("b.e[1]"), Position { line: 5, column: 10 });
+        assert_eq!(
+            docs[0].root.locate("b.e[1]"),
+            Position {
+                line: 5,
+                column: 10
+            }
+        );
         // missing leaf points at the deepest existing parent key
-        assert_eq!(docs[0].root.locate("b.zz.y"), Position { line: 2, column: 1 });
+        assert_eq!(
+            docs[0].root.locate("b.zz.y"),
+            Position { line: 2, column: 1 }
+        );
     }
 
     #[test]
     fn errors_are_located_not_panics() {
-        for bad in ["a: [1, 2", "a: b: c", "a: 1\na: 2\n", "\t- x", "*x", "{{{{", "a: &x [*x]"] {
+        for bad in [
+            "a: [1, 2",
+            "a: b: c",
+            "a: 1\na: 2\n",
+            "\t- x",
+            "*x",
+            "{{{{",
+            "a: &x [*x]",
+        ] {
             let _ = parse_stream(bad); // must not panic
         }
         let e = parse_stream("a: 1\na: 2\n").unwrap_err();
@@ -439,7 +481,10 @@ mod tests {
         assert!(e.message.contains("already defined"));
         let deep = "[".repeat(1000);
         let e = parse_stream(&deep).unwrap_err();
-        assert!(e.message.contains("nested too deeply") || e.message.contains("recursion limit"), "{e}");
+        assert!(
+            e.message.contains("nested too deeply") || e.message.contains("recursion limit"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -456,7 +501,8 @@ mod tests {
 
     #[test]
     fn json_documents_parse() {
-        let docs = parse_stream(r#"{"kind": "Service", "spec": {"ports": [{"port": 80}]}}"#).unwrap();
+        let docs =
+            parse_stream(r#"{"kind": "Service", "spec": {"ports": [{"port": 80}]}}"#).unwrap();
         assert_eq!(docs[0].root.to_json()["spec"]["ports"][0]["port"], 80);
     }
 }

@@ -65,10 +65,17 @@ fn huge_and_deep_documents_are_rejected_cleanly() {
     let nested = format!("spec: {}{}", "[".repeat(5000), "]".repeat(5000));
     let l = load_str("x.yaml", &nested, &LoadOptions::default());
     assert!(l.has_errors());
-    assert!(l.diagnostics[0].message.contains("recursion limit") || l.diagnostics[0].message.contains("nested too deeply"), "{:?}", l.diagnostics);
+    assert!(
+        l.diagnostics[0].message.contains("recursion limit")
+            || l.diagnostics[0].message.contains("nested too deeply"),
+        "{:?}",
+        l.diagnostics
+    );
     let mut wide = String::new();
     for i in 0..20_000 {
-        wide.push_str(&format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{i}}}\n"));
+        wide.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{i}}}\n"
+        ));
     }
     let l = load_str("wide.yaml", &wide, &LoadOptions::default());
     assert_eq!(l.objects.len(), 20_000);
@@ -76,7 +83,11 @@ fn huge_and_deep_documents_are_rejected_cleanly() {
 
 #[test]
 fn binary_garbage_is_a_located_syntax_error() {
-    let l = load_str("bin.yaml", "\u{0}\u{1}\u{2}: [\u{7f}", &LoadOptions::default());
+    let l = load_str(
+        "bin.yaml",
+        "\u{0}\u{1}\u{2}: [\u{7f}",
+        &LoadOptions::default(),
+    );
     assert!(l.has_errors());
     assert_eq!(l.diagnostics[0].code, "YAML");
 }
@@ -95,11 +106,21 @@ items:
   kind: Widget
   metadata: {name: w}
 "#;
-    let l = load_str("list.yaml", text, &LoadOptions { default_namespace: Some("team".into()) });
+    let l = load_str(
+        "list.yaml",
+        text,
+        &LoadOptions {
+            default_namespace: Some("team".into()),
+        },
+    );
     assert_eq!(l.objects.len(), 1);
     assert_eq!(l.objects[0].namespace(), "team");
     assert_eq!(l.objects[0].source.line, 5);
-    let note = l.diagnostics.iter().find(|d| d.code == "UNKNOWN_KIND").expect("note for Widget");
+    let note = l
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "UNKNOWN_KIND")
+        .expect("note for Widget");
     assert_eq!(note.severity, isthmus_api::Severity::Info);
     assert_eq!(note.line, 9);
     assert!(!l.has_errors());

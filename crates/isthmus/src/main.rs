@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "isthmus", version, about = "A service mesh that runs Istio's networking API on its own control plane and proxy")]
+#[command(
+    name = "isthmus",
+    version,
+    about = "A service mesh that runs Istio's networking API on its own control plane and proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -35,7 +35,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for o in &loaded.objects {
-            println!("{} {}: valid ({}:{})", o.kind, qualified(o.meta.namespace.as_deref(), o.name()), o.source.file, o.source.line);
+            println!(
+                "{} {}: valid ({}:{})",
+                o.kind,
+                qualified(o.meta.namespace.as_deref(), o.name()),
+                o.source.file,
+                o.source.line
+            );
         }
         for r in &loaded.rejections {
             eprintln!("{}", r.message);
@@ -47,8 +53,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("{d}");
             }
         }
-        let errors = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-        let warnings = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
+        let errors = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        let warnings = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .count();
         eprintln!(
             "{} valid, {} rejected, {} error(s), {} warning(s)",
             loaded.objects.len(),
@@ -57,7 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             warnings
         );
     }
-    Ok(if invalid { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if invalid {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn qualified(ns: Option<&str>, name: &str) -> String {
