@@ -459,12 +459,15 @@ impl Ca {
     }
 
     /// Issues a workload certificate (SVID) for `identity` with URI SAN
-    /// `spiffe://<td>/ns/<ns>/sa/<sa>`, valid from now (minus [`CLOCK_SKEW_ALLOWANCE`]) for
-    /// `ttl` (default: the CA's workload TTL).
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`, valid from now (minus [`CLOCK_SKEW_ALLOWANCE`], or a
+    /// tenth of `ttl` if smaller) until now + `ttl` (default: the CA's workload TTL).
     pub fn issue(&self, identity: &Identity, ttl: Option<Duration>) -> Result<IssuedCert, CaError> {
         let now = SystemTime::now();
         let ttl = ttl.unwrap_or(self.workload_ttl);
-        self.issue_with_validity(identity, now - CLOCK_SKEW_ALLOWANCE, now + ttl)
+        // Back-date by at most a tenth of the lifetime so that very short test lifetimes do not
+        // produce certificates that are already due for rotation when issued.
+        let backdate = CLOCK_SKEW_ALLOWANCE.min(ttl / 10);
+        self.issue_with_validity(identity, now - backdate, now + ttl)
     }
 
     /// Issues a workload certificate with an explicit validity window (tests use this to mint

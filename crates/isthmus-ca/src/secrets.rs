@@ -388,8 +388,15 @@ impl SecretIndex {
         let full = to_resource_name(resource_name);
         let name = full
             .strip_prefix(KUBERNETES_PREFIX)
+            .or_else(|| full.strip_prefix("kubernetes-gateway://"))
             .ok_or_else(|| SecretError::BadResourceName(resource_name.to_string()))?;
-        if name.is_empty() {
+        // Kubernetes object names are DNS-1123 subdomains; anything else cannot name a Secret.
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
             return Err(SecretError::BadResourceName(resource_name.to_string()));
         }
         if let Some(base) = name.strip_suffix(CA_SUFFIX) {
