@@ -270,7 +270,14 @@ pub fn server_config(
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     cfg.alpn_protocols = if t.alpn.is_empty() {
-        default_alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
+        let mut v: Vec<Vec<u8>> = default_alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        if t.mode == TlsMode::IstioMutual && !v.is_empty() {
+            // Accept Istio clients' ALPN names too (rustls refuses a handshake with no overlap).
+            for a in ["istio-peer-exchange", "istio-h2", "istio-http/1.1", "istio"] {
+                v.push(a.as_bytes().to_vec());
+            }
+        }
+        v
     } else {
         t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
     };
@@ -419,12 +426,19 @@ pub fn client_config(
     cfg.alpn_protocols = if !t.alpn.is_empty() {
         t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
     } else if t.mode == TlsMode::IstioMutual {
-        // Istio sends istio-peer-exchange plus the app protocol on mTLS.
+        // Istio offers istio-peer-exchange plus its istio-* names; the plain protocol last
+        // keeps strict ALPN servers (rustls fails a handshake with no overlap) reachable.
+        let mut v: Vec<Vec<u8>> = vec![b"istio-peer-exchange".to_vec()];
         if http2 {
-            vec![b"istio-peer-exchange".to_vec(), b"h2".to_vec()]
+            v.extend([b"istio-h2".to_vec(), b"istio".to_vec(), b"h2".to_vec()]);
         } else {
-            vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()]
+            v.extend([
+                b"istio-http/1.1".to_vec(),
+                b"istio".to_vec(),
+                b"http/1.1".to_vec(),
+            ]);
         }
+        v
     } else if http2 {
         vec![b"h2".to_vec()]
     } else {
