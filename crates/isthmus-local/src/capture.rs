@@ -78,11 +78,11 @@ impl CaptureConfig {
         let mut s = String::new();
         s.push_str(&format!("table ip {CAPTURE_TABLE}\ndelete table ip {CAPTURE_TABLE}\n"));
         s.push_str(&format!("table ip {CAPTURE_TABLE} {{\n"));
-        s.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
+        s.push_str("  chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n");
         s.push_str("    iifname \"lo\" return\n");
         s.push_str(&format!("    tcp dport {{ {} }} return\n", port_set(&inbound_skip)));
         s.push_str(&format!("    meta l4proto tcp redirect to :{}\n  }}\n", self.inbound_port));
-        s.push_str("  chain output {\n    type nat hook output priority dstnat; policy accept;\n");
+        s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n");
         s.push_str(&format!("    meta mark {mark} return\n"));
         if let Some(dns) = self.dns_redirect_port {
             s.push_str(&format!("    ip daddr != 127.0.0.0/8 udp dport 53 redirect to :{dns}\n"));

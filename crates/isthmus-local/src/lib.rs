@@ -103,11 +103,13 @@ pub fn preflight() -> Result<(), PreflightError> {
     for tool in ["ip", "nft", "nsenter", "unshare", "mount"] {
         cmd::require(tool)?;
     }
-    let name = format!("{}-preflight-{}", net::DEFAULT_PREFIX, std::process::id());
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{}-preflight-{}-{seq}", net::DEFAULT_PREFIX, std::process::id());
     cmd::ip(&["netns", "add", &name]).map_err(|e| PreflightError::Kernel { what: "network namespaces", detail: e.to_string() })?;
     let nat = cmd::nft_script(
         Some(&name),
-        "table ip isthmus_preflight {\n chain o {\n  type nat hook output priority dstnat; policy accept;\n  meta mark 1 return\n  meta l4proto tcp redirect to :1\n }\n}\n",
+        "table ip isthmus_preflight {\n chain o {\n  type nat hook output priority -100; policy accept;\n  meta mark 1 return\n  meta l4proto tcp redirect to :1\n }\n}\n",
     );
     let _ = net::delete_netns(&name);
     nat.map_err(|e| PreflightError::Kernel { what: "nftables NAT (nf_tables, nft_redir)", detail: e.to_string() })?;
@@ -120,7 +122,8 @@ pub mod testing {
     /// Whether namespace tests can run here. When they cannot: panics if `CI=true` (CI must
     /// never silently skip them), otherwise prints a loud SKIPPED line and returns false.
     pub fn namespaces_available(test: &str) -> bool {
-        match super::preflight() {
+        static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        match RESULT.get_or_init(|| super::preflight().map_err(|e| e.to_string())) {
             Ok(()) => true,
             Err(e) => {
                 let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);

@@ -275,6 +275,16 @@ impl MeshNet {
         cmd::ip(&["-n", n, "link", "set", BRIDGE, "up"])?;
         // Forwarding inside the node namespace only: needed for node-level service VIPs.
         cmd::run("ip", &["netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
+        // If the host loaded br_netfilter, bridged frames would run through this namespace's
+        // ip hooks; a DNAT'd service connection from a pod to itself would then be bridged
+        // back out of the port it came from and dropped. The switch is per namespace (Linux
+        // >= 5.3), so turning it off here leaves the host alone. Absent module: nothing to do.
+        for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            if std::path::Path::new(&path).exists() {
+                let _ = cmd::run("ip", &["netns", "exec", n, "sysctl", "-qw", &format!("{key}=0")], None);
+            }
+        }
         Ok(())
     }
 
@@ -418,8 +428,15 @@ impl MeshNet {
     /// Removes a pod's namespace (its processes are killed, its veth pair disappears).
     pub fn remove_pod(&self, key: &str) -> Result<(), NetError> {
         let pod = self.lock().remove(key).ok_or_else(|| NetError::UnknownPod(key.to_string()))?;
-        delete_netns(&pod.netns)?;
-        Ok(())
+        self.delete_pod(&pod)
+    }
+
+    fn delete_pod(&self, pod: &PodNet) -> Result<(), NetError> {
+        // The kernel destroys a namespace (and its veth end) only when the last reference
+        // goes, which an open socket can delay; delete the pair explicitly so the node
+        // namespace is clean right away.
+        let _ = cmd::ip(&["-n", &self.node, "link", "del", &pod.veth]);
+        delete_netns(&pod.netns)
     }
 
     /// Tears the whole mesh network down: every pod namespace, then the node namespace.
@@ -428,7 +445,7 @@ impl MeshNet {
         let pods: Vec<PodNet> = std::mem::take(&mut *self.lock()).into_values().collect();
         let mut first_err = None;
         for p in pods {
-            if let Err(e) = delete_netns(&p.netns) {
+            if let Err(e) = self.delete_pod(&p) {
                 first_err.get_or_insert(e);
             }
         }

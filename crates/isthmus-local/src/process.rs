@@ -449,7 +449,9 @@ impl PodSandbox {
             Some(pid) => {
                 let mut c = std::process::Command::new(nsenter);
                 c.arg(format!("--target={pid}")).args(["--mount", "--uts", "--net"]);
-                c.arg(format!("--wd={}", spec.working_dir.clone().unwrap_or_else(|| "/".to_string())));
+                // `--wd` without a value: the target's current directory (its workingDir),
+                // resolved after entering its mount namespace.
+                c.arg("--wd");
                 c.arg("--").args(argv);
                 c
             }

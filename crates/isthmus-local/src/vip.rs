@@ -96,12 +96,12 @@ pub fn vip_ruleset(services: &[ServiceVip], mode: VipMode) -> String {
             s.push_str(&format!("  chain svc{i}ep{j} {{\n    meta l4proto {proto} dnat to {ep}\n  }}\n"));
         }
     }
-    s.push_str(&format!("  chain nat_{hook} {{\n    type nat hook {hook} priority dstnat; policy accept;\n{dispatch}  }}\n"));
+    s.push_str(&format!("  chain nat_{hook} {{\n    type nat hook {hook} priority -100; policy accept;\n{dispatch}  }}\n"));
     s.push_str(&format!(
-        "  chain filter_{filter_hook} {{\n    type filter hook {filter_hook} priority filter; policy accept;\n{reject}  }}\n"
+        "  chain filter_{filter_hook} {{\n    type filter hook {filter_hook} priority 0; policy accept;\n{reject}  }}\n"
     ));
     if mode == VipMode::Node {
-        s.push_str("  chain nat_postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat masquerade\n  }\n");
+        s.push_str("  chain nat_postrouting {\n    type nat hook postrouting priority 100; policy accept;\n    ct status dnat masquerade\n  }\n");
     }
     s.push_str("}\n");
     s
