@@ -110,7 +110,11 @@ impl CaService {
     }
 
     /// The current certificate for the identity bound to `token` (issued or rotated as needed).
-    pub fn issue_for_token(&self, token: &str, now: SystemTime) -> Result<Arc<IssuedCert>, IssueError> {
+    pub fn issue_for_token(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Arc<IssuedCert>, IssueError> {
         let identity = self
             .identity_for_token(token)
             .ok_or(IssueError::UnknownToken)?;

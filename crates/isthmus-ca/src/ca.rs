@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use isthmus_tls::{parse_certs, CertSummary, Identity};
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -205,9 +205,7 @@ fn random_serial() -> SerialNumber {
 }
 
 fn classify_san(s: &str) -> Result<SanType, CaError> {
-    let ia5 = |v: &str| {
-        rcgen::string::Ia5String::try_from(v.to_string()).map_err(CaError::Rcgen)
-    };
+    let ia5 = |v: &str| rcgen::string::Ia5String::try_from(v.to_string()).map_err(CaError::Rcgen);
     if s.contains("://") {
         Ok(SanType::URI(ia5(s)?))
     } else if let Ok(ip) = s.parse::<std::net::IpAddr>() {
@@ -239,12 +237,16 @@ fn parse_x509<'a>(der: &'a [u8], file: &str) -> Result<X509Certificate<'a>, CaEr
 }
 
 fn signed_by(child: &X509Certificate<'_>, parent: &X509Certificate<'_>) -> bool {
-    child.issuer() == parent.subject()
-        && child.verify_signature(Some(parent.public_key())).is_ok()
+    child.issuer() == parent.subject() && child.verify_signature(Some(parent.public_key())).is_ok()
 }
 
 impl Ca {
-    fn ca_params(common_name: &str, trust_domain: &str, not_before: SystemTime, ttl: Duration) -> Result<CertificateParams, CaError> {
+    fn ca_params(
+        common_name: &str,
+        trust_domain: &str,
+        not_before: SystemTime,
+        ttl: Duration,
+    ) -> Result<CertificateParams, CaError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, trust_domain);
@@ -267,7 +269,12 @@ impl Ca {
     pub fn generate(trust_domain: &str) -> Result<Ca, CaError> {
         let trust_domain = trust_domain.replace('@', ".");
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let params = Self::ca_params("isthmus root CA", &trust_domain, SystemTime::now() - CLOCK_SKEW_ALLOWANCE, DEFAULT_ROOT_TTL)?;
+        let params = Self::ca_params(
+            "isthmus root CA",
+            &trust_domain,
+            SystemTime::now() - CLOCK_SKEW_ALLOWANCE,
+            DEFAULT_ROOT_TTL,
+        )?;
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         let files = CaFiles {
@@ -300,7 +307,9 @@ impl Ca {
 
         let key = CaKey::from_pem(files.ca_key_pem.as_bytes(), &f(CA_KEY_FILE))?;
         let parsed_ca = parse_x509(ca_cert.as_ref(), &f(CA_CERT_FILE))?;
-        if parsed_ca.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&key) {
+        if parsed_ca.public_key().subject_public_key.data.as_ref()
+            != rcgen::PublicKeyData::der_bytes(&key)
+        {
             return Err(CaError::BadCaFile {
                 file: f(CA_KEY_FILE),
                 reason: format!("the key does not match {CA_CERT_FILE}"),
@@ -492,7 +501,9 @@ impl Ca {
     /// clientAuth EKUs, random serial, `CA:FALSE`.
     pub fn issue_leaf(&self, spec: &LeafSpec) -> Result<IssuedCert, CaError> {
         if spec.not_after <= spec.not_before {
-            return Err(CaError::Lifetime("notAfter must be after notBefore".to_string()));
+            return Err(CaError::Lifetime(
+                "notAfter must be after notBefore".to_string(),
+            ));
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
@@ -538,7 +549,12 @@ impl Ca {
     /// multi-cluster set-ups and tests of plugged-in certificates).
     pub fn issue_intermediate(&self, common_name: &str, ttl: Duration) -> Result<CaFiles, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = Self::ca_params(common_name, &self.trust_domain, SystemTime::now() - CLOCK_SKEW_ALLOWANCE, ttl)?;
+        let mut params = Self::ca_params(
+            common_name,
+            &self.trust_domain,
+            SystemTime::now() - CLOCK_SKEW_ALLOWANCE,
+            ttl,
+        )?;
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
         let cert_pem = cert.pem();

@@ -25,13 +25,21 @@ pub struct CaKey {
 
 impl std::fmt::Debug for CaKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaKey").field("scheme", &self.scheme).finish()
+        f.debug_struct("CaKey")
+            .field("scheme", &self.scheme)
+            .finish()
     }
 }
 
 const CANDIDATES: &[(SignatureScheme, &SignatureAlgorithm)] = &[
-    (SignatureScheme::ECDSA_NISTP256_SHA256, &rcgen::PKCS_ECDSA_P256_SHA256),
-    (SignatureScheme::ECDSA_NISTP384_SHA384, &rcgen::PKCS_ECDSA_P384_SHA384),
+    (
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    ),
+    (
+        SignatureScheme::ECDSA_NISTP384_SHA384,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+    ),
     (SignatureScheme::ED25519, &rcgen::PKCS_ED25519),
     (SignatureScheme::RSA_PKCS1_SHA256, &rcgen::PKCS_RSA_SHA256),
 ];
@@ -57,7 +65,12 @@ impl CaKey {
             .iter()
             .find(|(scheme, _)| key.choose_scheme(&[*scheme]).is_some())
             .copied()
-            .ok_or_else(|| bad("key type cannot sign with ECDSA P-256/P-384, Ed25519 or RSA-SHA256".to_string()))?;
+            .ok_or_else(|| {
+                bad(
+                    "key type cannot sign with ECDSA P-256/P-384, Ed25519 or RSA-SHA256"
+                        .to_string(),
+                )
+            })?;
         let spki = key
             .public_key()
             .ok_or_else(|| bad("cannot derive the public key".to_string()))?;

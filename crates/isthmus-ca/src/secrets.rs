@@ -95,7 +95,9 @@ pub enum SecretError {
         key_key: String,
     },
     /// The resource name is not a `kubernetes://` credential.
-    #[error("unsupported credential resource {0:?}: expected a plain Secret name or kubernetes://NAME")]
+    #[error(
+        "unsupported credential resource {0:?}: expected a plain Secret name or kubernetes://NAME"
+    )]
     BadResourceName(String),
 }
 
@@ -184,14 +186,14 @@ impl KubeSecret {
             name: self.name.clone(),
             key: key.to_string(),
             reason: match e {
-                TlsError::NoCertificates { .. } => {
-                    "no PEM CERTIFICATE block found".to_string()
-                }
+                TlsError::NoCertificates { .. } => "no PEM CERTIFICATE block found".to_string(),
                 TlsError::NoPrivateKey { .. } => "no PEM private key found".to_string(),
                 TlsError::Pem { reason, .. } => format!("invalid PEM: {reason}"),
                 TlsError::BadCertificate { reason, .. } => format!("invalid certificate: {reason}"),
                 TlsError::BadCrl { reason, .. } => format!("invalid CRL: {reason}"),
-                TlsError::UnsupportedKey { reason, .. } => format!("unsupported private key: {reason}"),
+                TlsError::UnsupportedKey { reason, .. } => {
+                    format!("unsupported private key: {reason}")
+                }
                 other => other.to_string(),
             },
         }
@@ -202,7 +204,8 @@ impl KubeSecret {
     fn cert_keys(&self) -> Result<(&'static str, &'static str), SecretError> {
         let d = &self.data;
         let generic_ok = !self.is_tls_type();
-        if generic_ok && non_empty(d, GENERIC_CERT).is_some() && non_empty(d, GENERIC_KEY).is_some() {
+        if generic_ok && non_empty(d, GENERIC_CERT).is_some() && non_empty(d, GENERIC_KEY).is_some()
+        {
             return Ok((GENERIC_CERT, GENERIC_KEY));
         }
         if non_empty(d, TLS_CRT).is_some() && non_empty(d, TLS_KEY).is_some() {
@@ -214,10 +217,14 @@ impl KubeSecret {
             message,
         };
         if generic_ok && d.contains_key(GENERIC_CERT) && d.contains_key(GENERIC_KEY) {
-            return Err(missing(format!("found keys {GENERIC_CERT:?} and {GENERIC_KEY:?}, but they were empty")));
+            return Err(missing(format!(
+                "found keys {GENERIC_CERT:?} and {GENERIC_KEY:?}, but they were empty"
+            )));
         }
         if d.contains_key(TLS_CRT) && d.contains_key(TLS_KEY) {
-            return Err(missing(format!("found keys {TLS_CRT:?} and {TLS_KEY:?}, but they were empty")));
+            return Err(missing(format!(
+                "found keys {TLS_CRT:?} and {TLS_KEY:?}, but they were empty"
+            )));
         }
         let expected = if generic_ok {
             format!("({GENERIC_CERT} and {GENERIC_KEY}) or ({TLS_CRT} and {TLS_KEY})")
@@ -292,7 +299,10 @@ impl KubeSecret {
                     found_keys(d)
                 )
             } else {
-                format!("found secret, but didn't have expected key {CA_CRT}; found: {}", found_keys(d))
+                format!(
+                    "found secret, but didn't have expected key {CA_CRT}; found: {}",
+                    found_keys(d)
+                )
             };
             return Err(SecretError::MissingKeys {
                 namespace: self.namespace.clone(),
@@ -347,7 +357,8 @@ impl SecretIndex {
 
     /// Removes a Secret.
     pub fn remove(&mut self, namespace: &str, name: &str) -> Option<KubeSecret> {
-        self.secrets.remove(&(namespace.to_string(), name.to_string()))
+        self.secrets
+            .remove(&(namespace.to_string(), name.to_string()))
     }
 
     /// A Secret by namespace and name.

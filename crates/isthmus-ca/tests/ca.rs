@@ -51,19 +51,30 @@ fn generated_root_is_persisted_with_private_key_mode_0600_and_reloaded() {
     for f in [CA_CERT_FILE, CA_KEY_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE] {
         assert!(ca_dir.join(f).exists(), "{f} missing");
     }
-    let mode = std::fs::metadata(ca_dir.join(CA_KEY_FILE)).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(ca_dir.join(CA_KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "key file mode");
 
     let (again, origin) = Ca::load_or_generate(&ca_dir, "cluster.local").unwrap();
     assert_eq!(origin, CaOrigin::Loaded);
-    assert_eq!(again.root_pem(), ca.root_pem(), "restart must keep the same root");
+    assert_eq!(
+        again.root_pem(),
+        ca.root_pem(),
+        "restart must keep the same root"
+    );
 
     // The root: ECDSA P-256, CA:TRUE, O=cluster.local, CN=isthmus root CA.
     let root = write(dir.path(), "root.pem", ca.root_pem());
     let (ok, text) = openssl(&["x509", "-in", &root, "-noout", "-text"]);
     assert!(ok, "{text}");
     assert!(text.contains("CA:TRUE"), "{text}");
-    assert!(text.contains("prime256v1") || text.contains("P-256"), "{text}");
+    assert!(
+        text.contains("prime256v1") || text.contains("P-256"),
+        "{text}"
+    );
     assert!(text.contains("O = cluster.local"), "{text}");
     assert!(text.contains("CN = isthmus root CA"), "{text}");
 }
@@ -85,7 +96,10 @@ fn workload_certificate_has_exact_spiffe_uri_san_and_verifies_with_openssl() {
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
     // SVIDs have an empty subject, so the SAN extension must be critical.
-    assert!(text.contains("X509v3 Subject Alternative Name: critical"), "{text}");
+    assert!(
+        text.contains("X509v3 Subject Alternative Name: critical"),
+        "{text}"
+    );
 
     // Lifetime: the default 24h (+ the back-dating allowance).
     let life = cert.not_after.duration_since(cert.not_before).unwrap();
@@ -109,15 +123,33 @@ fn workload_certificate_has_exact_spiffe_uri_san_and_verifies_with_openssl() {
 
 #[test]
 fn serials_are_random_and_ttl_configurable() {
-    let ca = Ca::generate("cluster.local").unwrap().with_workload_ttl(Duration::from_secs(3600)).unwrap();
+    let ca = Ca::generate("cluster.local")
+        .unwrap()
+        .with_workload_ttl(Duration::from_secs(3600))
+        .unwrap();
     let a = ca.issue(&id("a", "a"), None).unwrap();
     let b = ca.issue(&id("a", "a"), None).unwrap();
     assert_ne!(a.serial_hex, b.serial_hex);
-    assert!(a.serial_hex.len() >= 30, "128-bit serial expected, got {}", a.serial_hex);
-    assert_eq!(a.not_after.duration_since(a.not_before).unwrap(), Duration::from_secs(3600) + CLOCK_SKEW_ALLOWANCE);
-    let c = ca.issue(&id("a", "a"), Some(Duration::from_secs(600))).unwrap();
-    assert_eq!(c.not_after.duration_since(c.not_before).unwrap(), Duration::from_secs(600) + CLOCK_SKEW_ALLOWANCE);
-    assert!(Ca::generate("cluster.local").unwrap().with_workload_ttl(Duration::from_secs(1)).is_err());
+    assert!(
+        a.serial_hex.len() >= 30,
+        "128-bit serial expected, got {}",
+        a.serial_hex
+    );
+    assert_eq!(
+        a.not_after.duration_since(a.not_before).unwrap(),
+        Duration::from_secs(3600) + CLOCK_SKEW_ALLOWANCE
+    );
+    let c = ca
+        .issue(&id("a", "a"), Some(Duration::from_secs(600)))
+        .unwrap();
+    assert_eq!(
+        c.not_after.duration_since(c.not_before).unwrap(),
+        Duration::from_secs(600) + CLOCK_SKEW_ALLOWANCE
+    );
+    assert!(Ca::generate("cluster.local")
+        .unwrap()
+        .with_workload_ttl(Duration::from_secs(1))
+        .is_err());
 }
 
 #[test]
@@ -126,7 +158,8 @@ fn at_sign_in_trust_domain_is_replaced() {
     assert_eq!(ca.trust_domain(), "corp.example.com");
     let ident = Identity::new("corp@example.com", "ns", "sa").unwrap();
     let cert = ca.issue(&ident, None).unwrap();
-    let info = &CertInfo::from_pem(cert.cert_chain_pem.as_bytes(), "t", SystemTime::now()).unwrap()[0];
+    let info =
+        &CertInfo::from_pem(cert.cert_chain_pem.as_bytes(), "t", SystemTime::now()).unwrap()[0];
     assert_eq!(info.sans[0].value, "spiffe://corp.example.com/ns/ns/sa/sa");
 }
 
@@ -134,7 +167,9 @@ fn at_sign_in_trust_domain_is_replaced() {
 fn plugged_in_intermediate_signs_and_serves_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let root_ca = Ca::generate("cluster.local").unwrap();
-    let files = root_ca.issue_intermediate("intermediate CA cluster1", Duration::from_secs(86400 * 365)).unwrap();
+    let files = root_ca
+        .issue_intermediate("intermediate CA cluster1", Duration::from_secs(86400 * 365))
+        .unwrap();
     let plug = dir.path().join("cacerts");
     files.write(&plug).unwrap();
 
@@ -159,7 +194,11 @@ fn plugged_in_intermediate_signs_and_serves_the_chain() {
 fn openssl_generated_sec1_and_pkcs1_cacerts_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     for (name, genkey, tail) in [
-        ("ec", vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout"], vec![]),
+        (
+            "ec",
+            vec!["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+            vec![],
+        ),
         ("rsa", vec!["genrsa", "-traditional"], vec!["2048"]),
     ] {
         let d = dir.path().join(name);
@@ -171,12 +210,27 @@ fn openssl_generated_sec1_and_pkcs1_cacerts_are_accepted() {
         let (ok, text) = openssl(&args);
         assert!(ok, "{text}");
         let keytext = std::fs::read_to_string(&key).unwrap();
-        assert!(keytext.contains("EC PRIVATE KEY") || keytext.contains("RSA PRIVATE KEY"), "{keytext}");
+        assert!(
+            keytext.contains("EC PRIVATE KEY") || keytext.contains("RSA PRIVATE KEY"),
+            "{keytext}"
+        );
         let cert = d.join(CA_CERT_FILE).display().to_string();
         let (ok, text) = openssl(&[
-            "req", "-x509", "-new", "-key", &key, "-days", "30", "-subj", "/O=Example/CN=Example Root",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-out", &cert,
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-days",
+            "30",
+            "-subj",
+            "/O=Example/CN=Example Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            &cert,
         ]);
         assert!(ok, "{text}");
         std::fs::copy(&cert, d.join(ROOT_CERT_FILE)).unwrap();
@@ -197,19 +251,29 @@ fn broken_cacerts_are_rejected_with_the_file_named() {
     // Key from another CA.
     let mut files = a.files().clone();
     files.ca_key_pem = b.files().ca_key_pem.clone();
-    let err = Ca::from_files(files, "cluster.local", "cacerts").unwrap_err().to_string();
-    assert!(err.contains("ca-key.pem") && err.contains("does not match"), "{err}");
+    let err = Ca::from_files(files, "cluster.local", "cacerts")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ca-key.pem") && err.contains("does not match"),
+        "{err}"
+    );
 
     // Root that is not the chain's anchor.
     let mut files = a.files().clone();
     files.root_cert_pem = b.root_pem().to_string();
-    let err = Ca::from_files(files, "cluster.local", "cacerts").unwrap_err().to_string();
+    let err = Ca::from_files(files, "cluster.local", "cacerts")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("root-cert.pem"), "{err}");
 
     // Garbage PEM.
     let mut files = a.files().clone();
-    files.ca_cert_pem = "-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n".into();
-    let err = Ca::from_files(files, "cluster.local", "cacerts").unwrap_err().to_string();
+    files.ca_cert_pem =
+        "-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n".into();
+    let err = Ca::from_files(files, "cluster.local", "cacerts")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ca-cert.pem"), "{err}");
 
     // A leaf certificate is not a CA.
@@ -220,22 +284,32 @@ fn broken_cacerts_are_rejected_with_the_file_named() {
         root_cert_pem: a.root_pem().to_string(),
         cert_chain_pem: String::new(),
     };
-    let err = Ca::from_files(files, "cluster.local", "cacerts").unwrap_err().to_string();
+    let err = Ca::from_files(files, "cluster.local", "cacerts")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a CA"), "{err}");
 
     // Incomplete directory: never overwritten, never silently regenerated.
     let d = dir.path().join("partial");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join(CA_CERT_FILE), a.root_pem()).unwrap();
-    let err = Ca::load_or_generate(&d, "cluster.local").unwrap_err().to_string();
-    assert!(err.contains("incomplete") && err.contains("ca-key.pem"), "{err}");
+    let err = Ca::load_or_generate(&d, "cluster.local")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("incomplete") && err.contains("ca-key.pem"),
+        "{err}"
+    );
     assert!(!d.join(CA_KEY_FILE).exists());
 }
 
 #[test]
 fn rotation_is_due_after_half_the_lifetime() {
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-    let v = Validity { not_before: t0, not_after: t0 + Duration::from_secs(100) };
+    let v = Validity {
+        not_before: t0,
+        not_after: t0 + Duration::from_secs(100),
+    };
     assert_eq!(v.rotation_at(), t0 + Duration::from_secs(50));
     assert!(!v.rotation_due(t0 + Duration::from_secs(49)));
     assert!(v.rotation_due(t0 + Duration::from_secs(50)));
@@ -260,7 +334,10 @@ fn manager_keeps_current_cert_and_reissues_when_due() {
     assert!(changes.has_changed().unwrap());
     changes.mark_unchanged();
     let again = m.get(&sleep, now + Duration::from_secs(3600)).unwrap();
-    assert_eq!(first.serial_hex, again.serial_hex, "not due yet: same certificate");
+    assert_eq!(
+        first.serial_hex, again.serial_hex,
+        "not due yet: same certificate"
+    );
     assert!(m.refresh(now + Duration::from_secs(3600)).is_empty());
     assert!(!changes.has_changed().unwrap());
 
@@ -270,7 +347,10 @@ fn manager_keeps_current_cert_and_reissues_when_due() {
     assert_eq!(rotated.len(), 1);
     assert_eq!(rotated[0].0, sleep);
     assert_ne!(rotated[0].1.serial_hex, first.serial_hex);
-    assert_eq!(m.current(&sleep).unwrap().serial_hex, rotated[0].1.serial_hex);
+    assert_eq!(
+        m.current(&sleep).unwrap().serial_hex,
+        rotated[0].1.serial_hex
+    );
     assert!(changes.has_changed().unwrap());
     assert_eq!(m.identities(), vec![sleep.clone()]);
     assert!(m.remove(&sleep));
@@ -284,18 +364,28 @@ async fn refresh_when_due_sleeps_until_the_next_rotation() {
     let m = WorkloadCertManager::new(ca, Some(Duration::from_secs(2)));
     let sleep = id("default", "sleep");
     let first = m.get(&sleep, SystemTime::now()).unwrap();
-    assert!(!rotation_due(&first, SystemTime::now()), "fresh certificate must not be due");
+    assert!(
+        !rotation_due(&first, SystemTime::now()),
+        "fresh certificate must not be due"
+    );
 
     // Bounded by max_wait: nothing is due within 50ms.
     let started = std::time::Instant::now();
-    assert!(m.refresh_when_due(Duration::from_millis(50)).await.is_empty());
+    assert!(m
+        .refresh_when_due(Duration::from_millis(50))
+        .await
+        .is_empty());
     assert!(started.elapsed() >= Duration::from_millis(50));
 
     // Sleeps until the due time, then rotates.
     let rotated = m.refresh_when_due(Duration::from_secs(10)).await;
     // (Certificate times have one-second resolution, so compare with the cert's own due time.)
     assert!(SystemTime::now() >= first.validity().rotation_at());
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(rotated.len(), 1);
     assert_ne!(rotated[0].1.serial_hex, first.serial_hex);
 }
@@ -323,24 +413,45 @@ fn a_token_only_ever_yields_its_own_identity() {
     assert_eq!(cb.identity.as_ref(), Some(&b));
 
     // Unknown or mangled tokens get nothing.
-    assert!(matches!(svc.issue_for_token("0123456789abcdef0123", now), Err(IssueError::UnknownToken)));
-    assert!(matches!(svc.issue_for_token(&ta[..ta.len() - 1], now), Err(IssueError::UnknownToken)));
-    assert!(matches!(svc.issue_for_token("", now), Err(IssueError::UnknownToken)));
+    assert!(matches!(
+        svc.issue_for_token("0123456789abcdef0123", now),
+        Err(IssueError::UnknownToken)
+    ));
+    assert!(matches!(
+        svc.issue_for_token(&ta[..ta.len() - 1], now),
+        Err(IssueError::UnknownToken)
+    ));
+    assert!(matches!(
+        svc.issue_for_token("", now),
+        Err(IssueError::UnknownToken)
+    ));
 
     // A token cannot be rebound to another identity.
     let err = svc.register_proxy(&ta, b.clone()).unwrap_err();
     assert!(matches!(err, IssueError::TokenBound { .. }), "{err}");
-    assert_eq!(svc.issue_for_token(&ta, now).unwrap().identity.as_ref(), Some(&a));
+    assert_eq!(
+        svc.issue_for_token(&ta, now).unwrap().identity.as_ref(),
+        Some(&a)
+    );
     svc.register_proxy(&ta, a.clone()).unwrap(); // idempotent
 
     // Weak tokens and foreign trust domains are refused.
-    assert!(matches!(svc.register_proxy("short", a.clone()), Err(IssueError::WeakToken(5))));
+    assert!(matches!(
+        svc.register_proxy("short", a.clone()),
+        Err(IssueError::WeakToken(5))
+    ));
     let foreign = Identity::new("evil.example", "default", "sleep").unwrap();
-    assert!(matches!(svc.register_proxy(&generate_token(), foreign), Err(IssueError::WrongTrustDomain { .. })));
+    assert!(matches!(
+        svc.register_proxy(&generate_token(), foreign),
+        Err(IssueError::WrongTrustDomain { .. })
+    ));
 
     // Unregistered tokens stop working.
     assert!(svc.unregister_proxy(&ta));
-    assert!(matches!(svc.issue_for_token(&ta, now), Err(IssueError::UnknownToken)));
+    assert!(matches!(
+        svc.issue_for_token(&ta, now),
+        Err(IssueError::UnknownToken)
+    ));
     assert!(svc.root_pem().contains("BEGIN CERTIFICATE"));
 }
 
@@ -351,27 +462,41 @@ fn cert_info_formats_serial_times_sans_and_validity() {
     let expired = ca
         .issue_with_validity(&id("default", "old"), t0, t0 + Duration::from_secs(3600))
         .unwrap();
-    let info = &CertInfo::from_pem(expired.cert_chain_pem.as_bytes(), "x", SystemTime::now()).unwrap()[0];
+    let info =
+        &CertInfo::from_pem(expired.cert_chain_pem.as_bytes(), "x", SystemTime::now()).unwrap()[0];
     assert_eq!(info.not_before, "2023-11-14T22:13:20Z");
     assert_eq!(info.not_after, "2023-11-14T23:13:20Z");
     assert_eq!(info.serial, expired.serial_hex);
-    assert!(info.serial.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(info
+        .serial
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     assert!(!info.valid, "expired certificate must show valid=false");
     assert!(info.subject.is_empty());
     assert!(info.issuer.contains("isthmus root CA"), "{}", info.issuer);
-    let during = CertInfo::from_pem(expired.cert_chain_pem.as_bytes(), "x", t0 + Duration::from_secs(60)).unwrap();
+    let during = CertInfo::from_pem(
+        expired.cert_chain_pem.as_bytes(),
+        "x",
+        t0 + Duration::from_secs(60),
+    )
+    .unwrap();
     assert!(during[0].valid);
     assert!(during[1].is_ca, "second entry is the CA");
 
     let server = ca
         .issue_leaf(&LeafSpec {
-            sans: vec!["api.partner.example".into(), "10.1.2.3".into(), "spiffe://x/ns/a/sa/b".into()],
+            sans: vec![
+                "api.partner.example".into(),
+                "10.1.2.3".into(),
+                "spiffe://x/ns/a/sa/b".into(),
+            ],
             common_name: Some("api.partner.example".into()),
             not_before: SystemTime::now(),
             not_after: SystemTime::now() + Duration::from_secs(3600),
         })
         .unwrap();
-    let info = &CertInfo::from_pem(server.cert_chain_pem.as_bytes(), "x", SystemTime::now()).unwrap()[0];
+    let info =
+        &CertInfo::from_pem(server.cert_chain_pem.as_bytes(), "x", SystemTime::now()).unwrap()[0];
     let json = serde_json::to_value(info).unwrap();
     assert_eq!(json["sans"][0]["kind"], "DNS");
     assert_eq!(json["sans"][1]["kind"], "IP");

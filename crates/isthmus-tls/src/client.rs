@@ -40,6 +40,9 @@ pub struct ClientTlsOptions {
     pub min_version: Option<TlsVersion>,
     /// Maximum protocol version (`None` = TLSv1_3).
     pub max_version: Option<TlsVersion>,
+    /// Allow TLS session resumption (default off): a resumed session would keep the peer and
+    /// client certificates of the original handshake across a rotation.
+    pub session_resumption: bool,
 }
 
 impl ClientTlsOptions {
@@ -53,6 +56,7 @@ impl ClientTlsOptions {
             alpn: Vec::new(),
             min_version: None,
             max_version: None,
+            session_resumption: false,
         }
     }
 
@@ -70,7 +74,11 @@ impl ClientTlsOptions {
     /// SPIFFE SAN list from the cluster config (`spiffe://td/ns/NS/sa/SA`, ...); the SNI
     /// (`outbound_.PORT_.SUBSET_.FQDN`) is sent but never used for verification. An empty SAN
     /// list accepts any certificate chained to the mesh root, as Envoy does.
-    pub fn istio_mutual(svid: Arc<CertStore>, mesh_roots: TrustBundle, spiffe_sans: &[&str]) -> Self {
+    pub fn istio_mutual(
+        svid: Arc<CertStore>,
+        mesh_roots: TrustBundle,
+        spiffe_sans: &[&str],
+    ) -> Self {
         let mut o = Self::base(ServerTrust::Verify(mesh_roots), Some(svid));
         o.subject_alt_names = spiffe_sans.iter().map(|s| s.to_string()).collect();
         o.auto_san_validation = false;
@@ -112,11 +120,9 @@ pub struct UpstreamTls {
 
 /// Parses an SNI / host name into a rustls server name.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
-    ServerName::try_from(name.trim_end_matches('.').to_string()).map_err(|e| {
-        TlsError::ServerName {
-            name: name.to_string(),
-            reason: e.to_string(),
-        }
+    ServerName::try_from(name.trim_end_matches('.').to_string()).map_err(|e| TlsError::ServerName {
+        name: name.to_string(),
+        reason: e.to_string(),
     })
 }
 
@@ -145,11 +151,10 @@ impl UpstreamTls {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = options
-            .alpn
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
+        if !options.session_resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let sni = options.sni.as_deref().map(server_name).transpose()?;
         Ok(UpstreamTls {
             config: Arc::new(config),
@@ -179,13 +184,19 @@ impl UpstreamTls {
 
     /// Runs the client handshake over `io`. On error, [`crate::failure_reason_io`] gives the
     /// `UF` reason for the access log.
-    pub async fn connect<IO>(&self, io: IO, fallback_sni: Option<&str>) -> std::io::Result<TlsStream<IO>>
+    pub async fn connect<IO>(
+        &self,
+        io: IO,
+        fallback_sni: Option<&str>,
+    ) -> std::io::Result<TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let name = self
             .server_name(fallback_sni)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        TlsConnector::from(self.config.clone()).connect(name, io).await
+        TlsConnector::from(self.config.clone())
+            .connect(name, io)
+            .await
     }
 }

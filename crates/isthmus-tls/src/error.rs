@@ -154,7 +154,9 @@ fn cert_error_detail(e: &CertificateError) -> String {
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             "certificate does not match the expected name (SAN mismatch)".into()
         }
-        CertificateError::BadSignature => "bad certificate signature".into(),
+        CertificateError::BadSignature => {
+            "bad certificate signature (not signed by the trusted CA)".into()
+        }
         CertificateError::BadEncoding => "malformed certificate".into(),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             "certificate not valid for this purpose (extended key usage)".into()
@@ -200,7 +202,10 @@ pub fn failure_reason(err: &rustls::Error) -> String {
             | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig => {
                 framed("UNSUPPORTED_PROTOCOL", "no TLS version in common")
             }
-            other => framed("HANDSHAKE_FAILURE", &format!("peer incompatible: {other:?}")),
+            other => framed(
+                "HANDSHAKE_FAILURE",
+                &format!("peer incompatible: {other:?}"),
+            ),
         },
         rustls::Error::InvalidMessage(_) => {
             framed("WRONG_VERSION_NUMBER", "peer did not speak TLS")
@@ -249,7 +254,10 @@ mod tests {
         let r = failure_reason(&rustls::Error::InvalidCertificate(
             CertificateError::UnknownIssuer,
         ));
-        assert!(r.starts_with("TLS_error:|CERTIFICATE_VERIFY_FAILED:"), "{r}");
+        assert!(
+            r.starts_with("TLS_error:|CERTIFICATE_VERIFY_FAILED:"),
+            "{r}"
+        );
         assert!(r.ends_with(":TLS_error_end"), "{r}");
         let r = failure_reason(&rustls::Error::AlertReceived(AlertDescription::UnknownCA));
         assert!(r.contains("TLSV1_ALERT_UNKNOWN_CA"), "{r}");

@@ -70,7 +70,9 @@ fn check_component(field: &'static str, value: &str) -> Result<(), IdentityError
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
     {
-        return Err(bad("must not contain whitespace, control characters, '?' or '#'"));
+        return Err(bad(
+            "must not contain whitespace, control characters, '?' or '#'",
+        ));
     }
     Ok(())
 }
@@ -161,7 +163,10 @@ mod tests {
     #[test]
     fn builds_and_round_trips() {
         let id = Identity::new("cluster.local", "default", "sleep").unwrap();
-        assert_eq!(id.spiffe_uri(), "spiffe://cluster.local/ns/default/sa/sleep");
+        assert_eq!(
+            id.spiffe_uri(),
+            "spiffe://cluster.local/ns/default/sa/sleep"
+        );
         assert_eq!(id.principal(), "cluster.local/ns/default/sa/sleep");
         assert_eq!(Identity::parse(&id.spiffe_uri()).unwrap(), id);
         assert_eq!(id.to_string().parse::<Identity>().unwrap(), id);

@@ -77,7 +77,9 @@ pub use pem::{
 pub use server::{ClientAuth, ServerTls, ServerTlsOptions};
 pub use sni::{SniCertResolver, SniMap};
 pub use store::CertStore;
-pub use verify::{PeerSanPolicy, PolicyClientVerifier, PolicyViolation, ServerTrust, UpstreamServerVerifier};
+pub use verify::{
+    PeerSanPolicy, PolicyClientVerifier, PolicyViolation, ServerTrust, UpstreamServerVerifier,
+};
 pub use version::{protocol_versions, TlsVersion};
 pub use x509::{dns_san_matches, san_list_matches, serial_hex, CertSummary, San, SanKind};
 

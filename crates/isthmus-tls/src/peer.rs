@@ -64,7 +64,9 @@ impl SessionInfo {
             cipher: conn
                 .negotiated_cipher_suite()
                 .and_then(|c| c.suite().as_str().map(str::to_string)),
-            peer_spiffe_id: peer.as_ref().and_then(|p| p.spiffe_id().map(str::to_string)),
+            peer_spiffe_id: peer
+                .as_ref()
+                .and_then(|p| p.spiffe_id().map(str::to_string)),
             peer_subject: peer.as_ref().map(|p| p.subject.clone()),
             peer_serial: peer.map(|p| p.serial_hex),
         }

@@ -94,13 +94,14 @@ pub fn certified_key_from_der(
     what: &str,
 ) -> Result<CertifiedKey, TlsError> {
     let provider = crate::provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::UnsupportedKey {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })?;
+    let signing =
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::UnsupportedKey {
+                what: what.to_string(),
+                reason: e.to_string(),
+            })?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) => Ok(ck),
@@ -178,7 +179,9 @@ impl TrustBundle {
         for item in CertificateDer::pem_slice_iter(&pem) {
             match item {
                 Ok(c) => certs.push(c),
-                Err(e) => tracing::debug!(bundle = %what, error = %e, "skipping unparsable PEM block in system CA bundle"),
+                Err(e) => {
+                    tracing::debug!(bundle = %what, error = %e, "skipping unparsable PEM block in system CA bundle")
+                }
             }
         }
         let mut store = RootCertStore::empty();

@@ -48,6 +48,10 @@ pub struct ServerTlsOptions {
     pub min_version: Option<TlsVersion>,
     /// Maximum protocol version (`None` = TLSv1_3).
     pub max_version: Option<TlsVersion>,
+    /// Allow TLS session resumption (default off). A resumed session skips certificate
+    /// exchange, so after a rotation or a changed CA bundle a resumed connection would still
+    /// run on the old certificates; off means every new connection sees the current ones.
+    pub session_resumption: bool,
 }
 
 impl ServerTlsOptions {
@@ -58,6 +62,7 @@ impl ServerTlsOptions {
             alpn: Vec::new(),
             min_version: None,
             max_version: None,
+            session_resumption: false,
         }
     }
 
@@ -175,12 +180,12 @@ impl ServerTls {
             }
         }
         .with_cert_resolver(certs);
+        if !options.session_resumption {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         let without_alpn = Arc::new(config.clone());
-        config.alpn_protocols = options
-            .alpn
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
+        config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(ServerTls {
             with_alpn: Arc::new(config),
             without_alpn,
