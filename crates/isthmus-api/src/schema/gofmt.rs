@@ -214,12 +214,22 @@ fn json_into(v: &Value, out: &mut String) {
     }
 }
 
-/// Renders a bad value as `field.Error.ErrorBody` does: strings `%q`, numbers and booleans
-/// `%v`, everything else (null, lists, maps) as JSON.
+/// Renders a bad value as `field.Error.ErrorBody` does in Kubernetes 1.30 (the seeds'
+/// cluster): strings `%q`, numbers and booleans `%v`, nil as `"null"`, lists and maps with
+/// Go's `%#v` (`map[string]interface {}{"name":"a"}`). (Kubernetes 1.33+ renders nil and
+/// composites as JSON instead.)
 pub fn bad_value(v: &Value) -> String {
     match v {
+        Value::Null => "\"null\"".into(),
         Value::String(s) => quote(s),
         Value::Bool(b) => b.to_string(),
+        Value::Number(_) => number_v(v),
+        other => sharp_v(other),
+    }
+}
+
+fn number_v(v: &Value) -> String {
+    match v {
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 i.to_string()
@@ -230,8 +240,36 @@ pub fn bad_value(v: &Value) -> String {
                 float_v(n.as_f64().unwrap_or(f64::NAN))
             }
         }
-        other => json(other),
+        _ => String::new(),
     }
+}
+
+/// Go's `%#v` of a decoded JSON value (`interface{}` holding maps, slices and scalars).
+pub fn sharp_v(v: &Value) -> String {
+    match v {
+        Value::Null => "interface {}(nil)".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(_) => number_v(v),
+        Value::String(s) => quote(s),
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(sharp_v_elem).collect();
+            format!("[]interface {{}}{{{}}}", items.join(", "))
+        }
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", quote(k), sharp_v_elem(&m[k.as_str()])))
+                .collect();
+            format!("map[string]interface {{}}{{{}}}", items.join(", "))
+        }
+    }
+}
+
+/// Inside a composite, `%#v` prints nil interface elements as `interface {}(nil)` too.
+fn sharp_v_elem(v: &Value) -> String {
+    sharp_v(v)
 }
 
 #[cfg(test)]
@@ -262,5 +300,10 @@ mod tests {
         assert_eq!(quote("é"), "\"é\"");
         assert_eq!(quote("\u{200b}"), "\"\\u200b\"");
         assert_eq!(json(&serde_json::json!({"b": 1, "a": "<x>"})), "{\"a\":\"\\u003cx\\u003e\",\"b\":1}");
+        assert_eq!(
+            bad_value(&serde_json::json!({"name": "a", "n": [1, "x"]})),
+            "map[string]interface {}{\"n\":[]interface {}{1, \"x\"}, \"name\":\"a\"}"
+        );
+        assert_eq!(bad_value(&serde_json::Value::Null), "\"null\"");
     }
 }
