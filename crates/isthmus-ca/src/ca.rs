@@ -135,6 +135,17 @@ impl std::fmt::Debug for IssuedCert {
     }
 }
 
+impl IssuedCert {
+    /// A hot-swappable certificate store holding this certificate (e.g. SDS `default`).
+    pub fn to_cert_store(&self, name: &str) -> Result<isthmus_tls::CertStore, CaError> {
+        Ok(isthmus_tls::CertStore::from_pem(
+            name,
+            self.cert_chain_pem.as_bytes(),
+            self.key_pem.as_bytes(),
+        )?)
+    }
+}
+
 /// What a leaf certificate should contain (for workload certs use [`Ca::issue`]).
 #[derive(Debug, Clone)]
 pub struct LeafSpec {
@@ -543,6 +554,51 @@ impl Ca {
             not_after: from_unix(summary.not_after_unix),
             identity: None,
         })
+    }
+
+    /// Signs a PEM CRL (`X509 CRL`) revoking the given serials (lowercase or uppercase hex, as
+    /// in [`IssuedCert::serial_hex`]), valid from now for `validity`. Use it for a secret's
+    /// `ca.crl` when this CA also issues client certificates.
+    pub fn issue_crl(
+        &self,
+        revoked_serials_hex: &[&str],
+        validity: Duration,
+    ) -> Result<String, CaError> {
+        let now = to_offset(SystemTime::now())?;
+        let next = to_offset(SystemTime::now() + validity)?;
+        let mut revoked = Vec::new();
+        for serial in revoked_serials_hex {
+            let bytes = hex::decode(serial).map_err(|e| CaError::BadCaFile {
+                file: "CRL".to_string(),
+                reason: format!("serial {serial:?} is not hex: {e}"),
+            })?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        let mut crl_number = [0u8; 8];
+        rand::rng().fill_bytes(&mut crl_number);
+        crl_number[0] &= 0x7f;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: next,
+            crl_number: SerialNumber::from_slice(&crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    /// The root(s) as a rustls trust bundle (SDS `ROOTCA`).
+    pub fn trust_bundle(&self) -> Result<isthmus_tls::TrustBundle, CaError> {
+        Ok(isthmus_tls::TrustBundle::from_pem(
+            self.files.root_cert_pem.as_bytes(),
+            "ROOTCA",
+        )?)
     }
 
     /// Creates an intermediate CA signed by this CA and returns it in `cacerts` layout (for

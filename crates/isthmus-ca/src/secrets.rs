@@ -131,6 +131,29 @@ pub struct SdsValidationContext {
     pub certs: Vec<CertInfo>,
 }
 
+impl SdsTlsCertificate {
+    /// A hot-swappable store with this certificate, for a terminating or originating context.
+    pub fn to_cert_store(&self) -> Result<isthmus_tls::CertStore, TlsError> {
+        isthmus_tls::CertStore::from_pem(
+            self.name.clone(),
+            self.cert_chain_pem.as_bytes(),
+            self.private_key_pem.as_bytes(),
+        )
+    }
+}
+
+impl SdsValidationContext {
+    /// The CA bundle (with CRL, if any) as a rustls trust bundle.
+    pub fn to_trust_bundle(&self) -> Result<isthmus_tls::TrustBundle, TlsError> {
+        let bundle =
+            isthmus_tls::TrustBundle::from_pem(self.trusted_ca_pem.as_bytes(), &self.name)?;
+        match &self.crl_pem {
+            Some(crl) => bundle.with_crl_pem(crl.as_bytes(), &self.name),
+            None => Ok(bundle),
+        }
+    }
+}
+
 /// An SDS resource served to a gateway.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind")]

@@ -790,3 +790,111 @@ async fn openssl_s_client_against_istio_mutual_and_mutual_servers() {
         .unwrap_err()
         .contains("PEER_DID_NOT_RETURN_A_CERTIFICATE"));
 }
+
+#[tokio::test]
+async fn credential_name_secrets_drive_mutual_origination_and_crl_rejection() {
+    use isthmus_ca::{KubeSecret, SdsResource, SecretIndex, TYPE_OPAQUE, TYPE_TLS};
+    use std::collections::BTreeMap;
+    let p = Partner::new();
+    let now = SystemTime::now();
+    let good = dns_cert(&p.client_ca, &["egress.mesh.example"]);
+    let revoked = dns_cert(&p.client_ca, &["stolen.mesh.example"]);
+    let crl = p
+        .client_ca
+        .issue_crl(&[&revoked.serial_hex], Duration::from_secs(3600))
+        .unwrap();
+
+    // Partner side: MUTUAL with ca.crt + ca.crl from a generic Secret.
+    let mut partner_secrets = SecretIndex::new();
+    let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    };
+    partner_secrets.insert(KubeSecret::new(
+        "partner",
+        "clients",
+        TYPE_OPAQUE,
+        data(&[("ca.crt", p.client_ca.root_pem()), ("ca.crl", &crl)]),
+    ));
+    let SdsResource::ValidationContext(vc) = partner_secrets
+        .resolve("partner", "clients-cacert", now)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let (addr, mut rx) =
+        start_server(p.server(ServerTlsOptions::mutual(vc.to_trust_bundle().unwrap()))).await;
+
+    // Gateway side: MUTUAL origination with credentialName → kubernetes://NAME + NAME-cacert.
+    let mut gw = SecretIndex::new();
+    let gw_secret = |cert: &IssuedCert| {
+        KubeSecret::new(
+            "istio-system",
+            "partner-client",
+            TYPE_TLS,
+            data(&[
+                ("tls.crt", &cert.cert_chain_pem),
+                ("tls.key", &cert.key_pem),
+                ("ca.crt", p.server_ca.root_pem()),
+            ]),
+        )
+    };
+    gw.insert(gw_secret(&good));
+    let SdsResource::TlsCertificate(tc) = gw
+        .resolve("istio-system", "kubernetes://partner-client", now)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let SdsResource::ValidationContext(gvc) = gw
+        .resolve("istio-system", "kubernetes://partner-client-cacert", now)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let client_store = Arc::new(tc.to_cert_store().unwrap());
+    let client = UpstreamTls::new(
+        &ClientTlsOptions::mutual(
+            ServerTrust::Verify(gvc.to_trust_bundle().unwrap()),
+            client_store.clone(),
+        )
+        .sni("api.partner.example"),
+    )
+    .unwrap();
+    connect(&client, addr, None).await.unwrap();
+    assert_eq!(
+        seen(&mut rx).await.unwrap().peer_subject.as_deref(),
+        Some("CN=egress.mesh.example")
+    );
+
+    // The Secret changes to a revoked certificate: picked up live, and the partner refuses it.
+    gw.insert(gw_secret(&revoked));
+    let SdsResource::TlsCertificate(tc) =
+        gw.resolve("istio-system", "partner-client", now).unwrap()
+    else {
+        panic!()
+    };
+    client_store
+        .swap_pem(tc.cert_chain_pem.as_bytes(), tc.private_key_pem.as_bytes())
+        .unwrap();
+    let err = connect(&client, addr, None).await.unwrap_err();
+    let server_err = seen(&mut rx).await.unwrap_err();
+    assert!(server_err.contains("certificate revoked"), "{server_err}");
+    assert!(err.contains("CERTIFICATE_REVOKED"), "{err}");
+
+    // openssl agrees about the CRL content.
+    let dir = tempfile::tempdir().unwrap();
+    let crl_path = dir.path().join("crl.pem");
+    std::fs::write(&crl_path, &crl).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["crl", "-in"])
+        .arg(&crl_path)
+        .args(["-noout", "-text"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_uppercase();
+    assert!(out.status.success());
+    assert!(text.contains(&revoked.serial_hex.to_uppercase()), "{text}");
+}
