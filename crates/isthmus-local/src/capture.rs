@@ -64,7 +64,10 @@ fn port_set(ports: &[u16]) -> String {
     let mut v: Vec<u16> = ports.to_vec();
     v.sort_unstable();
     v.dedup();
-    v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl CaptureConfig {
@@ -76,27 +79,51 @@ impl CaptureConfig {
         outbound_skip.extend(&self.exclude_outbound_ports);
         let mark = self.proxy_mark;
         let mut s = String::new();
-        s.push_str(&format!("table ip {CAPTURE_TABLE}\ndelete table ip {CAPTURE_TABLE}\n"));
+        s.push_str(&format!(
+            "table ip {CAPTURE_TABLE}\ndelete table ip {CAPTURE_TABLE}\n"
+        ));
         s.push_str(&format!("table ip {CAPTURE_TABLE} {{\n"));
-        s.push_str("  chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n");
+        s.push_str(
+            "  chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n",
+        );
         s.push_str("    iifname \"lo\" return\n");
-        s.push_str(&format!("    tcp dport {{ {} }} return\n", port_set(&inbound_skip)));
-        s.push_str(&format!("    meta l4proto tcp redirect to :{}\n  }}\n", self.inbound_port));
+        s.push_str(&format!(
+            "    tcp dport {{ {} }} return\n",
+            port_set(&inbound_skip)
+        ));
+        s.push_str(&format!(
+            "    meta l4proto tcp redirect to :{}\n  }}\n",
+            self.inbound_port
+        ));
         s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n");
         s.push_str(&format!("    meta mark {mark} return\n"));
         if let Some(dns) = self.dns_redirect_port {
-            s.push_str(&format!("    ip daddr != 127.0.0.0/8 udp dport 53 redirect to :{dns}\n"));
-            s.push_str(&format!("    ip daddr != 127.0.0.0/8 tcp dport 53 redirect to :{dns}\n"));
+            s.push_str(&format!(
+                "    ip daddr != 127.0.0.0/8 udp dport 53 redirect to :{dns}\n"
+            ));
+            s.push_str(&format!(
+                "    ip daddr != 127.0.0.0/8 tcp dport 53 redirect to :{dns}\n"
+            ));
         }
         s.push_str("    oifname \"lo\" return\n    ip daddr 127.0.0.0/8 return\n");
-        s.push_str(&format!("    tcp dport {{ {} }} return\n", port_set(&outbound_skip)));
+        s.push_str(&format!(
+            "    tcp dport {{ {} }} return\n",
+            port_set(&outbound_skip)
+        ));
         if !self.exclude_outbound_cidrs.is_empty() {
-            let mut cidrs: Vec<String> = self.exclude_outbound_cidrs.iter().map(|c| c.trunc().to_string()).collect();
+            let mut cidrs: Vec<String> = self
+                .exclude_outbound_cidrs
+                .iter()
+                .map(|c| c.trunc().to_string())
+                .collect();
             cidrs.sort();
             cidrs.dedup();
             s.push_str(&format!("    ip daddr {{ {} }} return\n", cidrs.join(", ")));
         }
-        s.push_str(&format!("    meta l4proto tcp redirect to :{}\n  }}\n}}\n", self.outbound_port));
+        s.push_str(&format!(
+            "    meta l4proto tcp redirect to :{}\n  }}\n}}\n",
+            self.outbound_port
+        ));
         s
     }
 }
@@ -104,13 +131,22 @@ impl CaptureConfig {
 /// Installs (or replaces) the capture rules in pod namespace `netns`.
 pub fn install_capture(netns: &str, cfg: &CaptureConfig) -> Result<(), CmdError> {
     cmd::nft_script(Some(netns), &cfg.ruleset())?;
-    tracing::info!(netns, outbound = cfg.outbound_port, inbound = cfg.inbound_port, mark = cfg.proxy_mark, "capture installed");
+    tracing::info!(
+        netns,
+        outbound = cfg.outbound_port,
+        inbound = cfg.inbound_port,
+        mark = cfg.proxy_mark,
+        "capture installed"
+    );
     Ok(())
 }
 
 /// Removes the capture rules from pod namespace `netns` (no error if absent).
 pub fn remove_capture(netns: &str) -> Result<(), CmdError> {
-    cmd::nft_script(Some(netns), &format!("table ip {CAPTURE_TABLE}\ndelete table ip {CAPTURE_TABLE}\n"))?;
+    cmd::nft_script(
+        Some(netns),
+        &format!("table ip {CAPTURE_TABLE}\ndelete table ip {CAPTURE_TABLE}\n"),
+    )?;
     Ok(())
 }
 
@@ -143,7 +179,8 @@ pub fn original_dst<F: AsFd>(sock: &F) -> std::io::Result<SocketAddrV4> {
 
 /// Sets `SO_MARK` on a socket (needs CAP_NET_ADMIN), so capture rules let it through.
 pub fn set_mark<F: AsFd>(sock: &F, mark: u32) -> std::io::Result<()> {
-    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Mark, &mark).map_err(std::io::Error::from)
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]
@@ -159,7 +196,10 @@ mod tests {
         };
         let r = cfg.ruleset();
         assert!(r.contains("meta mark 1337 return"), "{r}");
-        assert!(r.contains("tcp dport { 22, 15000, 15020, 15021, 15090 } return"), "{r}");
+        assert!(
+            r.contains("tcp dport { 22, 15000, 15020, 15021, 15090 } return"),
+            "{r}"
+        );
         assert!(r.contains("ip daddr { 10.1.0.0/16 } return"), "{r}");
         assert!(r.contains("redirect to :15001"), "{r}");
         assert!(r.contains("redirect to :15006"), "{r}");

@@ -47,7 +47,14 @@ pub fn which(tool: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    for d in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
         dirs.push(PathBuf::from(d));
     }
     dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
@@ -80,7 +87,9 @@ fn hint_for(stderr: &str) -> String {
     let lower = stderr.to_ascii_lowercase();
     if lower.contains("operation not permitted") || lower.contains("permission denied") {
         " (hint: the local runtime needs root / CAP_NET_ADMIN + CAP_SYS_ADMIN)".to_string()
-    } else if lower.contains("protocol not supported") || lower.contains("no such file or directory") && lower.contains("nft") {
+    } else if lower.contains("protocol not supported")
+        || lower.contains("no such file or directory") && lower.contains("nft")
+    {
         " (hint: the kernel lacks nf_tables support; load the nf_tables module)".to_string()
     } else {
         String::new()
@@ -94,18 +103,29 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Cmd
     tracing::debug!(cmd = %line, "exec");
     let mut child = Command::new(&path)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CmdError::Spawn { cmdline: line.clone(), source })?;
+        .map_err(|source| CmdError::Spawn {
+            cmdline: line.clone(),
+            source,
+        })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
-            .map_err(|source| CmdError::Spawn { cmdline: line.clone(), source })?;
+            .map_err(|source| CmdError::Spawn {
+                cmdline: line.clone(),
+                source,
+            })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| CmdError::Spawn { cmdline: line.clone(), source })?;
+    let out = child.wait_with_output().map_err(|source| CmdError::Spawn {
+        cmdline: line.clone(),
+        source,
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

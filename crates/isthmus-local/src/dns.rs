@@ -96,12 +96,18 @@ impl DnsTable {
         let mut ips = ips;
         ips.sort();
         ips.dedup();
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(normalize(name), ips);
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(normalize(name), ips);
     }
 
     /// Removes one name.
     pub fn remove(&self, name: &str) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(&normalize(name));
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&normalize(name));
     }
 
     /// A sorted copy of the table.
@@ -177,15 +183,21 @@ pub fn parse_query(msg: &[u8]) -> Result<Question, DnsError> {
     let mut labels: Vec<String> = Vec::new();
     let mut total = 0usize;
     loop {
-        let len = *msg.get(pos).ok_or(DnsError::Malformed("name runs past the end"))? as usize;
+        let len = *msg
+            .get(pos)
+            .ok_or(DnsError::Malformed("name runs past the end"))? as usize;
         pos += 1;
         if len == 0 {
             break;
         }
         if len & 0xc0 != 0 {
-            return Err(DnsError::Malformed("compression or extended label in question"));
+            return Err(DnsError::Malformed(
+                "compression or extended label in question",
+            ));
         }
-        let label = msg.get(pos..pos + len).ok_or(DnsError::Malformed("label runs past the end"))?;
+        let label = msg
+            .get(pos..pos + len)
+            .ok_or(DnsError::Malformed("label runs past the end"))?;
         total += len + 1;
         if total > 255 {
             return Err(DnsError::Malformed("name longer than 255 bytes"));
@@ -193,14 +205,29 @@ pub fn parse_query(msg: &[u8]) -> Result<Question, DnsError> {
         labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
         pos += len;
     }
-    let tail = msg.get(pos..pos + 4).ok_or(DnsError::Malformed("question runs past the end"))?;
+    let tail = msg
+        .get(pos..pos + 4)
+        .ok_or(DnsError::Malformed("question runs past the end"))?;
     let qtype = u16::from_be_bytes([tail[0], tail[1]]);
     let qclass = u16::from_be_bytes([tail[2], tail[3]]);
-    Ok(Question { id, flags, name: labels.join("."), qtype, qclass, question_end: pos + 4 })
+    Ok(Question {
+        id,
+        flags,
+        name: labels.join("."),
+        qtype,
+        qclass,
+        question_end: pos + 4,
+    })
 }
 
 /// Builds a response to `q` (whose raw bytes are `query`) with `answers` as A records.
-pub fn build_response(query: &[u8], q: &Question, rcode: Rcode, authoritative: bool, answers: &[Ipv4Addr]) -> Vec<u8> {
+pub fn build_response(
+    query: &[u8],
+    q: &Question,
+    rcode: Rcode,
+    authoritative: bool,
+    answers: &[Ipv4Addr],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(q.question_end + 16 * answers.len());
     out.extend_from_slice(&q.id.to_be_bytes());
     // QR=1, opcode copied, AA as told, RD copied, RA=1.
@@ -277,11 +304,15 @@ pub fn parse_response(msg: &[u8]) -> Result<(u16, Rcode, Vec<Ipv4Addr>), DnsErro
     let mut ips = Vec::new();
     for _ in 0..an {
         pos = skip_name(pos)?;
-        let hdr = msg.get(pos..pos + 10).ok_or(DnsError::Malformed("record past end"))?;
+        let hdr = msg
+            .get(pos..pos + 10)
+            .ok_or(DnsError::Malformed("record past end"))?;
         let rtype = u16::from_be_bytes([hdr[0], hdr[1]]);
         let rdlen = u16::from_be_bytes([hdr[8], hdr[9]]) as usize;
         pos += 10;
-        let rdata = msg.get(pos..pos + rdlen).ok_or(DnsError::Malformed("rdata past end"))?;
+        let rdata = msg
+            .get(pos..pos + rdlen)
+            .ok_or(DnsError::Malformed("rdata past end"))?;
         if rtype == TYPE_A && rdlen == 4 {
             ips.push(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]));
         }
@@ -310,7 +341,12 @@ pub async fn answer(table: &DnsTable, forward: Option<&Forward>, query: &[u8]) -
         return Some(build_response(query, &q, Rcode::NotImp, false, &[]));
     }
     if let Some(ips) = table.lookup(&q.name) {
-        let answers: &[Ipv4Addr] = if q.qclass == CLASS_IN && (q.qtype == TYPE_A || q.qtype == TYPE_ANY) { &ips } else { &[] };
+        let answers: &[Ipv4Addr] =
+            if q.qclass == CLASS_IN && (q.qtype == TYPE_A || q.qtype == TYPE_ANY) {
+                &ips
+            } else {
+                &[]
+            };
         tracing::trace!(name = %q.name, ?answers, "dns answer");
         return Some(build_response(query, &q, Rcode::NoError, true, answers));
     }
@@ -318,23 +354,38 @@ pub async fn answer(table: &DnsTable, forward: Option<&Forward>, query: &[u8]) -
         None => Some(build_response(query, &q, Rcode::NxDomain, true, &[])),
         Some(Forward::Table(t)) => match t.lookup(&q.name) {
             Some(ips) => {
-                let answers: &[Ipv4Addr] = if q.qclass == CLASS_IN && (q.qtype == TYPE_A || q.qtype == TYPE_ANY) { &ips } else { &[] };
+                let answers: &[Ipv4Addr] =
+                    if q.qclass == CLASS_IN && (q.qtype == TYPE_A || q.qtype == TYPE_ANY) {
+                        &ips
+                    } else {
+                        &[]
+                    };
                 Some(build_response(query, &q, Rcode::NoError, false, answers))
             }
             None => Some(build_response(query, &q, Rcode::NxDomain, false, &[])),
         },
-        Some(Forward::Udp { addr, netns: ns }) => match forward_udp(*addr, ns.as_deref(), query).await {
-            Ok(resp) => Some(resp),
-            Err(e) => {
-                tracing::warn!(upstream = %addr, name = %q.name, error = %e, "DNS forward failed");
-                Some(build_response(query, &q, Rcode::ServFail, false, &[]))
+        Some(Forward::Udp { addr, netns: ns }) => {
+            match forward_udp(*addr, ns.as_deref(), query).await {
+                Ok(resp) => Some(resp),
+                Err(e) => {
+                    tracing::warn!(upstream = %addr, name = %q.name, error = %e, "DNS forward failed");
+                    Some(build_response(query, &q, Rcode::ServFail, false, &[]))
+                }
             }
-        },
+        }
     }
 }
 
-async fn forward_udp(addr: SocketAddr, ns: Option<&str>, query: &[u8]) -> Result<Vec<u8>, DnsError> {
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+async fn forward_udp(
+    addr: SocketAddr,
+    ns: Option<&str>,
+    query: &[u8],
+) -> Result<Vec<u8>, DnsError> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
     let sock = match ns {
         Some(ns) => netns::bind_udp_async(ns, bind).await?,
         None => UdpSocket::bind(bind).await?,
@@ -345,7 +396,9 @@ async fn forward_udp(addr: SocketAddr, ns: Option<&str>, query: &[u8]) -> Result
     for _ in 0..3 {
         let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream DNS timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream DNS timed out")
+            })??;
         // Only accept a reply to this query (same id).
         if n >= 2 && buf[..2] == query[..2] {
             buf.truncate(n);
@@ -365,7 +418,12 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts serving on already-bound sockets (create them in a namespace with
     /// [`netns::bind_udp_async`] / [`netns::listen_tcp_async`]).
-    pub fn serve(udp: UdpSocket, tcp: Option<TcpListener>, table: DnsTable, forward: Option<Forward>) -> Result<DnsServer, DnsError> {
+    pub fn serve(
+        udp: UdpSocket,
+        tcp: Option<TcpListener>,
+        table: DnsTable,
+        forward: Option<Forward>,
+    ) -> Result<DnsServer, DnsError> {
         let addr = udp.local_addr()?;
         let udp = Arc::new(udp);
         let forward = Arc::new(forward);
@@ -385,7 +443,9 @@ impl DnsServer {
                     let query = buf[..n].to_vec();
                     let (udp, table, forward) = (udp.clone(), table.clone(), forward.clone());
                     tokio::spawn(async move {
-                        if let Some(mut resp) = answer(&table, forward.as_ref().as_ref(), &query).await {
+                        if let Some(mut resp) =
+                            answer(&table, forward.as_ref().as_ref(), &query).await
+                        {
                             if resp.len() > 512 {
                                 // Truncate and set TC so the client retries over TCP.
                                 resp.truncate(12);
@@ -418,9 +478,15 @@ impl DnsServer {
                                 Ok(Ok(q)) => q,
                                 _ => return,
                             };
-                            let Some(resp) = answer(&table, forward.as_ref().as_ref(), &q).await else { return };
-                            let Ok(len) = u16::try_from(resp.len()) else { return };
-                            if s.write_u16(len).await.is_err() || s.write_all(&resp).await.is_err() {
+                            let Some(resp) = answer(&table, forward.as_ref().as_ref(), &q).await
+                            else {
+                                return;
+                            };
+                            let Ok(len) = u16::try_from(resp.len()) else {
+                                return;
+                            };
+                            if s.write_u16(len).await.is_err() || s.write_all(&resp).await.is_err()
+                            {
                                 return;
                             }
                         }
@@ -434,7 +500,12 @@ impl DnsServer {
 
     /// Binds UDP and TCP on `addr` inside network namespace `ns` (or the caller's namespace
     /// when `None`) and serves.
-    pub async fn bind(ns: Option<&str>, addr: SocketAddr, table: DnsTable, forward: Option<Forward>) -> Result<DnsServer, DnsError> {
+    pub async fn bind(
+        ns: Option<&str>,
+        addr: SocketAddr,
+        table: DnsTable,
+        forward: Option<Forward>,
+    ) -> Result<DnsServer, DnsError> {
         let (udp, tcp) = match ns {
             Some(ns) => {
                 let udp = netns::bind_udp_async(ns, addr).await?;
@@ -473,7 +544,11 @@ impl Drop for DnsServer {
 /// kubelet writes them (`<ns>.svc.<domain> svc.<domain> <domain>`).
 pub fn search_domains(namespace: &str, domain: &str) -> Vec<String> {
     let d = normalize(domain);
-    vec![format!("{}.svc.{d}", normalize(namespace)), format!("svc.{d}"), d]
+    vec![
+        format!("{}.svc.{d}", normalize(namespace)),
+        format!("svc.{d}"),
+        d,
+    ]
 }
 
 /// A pod's `/etc/resolv.conf`.
@@ -492,8 +567,14 @@ mod tests {
 
     fn table() -> DnsTable {
         DnsTable::from_entries([
-            ("httpbin.default.svc.cluster.local.".to_string(), vec![Ipv4Addr::new(10, 96, 0, 10)]),
-            ("*.wild.example".to_string(), vec![Ipv4Addr::new(240, 240, 0, 9)]),
+            (
+                "httpbin.default.svc.cluster.local.".to_string(),
+                vec![Ipv4Addr::new(10, 96, 0, 10)],
+            ),
+            (
+                "*.wild.example".to_string(),
+                vec![Ipv4Addr::new(240, 240, 0, 9)],
+            ),
         ])
     }
 
@@ -502,25 +583,41 @@ mod tests {
         let t = table();
         let q = build_query(7, "HTTPBIN.default.svc.cluster.local", TYPE_A);
         let r = answer(&t, None, &q).await.unwrap_or_default();
-        assert_eq!(parse_response(&r).ok(), Some((7, Rcode::NoError, vec![Ipv4Addr::new(10, 96, 0, 10)])));
+        assert_eq!(
+            parse_response(&r).ok(),
+            Some((7, Rcode::NoError, vec![Ipv4Addr::new(10, 96, 0, 10)]))
+        );
         let q = build_query(8, "httpbin.default.svc.cluster.local", 28);
         let r = answer(&t, None, &q).await.unwrap_or_default();
-        assert_eq!(parse_response(&r).ok(), Some((8, Rcode::NoError, vec![])), "AAAA of a known name is NODATA");
+        assert_eq!(
+            parse_response(&r).ok(),
+            Some((8, Rcode::NoError, vec![])),
+            "AAAA of a known name is NODATA"
+        );
         let q = build_query(9, "nope.example", TYPE_A);
         let r = answer(&t, None, &q).await.unwrap_or_default();
         assert_eq!(parse_response(&r).ok().map(|x| x.1), Some(Rcode::NxDomain));
         let q = build_query(10, "a.b.wild.example", TYPE_A);
         let r = answer(&t, None, &q).await.unwrap_or_default();
-        assert_eq!(parse_response(&r).ok().map(|x| x.2), Some(vec![Ipv4Addr::new(240, 240, 0, 9)]));
+        assert_eq!(
+            parse_response(&r).ok().map(|x| x.2),
+            Some(vec![Ipv4Addr::new(240, 240, 0, 9)])
+        );
     }
 
     #[tokio::test]
     async fn forwards_to_outside_table_and_survives_garbage() {
-        let outside = DnsTable::from_entries([("api.partner.example".to_string(), vec![Ipv4Addr::new(10, 244, 0, 50)])]);
+        let outside = DnsTable::from_entries([(
+            "api.partner.example".to_string(),
+            vec![Ipv4Addr::new(10, 244, 0, 50)],
+        )]);
         let fwd = Forward::Table(outside);
         let q = build_query(1, "api.partner.example", TYPE_A);
         let r = answer(&table(), Some(&fwd), &q).await.unwrap_or_default();
-        assert_eq!(parse_response(&r).ok().map(|x| x.2), Some(vec![Ipv4Addr::new(10, 244, 0, 50)]));
+        assert_eq!(
+            parse_response(&r).ok().map(|x| x.2),
+            Some(vec![Ipv4Addr::new(10, 244, 0, 50)])
+        );
         assert!(answer(&table(), None, &[1, 2, 3]).await.is_none());
         let mut bad = build_query(2, "x", TYPE_A);
         bad.truncate(14);
@@ -533,7 +630,11 @@ mod tests {
 
     #[test]
     fn resolv_conf_has_search_and_ndots() {
-        let s = resolv_conf(Ipv4Addr::new(10, 244, 0, 2), &search_domains("default", "cluster.local"), 5);
+        let s = resolv_conf(
+            Ipv4Addr::new(10, 244, 0, 2),
+            &search_domains("default", "cluster.local"),
+            5,
+        );
         assert_eq!(s, "nameserver 10.244.0.2\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n");
     }
 }

@@ -76,8 +76,18 @@ pub struct EchoTls {
 
 impl EchoTls {
     /// Reads the PEM files.
-    pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>, require_client_cert: bool) -> Result<EchoTls, EchoError> {
-        let read = |p: &Path| std::fs::read(p).map_err(|source| EchoError::Read { path: p.display().to_string(), source });
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+        require_client_cert: bool,
+    ) -> Result<EchoTls, EchoError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| EchoError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
         Ok(EchoTls {
             cert_pem: read(cert)?,
             key_pem: read(key)?,
@@ -91,12 +101,20 @@ impl EchoTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| EchoError::Pem { what: "server certificate", detail: e.to_string() })?;
+            .map_err(|e| EchoError::Pem {
+                what: "server certificate",
+                detail: e.to_string(),
+            })?;
         if certs.is_empty() {
-            return Err(EchoError::Pem { what: "server certificate", detail: "no CERTIFICATE block".to_string() });
+            return Err(EchoError::Pem {
+                what: "server certificate",
+                detail: "no CERTIFICATE block".to_string(),
+            });
         }
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| EchoError::Pem { what: "server key", detail: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| EchoError::Pem {
+            what: "server key",
+            detail: e.to_string(),
+        })?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| EchoError::Tls(e.to_string()))?;
@@ -104,19 +122,37 @@ impl EchoTls {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in CertificateDer::pem_slice_iter(ca) {
-                    let c = c.map_err(|e| EchoError::Pem { what: "client CA", detail: e.to_string() })?;
-                    roots.add(c).map_err(|e| EchoError::Tls(format!("client CA: {e}")))?;
+                    let c = c.map_err(|e| EchoError::Pem {
+                        what: "client CA",
+                        detail: e.to_string(),
+                    })?;
+                    roots
+                        .add(c)
+                        .map_err(|e| EchoError::Tls(format!("client CA: {e}")))?;
                 }
-                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                let v = if self.require_client_cert { v } else { v.allow_unauthenticated() };
-                builder.with_client_cert_verifier(v.build().map_err(|e| EchoError::Tls(e.to_string()))?)
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                );
+                let v = if self.require_client_cert {
+                    v
+                } else {
+                    v.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(
+                    v.build().map_err(|e| EchoError::Tls(e.to_string()))?,
+                )
             }
             None if self.require_client_cert => {
-                return Err(EchoError::Tls("requiring a client certificate needs a client CA file".to_string()))
+                return Err(EchoError::Tls(
+                    "requiring a client certificate needs a client CA file".to_string(),
+                ))
             }
             None => builder.with_no_client_auth(),
         };
-        let mut cfg = builder.with_single_cert(certs, key).map_err(|e| EchoError::Tls(e.to_string()))?;
+        let mut cfg = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| EchoError::Tls(e.to_string()))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
@@ -159,8 +195,12 @@ pub fn cert_subject_and_sans(der: &[u8]) -> Option<(String, Vec<String>)> {
                 GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
                 GeneralName::IPAddress(b) => {
                     let ip = match b.len() {
-                        4 => <[u8; 4]>::try_from(&b[..]).ok().map(|a| std::net::IpAddr::from(a).to_string()),
-                        16 => <[u8; 16]>::try_from(&b[..]).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                        4 => <[u8; 4]>::try_from(&b[..])
+                            .ok()
+                            .map(|a| std::net::IpAddr::from(a).to_string()),
+                        16 => <[u8; 16]>::try_from(&b[..])
+                            .ok()
+                            .map(|a| std::net::IpAddr::from(a).to_string()),
                         _ => None,
                     };
                     if let Some(ip) = ip {
@@ -187,33 +227,64 @@ impl EchoServer {
     pub async fn start(cfg: EchoConfig) -> Result<EchoServer, EchoError> {
         let mut http = Vec::new();
         for a in &cfg.http {
-            http.push(TcpListener::bind(a).await.map_err(|source| EchoError::Bind { addr: *a, source })?);
+            http.push(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| EchoError::Bind { addr: *a, source })?,
+            );
         }
         let mut https = Vec::new();
         for a in &cfg.https {
-            https.push(TcpListener::bind(a).await.map_err(|source| EchoError::Bind { addr: *a, source })?);
+            https.push(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| EchoError::Bind { addr: *a, source })?,
+            );
         }
         Self::serve(&cfg.name, http, https, cfg.tls.as_ref())
     }
 
     /// Serves on already-bound listeners (e.g. created inside a namespace).
-    pub fn serve(name: &str, http: Vec<TcpListener>, https: Vec<TcpListener>, tls: Option<&EchoTls>) -> Result<EchoServer, EchoError> {
+    pub fn serve(
+        name: &str,
+        http: Vec<TcpListener>,
+        https: Vec<TcpListener>,
+        tls: Option<&EchoTls>,
+    ) -> Result<EchoServer, EchoError> {
         let acceptor = match (https.is_empty(), tls) {
             (true, _) => None,
-            (false, Some(t)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(t.server_config()?))),
-            (false, None) => return Err(EchoError::Tls("HTTPS ports need a certificate and key".to_string())),
+            (false, Some(t)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                t.server_config()?,
+            ))),
+            (false, None) => {
+                return Err(EchoError::Tls(
+                    "HTTPS ports need a certificate and key".to_string(),
+                ))
+            }
         };
         let name: Arc<str> = Arc::from(name);
-        let mut out = EchoServer { http: Vec::new(), https: Vec::new(), tasks: Vec::new() };
+        let mut out = EchoServer {
+            http: Vec::new(),
+            https: Vec::new(),
+            tasks: Vec::new(),
+        };
         for l in http {
-            let addr = l.local_addr().map_err(|source| EchoError::Bind { addr: ([0, 0, 0, 0], 0).into(), source })?;
+            let addr = l.local_addr().map_err(|source| EchoError::Bind {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
             out.http.push(addr);
-            out.tasks.push(tokio::spawn(accept_loop(l, None, name.clone())));
+            out.tasks
+                .push(tokio::spawn(accept_loop(l, None, name.clone())));
         }
         for l in https {
-            let addr = l.local_addr().map_err(|source| EchoError::Bind { addr: ([0, 0, 0, 0], 0).into(), source })?;
+            let addr = l.local_addr().map_err(|source| EchoError::Bind {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
             out.https.push(addr);
-            out.tasks.push(tokio::spawn(accept_loop(l, acceptor.clone(), name.clone())));
+            out.tasks
+                .push(tokio::spawn(accept_loop(l, acceptor.clone(), name.clone())));
         }
         tracing::info!(http = ?out.http, https = ?out.https, "echo server listening");
         Ok(out)
@@ -266,18 +337,22 @@ async fn accept_loop(l: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, nam
                     let _ = builder.serve_connection(TokioIo::new(sock), svc).await;
                 }
                 Some(acc) => {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "echo TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acc.accept(sock)).await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "echo TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let conn = stream.get_ref().1;
                     let mut info = TlsInfo {
                         sni: conn.server_name().map(|s| s.to_string()),
-                        alpn: conn.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
+                        alpn: conn
+                            .alpn_protocol()
+                            .map(|a| String::from_utf8_lossy(a).into_owned()),
                         version: conn.protocol_version().map(|v| match v {
                             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
                             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
@@ -312,11 +387,19 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let (name, tls) = (name.clone(), tls.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &name, peer, local, tls.as_deref()).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(handle(req, &name, peer, local, tls.as_deref()).await)
+        }
     })
 }
 
-async fn handle(req: Request<Incoming>, name: &str, peer: SocketAddr, local: Option<SocketAddr>, tls: Option<&TlsInfo>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    name: &str,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    tls: Option<&TlsInfo>,
+) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(|s| s.to_string());
@@ -324,12 +407,19 @@ async fn handle(req: Request<Incoming>, name: &str, peer: SocketAddr, local: Opt
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        headers.entry(k.as_str().to_string()).and_modify(|e| {
-            e.push(',');
-            e.push_str(&v);
-        }).or_insert(v);
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
     }
-    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(|s| s.to_string())
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|s| s.to_string())
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
@@ -338,7 +428,11 @@ async fn handle(req: Request<Incoming>, name: &str, peer: SocketAddr, local: Opt
     let mut status = StatusCode::OK;
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["status", n] => match n.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        ["status", n] => match n
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(s) => status = s,
             None => status = StatusCode::BAD_REQUEST,
         },
@@ -378,7 +472,10 @@ async fn handle(req: Request<Incoming>, name: &str, peer: SocketAddr, local: Opt
     text.push('\n');
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(name) {
         resp.headers_mut().insert("x-echo-server", v);
     }

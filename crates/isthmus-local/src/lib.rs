@@ -78,7 +78,9 @@ pub use net::{cleanup_all, MeshNet, MeshNetConfig, PodNet};
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// Not root.
-    #[error("the local runtime needs root (network and mount namespaces, nftables); run it with sudo")]
+    #[error(
+        "the local runtime needs root (network and mount namespaces, nftables); run it with sudo"
+    )]
     NotRoot,
     /// A tool is missing.
     #[error(transparent)]
@@ -105,14 +107,24 @@ pub fn preflight() -> Result<(), PreflightError> {
     }
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("{}-preflight-{}-{seq}", net::DEFAULT_PREFIX, std::process::id());
-    cmd::ip(&["netns", "add", &name]).map_err(|e| PreflightError::Kernel { what: "network namespaces", detail: e.to_string() })?;
+    let name = format!(
+        "{}-preflight-{}-{seq}",
+        net::DEFAULT_PREFIX,
+        std::process::id()
+    );
+    cmd::ip(&["netns", "add", &name]).map_err(|e| PreflightError::Kernel {
+        what: "network namespaces",
+        detail: e.to_string(),
+    })?;
     let nat = cmd::nft_script(
         Some(&name),
         "table ip isthmus_preflight {\n chain o {\n  type nat hook output priority -100; policy accept;\n  meta mark 1 return\n  meta l4proto tcp redirect to :1\n }\n}\n",
     );
     let _ = net::delete_netns(&name);
-    nat.map_err(|e| PreflightError::Kernel { what: "nftables NAT (nf_tables, nft_redir)", detail: e.to_string() })?;
+    nat.map_err(|e| PreflightError::Kernel {
+        what: "nftables NAT (nf_tables, nft_redir)",
+        detail: e.to_string(),
+    })?;
     Ok(())
 }
 
@@ -126,7 +138,9 @@ pub mod testing {
         match RESULT.get_or_init(|| super::preflight().map_err(|e| e.to_string())) {
             Ok(()) => true,
             Err(e) => {
-                let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+                let ci = std::env::var("CI")
+                    .map(|v| v == "true" || v == "1")
+                    .unwrap_or(false);
                 if ci {
                     panic!("{test}: namespace test cannot run in CI: {e}");
                 }

@@ -121,14 +121,23 @@ pub struct MeshNet {
 }
 
 fn validate(what: &'static str, value: &str, max: usize) -> Result<(), NetError> {
-    let bad = |reason| Err(NetError::InvalidName { what, value: value.to_string(), reason });
+    let bad = |reason| {
+        Err(NetError::InvalidName {
+            what,
+            value: value.to_string(),
+            reason,
+        })
+    };
     if value.is_empty() {
         return bad("must not be empty");
     }
     if value.len() > max {
         return bad("too long");
     }
-    if !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return bad("only lowercase letters, digits and '-' are allowed");
     }
     if value.starts_with('-') || value.ends_with('-') {
@@ -165,7 +174,9 @@ fn slug(key: &str) -> String {
     let out = out.trim_matches('-').to_string();
     if out.is_empty() || out.len() > 40 || out == "node" {
         let head: String = out.chars().take(30).collect();
-        format!("{}-{:08x}", head.trim_matches('-'), fnv32(key)).trim_start_matches('-').to_string()
+        format!("{}-{:08x}", head.trim_matches('-'), fnv32(key))
+            .trim_start_matches('-')
+            .to_string()
     } else {
         out
     }
@@ -196,7 +207,10 @@ pub fn kill_netns_processes(name: &str) -> usize {
     let mut total = 0;
     for _ in 0..10 {
         let pids: Vec<i32> = match cmd::ip(&["netns", "pids", name]) {
-            Ok(out) => out.split_whitespace().filter_map(|p| p.parse().ok()).collect(),
+            Ok(out) => out
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
             Err(_) => return total,
         };
         let me = std::process::id() as i32;
@@ -205,7 +219,10 @@ pub fn kill_netns_processes(name: &str) -> usize {
             return total;
         }
         for p in &pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         total += pids.len();
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -233,7 +250,8 @@ pub fn cleanup_all(prefix: &str) -> Result<Vec<String>, NetError> {
     validate("prefix", prefix, 16)?;
     let names = list_netns(&format!("{prefix}-"));
     // Pods first, node namespaces last, so veth ends disappear with their pod.
-    let (nodes, pods): (Vec<String>, Vec<String>) = names.iter().cloned().partition(|n| n.ends_with("-node"));
+    let (nodes, pods): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|n| n.ends_with("-node"));
     for n in pods.iter().chain(nodes.iter()) {
         delete_netns(n)?;
     }
@@ -249,12 +267,22 @@ impl MeshNet {
         if cfg.subnet.prefix_len() > 24 {
             return Err(NetError::SubnetTooSmall(cfg.subnet));
         }
-        let cfg = MeshNetConfig { subnet: cfg.subnet.trunc(), ..cfg };
+        let cfg = MeshNetConfig {
+            subnet: cfg.subnet.trunc(),
+            ..cfg
+        };
         let node = node_netns_name(&cfg.prefix, &cfg.mesh);
         if netns::exists(&node) {
-            return Err(NetError::MeshExists { mesh: cfg.mesh.clone(), netns: node });
+            return Err(NetError::MeshExists {
+                mesh: cfg.mesh.clone(),
+                netns: node,
+            });
         }
-        let net = MeshNet { cfg, node, pods: Mutex::new(BTreeMap::new()) };
+        let net = MeshNet {
+            cfg,
+            node,
+            pods: Mutex::new(BTreeMap::new()),
+        };
         if let Err(e) = net.create_node() {
             let _ = delete_netns(&net.node);
             return Err(e);
@@ -270,19 +298,39 @@ impl MeshNet {
         cmd::ip(&["-n", n, "link", "add", BRIDGE, "type", "bridge"])?;
         let len = self.cfg.subnet.prefix_len().to_string();
         for ip in [self.gateway_ip(), self.dns_ip(), self.outside_dns_ip()] {
-            cmd::ip(&["-n", n, "addr", "add", &format!("{ip}/{len}"), "dev", BRIDGE])?;
+            cmd::ip(&[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{ip}/{len}"),
+                "dev",
+                BRIDGE,
+            ])?;
         }
         cmd::ip(&["-n", n, "link", "set", BRIDGE, "up"])?;
         // Forwarding inside the node namespace only: needed for node-level service VIPs.
-        cmd::run("ip", &["netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
+        cmd::run(
+            "ip",
+            &["netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            None,
+        )?;
         // If the host loaded br_netfilter, bridged frames would run through this namespace's
         // ip hooks; a DNAT'd service connection from a pod to itself would then be bridged
         // back out of the port it came from and dropped. The switch is per namespace (Linux
         // >= 5.3), so turning it off here leaves the host alone. Absent module: nothing to do.
-        for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
+        for key in [
+            "net.bridge.bridge-nf-call-iptables",
+            "net.bridge.bridge-nf-call-ip6tables",
+            "net.bridge.bridge-nf-call-arptables",
+        ] {
             let path = format!("/proc/sys/{}", key.replace('.', "/"));
             if std::path::Path::new(&path).exists() {
-                let _ = cmd::run("ip", &["netns", "exec", n, "sysctl", "-qw", &format!("{key}=0")], None);
+                let _ = cmd::run(
+                    "ip",
+                    &["netns", "exec", n, "sysctl", "-qw", &format!("{key}=0")],
+                    None,
+                );
             }
         }
         Ok(())
@@ -371,7 +419,10 @@ impl MeshNet {
                         });
                     }
                     if used.contains(&ip) {
-                        return Err(NetError::Address { pod: key.to_string(), reason: format!("{ip} is taken") });
+                        return Err(NetError::Address {
+                            pod: key.to_string(),
+                            reason: format!("{ip} is taken"),
+                        });
                     }
                     ip
                 }
@@ -410,24 +461,49 @@ impl MeshNet {
 
     fn create_pod(&self, p: &PodNet) -> Result<(), NetError> {
         if netns::exists(&p.netns) {
-            return Err(NetError::PodExists(format!("{} (namespace {} is left over; run cleanup)", p.key, p.netns)));
+            return Err(NetError::PodExists(format!(
+                "{} (namespace {} is left over; run cleanup)",
+                p.key, p.netns
+            )));
         }
         let ns = p.netns.as_str();
         let node = self.node.as_str();
         cmd::ip(&["netns", "add", ns])?;
         cmd::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        cmd::ip(&["-n", node, "link", "add", &p.veth, "type", "veth", "peer", "name", POD_IFACE, "netns", ns])?;
+        cmd::ip(&[
+            "-n", node, "link", "add", &p.veth, "type", "veth", "peer", "name", POD_IFACE, "netns",
+            ns,
+        ])?;
         cmd::ip(&["-n", node, "link", "set", &p.veth, "master", BRIDGE])?;
         cmd::ip(&["-n", node, "link", "set", &p.veth, "up"])?;
-        cmd::ip(&["-n", ns, "addr", "add", &format!("{}/{}", p.ip, p.prefix_len), "dev", POD_IFACE])?;
+        cmd::ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/{}", p.ip, p.prefix_len),
+            "dev",
+            POD_IFACE,
+        ])?;
         cmd::ip(&["-n", ns, "link", "set", POD_IFACE, "up"])?;
-        cmd::ip(&["-n", ns, "route", "add", "default", "via", &p.gateway.to_string()])?;
+        cmd::ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &p.gateway.to_string(),
+        ])?;
         Ok(())
     }
 
     /// Removes a pod's namespace (its processes are killed, its veth pair disappears).
     pub fn remove_pod(&self, key: &str) -> Result<(), NetError> {
-        let pod = self.lock().remove(key).ok_or_else(|| NetError::UnknownPod(key.to_string()))?;
+        let pod = self
+            .lock()
+            .remove(key)
+            .ok_or_else(|| NetError::UnknownPod(key.to_string()))?;
         self.delete_pod(&pod)
     }
 
@@ -467,7 +543,10 @@ mod tests {
     #[test]
     fn slugs_are_safe_and_bounded() {
         assert_eq!(slug("default/sleep-1"), "default-sleep-1");
-        assert_eq!(slug("Istio-System/istio-ingressgateway.x"), "istio-system-istio-ingressgateway-x");
+        assert_eq!(
+            slug("Istio-System/istio-ingressgateway.x"),
+            "istio-system-istio-ingressgateway-x"
+        );
         let long = slug(&"a".repeat(100));
         assert!(long.len() <= 40, "{long}");
         assert_ne!(slug(&"a".repeat(100)), slug(&"a".repeat(101)));

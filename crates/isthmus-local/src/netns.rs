@@ -28,7 +28,9 @@ pub enum NetnsError {
         path: PathBuf,
     },
     /// `setns` failed.
-    #[error("cannot enter network namespace `{name}`: {source} (hint: needs root / CAP_SYS_ADMIN)")]
+    #[error(
+        "cannot enter network namespace `{name}`: {source} (hint: needs root / CAP_SYS_ADMIN)"
+    )]
     Enter {
         /// Namespace name.
         name: String,
@@ -71,25 +73,38 @@ where
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
 {
     let path = netns_path(name);
-    let file = File::open(&path).map_err(|_| NetnsError::NotFound { name: name.to_string(), path: path.clone() })?;
+    let file = File::open(&path).map_err(|_| NetnsError::NotFound {
+        name: name.to_string(),
+        path: path.clone(),
+    })?;
     let owned = name.to_string();
     let handle = std::thread::Builder::new()
         .name(format!("netns-{name}"))
         .spawn(move || -> Result<T, NetnsError> {
             // Remember where we came from so the thread can move back before it exits.
             let home = File::open("/proc/thread-self/ns/net").ok();
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter { name: owned.clone(), source })?;
-            let out = f().map_err(|source| NetnsError::Io { name: owned.clone(), source });
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                name: owned.clone(),
+                source,
+            })?;
+            let out = f().map_err(|source| NetnsError::Io {
+                name: owned.clone(),
+                source,
+            });
             if let Some(home) = home {
                 // Best effort: the thread ends right after, so a failure here cannot leak.
                 let _ = setns(&home, CloneFlags::CLONE_NEWNET);
             }
             out
         })
-        .map_err(|e| NetnsError::Thread { name: name.to_string(), detail: e.to_string() })?;
-    handle
-        .join()
-        .map_err(|_| NetnsError::Thread { name: name.to_string(), detail: "panicked".to_string() })?
+        .map_err(|e| NetnsError::Thread {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })?;
+    handle.join().map_err(|_| NetnsError::Thread {
+        name: name.to_string(),
+        detail: "panicked".to_string(),
+    })?
 }
 
 /// Async wrapper of [`run_in`]: waits for the helper thread without blocking the runtime.
@@ -105,9 +120,14 @@ where
         .spawn(move || {
             let _ = tx.send(run_in(&owned, f));
         })
-        .map_err(|e| NetnsError::Thread { name: name.to_string(), detail: e.to_string() })?;
-    rx.await
-        .map_err(|_| NetnsError::Thread { name: name.to_string(), detail: "helper thread vanished".to_string() })?
+        .map_err(|e| NetnsError::Thread {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })?;
+    rx.await.map_err(|_| NetnsError::Thread {
+        name: name.to_string(),
+        detail: "helper thread vanished".to_string(),
+    })?
 }
 
 /// A non-blocking TCP listener bound to `addr` inside namespace `name` (SO_REUSEADDR set).
@@ -149,7 +169,11 @@ pub fn tcp_socket(name: &str, v6: bool, mark: Option<u32>) -> Result<TcpStream, 
 
 /// Connects to `addr` from inside namespace `name` (optionally with `SO_MARK`), returning a
 /// tokio stream usable from any thread.
-pub async fn connect_tcp(name: &str, addr: SocketAddr, mark: Option<u32>) -> Result<tokio::net::TcpStream, NetnsError> {
+pub async fn connect_tcp(
+    name: &str,
+    addr: SocketAddr,
+    mark: Option<u32>,
+) -> Result<tokio::net::TcpStream, NetnsError> {
     let owned = name.to_string();
     let std = run_in_async(name, move || {
         let domain = Domain::for_address(addr);
@@ -162,11 +186,17 @@ pub async fn connect_tcp(name: &str, addr: SocketAddr, mark: Option<u32>) -> Res
     })
     .await?;
     let sock = tokio::net::TcpSocket::from_std_stream(std);
-    sock.connect(addr).await.map_err(|source| NetnsError::Io { name: owned, source })
+    sock.connect(addr).await.map_err(|source| NetnsError::Io {
+        name: owned,
+        source,
+    })
 }
 
 /// A tokio UDP socket bound to `addr` inside namespace `name`.
-pub async fn bind_udp_async(name: &str, addr: SocketAddr) -> Result<tokio::net::UdpSocket, NetnsError> {
+pub async fn bind_udp_async(
+    name: &str,
+    addr: SocketAddr,
+) -> Result<tokio::net::UdpSocket, NetnsError> {
     let owned = name.to_string();
     let std = run_in_async(name, move || {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -175,11 +205,17 @@ pub async fn bind_udp_async(name: &str, addr: SocketAddr) -> Result<tokio::net::
         Ok(UdpSocket::from(s))
     })
     .await?;
-    tokio::net::UdpSocket::from_std(std).map_err(|source| NetnsError::Io { name: owned, source })
+    tokio::net::UdpSocket::from_std(std).map_err(|source| NetnsError::Io {
+        name: owned,
+        source,
+    })
 }
 
 /// A tokio TCP listener bound to `addr` inside namespace `name`.
-pub async fn listen_tcp_async(name: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, NetnsError> {
+pub async fn listen_tcp_async(
+    name: &str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, NetnsError> {
     let owned = name.to_string();
     let std = run_in_async(name, move || {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -190,5 +226,8 @@ pub async fn listen_tcp_async(name: &str, addr: SocketAddr) -> Result<tokio::net
         Ok(TcpListener::from(s))
     })
     .await?;
-    tokio::net::TcpListener::from_std(std).map_err(|source| NetnsError::Io { name: owned, source })
+    tokio::net::TcpListener::from_std(std).map_err(|source| NetnsError::Io {
+        name: owned,
+        source,
+    })
 }

@@ -68,7 +68,9 @@ pub enum ProcessError {
         source: std::io::Error,
     },
     /// The pod's network namespace is missing.
-    #[error("network namespace `{0}` does not exist (pod network not created or already torn down)")]
+    #[error(
+        "network namespace `{0}` does not exist (pod network not created or already torn down)"
+    )]
     NoNetns(String),
     /// A required tool is missing.
     #[error(transparent)]
@@ -85,7 +87,11 @@ pub enum ProcessError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProcessError {
     let path = path.to_path_buf();
-    move |source| ProcessError::Io { action, path, source }
+    move |source| ProcessError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// Where a volume's content comes from.
@@ -150,14 +156,22 @@ pub struct PodSandbox {
 }
 
 fn validate_abs_path(what: &'static str, p: &str) -> Result<(), ProcessError> {
-    let bad = |reason: &str| Err(ProcessError::Invalid { what, value: p.to_string(), reason: reason.to_string() });
+    let bad = |reason: &str| {
+        Err(ProcessError::Invalid {
+            what,
+            value: p.to_string(),
+            reason: reason.to_string(),
+        })
+    };
     if !p.starts_with('/') {
         return bad("must be an absolute path");
     }
     if p.split('/').any(|c| c == ".." || c == ".") {
         return bad("must not contain `.` or `..` components");
     }
-    if p.chars().any(|c| c.is_control() || c == ',' || c == ':' || c == '\\') {
+    if p.chars()
+        .any(|c| c.is_control() || c == ',' || c == ':' || c == '\\')
+    {
         return bad("must not contain control characters, `,`, `:` or `\\`");
     }
     if p.trim_end_matches('/').is_empty() {
@@ -167,7 +181,13 @@ fn validate_abs_path(what: &'static str, p: &str) -> Result<(), ProcessError> {
 }
 
 fn validate_rel(what: &'static str, p: &str) -> Result<(), ProcessError> {
-    let bad = |reason: &str| Err(ProcessError::Invalid { what, value: p.to_string(), reason: reason.to_string() });
+    let bad = |reason: &str| {
+        Err(ProcessError::Invalid {
+            what,
+            value: p.to_string(),
+            reason: reason.to_string(),
+        })
+    };
     if p.is_empty() || p.starts_with('/') {
         return bad("must be a non-empty relative path");
     }
@@ -181,7 +201,13 @@ fn validate_rel(what: &'static str, p: &str) -> Result<(), ProcessError> {
 }
 
 fn validate_name(what: &'static str, n: &str) -> Result<(), ProcessError> {
-    if n.is_empty() || n.len() > 253 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') || n.starts_with('.') {
+    if n.is_empty()
+        || n.len() > 253
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        || n.starts_with('.')
+    {
         return Err(ProcessError::Invalid {
             what,
             value: n.to_string(),
@@ -197,7 +223,11 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The `/etc/hosts` of a pod, as the kubelet writes it.
-pub fn hosts_file(pod_ip: std::net::Ipv4Addr, hostname: &str, extra: &[(std::net::Ipv4Addr, String)]) -> String {
+pub fn hosts_file(
+    pod_ip: std::net::Ipv4Addr,
+    hostname: &str,
+    extra: &[(std::net::Ipv4Addr, String)],
+) -> String {
     let mut s = String::from("# Kubernetes-managed hosts file (isthmus).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     s.push_str(&format!("{pod_ip}\t{hostname}\n"));
     for (ip, names) in extra {
@@ -223,14 +253,16 @@ impl PodSandbox {
         }
         validate_name("hostname", hostname)?;
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", dir))?;
         for sub in ["logs", "volumes", ".stage"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
         let write = |p: PathBuf, data: &[u8], mode: u32| -> Result<(), ProcessError> {
             std::fs::write(&p, data).map_err(io_err("write", &p))?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &p))
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", &p))
         };
         write(dir.join("resolv.conf"), resolv_conf.as_bytes(), 0o644)?;
         write(dir.join("hosts"), hosts.as_bytes(), 0o644)?;
@@ -250,7 +282,8 @@ impl PodSandbox {
                     }
                 }
                 VolumeSource::EmptyDir => {
-                    std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o777)).map_err(io_err("chmod", &vdir))?;
+                    std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o777))
+                        .map_err(io_err("chmod", &vdir))?;
                 }
             }
             if map.insert(v.name.clone(), v).is_some() {
@@ -292,7 +325,8 @@ impl PodSandbox {
 
     /// Removes host directories created for top-level mount paths (only if still empty).
     pub fn cleanup(&self) {
-        let dirs = std::mem::take(&mut *self.created_dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        let dirs =
+            std::mem::take(&mut *self.created_dirs.lock().unwrap_or_else(|p| p.into_inner()));
         for d in dirs.iter().rev() {
             let _ = std::fs::remove_dir(d);
         }
@@ -320,27 +354,41 @@ impl PodSandbox {
              mount -t overlay isthmus-overlay -o \"lowerdir=$a,upperdir=$S/u$n,workdir=$S/w$n\" \"$a\"\n    OV=\"$OV$a|\"\n  fi\n  \
              if [ \"$2\" = dir ]; then mkdir -p \"$1\"; else mkdir -p \"$(dirname \"$1\")\"; : > \"$1\"; fi\n}\n",
         );
-        s.push_str(&format!("echo {} > /proc/sys/kernel/hostname\n", q(&self.hostname)));
+        s.push_str(&format!(
+            "echo {} > /proc/sys/kernel/hostname\n",
+            q(&self.hostname)
+        ));
         let mut mounts = spec.mounts.clone();
         // Parents before children, so nested mount paths stack correctly.
-        mounts.sort_by(|a, b| a.mount_path.len().cmp(&b.mount_path.len()).then(a.mount_path.cmp(&b.mount_path)));
+        mounts.sort_by(|a, b| {
+            a.mount_path
+                .len()
+                .cmp(&b.mount_path.len())
+                .then(a.mount_path.cmp(&b.mount_path))
+        });
         // Phase 1 creates every mount point (overlays hide later-made submounts, so all of
         // them must exist before anything is mounted); phase 2 mounts.
         let mut points = String::new();
         let mut binds = String::new();
         for m in &mounts {
             validate_abs_path("mountPath", &m.mount_path)?;
-            let vol = self.volumes.get(&m.name).ok_or_else(|| ProcessError::UnknownVolume {
-                container: spec.name.clone(),
-                volume: m.name.clone(),
-            })?;
+            let vol = self
+                .volumes
+                .get(&m.name)
+                .ok_or_else(|| ProcessError::UnknownVolume {
+                    container: spec.name.clone(),
+                    volume: m.name.clone(),
+                })?;
             self.ensure_top_level(&m.mount_path)?;
             let mut src = self.volume_dir(&m.name);
             if let Some(sp) = &m.sub_path {
                 validate_rel("subPath", sp)?;
                 src = src.join(sp);
             }
-            let projected = matches!(vol.source, VolumeSource::Secret(_) | VolumeSource::ConfigMap(_));
+            let projected = matches!(
+                vol.source,
+                VolumeSource::Secret(_) | VolumeSource::ConfigMap(_)
+            );
             if m.sub_path.is_some() && !src.exists() {
                 if projected {
                     return Err(ProcessError::Invalid {
@@ -354,9 +402,15 @@ impl PodSandbox {
             let is_dir = m.sub_path.is_none() || src.is_dir();
             let src_s = q(&src.to_string_lossy());
             let mp = q(m.mount_path.trim_end_matches('/'));
-            points.push_str(&format!("isthmus_mkpoint {mp} {}\n", if is_dir { "dir" } else { "file" }));
+            points.push_str(&format!(
+                "isthmus_mkpoint {mp} {}\n",
+                if is_dir { "dir" } else { "file" }
+            ));
             if projected && m.sub_path.is_none() {
-                binds.push_str(&format!("mount -t tmpfs -o mode=0755 isthmus-{} {mp}\n", q(&m.name)));
+                binds.push_str(&format!(
+                    "mount -t tmpfs -o mode=0755 isthmus-{} {mp}\n",
+                    q(&m.name)
+                ));
                 binds.push_str(&format!("cp -a {src_s}/. {mp}/\n"));
                 binds.push_str(&format!("mount -o remount,ro {mp}\n"));
             } else {
@@ -369,7 +423,10 @@ impl PodSandbox {
         for f in ["resolv.conf", "hosts"] {
             let src = self.dir.join(f);
             points.push_str(&format!("isthmus_mkpoint /etc/{f} file\n"));
-            binds.push_str(&format!("mount --bind {} /etc/{f}\n", q(&src.to_string_lossy())));
+            binds.push_str(&format!(
+                "mount --bind {} /etc/{f}\n",
+                q(&src.to_string_lossy())
+            ));
         }
         let wd = spec.working_dir.clone().unwrap_or_else(|| "/".to_string());
         if wd != "/" {
@@ -387,7 +444,11 @@ impl PodSandbox {
     /// Creates the top-level directory of `path` on the host when it is missing (an overlay
     /// cannot be put on `/`), remembering it for [`PodSandbox::cleanup`].
     fn ensure_top_level(&self, path: &str) -> Result<(), ProcessError> {
-        let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let first = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
         if first.is_empty() {
             return Ok(());
         }
@@ -395,7 +456,10 @@ impl PodSandbox {
         if !top.exists() {
             std::fs::create_dir(&top).map_err(io_err("create top-level mount point", &top))?;
             tracing::warn!(path = %top.display(), "created a top-level directory on the host for a mountPath; it is removed when the pod is deleted");
-            self.created_dirs.lock().unwrap_or_else(|p| p.into_inner()).push(top);
+            self.created_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(top);
         }
         Ok(())
     }
@@ -418,13 +482,24 @@ impl PodSandbox {
         cmd::require("mount")?;
         let script = self.setup_script(spec)?;
         let mut c = tokio::process::Command::new(nsenter);
-        c.arg(format!("--net={}", netns::netns_path(&self.netns).display()))
-            .arg("--")
-            .arg(unshare)
-            .args(["--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c"])
-            .arg(script)
-            .arg("isthmus-init")
-            .args(&spec.argv);
+        c.arg(format!(
+            "--net={}",
+            netns::netns_path(&self.netns).display()
+        ))
+        .arg("--")
+        .arg(unshare)
+        .args([
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("isthmus-init")
+        .args(&spec.argv);
         c.env_clear();
         c.env("PATH", DEFAULT_PATH);
         c.env("HOSTNAME", &self.hostname);
@@ -440,15 +515,25 @@ impl PodSandbox {
     /// A command running `argv` inside a running container (`kubectl exec`): it joins the
     /// mount, UTS and network namespaces of process `pid`. Without a pid (container not
     /// running) it builds a fresh container environment from `spec` instead.
-    pub fn exec_command(&self, pid: Option<u32>, spec: &ContainerSpec, argv: &[String]) -> Result<std::process::Command, ProcessError> {
+    pub fn exec_command(
+        &self,
+        pid: Option<u32>,
+        spec: &ContainerSpec,
+        argv: &[String],
+    ) -> Result<std::process::Command, ProcessError> {
         if argv.is_empty() {
-            return Err(ProcessError::Invalid { what: "exec command", value: String::new(), reason: "empty".to_string() });
+            return Err(ProcessError::Invalid {
+                what: "exec command",
+                value: String::new(),
+                reason: "empty".to_string(),
+            });
         }
         let nsenter = cmd::require("nsenter")?;
         let mut c = match pid {
             Some(pid) => {
                 let mut c = std::process::Command::new(nsenter);
-                c.arg(format!("--target={pid}")).args(["--mount", "--uts", "--net"]);
+                c.arg(format!("--target={pid}"))
+                    .args(["--mount", "--uts", "--net"]);
                 // `--wd` without a value: the target's current directory (its workingDir),
                 // resolved after entering its mount namespace.
                 c.arg("--wd");
@@ -477,9 +562,17 @@ impl PodSandbox {
 
     /// Runs `argv` in the container (see [`PodSandbox::exec_command`]) with the caller's
     /// stdin/stdout/stderr and returns its exit code (128+signal when killed by a signal).
-    pub fn exec(&self, pid: Option<u32>, spec: &ContainerSpec, argv: &[String]) -> Result<i32, ProcessError> {
+    pub fn exec(
+        &self,
+        pid: Option<u32>,
+        spec: &ContainerSpec,
+        argv: &[String],
+    ) -> Result<i32, ProcessError> {
         let mut c = self.exec_command(pid, spec, argv)?;
-        let status = c.status().map_err(|source| ProcessError::Spawn { container: spec.name.clone(), source })?;
+        let status = c.status().map_err(|source| ProcessError::Spawn {
+            container: spec.name.clone(),
+            source,
+        })?;
         Ok(exit_code(status))
     }
 }
@@ -519,7 +612,11 @@ pub struct Backoff {
 impl Default for Backoff {
     /// Faster than the kubelet (1s doubling to 30s) because local meshes are for quick loops.
     fn default() -> Self {
-        Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(30), reset_after: Duration::from_secs(60) }
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(60),
+        }
     }
 }
 
@@ -579,14 +676,21 @@ fn kill_group(pid: u32, sig: Signal) {
 impl Supervised {
     /// Starts supervising `spec` in `pod`. Must be called inside a tokio runtime. stdout and
     /// stderr go (appended) to [`PodSandbox::log_path`].
-    pub fn start(pod: Arc<PodSandbox>, spec: ContainerSpec, policy: RestartPolicy, backoff: Backoff) -> Result<Supervised, ProcessError> {
+    pub fn start(
+        pod: Arc<PodSandbox>,
+        spec: ContainerSpec,
+        policy: RestartPolicy,
+        backoff: Backoff,
+    ) -> Result<Supervised, ProcessError> {
         validate_name("container name", &spec.name)?;
         // Fail fast on bad specs instead of crash-looping on them.
         pod.setup_script(&spec)?;
         pod.command(&spec)?;
         let initial = ContainerStatus {
             name: spec.name.clone(),
-            state: ContainerState::Waiting { reason: "ContainerCreating".to_string() },
+            state: ContainerState::Waiting {
+                reason: "ContainerCreating".to_string(),
+            },
             restarts: 0,
             pid: None,
             last_exit_code: None,
@@ -595,8 +699,21 @@ impl Supervised {
         let (status_tx, status_rx) = watch::channel(initial);
         let (stop_tx, stop_rx) = watch::channel(None);
         let pid = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(run_loop(pod, spec, policy, backoff, status_tx, stop_rx, pid.clone()));
-        Ok(Supervised { status: status_rx, stop: stop_tx, task: Some(task), pid })
+        let task = tokio::spawn(run_loop(
+            pod,
+            spec,
+            policy,
+            backoff,
+            status_tx,
+            stop_rx,
+            pid.clone(),
+        ));
+        Ok(Supervised {
+            status: status_rx,
+            stop: stop_tx,
+            task: Some(task),
+            pid,
+        })
     }
 
     /// Current status.
@@ -651,7 +768,9 @@ async fn run_loop(
                 .open(&log_path)
                 .map_err(|e| format!("open {}: {e}", log_path.display()))?;
             let log2 = log.try_clone().map_err(|e| e.to_string())?;
-            c.stdout(Stdio::from(log)).stderr(Stdio::from(log2)).kill_on_drop(false);
+            c.stdout(Stdio::from(log))
+                .stderr(Stdio::from(log2))
+                .kill_on_drop(false);
             c.spawn().map_err(|e| e.to_string())
         })();
         let (code, reason) = match spawned {
@@ -694,7 +813,14 @@ async fn run_loop(
                 match result {
                     Ok(st) => {
                         let c = exit_code(st);
-                        (c, if c == 0 { "Completed".to_string() } else { "Error".to_string() })
+                        (
+                            c,
+                            if c == 0 {
+                                "Completed".to_string()
+                            } else {
+                                "Error".to_string()
+                            },
+                        )
                     }
                     Err(e) => (1, format!("wait failed: {e}")),
                 }
@@ -712,9 +838,16 @@ async fn run_loop(
                 RestartPolicy::Never => false,
             };
         if !restart {
-            let reason = if stopping { "Stopped".to_string() } else { reason };
+            let reason = if stopping {
+                "Stopped".to_string()
+            } else {
+                reason
+            };
             status.send_modify(|s| {
-                s.state = ContainerState::Terminated { exit_code: code, reason };
+                s.state = ContainerState::Terminated {
+                    exit_code: code,
+                    reason,
+                };
                 s.pid = None;
                 s.last_exit_code = Some(code);
             });
@@ -725,7 +858,9 @@ async fn run_loop(
             delay = backoff.initial;
         }
         status.send_modify(|s| {
-            s.state = ContainerState::Waiting { reason: "CrashLoopBackOff".to_string() };
+            s.state = ContainerState::Waiting {
+                reason: "CrashLoopBackOff".to_string(),
+            };
             s.pid = None;
             s.last_exit_code = Some(code);
         });

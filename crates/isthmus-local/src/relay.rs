@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// The host port could not be bound.
-    #[error("cannot listen on {addr}: {source} (is the port taken? choose another published port)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is the port taken? choose another published port)"
+    )]
     Bind {
         /// Address.
         addr: SocketAddr,
@@ -41,12 +43,24 @@ pub struct PortRelay {
 impl PortRelay {
     /// Listens on `listen` (host namespace) and relays each connection to `target` inside
     /// namespace `netns`. Port 0 picks a free port (see [`PortRelay::local_addr`]).
-    pub async fn start(listen: SocketAddr, netns: &str, target: SocketAddr) -> Result<PortRelay, RelayError> {
+    pub async fn start(
+        listen: SocketAddr,
+        netns: &str,
+        target: SocketAddr,
+    ) -> Result<PortRelay, RelayError> {
         if !crate::netns::exists(netns) {
             return Err(RelayError::NoNetns(netns.to_string()));
         }
-        let listener = TcpListener::bind(listen).await.map_err(|source| RelayError::Bind { addr: listen, source })?;
-        let local = listener.local_addr().map_err(|source| RelayError::Bind { addr: listen, source })?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| RelayError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| RelayError::Bind {
+            addr: listen,
+            source,
+        })?;
         let accepted = Arc::new(AtomicU64::new(0));
         let ns = netns.to_string();
         let counter = accepted.clone();
@@ -66,17 +80,27 @@ impl PortRelay {
                     match crate::netns::connect_tcp(&ns, target, None).await {
                         Ok(mut outbound) => {
                             let _ = outbound.set_nodelay(true);
-                            if let Err(e) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                            if let Err(e) =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+                            {
                                 tracing::debug!(%peer, %target, error = %e, "relay connection ended with error");
                             }
                         }
-                        Err(e) => tracing::warn!(%peer, netns = %ns, %target, error = %e, "relay could not reach target"),
+                        Err(e) => {
+                            tracing::warn!(%peer, netns = %ns, %target, error = %e, "relay could not reach target")
+                        }
                     }
                 });
             }
         });
         tracing::info!(%local, netns, %target, "published port");
-        Ok(PortRelay { local, target, netns: netns.to_string(), accepted, task })
+        Ok(PortRelay {
+            local,
+            target,
+            netns: netns.to_string(),
+            accepted,
+            task,
+        })
     }
 
     /// Host address listened on.

@@ -71,7 +71,9 @@ pub fn vip_ruleset(services: &[ServiceVip], mode: VipMode) -> String {
         VipMode::Pod => ("output", "output"),
         VipMode::Node => ("prerouting", "forward"),
     };
-    let mut s = format!("table ip {SERVICE_TABLE}\ndelete table ip {SERVICE_TABLE}\ntable ip {SERVICE_TABLE} {{\n");
+    let mut s = format!(
+        "table ip {SERVICE_TABLE}\ndelete table ip {SERVICE_TABLE}\ntable ip {SERVICE_TABLE} {{\n"
+    );
     let mut dispatch = String::new();
     let mut reject = String::new();
     for (i, svc) in svcs.iter().enumerate() {
@@ -86,14 +88,18 @@ pub fn vip_ruleset(services: &[ServiceVip], mode: VipMode) -> String {
             continue;
         }
         dispatch.push_str(&format!("    {matcher} goto svc{i}\n"));
-        let arms: Vec<String> = (0..svc.endpoints.len()).map(|j| format!("{j} : goto svc{i}ep{j}")).collect();
+        let arms: Vec<String> = (0..svc.endpoints.len())
+            .map(|j| format!("{j} : goto svc{i}ep{j}"))
+            .collect();
         s.push_str(&format!(
             "  chain svc{i} {{\n    numgen random mod {} vmap {{ {} }}\n  }}\n",
             svc.endpoints.len(),
             arms.join(", ")
         ));
         for (j, ep) in svc.endpoints.iter().enumerate() {
-            s.push_str(&format!("  chain svc{i}ep{j} {{\n    meta l4proto {proto} dnat to {ep}\n  }}\n"));
+            s.push_str(&format!(
+                "  chain svc{i}ep{j} {{\n    meta l4proto {proto} dnat to {ep}\n  }}\n"
+            ));
         }
     }
     s.push_str(&format!("  chain nat_{hook} {{\n    type nat hook {hook} priority -100; policy accept;\n{dispatch}  }}\n"));
@@ -108,15 +114,27 @@ pub fn vip_ruleset(services: &[ServiceVip], mode: VipMode) -> String {
 }
 
 /// Installs (replaces) the service VIP rules in namespace `netns`.
-pub fn install_service_vips(netns: &str, services: &[ServiceVip], mode: VipMode) -> Result<(), CmdError> {
+pub fn install_service_vips(
+    netns: &str,
+    services: &[ServiceVip],
+    mode: VipMode,
+) -> Result<(), CmdError> {
     cmd::nft_script(Some(netns), &vip_ruleset(services, mode))?;
-    tracing::debug!(netns, services = services.len(), ?mode, "service VIPs installed");
+    tracing::debug!(
+        netns,
+        services = services.len(),
+        ?mode,
+        "service VIPs installed"
+    );
     Ok(())
 }
 
 /// Removes the service VIP rules from namespace `netns` (no error if absent).
 pub fn remove_service_vips(netns: &str) -> Result<(), CmdError> {
-    cmd::nft_script(Some(netns), &format!("table ip {SERVICE_TABLE}\ndelete table ip {SERVICE_TABLE}\n"))?;
+    cmd::nft_script(
+        Some(netns),
+        &format!("table ip {SERVICE_TABLE}\ndelete table ip {SERVICE_TABLE}\n"),
+    )?;
     Ok(())
 }
 
@@ -160,14 +178,21 @@ mod tests {
 
     #[test]
     fn allocation_is_sorted_and_deterministic() {
-        let a = allocate_vips(["b.example.com", "A.example.com", "*.wild.com", "a.example.com."]);
+        let a = allocate_vips([
+            "b.example.com",
+            "A.example.com",
+            "*.wild.com",
+            "a.example.com.",
+        ]);
         assert_eq!(a.len(), 2);
         assert_eq!(a["a.example.com"], Ipv4Addr::new(240, 240, 0, 1));
         assert_eq!(a["b.example.com"], Ipv4Addr::new(240, 240, 0, 2));
         let hosts: Vec<String> = (0..300).map(|i| format!("h{i:03}.x")).collect();
         let m = allocate_vips(hosts.iter().map(|s| s.as_str()));
         assert_eq!(m.len(), 300);
-        assert!(m.values().all(|ip| ip.octets()[3] != 0 && ip.octets()[3] != 255));
+        assert!(m
+            .values()
+            .all(|ip| ip.octets()[3] != 0 && ip.octets()[3] != 255));
         let set: std::collections::BTreeSet<_> = m.values().collect();
         assert_eq!(set.len(), 300);
         assert_eq!(m["h254.x"], Ipv4Addr::new(240, 240, 1, 1));
@@ -180,16 +205,37 @@ mod tests {
                 vip: Ipv4Addr::new(10, 96, 0, 10),
                 port: 80,
                 protocol: L4::Tcp,
-                endpoints: vec!["10.244.0.12:8080".parse().unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)), "10.244.0.11:8080".parse().unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))],
+                endpoints: vec![
+                    "10.244.0.12:8080"
+                        .parse()
+                        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                    "10.244.0.11:8080"
+                        .parse()
+                        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                ],
             },
-            ServiceVip { vip: Ipv4Addr::new(10, 96, 0, 11), port: 81, protocol: L4::Tcp, endpoints: vec![] },
+            ServiceVip {
+                vip: Ipv4Addr::new(10, 96, 0, 11),
+                port: 81,
+                protocol: L4::Tcp,
+                endpoints: vec![],
+            },
         ];
         let r = vip_ruleset(&svcs, VipMode::Pod);
-        assert!(r.contains("numgen random mod 2 vmap { 0 : goto svc0ep0, 1 : goto svc0ep1 }"), "{r}");
+        assert!(
+            r.contains("numgen random mod 2 vmap { 0 : goto svc0ep0, 1 : goto svc0ep1 }"),
+            "{r}"
+        );
         assert!(r.contains("dnat to 10.244.0.11:8080"), "{r}");
-        assert!(r.contains("ip daddr 10.96.0.11 tcp dport 81 reject with tcp reset"), "{r}");
+        assert!(
+            r.contains("ip daddr 10.96.0.11 tcp dport 81 reject with tcp reset"),
+            "{r}"
+        );
         assert!(r.contains("type nat hook output"), "{r}");
         let n = vip_ruleset(&svcs, VipMode::Node);
-        assert!(n.contains("type nat hook prerouting") && n.contains("masquerade"), "{n}");
+        assert!(
+            n.contains("type nat hook prerouting") && n.contains("masquerade"),
+            "{n}"
+        );
     }
 }

@@ -27,7 +27,11 @@ fn host_links() -> BTreeSet<String> {
     isthmus_local::cmd::ip(&["-o", "link", "show"])
         .expect("ip link")
         .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string()))
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+        })
         .collect()
 }
 
@@ -39,16 +43,30 @@ fn assert_gone(name: &str, links_before: &BTreeSet<String>, tables_before: &[Str
     let new: Vec<_> = links_after.difference(links_before).collect();
     assert!(new.is_empty(), "host links added: {new:?}");
     let tables_after = capture::list_tables(None).expect("nft list tables");
-    let new_tables: Vec<_> = tables_after.iter().filter(|t| t.contains("isthmus") && !tables_before.contains(t)).collect();
-    assert!(new_tables.is_empty(), "host nft tables added: {new_tables:?}");
+    let new_tables: Vec<_> = tables_after
+        .iter()
+        .filter(|t| t.contains("isthmus") && !tables_before.contains(t))
+        .collect();
+    assert!(
+        new_tables.is_empty(),
+        "host nft tables added: {new_tables:?}"
+    );
 }
 
 /// A TCP server inside `ns` answering every connection with `name\n` and closing.
-async fn name_server(ns: &str, addr: SocketAddr, name: &'static str) -> tokio::task::JoinHandle<()> {
-    let l = netns::listen_tcp_async(ns, addr).await.expect("listen in netns");
+async fn name_server(
+    ns: &str,
+    addr: SocketAddr,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let l = netns::listen_tcp_async(ns, addr)
+        .await
+        .expect("listen in netns");
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let _ = s.write_all(format!("{name}\n").as_bytes()).await;
                 let _ = s.shutdown().await;
@@ -58,9 +76,13 @@ async fn name_server(ns: &str, addr: SocketAddr, name: &'static str) -> tokio::t
 }
 
 async fn read_name(ns: &str, addr: SocketAddr, mark: Option<u32>) -> std::io::Result<String> {
-    let mut s = netns::connect_tcp(ns, addr, mark).await.map_err(std::io::Error::other)?;
+    let mut s = netns::connect_tcp(ns, addr, mark)
+        .await
+        .map_err(std::io::Error::other)?;
     let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.map_err(std::io::Error::other)??;
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .map_err(std::io::Error::other)??;
     Ok(out.trim().to_string())
 }
 
@@ -76,16 +98,24 @@ async fn pods_connect_across_bridge_and_down_removes_everything() {
     let b = mesh.add_pod("default/server").expect("pod b");
     assert_ne!(a.ip, b.ip);
     assert!(mesh.subnet().contains(&a.ip) && mesh.subnet().contains(&b.ip));
-    assert!(matches!(mesh.add_pod("default/client"), Err(net::NetError::PodExists(_))));
+    assert!(matches!(
+        mesh.add_pod("default/client"),
+        Err(net::NetError::PodExists(_))
+    ));
     // A second mesh with the same name is refused with a clear error.
     let again = net::MeshNet::up(net::MeshNetConfig::new("tconn"));
-    assert!(matches!(again, Err(net::NetError::MeshExists { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(net::NetError::MeshExists { .. })),
+        "{again:?}"
+    );
 
     // Loopback is up in the pod.
     let lo = isthmus_local::cmd::ip(&["-n", &a.netns, "-o", "link", "show", "lo"]).expect("lo");
     assert!(lo.contains("UP"), "{lo}");
 
-    let l = netns::listen_tcp_async(&b.netns, (b.ip, 7000).into()).await.expect("listen");
+    let l = netns::listen_tcp_async(&b.netns, (b.ip, 7000).into())
+        .await
+        .expect("listen");
     let accept = tokio::spawn(async move {
         let (mut s, peer) = l.accept().await.expect("accept");
         let mut buf = [0u8; 4];
@@ -93,23 +123,34 @@ async fn pods_connect_across_bridge_and_down_removes_everything() {
         s.write_all(b"pong").await.expect("write");
         (peer, buf)
     });
-    let mut c = netns::connect_tcp(&a.netns, (b.ip, 7000).into(), None).await.expect("connect across bridge");
+    let mut c = netns::connect_tcp(&a.netns, (b.ip, 7000).into(), None)
+        .await
+        .expect("connect across bridge");
     c.write_all(b"ping").await.expect("write");
     let mut reply = [0u8; 4];
     c.read_exact(&mut reply).await.expect("read");
     assert_eq!(&reply, b"pong");
     let (peer, got) = accept.await.expect("join");
     assert_eq!(&got, b"ping");
-    assert_eq!(peer.ip(), std::net::IpAddr::V4(a.ip), "peer address is the client pod's");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(a.ip),
+        "peer address is the client pod's"
+    );
 
     // The host cannot see the pod network: no route to it from the host namespace.
-    let host_routes = isthmus_local::cmd::ip(&["route", "get", &b.ip.to_string()]).unwrap_or_default();
+    let host_routes =
+        isthmus_local::cmd::ip(&["route", "get", &b.ip.to_string()]).unwrap_or_default();
     assert!(!host_routes.contains(net::BRIDGE), "{host_routes}");
 
     mesh.remove_pod("default/client").expect("remove pod");
     assert!(!netns::exists(&a.netns));
-    let veths = isthmus_local::cmd::ip(&["-n", mesh.node_netns(), "-o", "link", "show"]).expect("links");
-    assert!(!veths.contains(&a.veth), "veth of removed pod still in node namespace: {veths}");
+    let veths =
+        isthmus_local::cmd::ip(&["-n", mesh.node_netns(), "-o", "link", "show"]).expect("links");
+    assert!(
+        !veths.contains(&a.veth),
+        "veth of removed pod still in node namespace: {veths}"
+    );
     mesh.down().expect("down");
     mesh.down().expect("down is idempotent");
     assert_gone("tconn", &links_before, &tables_before);
@@ -130,10 +171,19 @@ async fn capture_redirects_outbound_and_inbound_and_marked_traffic_bypasses() {
     assert_eq!(tables, vec![format!("ip {}", capture::CAPTURE_TABLE)]);
 
     // "Proxy" listeners inside the app pod.
-    let outbound = netns::listen_tcp_async(&app.netns, "0.0.0.0:15001".parse().unwrap()).await.expect("15001");
-    let inbound = netns::listen_tcp_async(&app.netns, "0.0.0.0:15006".parse().unwrap()).await.expect("15006");
+    let outbound = netns::listen_tcp_async(&app.netns, "0.0.0.0:15001".parse().unwrap())
+        .await
+        .expect("15001");
+    let inbound = netns::listen_tcp_async(&app.netns, "0.0.0.0:15006".parse().unwrap())
+        .await
+        .expect("15006");
     let _admin = name_server(&app.netns, "0.0.0.0:15020".parse().unwrap(), "admin-direct").await;
-    let _local = name_server(&app.netns, "127.0.0.1:7070".parse().unwrap(), "loopback-direct").await;
+    let _local = name_server(
+        &app.netns,
+        "127.0.0.1:7070".parse().unwrap(),
+        "loopback-direct",
+    )
+    .await;
     let _real = name_server(&other.netns, (other.ip, 8080).into(), "other-direct").await;
 
     // Outbound from the app lands on 15001 with the original destination.
@@ -142,7 +192,10 @@ async fn capture_redirects_outbound_and_inbound_and_marked_traffic_bypasses() {
         let ns = app.netns.clone();
         async move { netns::connect_tcp(&ns, target, None).await }
     });
-    let (accepted, _) = tokio::time::timeout(Duration::from_secs(5), outbound.accept()).await.expect("timely").expect("accept");
+    let (accepted, _) = tokio::time::timeout(Duration::from_secs(5), outbound.accept())
+        .await
+        .expect("timely")
+        .expect("accept");
     let od = capture::original_dst(&accepted).expect("SO_ORIGINAL_DST");
     assert_eq!(od, SocketAddrV4::new(other.ip, 8080));
     client.await.expect("join").expect("client connected");
@@ -153,13 +206,28 @@ async fn capture_redirects_outbound_and_inbound_and_marked_traffic_bypasses() {
         let ns = other.netns.clone();
         async move { netns::connect_tcp(&ns, target, None).await }
     });
-    let (accepted, peer) = tokio::time::timeout(Duration::from_secs(5), inbound.accept()).await.expect("timely").expect("accept");
-    assert_eq!(capture::original_dst(&accepted).expect("orig dst"), SocketAddrV4::new(app.ip, 9090));
+    let (accepted, peer) = tokio::time::timeout(Duration::from_secs(5), inbound.accept())
+        .await
+        .expect("timely")
+        .expect("accept");
+    assert_eq!(
+        capture::original_dst(&accepted).expect("orig dst"),
+        SocketAddrV4::new(app.ip, 9090)
+    );
     assert_eq!(peer.ip(), std::net::IpAddr::V4(other.ip));
     client.await.expect("join").expect("client connected");
 
     // The proxy's own (marked) traffic reaches the real destination.
-    assert_eq!(read_name(&app.netns, (other.ip, 8080).into(), Some(capture::PROXY_MARK)).await.expect("marked"), "other-direct");
+    assert_eq!(
+        read_name(
+            &app.netns,
+            (other.ip, 8080).into(),
+            Some(capture::PROXY_MARK)
+        )
+        .await
+        .expect("marked"),
+        "other-direct"
+    );
     // A socket marked with set_mark after creation works the same way.
     {
         let ns = app.netns.clone();
@@ -171,18 +239,38 @@ async fn capture_redirects_outbound_and_inbound_and_marked_traffic_bypasses() {
         })
         .await
         .expect("socket in netns");
-        let mut s = tokio::net::TcpSocket::from_std_stream(std).connect((other.ip, 8080).into()).await.expect("connect");
+        let mut s = tokio::net::TcpSocket::from_std_stream(std)
+            .connect((other.ip, 8080).into())
+            .await
+            .expect("connect");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         assert_eq!(out.trim(), "other-direct");
     }
     // Admin port and loopback are not captured.
-    assert_eq!(read_name(&other.netns, (app.ip, 15020).into(), None).await.expect("admin"), "admin-direct");
-    assert_eq!(read_name(&app.netns, "127.0.0.1:7070".parse().unwrap(), None).await.expect("lo"), "loopback-direct");
+    assert_eq!(
+        read_name(&other.netns, (app.ip, 15020).into(), None)
+            .await
+            .expect("admin"),
+        "admin-direct"
+    );
+    assert_eq!(
+        read_name(&app.netns, "127.0.0.1:7070".parse().unwrap(), None)
+            .await
+            .expect("lo"),
+        "loopback-direct"
+    );
     // Without capture, the same unmarked connection goes direct.
     capture::remove_capture(&app.netns).expect("remove");
-    assert!(capture::list_tables(Some(&app.netns)).expect("tables").is_empty());
-    assert_eq!(read_name(&app.netns, (other.ip, 8080).into(), None).await.expect("direct"), "other-direct");
+    assert!(capture::list_tables(Some(&app.netns))
+        .expect("tables")
+        .is_empty());
+    assert_eq!(
+        read_name(&app.netns, (other.ip, 8080).into(), None)
+            .await
+            .expect("direct"),
+        "other-direct"
+    );
     mesh.down().expect("down");
     assert!(net::list_netns("isth-tcap-").is_empty());
 }
@@ -200,41 +288,97 @@ async fn service_vips_balance_in_pod_and_node_namespaces() {
     let _sc = name_server(&c.netns, (c.ip, 8080).into(), "c").await;
     let vip_bc = Ipv4Addr::new(10, 96, 0, 10);
     let services = vec![
-        vip::ServiceVip { vip: vip_bc, port: 80, protocol: vip::L4::Tcp, endpoints: vec![SocketAddrV4::new(b.ip, 8080), SocketAddrV4::new(c.ip, 8080)] },
-        vip::ServiceVip { vip: Ipv4Addr::new(10, 96, 0, 11), port: 80, protocol: vip::L4::Tcp, endpoints: vec![] },
+        vip::ServiceVip {
+            vip: vip_bc,
+            port: 80,
+            protocol: vip::L4::Tcp,
+            endpoints: vec![SocketAddrV4::new(b.ip, 8080), SocketAddrV4::new(c.ip, 8080)],
+        },
+        vip::ServiceVip {
+            vip: Ipv4Addr::new(10, 96, 0, 11),
+            port: 80,
+            protocol: vip::L4::Tcp,
+            endpoints: vec![],
+        },
     ];
     vip::install_service_vips(&client.netns, &services, vip::VipMode::Pod).expect("pod VIPs");
     let mut seen = BTreeSet::new();
     for _ in 0..30 {
-        seen.insert(read_name(&client.netns, (vip_bc, 80).into(), None).await.expect("via VIP"));
+        seen.insert(
+            read_name(&client.netns, (vip_bc, 80).into(), None)
+                .await
+                .expect("via VIP"),
+        );
     }
-    assert_eq!(seen, BTreeSet::from(["b".to_string(), "c".to_string()]), "both endpoints used");
-    let refused = read_name(&client.netns, (Ipv4Addr::new(10, 96, 0, 11), 80).into(), None).await;
-    assert!(refused.is_err(), "service without endpoints must refuse: {refused:?}");
+    assert_eq!(
+        seen,
+        BTreeSet::from(["b".to_string(), "c".to_string()]),
+        "both endpoints used"
+    );
+    let refused = read_name(
+        &client.netns,
+        (Ipv4Addr::new(10, 96, 0, 11), 80).into(),
+        None,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "service without endpoints must refuse: {refused:?}"
+    );
     // Update: only c remains.
-    let services = vec![vip::ServiceVip { vip: vip_bc, port: 80, protocol: vip::L4::Tcp, endpoints: vec![SocketAddrV4::new(c.ip, 8080)] }];
+    let services = vec![vip::ServiceVip {
+        vip: vip_bc,
+        port: 80,
+        protocol: vip::L4::Tcp,
+        endpoints: vec![SocketAddrV4::new(c.ip, 8080)],
+    }];
     vip::install_service_vips(&client.netns, &services, vip::VipMode::Pod).expect("update");
     for _ in 0..5 {
-        assert_eq!(read_name(&client.netns, (vip_bc, 80).into(), None).await.expect("via VIP"), "c");
+        assert_eq!(
+            read_name(&client.netns, (vip_bc, 80).into(), None)
+                .await
+                .expect("via VIP"),
+            "c"
+        );
     }
     vip::remove_service_vips(&client.netns).expect("remove");
 
     // Node mode: rules in the node namespace serve every pod, including hairpin (b -> its own service).
     let vip_b = Ipv4Addr::new(10, 96, 0, 20);
-    let services = vec![vip::ServiceVip { vip: vip_b, port: 80, protocol: vip::L4::Tcp, endpoints: vec![SocketAddrV4::new(b.ip, 8080)] }];
+    let services = vec![vip::ServiceVip {
+        vip: vip_b,
+        port: 80,
+        protocol: vip::L4::Tcp,
+        endpoints: vec![SocketAddrV4::new(b.ip, 8080)],
+    }];
     vip::install_service_vips(mesh.node_netns(), &services, vip::VipMode::Node).expect("node VIPs");
-    assert_eq!(read_name(&client.netns, (vip_b, 80).into(), None).await.expect("client via node VIP"), "b");
-    assert_eq!(read_name(&b.netns, (vip_b, 80).into(), None).await.expect("hairpin via node VIP"), "b");
+    assert_eq!(
+        read_name(&client.netns, (vip_b, 80).into(), None)
+            .await
+            .expect("client via node VIP"),
+        "b"
+    );
+    assert_eq!(
+        read_name(&b.netns, (vip_b, 80).into(), None)
+            .await
+            .expect("hairpin via node VIP"),
+        "b"
+    );
     mesh.down().expect("down");
     assert!(net::list_netns("isth-tvip-").is_empty());
 }
 
 async fn udp_query(ns: &str, server: SocketAddr, name: &str) -> (dns::Rcode, Vec<Ipv4Addr>) {
-    let sock = netns::bind_udp_async(ns, "0.0.0.0:0".parse().unwrap()).await.expect("udp");
+    let sock = netns::bind_udp_async(ns, "0.0.0.0:0".parse().unwrap())
+        .await
+        .expect("udp");
     let q = dns::build_query(0x4242, name, 1);
     sock.send_to(&q, server).await.expect("send");
     let mut buf = vec![0u8; 1500];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await.expect("timely").expect("recv");
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("timely")
+        .expect("recv");
     let (id, rcode, ips) = dns::parse_response(&buf[..n]).expect("parse");
     assert_eq!(id, 0x4242);
     (rcode, ips)
@@ -246,7 +390,11 @@ fn alive(pid: i32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return false,
             Ok(s) => {
-                let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+                let state = s
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or("");
                 if state == "Z" || state == "X" {
                     return false;
                 }
@@ -267,16 +415,41 @@ fn spec(name: &str, argv: &[&str]) -> process::ContainerSpec {
     }
 }
 
-fn sandbox(mesh: &net::MeshNet, pod: &net::PodNet, dir: &std::path::Path, hostname: &str, volumes: Vec<process::Volume>) -> Arc<process::PodSandbox> {
-    let resolv = dns::resolv_conf(mesh.dns_ip(), &dns::search_domains("default", "cluster.local"), 5);
+fn sandbox(
+    mesh: &net::MeshNet,
+    pod: &net::PodNet,
+    dir: &std::path::Path,
+    hostname: &str,
+    volumes: Vec<process::Volume>,
+) -> Arc<process::PodSandbox> {
+    let resolv = dns::resolv_conf(
+        mesh.dns_ip(),
+        &dns::search_domains("default", "cluster.local"),
+        5,
+    );
     let hosts = process::hosts_file(pod.ip, hostname, &[]);
-    Arc::new(process::PodSandbox::prepare(&pod.netns, dir, hostname, &resolv, &hosts, volumes).expect("sandbox"))
+    Arc::new(
+        process::PodSandbox::prepare(&pod.netns, dir, hostname, &resolv, &hosts, volumes)
+            .expect("sandbox"),
+    )
 }
 
-fn capture_exec(pod: &process::PodSandbox, pid: Option<u32>, s: &process::ContainerSpec, argv: &[&str]) -> (i32, String) {
+fn capture_exec(
+    pod: &process::PodSandbox,
+    pid: Option<u32>,
+    s: &process::ContainerSpec,
+    argv: &[&str],
+) -> (i32, String) {
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-    let out = pod.exec_command(pid, s, &argv).expect("exec command").output().expect("run");
-    (process::exit_code(out.status), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = pod
+        .exec_command(pid, s, &argv)
+        .expect("exec command")
+        .output()
+        .expect("run");
+    (
+        process::exit_code(out.status),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,36 +459,72 @@ async fn dns_answers_mesh_names_forwards_outside_names_and_nxdomain_otherwise() 
     }
     let mesh = fresh_mesh("tdns");
     let pod = mesh.add_pod("default/sleep").expect("pod");
-    let outside = dns::DnsTable::from_entries([("api.partner.example".to_string(), vec![Ipv4Addr::new(10, 244, 0, 77)])]);
-    let _outside_srv = dns::DnsServer::bind(Some(mesh.node_netns()), (mesh.outside_dns_ip(), 53).into(), outside.clone(), None)
-        .await
-        .expect("outside dns");
+    let outside = dns::DnsTable::from_entries([(
+        "api.partner.example".to_string(),
+        vec![Ipv4Addr::new(10, 244, 0, 77)],
+    )]);
+    let _outside_srv = dns::DnsServer::bind(
+        Some(mesh.node_netns()),
+        (mesh.outside_dns_ip(), 53).into(),
+        outside.clone(),
+        None,
+    )
+    .await
+    .expect("outside dns");
     let se = vip::allocate_vips(["api.mesh.example"]);
     let mesh_table = dns::DnsTable::new();
-    mesh_table.insert("httpbin.default.svc.cluster.local", vec![Ipv4Addr::new(10, 96, 0, 10)]);
+    mesh_table.insert(
+        "httpbin.default.svc.cluster.local",
+        vec![Ipv4Addr::new(10, 96, 0, 10)],
+    );
     for (h, ip) in &se {
         mesh_table.insert(h, vec![*ip]);
     }
-    let fwd = dns::Forward::Udp { addr: (mesh.outside_dns_ip(), 53).into(), netns: Some(mesh.node_netns().to_string()) };
-    let _mesh_srv = dns::DnsServer::bind(Some(mesh.node_netns()), (mesh.dns_ip(), 53).into(), mesh_table.clone(), Some(fwd))
-        .await
-        .expect("mesh dns");
+    let fwd = dns::Forward::Udp {
+        addr: (mesh.outside_dns_ip(), 53).into(),
+        netns: Some(mesh.node_netns().to_string()),
+    };
+    let _mesh_srv = dns::DnsServer::bind(
+        Some(mesh.node_netns()),
+        (mesh.dns_ip(), 53).into(),
+        mesh_table.clone(),
+        Some(fwd),
+    )
+    .await
+    .expect("mesh dns");
 
     let server: SocketAddr = (mesh.dns_ip(), 53).into();
-    assert_eq!(udp_query(&pod.netns, server, "httpbin.default.svc.cluster.local").await, (dns::Rcode::NoError, vec![Ipv4Addr::new(10, 96, 0, 10)]));
-    assert_eq!(udp_query(&pod.netns, server, "api.mesh.example").await, (dns::Rcode::NoError, vec![Ipv4Addr::new(240, 240, 0, 1)]));
-    assert_eq!(udp_query(&pod.netns, server, "api.partner.example").await, (dns::Rcode::NoError, vec![Ipv4Addr::new(10, 244, 0, 77)]));
-    assert_eq!(udp_query(&pod.netns, server, "www.google.com").await.0, dns::Rcode::NxDomain);
+    assert_eq!(
+        udp_query(&pod.netns, server, "httpbin.default.svc.cluster.local").await,
+        (dns::Rcode::NoError, vec![Ipv4Addr::new(10, 96, 0, 10)])
+    );
+    assert_eq!(
+        udp_query(&pod.netns, server, "api.mesh.example").await,
+        (dns::Rcode::NoError, vec![Ipv4Addr::new(240, 240, 0, 1)])
+    );
+    assert_eq!(
+        udp_query(&pod.netns, server, "api.partner.example").await,
+        (dns::Rcode::NoError, vec![Ipv4Addr::new(10, 244, 0, 77)])
+    );
+    assert_eq!(
+        udp_query(&pod.netns, server, "www.google.com").await.0,
+        dns::Rcode::NxDomain
+    );
     // TCP works too.
     {
-        let mut s = netns::connect_tcp(&pod.netns, server, None).await.expect("tcp dns");
+        let mut s = netns::connect_tcp(&pod.netns, server, None)
+            .await
+            .expect("tcp dns");
         let q = dns::build_query(7, "httpbin.default.svc.cluster.local", 1);
         s.write_u16(q.len() as u16).await.expect("len");
         s.write_all(&q).await.expect("q");
         let n = s.read_u16().await.expect("rlen") as usize;
         let mut r = vec![0u8; n];
         s.read_exact(&mut r).await.expect("r");
-        assert_eq!(dns::parse_response(&r).expect("parse").2, vec![Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(
+            dns::parse_response(&r).expect("parse").2,
+            vec![Ipv4Addr::new(10, 96, 0, 10)]
+        );
     }
 
     // A real resolver (glibc via getent) inside the pod's mount namespace, short names via search domains.
@@ -330,13 +539,27 @@ async fn dns_answers_mesh_names_forwards_outside_names_and_nxdomain_otherwise() 
     let (code, out) = capture_exec(&sb, None, &s, &["getent", "hosts", "nothere.example"]);
     assert_eq!(code, 2, "unknown names do not resolve: {out}");
     let (code, out) = capture_exec(&sb, None, &s, &["cat", "/etc/resolv.conf"]);
-    assert!(code == 0 && out.contains(&format!("nameserver {}", mesh.dns_ip())), "{out}");
+    assert!(
+        code == 0 && out.contains(&format!("nameserver {}", mesh.dns_ip())),
+        "{out}"
+    );
 
     // Runtime update of both tables.
-    mesh_table.insert("late.default.svc.cluster.local", vec![Ipv4Addr::new(10, 96, 0, 99)]);
+    mesh_table.insert(
+        "late.default.svc.cluster.local",
+        vec![Ipv4Addr::new(10, 96, 0, 99)],
+    );
     outside.remove("api.partner.example");
-    assert_eq!(udp_query(&pod.netns, server, "late.default.svc.cluster.local").await.1, vec![Ipv4Addr::new(10, 96, 0, 99)]);
-    assert_eq!(udp_query(&pod.netns, server, "api.partner.example").await.0, dns::Rcode::NxDomain);
+    assert_eq!(
+        udp_query(&pod.netns, server, "late.default.svc.cluster.local")
+            .await
+            .1,
+        vec![Ipv4Addr::new(10, 96, 0, 99)]
+    );
+    assert_eq!(
+        udp_query(&pod.netns, server, "api.partner.example").await.0,
+        dns::Rcode::NxDomain
+    );
     mesh.down().expect("down");
 }
 
@@ -353,15 +576,23 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
     let volumes = vec![
         process::Volume {
             name: "certs".into(),
-            source: process::VolumeSource::Secret([("tls.crt".to_string(), b"SECRET-CERT".to_vec())].into()),
+            source: process::VolumeSource::Secret(
+                [("tls.crt".to_string(), b"SECRET-CERT".to_vec())].into(),
+            ),
             default_mode: Some(0o600),
         },
         process::Volume {
             name: "conf".into(),
-            source: process::VolumeSource::ConfigMap([("app.conf".to_string(), b"listen 8080".to_vec())].into()),
+            source: process::VolumeSource::ConfigMap(
+                [("app.conf".to_string(), b"listen 8080".to_vec())].into(),
+            ),
             default_mode: None,
         },
-        process::Volume { name: "scratch".into(), source: process::VolumeSource::EmptyDir, default_mode: None },
+        process::Volume {
+            name: "scratch".into(),
+            source: process::VolumeSource::EmptyDir,
+            default_mode: None,
+        },
     ];
     let sb = sandbox(&mesh, &pod, dir.path(), "web-1", volumes);
     let mut s = spec(
@@ -371,12 +602,33 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
     s.env = vec![("GREETING".into(), "hello".into())];
     s.working_dir = Some("/etc/isthmus-test-tproc".into());
     s.mounts = vec![
-        process::VolumeMount { name: "certs".into(), mount_path: secret_dir.into(), sub_path: None, read_only: true },
-        process::VolumeMount { name: "conf".into(), mount_path: "/srv/app.conf".into(), sub_path: Some("app.conf".into()), read_only: false },
-        process::VolumeMount { name: "scratch".into(), mount_path: "/data".into(), sub_path: None, read_only: false },
+        process::VolumeMount {
+            name: "certs".into(),
+            mount_path: secret_dir.into(),
+            sub_path: None,
+            read_only: true,
+        },
+        process::VolumeMount {
+            name: "conf".into(),
+            mount_path: "/srv/app.conf".into(),
+            sub_path: Some("app.conf".into()),
+            read_only: false,
+        },
+        process::VolumeMount {
+            name: "scratch".into(),
+            mount_path: "/data".into(),
+            sub_path: None,
+            read_only: false,
+        },
     ];
     let top_created = !std::path::Path::new("/data").exists();
-    let c = process::Supervised::start(sb.clone(), s.clone(), process::RestartPolicy::Always, process::Backoff::default()).expect("start");
+    let c = process::Supervised::start(
+        sb.clone(),
+        s.clone(),
+        process::RestartPolicy::Always,
+        process::Backoff::default(),
+    )
+    .expect("start");
     let log = sb.log_path("web");
     let mut text = String::new();
     for _ in 0..100 {
@@ -386,40 +638,110 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(text.contains("SECRET-CERT"), "secret visible at its mountPath: {text}");
-    assert!(text.contains("listen 8080"), "configMap subPath visible: {text}");
+    assert!(
+        text.contains("SECRET-CERT"),
+        "secret visible at its mountPath: {text}"
+    );
+    assert!(
+        text.contains("listen 8080"),
+        "configMap subPath visible: {text}"
+    );
     assert!(text.contains("web-1"), "hostname set: {text}");
-    assert!(text.contains("/etc/isthmus-test-tproc\n"), "workingDir: {text}");
+    assert!(
+        text.contains("/etc/isthmus-test-tproc\n"),
+        "workingDir: {text}"
+    );
     assert!(text.contains("E=hello"), "env: {text}");
     let st = c.status();
     assert_eq!(st.state, process::ContainerState::Running);
     let pid = st.pid.expect("pid");
     // Nothing leaked to the host's mount namespace.
-    assert!(!std::path::Path::new("/etc/isthmus-test-tproc").exists(), "mount point leaked to the host");
-    assert_eq!(std::fs::read_to_string(sb.volume_dir("scratch").join("x")).expect("emptyDir shared").trim(), "shared");
+    assert!(
+        !std::path::Path::new("/etc/isthmus-test-tproc").exists(),
+        "mount point leaked to the host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.volume_dir("scratch").join("x"))
+            .expect("emptyDir shared")
+            .trim(),
+        "shared"
+    );
 
     // exec into the running container: same mounts, exit codes passed through.
-    let (code, out) = capture_exec(&sb, Some(pid), &s, &["cat", "/etc/isthmus-test-tproc/certs/tls.crt"]);
+    let (code, out) = capture_exec(
+        &sb,
+        Some(pid),
+        &s,
+        &["cat", "/etc/isthmus-test-tproc/certs/tls.crt"],
+    );
     assert_eq!((code, out.as_str()), (0, "SECRET-CERT"));
-    assert_eq!(capture_exec(&sb, Some(pid), &s, &["sh", "-c", "exit 7"]).0, 7);
+    assert_eq!(
+        capture_exec(&sb, Some(pid), &s, &["sh", "-c", "exit 7"]).0,
+        7
+    );
     assert_eq!(capture_exec(&sb, Some(pid), &s, &["false"]).0, 1);
-    let (code, _) = capture_exec(&sb, Some(pid), &s, &["sh", "-c", "echo x > /etc/isthmus-test-tproc/certs/new"]);
+    let (code, _) = capture_exec(
+        &sb,
+        Some(pid),
+        &s,
+        &["sh", "-c", "echo x > /etc/isthmus-test-tproc/certs/new"],
+    );
     assert_ne!(code, 0, "secret volume is read-only");
-    assert_eq!(capture_exec(&sb, Some(pid), &s, &["sh", "-c", "kill -9 $$"]).0, 137, "signal maps to 128+N");
-    let (_, ip_out) = capture_exec(&sb, Some(pid), &s, &["ip", "-o", "-4", "addr", "show", "eth0"]);
-    assert!(ip_out.contains(&pod.ip.to_string()), "exec runs in the pod network: {ip_out}");
+    assert_eq!(
+        capture_exec(&sb, Some(pid), &s, &["sh", "-c", "kill -9 $$"]).0,
+        137,
+        "signal maps to 128+N"
+    );
+    let (_, ip_out) = capture_exec(
+        &sb,
+        Some(pid),
+        &s,
+        &["ip", "-o", "-4", "addr", "show", "eth0"],
+    );
+    assert!(
+        ip_out.contains(&pod.ip.to_string()),
+        "exec runs in the pod network: {ip_out}"
+    );
     // exec with stdin passed through.
     {
         use std::io::Write;
-        let mut cmd = sb.exec_command(Some(pid), &s, &["sh".into(), "-c".into(), "read l; echo got:$l; exit 3".into()]).expect("cmd");
-        let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("spawn");
-        child.stdin.take().expect("stdin").write_all(b"abc\n").expect("write");
+        let mut cmd = sb
+            .exec_command(
+                Some(pid),
+                &s,
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    "read l; echo got:$l; exit 3".into(),
+                ],
+            )
+            .expect("cmd");
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"abc\n")
+            .expect("write");
         let out = child.wait_with_output().expect("wait");
-        assert_eq!((process::exit_code(out.status), String::from_utf8_lossy(&out.stdout).trim().to_string()), (3, "got:abc".to_string()));
+        assert_eq!(
+            (
+                process::exit_code(out.status),
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            ),
+            (3, "got:abc".to_string())
+        );
     }
 
     // Killing the process: restarted (Always) and the restart is counted.
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let mut w = c.watch();
     let restarted = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -439,39 +761,105 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
     assert_eq!(restarted.last_exit_code, Some(137));
     assert_ne!(restarted.pid, Some(pid));
     let final_status = c.stop(Duration::from_secs(2)).await;
-    assert!(matches!(final_status.state, process::ContainerState::Terminated { .. }), "{final_status:?}");
+    assert!(
+        matches!(
+            final_status.state,
+            process::ContainerState::Terminated { .. }
+        ),
+        "{final_status:?}"
+    );
     let newpid = restarted.pid.expect("pid") as i32;
     assert!(!alive(newpid), "process gone after stop");
 
     // Restart policies with a fast backoff.
-    let fast = process::Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(50), reset_after: Duration::from_secs(60) };
-    let never = process::Supervised::start(sb.clone(), spec("never", &["sh", "-c", "exit 3"]), process::RestartPolicy::Never, fast).expect("start");
-    let on_fail = process::Supervised::start(sb.clone(), spec("onfail", &["sh", "-c", "exit 4"]), process::RestartPolicy::OnFailure, fast).expect("start");
-    let ok_once = process::Supervised::start(sb.clone(), spec("okonce", &["true"]), process::RestartPolicy::OnFailure, fast).expect("start");
+    let fast = process::Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(50),
+        reset_after: Duration::from_secs(60),
+    };
+    let never = process::Supervised::start(
+        sb.clone(),
+        spec("never", &["sh", "-c", "exit 3"]),
+        process::RestartPolicy::Never,
+        fast,
+    )
+    .expect("start");
+    let on_fail = process::Supervised::start(
+        sb.clone(),
+        spec("onfail", &["sh", "-c", "exit 4"]),
+        process::RestartPolicy::OnFailure,
+        fast,
+    )
+    .expect("start");
+    let ok_once = process::Supervised::start(
+        sb.clone(),
+        spec("okonce", &["true"]),
+        process::RestartPolicy::OnFailure,
+        fast,
+    )
+    .expect("start");
     tokio::time::sleep(Duration::from_millis(800)).await;
     let n = never.status();
-    assert_eq!((n.restarts, n.state.clone()), (0, process::ContainerState::Terminated { exit_code: 3, reason: "Error".into() }));
+    assert_eq!(
+        (n.restarts, n.state.clone()),
+        (
+            0,
+            process::ContainerState::Terminated {
+                exit_code: 3,
+                reason: "Error".into()
+            }
+        )
+    );
     assert!(on_fail.status().restarts >= 2, "{:?}", on_fail.status());
     let o = ok_once.status();
-    assert_eq!((o.restarts, o.state.clone()), (0, process::ContainerState::Terminated { exit_code: 0, reason: "Completed".into() }));
+    assert_eq!(
+        (o.restarts, o.state.clone()),
+        (
+            0,
+            process::ContainerState::Terminated {
+                exit_code: 0,
+                reason: "Completed".into()
+            }
+        )
+    );
     drop(on_fail);
     // A spec naming an unknown volume is rejected up front.
     let mut bad = spec("bad", &["true"]);
-    bad.mounts = vec![process::VolumeMount { name: "nope".into(), mount_path: "/x".into(), sub_path: None, read_only: false }];
-    assert!(matches!(process::Supervised::start(sb.clone(), bad, process::RestartPolicy::Never, fast), Err(process::ProcessError::UnknownVolume { .. })));
+    bad.mounts = vec![process::VolumeMount {
+        name: "nope".into(),
+        mount_path: "/x".into(),
+        sub_path: None,
+        read_only: false,
+    }];
+    assert!(matches!(
+        process::Supervised::start(sb.clone(), bad, process::RestartPolicy::Never, fast),
+        Err(process::ProcessError::UnknownVolume { .. })
+    ));
 
     // A background process started by a container dies with the mesh.
-    let bg = process::Supervised::start(sb.clone(), spec("bg", &["sh", "-c", "sleep 600 & sleep 600"]), process::RestartPolicy::Never, fast).expect("start");
+    let bg = process::Supervised::start(
+        sb.clone(),
+        spec("bg", &["sh", "-c", "sleep 600 & sleep 600"]),
+        process::RestartPolicy::Never,
+        fast,
+    )
+    .expect("start");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pids_before = isthmus_local::cmd::ip(&["netns", "pids", &pod.netns]).expect("pids");
     assert!(pids_before.split_whitespace().count() >= 2, "{pids_before}");
     std::mem::forget(bg); // simulate a crashed supervisor: only `down` is left to clean up
     sb.cleanup();
     if top_created {
-        assert!(!std::path::Path::new("/data").exists(), "top-level mount point removed by cleanup");
+        assert!(
+            !std::path::Path::new("/data").exists(),
+            "top-level mount point removed by cleanup"
+        );
     }
     mesh.down().expect("down");
-    for p in pids_before.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for p in pids_before
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         assert!(!alive(p), "pid {p} survived down");
     }
     assert!(net::list_netns("isth-tproc-").is_empty());
@@ -484,21 +872,45 @@ async fn relay_from_host_loopback_reaches_server_in_pod() {
     }
     let mesh = fresh_mesh("trelay");
     let gw = mesh.add_pod("istio-system/ingressgateway").expect("pod");
-    let l = netns::listen_tcp_async(&gw.netns, (gw.ip, 8080).into()).await.expect("listen");
-    let _echo = isthmus_local::echo::EchoServer::serve("ingress", vec![l], vec![], None).expect("echo");
-    let r = relay::PortRelay::start("127.0.0.1:0".parse().unwrap(), mesh.node_netns(), (gw.ip, 8080).into()).await.expect("relay");
+    let l = netns::listen_tcp_async(&gw.netns, (gw.ip, 8080).into())
+        .await
+        .expect("listen");
+    let _echo =
+        isthmus_local::echo::EchoServer::serve("ingress", vec![l], vec![], None).expect("echo");
+    let r = relay::PortRelay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        mesh.node_netns(),
+        (gw.ip, 8080).into(),
+    )
+    .await
+    .expect("relay");
     let port = r.local_addr().port();
     let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--resolve", &format!("bookinfo.example:{port}:127.0.0.1"), &format!("http://bookinfo.example:{port}/get?x=1")])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("bookinfo.example:{port}:127.0.0.1"),
+            &format!("http://bookinfo.example:{port}/get?x=1"),
+        ])
         .output()
         .await
         .expect("curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["server"], "ingress");
     assert_eq!(v["host"], format!("bookinfo.example:{port}"));
     assert_eq!(v["query"], "x=1");
-    assert_eq!(v["peer_ip"], mesh.gateway_ip().to_string(), "connection entered through the node namespace");
+    assert_eq!(
+        v["peer_ip"],
+        mesh.gateway_ip().to_string(),
+        "connection entered through the node namespace"
+    );
     assert_eq!(r.accepted(), 1);
     drop(r);
     mesh.down().expect("down");
@@ -517,7 +929,10 @@ async fn cleanup_all_removes_leftovers_of_a_crashed_run() {
     let p = mesh.add_pod("default/a").expect("pod");
     let _ = mesh.add_pod("default/b").expect("pod");
     capture::install_capture(&p.netns, &capture::CaptureConfig::default()).expect("capture");
-    let mut child = std::process::Command::new("ip").args(["netns", "exec", &p.netns, "sleep", "600"]).spawn().expect("sleep");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.netns, "sleep", "600"])
+        .spawn()
+        .expect("sleep");
     std::mem::forget(mesh); // the supervisor "crashed"
     std::thread::sleep(Duration::from_millis(100));
     let removed = net::cleanup_all(prefix).expect("cleanup");
