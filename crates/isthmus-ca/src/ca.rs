@@ -238,6 +238,12 @@ fn pem_of(der: &[u8]) -> String {
     out
 }
 
+/// A trust domain must be usable in a SPIFFE ID (validated like one).
+fn check_trust_domain(trust_domain: &str) -> Result<(), CaError> {
+    Identity::new(trust_domain, "ns", "sa")?;
+    Ok(())
+}
+
 fn parse_x509<'a>(der: &'a [u8], file: &str) -> Result<X509Certificate<'a>, CaError> {
     X509Certificate::from_der(der)
         .map(|(_, c)| c)
@@ -270,7 +276,10 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_before = to_offset(not_before)?;
-        params.not_after = to_offset(not_before + ttl)?;
+        let not_after = not_before
+            .checked_add(ttl)
+            .ok_or_else(|| CaError::Lifetime(format!("{}s is out of range", ttl.as_secs())))?;
+        params.not_after = to_offset(not_after)?;
         params.serial_number = Some(random_serial());
         Ok(params)
     }
@@ -278,6 +287,7 @@ impl Ca {
     /// Generates a new self-signed root (ECDSA P-256, `CN=isthmus root CA, O=<trust domain>`,
     /// 10 years) that signs workload certificates directly.
     pub fn generate(trust_domain: &str) -> Result<Ca, CaError> {
+        check_trust_domain(trust_domain)?;
         let trust_domain = trust_domain.replace('@', ".");
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let params = Self::ca_params(
@@ -303,6 +313,7 @@ impl Ca {
     /// at `ca-cert.pem` and each certificate must be signed by the next; the chain must end at a
     /// certificate in `root-cert.pem` (or be signed by one).
     pub fn from_files(files: CaFiles, trust_domain: &str, what: &str) -> Result<Ca, CaError> {
+        check_trust_domain(trust_domain)?;
         let f = |name: &str| format!("{what}: {name}");
         let ca_certs = parse_certs(files.ca_cert_pem.as_bytes(), &f(CA_CERT_FILE))?;
         let ca_cert = ca_certs[0].clone();
@@ -487,7 +498,10 @@ impl Ca {
         // Back-date by at most a tenth of the lifetime so that very short test lifetimes do not
         // produce certificates that are already due for rotation when issued.
         let backdate = CLOCK_SKEW_ALLOWANCE.min(ttl / 10);
-        self.issue_with_validity(identity, now - backdate, now + ttl)
+        let not_after = now
+            .checked_add(ttl)
+            .ok_or_else(|| CaError::Lifetime(format!("{}s is out of range", ttl.as_secs())))?;
+        self.issue_with_validity(identity, now - backdate, not_after)
     }
 
     /// Issues a workload certificate with an explicit validity window (tests use this to mint
@@ -565,7 +579,11 @@ impl Ca {
         validity: Duration,
     ) -> Result<String, CaError> {
         let now = to_offset(SystemTime::now())?;
-        let next = to_offset(SystemTime::now() + validity)?;
+        let next = to_offset(
+            SystemTime::now()
+                .checked_add(validity)
+                .ok_or_else(|| CaError::Lifetime("CRL validity out of range".to_string()))?,
+        )?;
         let mut revoked = Vec::new();
         for serial in revoked_serials_hex {
             let bytes = hex::decode(serial).map_err(|e| CaError::BadCaFile {

@@ -139,7 +139,7 @@ impl UpstreamTls {
             },
             options.auto_san_validation,
             provider.clone(),
-        );
+        )?;
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)?
             .dangerous()

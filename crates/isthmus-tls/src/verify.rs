@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -187,7 +188,8 @@ impl ClientCertVerifier for PolicyClientVerifier {
 #[derive(Debug, Clone)]
 pub enum ServerTrust {
     /// Verify the chain against this bundle (DR `caCertificates`, the system bundle, the mesh
-    /// root, or a `-cacert` secret).
+    /// root, or a `-cacert` secret). CRLs in the bundle (DR `caCrl`, a secret's `ca.crl`) are
+    /// enforced for every certificate of the chain.
     Verify(TrustBundle),
     /// DR `insecureSkipVerify: true`: accept any certificate (handshake signatures are still
     /// checked, so the server must hold the key of the certificate it sends).
@@ -198,6 +200,9 @@ pub enum ServerTrust {
 #[derive(Debug)]
 pub struct UpstreamServerVerifier {
     trust: ServerTrust,
+    /// Set when the bundle carries CRLs (DR `caCrl`): rustls' WebPKI verifier does chain +
+    /// revocation checking; its host-name verdict is ignored in favour of our SAN logic.
+    with_crls: Option<Arc<WebPkiServerVerifier>>,
     policy: PeerSanPolicy,
     auto_san_validation: bool,
     provider: Arc<CryptoProvider>,
@@ -211,13 +216,29 @@ impl UpstreamServerVerifier {
         policy: PeerSanPolicy,
         auto_san_validation: bool,
         provider: Arc<CryptoProvider>,
-    ) -> Self {
-        UpstreamServerVerifier {
+    ) -> Result<Self, TlsError> {
+        let with_crls = match &trust {
+            ServerTrust::Verify(bundle) if !bundle.crls().is_empty() => Some(
+                WebPkiServerVerifier::builder_with_provider(
+                    bundle.roots().clone(),
+                    provider.clone(),
+                )
+                .with_crls(bundle.crls().iter().cloned())
+                .build()
+                .map_err(|e| TlsError::Verifier {
+                    what: bundle.source().to_string(),
+                    reason: e.to_string(),
+                })?,
+            ),
+            _ => None,
+        };
+        Ok(UpstreamServerVerifier {
             trust,
+            with_crls,
             policy,
             auto_san_validation,
             provider,
-        }
+        })
     }
 }
 
@@ -227,7 +248,7 @@ impl ServerCertVerifier for UpstreamServerVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bundle = match &self.trust {
@@ -235,13 +256,33 @@ impl ServerCertVerifier for UpstreamServerVerifier {
             ServerTrust::Verify(b) => b,
         };
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            bundle.roots(),
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        match &self.with_crls {
+            Some(webpki) => {
+                // WebPKI checks chain, then revocation, then the name; a name mismatch
+                // therefore means chain and revocation passed. Names are our business below.
+                match webpki.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ) {
+                    Ok(_) => {}
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    )) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            None => verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                bundle.roots(),
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?,
+        }
         let has_policy =
             !self.policy.subject_alt_names.is_empty() || !self.policy.trust_domains.is_empty();
         if has_policy {

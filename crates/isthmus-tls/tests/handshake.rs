@@ -898,3 +898,52 @@ async fn credential_name_secrets_drive_mutual_origination_and_crl_rejection() {
     assert!(out.status.success());
     assert!(text.contains(&revoked.serial_hex.to_uppercase()), "{text}");
 }
+
+#[tokio::test]
+async fn upstream_crl_rejects_a_revoked_server_certificate() {
+    let ca = Ca::generate("partner").unwrap();
+    let good = dns_cert(&ca, &["api.partner.example"]);
+    let bad = dns_cert(&ca, &["api.partner.example"]);
+    let crl = ca
+        .issue_crl(&[&bad.serial_hex], Duration::from_secs(3600))
+        .unwrap();
+    let bundle = || {
+        TrustBundle::from_pem(ca.root_pem().as_bytes(), "ca")
+            .unwrap()
+            .with_crl_pem(crl.as_bytes(), "crl")
+            .unwrap()
+    };
+
+    let (good_addr, _g) =
+        start_server(ServerTls::new(store(&good, "g"), &ServerTlsOptions::simple()).unwrap()).await;
+    let (bad_addr, _b) =
+        start_server(ServerTls::new(store(&bad, "b"), &ServerTlsOptions::simple()).unwrap()).await;
+
+    // Host-name check (autoSanValidation) and SAN list both still apply on top of the CRL.
+    let auto = UpstreamTls::new(
+        &ClientTlsOptions::simple(ServerTrust::Verify(bundle())).sni("api.partner.example"),
+    )
+    .unwrap();
+    connect(&auto, good_addr, None).await.unwrap();
+    let err = connect(&auto, bad_addr, None).await.unwrap_err();
+    assert!(err.contains("certificate revoked"), "{err}");
+    let wrong_host = UpstreamTls::new(
+        &ClientTlsOptions::simple(ServerTrust::Verify(bundle())).sni("wrong.example"),
+    )
+    .unwrap();
+    assert!(connect(&wrong_host, good_addr, None)
+        .await
+        .unwrap_err()
+        .contains("SAN mismatch"));
+    let sans = UpstreamTls::new(
+        &ClientTlsOptions::simple(ServerTrust::Verify(bundle()))
+            .sni("x.example")
+            .subject_alt_names(&["api.partner.example"]),
+    )
+    .unwrap();
+    connect(&sans, good_addr, None).await.unwrap();
+    assert!(connect(&sans, bad_addr, None)
+        .await
+        .unwrap_err()
+        .contains("certificate revoked"));
+}
