@@ -437,6 +437,8 @@ impl DnsServer {
                         Ok(x) => x,
                         Err(e) => {
                             tracing::debug!(error = %e, "dns udp recv");
+                            // Back off a little: persistent errors (e.g. EMFILE) must not spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     };
@@ -463,7 +465,10 @@ impl DnsServer {
                 loop {
                     let (mut s, _) = match tcp.accept().await {
                         Ok(x) => x,
-                        Err(_) => continue,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
                     };
                     let (table, forward) = (table.clone(), forward.clone());
                     tokio::spawn(async move {

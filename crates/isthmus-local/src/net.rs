@@ -258,6 +258,39 @@ pub fn cleanup_all(prefix: &str) -> Result<Vec<String>, NetError> {
     Ok(names)
 }
 
+/// Removes one mesh's namespaces without its `MeshNet` handle (e.g. `isthmus down --name N`
+/// after the supervisor crashed). Pods are found through the veth pairs in the node
+/// namespace (each peer names its pod namespace), so other meshes whose names merely share a
+/// prefix are never touched. Returns the names removed; an absent mesh is not an error.
+pub fn cleanup_mesh(prefix: &str, mesh: &str) -> Result<Vec<String>, NetError> {
+    validate("prefix", prefix, 16)?;
+    validate_mesh_name(mesh)?;
+    let node = node_netns_name(prefix, mesh);
+    if !netns::exists(&node) {
+        return Ok(Vec::new());
+    }
+    let links = cmd::ip(&["-n", &node, "-o", "link", "show"]).unwrap_or_default();
+    let mut pods: Vec<String> = links
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words
+                .find(|w| *w == "link-netns")
+                .and_then(|_| words.next())
+                .map(|s| s.to_string())
+        })
+        .filter(|n| n.starts_with(&format!("{prefix}-{mesh}-")))
+        .collect();
+    pods.sort();
+    pods.dedup();
+    for p in &pods {
+        delete_netns(p)?;
+    }
+    delete_netns(&node)?;
+    pods.push(node);
+    Ok(pods)
+}
+
 impl MeshNet {
     /// Creates the node namespace and bridge of a new mesh. Fails if one with this name
     /// exists. On error, whatever was created is removed again.

@@ -330,6 +330,7 @@ impl PodSandbox {
         for d in dirs.iter().rev() {
             let _ = std::fs::remove_dir(d);
         }
+        cleanup_pod_dir(&self.dir);
     }
 
     /// The shell script that sets up a container's mount namespace and execs `"$@"`.
@@ -456,6 +457,15 @@ impl PodSandbox {
         if !top.exists() {
             std::fs::create_dir(&top).map_err(io_err("create top-level mount point", &top))?;
             tracing::warn!(path = %top.display(), "created a top-level directory on the host for a mountPath; it is removed when the pod is deleted");
+            // Also on disk, so a later `cleanup_pod_dir` can undo it after a crash.
+            let record = self.dir.join(CREATED_DIRS_FILE);
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&record)
+                .map_err(io_err("record", &record))?;
+            std::io::Write::write_all(&mut f, format!("{}\n", top.display()).as_bytes())
+                .map_err(io_err("record", &record))?;
             self.created_dirs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -574,6 +584,25 @@ impl PodSandbox {
             source,
         })?;
         Ok(exit_code(status))
+    }
+}
+
+/// File in a pod directory listing top-level host directories created for mount paths.
+pub const CREATED_DIRS_FILE: &str = "created-dirs";
+
+/// Removes the top-level host directories recorded in pod directory `dir` (only those still
+/// empty), e.g. after a crashed supervisor. The pod directory itself is left to its owner.
+pub fn cleanup_pod_dir(dir: &Path) {
+    let record = dir.join(CREATED_DIRS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        for line in text.lines().rev() {
+            let p = Path::new(line.trim());
+            // Only single-component absolute paths were ever recorded; refuse anything else.
+            if p.is_absolute() && p.components().count() == 2 {
+                let _ = std::fs::remove_dir(p);
+            }
+        }
+        let _ = std::fs::remove_file(&record);
     }
 }
 

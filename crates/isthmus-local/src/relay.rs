@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -70,6 +71,8 @@ impl PortRelay {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::debug!(error = %e, "relay accept");
+                        // Back off a little: persistent errors (e.g. EMFILE) must not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };

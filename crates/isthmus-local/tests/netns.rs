@@ -940,6 +940,34 @@ async fn cleanup_all_removes_leftovers_of_a_crashed_run() {
     assert!(net::list_netns(&format!("{prefix}-")).is_empty());
     let status = child.wait().expect("wait");
     assert!(!status.success(), "leftover process was killed");
-    // Other meshes (other prefix) are untouched by construction: the names differ.
     assert!(net::cleanup_all("bad prefix").is_err());
+
+    // cleanup_mesh removes one crashed mesh and leaves a mesh whose name shares its prefix.
+    let up = |mesh: &str| {
+        let mut cfg = net::MeshNetConfig::new(mesh);
+        cfg.prefix = prefix.to_string();
+        net::MeshNet::up(cfg).expect("up")
+    };
+    let short = up("m");
+    let long = up("m-x");
+    short.add_pod("default/p").expect("pod");
+    long.add_pod("default/p").expect("pod");
+    std::mem::forget(short);
+    let removed = net::cleanup_mesh(prefix, "m").expect("cleanup mesh");
+    assert_eq!(
+        removed,
+        vec![format!("{prefix}-m-default-p"), format!("{prefix}-m-node")]
+    );
+    assert_eq!(
+        net::list_netns(&format!("{prefix}-")),
+        vec![
+            format!("{prefix}-m-x-default-p"),
+            format!("{prefix}-m-x-node")
+        ]
+    );
+    assert!(net::cleanup_mesh(prefix, "m")
+        .expect("absent mesh")
+        .is_empty());
+    long.down().expect("down");
+    assert!(net::list_netns(&format!("{prefix}-")).is_empty());
 }
