@@ -200,19 +200,29 @@ impl ServerTls {
     /// The config to use for this ClientHello: ours, or one without ALPN when the client's
     /// offer and our list do not overlap (see the type docs).
     pub fn config_for_hello(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
-        let ours = &self.with_alpn.alpn_protocols;
-        if ours.is_empty() {
-            return self.with_alpn.clone();
-        }
         match hello.alpn() {
-            Some(mut offered) => {
+            Some(offered) => self.config_for_alpn(Some(offered)),
+            None => self.config_for_alpn(None::<std::iter::Empty<&[u8]>>),
+        }
+    }
+
+    /// Like [`ServerTls::config_for_hello`] for callers that parsed the ClientHello themselves
+    /// (e.g. a proxy's own peek): `offered` is the client's ALPN list, `None` if it sent none.
+    pub fn config_for_alpn<'a>(
+        &self,
+        offered: Option<impl IntoIterator<Item = &'a [u8]>>,
+    ) -> Arc<ServerConfig> {
+        let ours = &self.with_alpn.alpn_protocols;
+        match offered {
+            Some(offered) if !ours.is_empty() => {
+                let mut offered = offered.into_iter();
                 if offered.any(|p| ours.iter().any(|o| o.as_slice() == p)) {
                     self.with_alpn.clone()
                 } else {
                     self.without_alpn.clone()
                 }
             }
-            None => self.with_alpn.clone(),
+            _ => self.with_alpn.clone(),
         }
     }
 

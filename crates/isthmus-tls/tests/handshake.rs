@@ -562,6 +562,25 @@ async fn alpn_without_overlap_continues_like_envoy_and_versions_are_enforced() {
             .versions(Some(TlsVersion::Tls13), None),
     )
     .unwrap();
+    // The same decision is available to callers that parsed the ClientHello themselves.
+    assert!(server
+        .config_for_alpn(Some([b"istio".as_slice()]))
+        .alpn_protocols
+        .is_empty());
+    assert_eq!(
+        server
+            .config_for_alpn(Some([b"x".as_slice(), b"h2".as_slice()]))
+            .alpn_protocols
+            .len(),
+        2
+    );
+    assert_eq!(
+        server
+            .config_for_alpn(None::<Vec<&[u8]>>)
+            .alpn_protocols
+            .len(),
+        2
+    );
     let (addr, mut rx) = start_server(server).await;
     let trust = || ServerTrust::Verify(root(&ca));
 
