@@ -31,6 +31,11 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Envoy names listener stats after the bound address: `listener.0.0.0.0_15001.`.
+    let lstat: Arc<str> = match l.local_addr() {
+        Ok(a) => Arc::from(format!("listener.{}_{}", a.ip(), a.port()).as_str()),
+        Err(_) => Arc::from(format!("listener.{name}").as_str()),
+    };
     loop {
         tokio::select! {
             r = l.accept() => match r {
@@ -38,7 +43,8 @@ pub async fn accept_loop(
                     let rt = sh.runtime.load_full();
                     let sh = sh.clone();
                     let name = name.clone();
-                    tokio::spawn(async move { handle(sh, rt, name, s, peer).await });
+                    let lstat = lstat.clone();
+                    tokio::spawn(async move { handle(sh, rt, name, lstat, s, peer).await });
                 }
                 Err(e) => {
                     tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -80,7 +86,14 @@ impl ConnCtx {
     }
 }
 
-async fn handle(sh: Arc<Shared>, rt: Arc<Runtime>, name: String, s: TcpStream, peer: SocketAddr) {
+async fn handle(
+    sh: Arc<Shared>,
+    rt: Arc<Runtime>,
+    name: String,
+    lstat: Arc<str>,
+    s: TcpStream,
+    peer: SocketAddr,
+) {
     let Some(l) = rt.listeners.get(&name).cloned() else {
         return;
     };
@@ -93,7 +106,6 @@ async fn handle(sh: Arc<Shared>, rt: Arc<Runtime>, name: String, s: TcpStream, p
     };
     // Envoy restores the original destination as the downstream local address.
     let local = orig.unwrap_or(sock_local);
-    let lstat = format!("listener.{}", l.spec.address);
     sh.stats.inc(&format!("{lstat}.downstream_cx_total"), 1);
     let mut ctx = ConnCtx {
         sh: sh.clone(),

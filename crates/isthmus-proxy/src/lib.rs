@@ -38,6 +38,9 @@ pub use origdst::OrigDst;
 use runtime::Runtime;
 use stats::Stats;
 
+/// Applies a `/logging?level=` request; returns the new level description.
+pub type LogLevelHook = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
 /// Errors from starting the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -65,7 +68,7 @@ pub struct ProxyOptions {
     pub access_log: Option<AccessLogSink>,
     pub orig_dst: OrigDst,
     /// Called by `POST /logging?level=...`; return the new level description or an error.
-    pub log_level_hook: Option<Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>>,
+    pub log_level_hook: Option<LogLevelHook>,
 }
 
 impl ProxyOptions {
@@ -98,7 +101,7 @@ pub struct Shared {
     pub config_dump: Mutex<Option<serde_json::Value>>,
     pub ready: AtomicBool,
     shutdown: watch::Sender<bool>,
-    pub log_level_hook: Option<Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>>,
+    pub log_level_hook: Option<LogLevelHook>,
     update_lock: tokio::sync::Mutex<()>,
 }
 

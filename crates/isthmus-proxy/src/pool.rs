@@ -46,10 +46,13 @@ pub struct Checkout {
     pub addr: SocketAddr,
 }
 
+type IdleList = Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)>;
+type H2Conn = (http2::SendRequest<ReqBody>, Arc<ConnInfo>);
+
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)>>>,
-    h2: Mutex<HashMap<SocketAddr, (http2::SendRequest<ReqBody>, Arc<ConnInfo>)>>,
+    idle: Mutex<HashMap<SocketAddr, IdleList>>,
+    h2: Mutex<HashMap<SocketAddr, H2Conn>>,
     /// Woken whenever a connection slot or an idle connection becomes available.
     pub notify: Notify,
     next_id: AtomicU64,

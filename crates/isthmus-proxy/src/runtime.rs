@@ -318,11 +318,7 @@ impl RoutesRt {
     /// then `*`. Ports are ignored (Istio sets ignorePortInHostMatching).
     pub fn vhost(&self, host: &str) -> Option<&VhostRt> {
         let host = host_without_port(host).to_ascii_lowercase();
-        if let Some(v) = self
-            .vhosts
-            .iter()
-            .find(|v| v.domains.iter().any(|d| *d == host))
-        {
+        if let Some(v) = self.vhosts.iter().find(|v| v.domains.contains(&host)) {
             return Some(v);
         }
         let mut best: Option<(usize, &VhostRt)> = None;

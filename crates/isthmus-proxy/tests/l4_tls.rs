@@ -151,7 +151,7 @@ async fn unknown_sni_is_reset_curl_35_and_logged_nr() {
     assert_eq!(
         p.proxy
             .stats()
-            .get(&"listener.127.0.0.1:0.no_filter_chain_match".to_string()),
+            .get(&format!("listener.127.0.0.1_{port}.no_filter_chain_match")),
         1
     );
 }
