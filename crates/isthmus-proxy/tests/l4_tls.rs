@@ -271,7 +271,7 @@ async fn mutual_without_client_cert_fails_handshake() {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | openssl s_client -connect 127.0.0.1:{port} -servername app.example -CAfile {} 2>&1", ca.display()))
+            .arg(format!("(sleep 1; printf 'GET / HTTP/1.0\\r\\n\\r\\n') | openssl s_client -connect 127.0.0.1:{port} -servername app.example -CAfile {} 2>&1", ca.display()))
             .output()
             .unwrap()
     })
