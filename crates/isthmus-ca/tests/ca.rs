@@ -505,3 +505,17 @@ fn cert_info_formats_serial_times_sans_and_validity() {
     assert_eq!(json["subject"], "CN=api.partner.example");
     assert_eq!(json["valid"], true);
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Ca>();
+    check::<CaService>();
+    check::<WorkloadCertManager>();
+    check::<IssuedCert>();
+    check::<SecretIndex>();
+    check::<isthmus_tls::CertStore>();
+    check::<isthmus_tls::ServerTls>();
+    check::<isthmus_tls::UpstreamTls>();
+    check::<isthmus_tls::SniCertResolver>();
+}
