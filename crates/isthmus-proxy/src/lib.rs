@@ -14,6 +14,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod fuzz_logic;
 pub mod http;
 pub mod origdst;
 pub mod peek;

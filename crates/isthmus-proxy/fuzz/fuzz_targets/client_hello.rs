@@ -1,0 +1,4 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    isthmus_proxy::fuzz_logic::client_hello(data);
+});
