@@ -262,18 +262,7 @@ impl ClusterRuntime {
         }
         .map_err(|e| UpstreamError::Connect(addr, e))?;
         if let Some(ka) = &self.spec.tcp_keepalive {
-            let sref = socket2::SockRef::from(&sock);
-            let mut k = socket2::TcpKeepalive::new();
-            if let Some(t) = ka.keepalive_time {
-                k = k.with_time(t.0);
-            }
-            if let Some(i) = ka.keepalive_interval {
-                k = k.with_interval(i.0);
-            }
-            if let Some(p) = ka.keepalive_probes {
-                k = k.with_retries(p);
-            }
-            if let Err(e) = sref.set_tcp_keepalive(&k) {
+            if let Err(e) = apply_keepalive(&sock, ka) {
                 tracing::warn!(error = %e, "setting TCP keepalive failed");
             }
         }
@@ -381,6 +370,22 @@ impl ClusterRuntime {
     }
 }
 
+/// Set SO_KEEPALIVE and TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT (Envoy `upstreamConnectionOptions.tcpKeepalive`).
+pub fn apply_keepalive(sock: &TcpSocket, ka: &crate::config::TcpKeepalive) -> std::io::Result<()> {
+    let sref = socket2::SockRef::from(sock);
+    let mut k = socket2::TcpKeepalive::new();
+    if let Some(t) = ka.keepalive_time {
+        k = k.with_time(t.0);
+    }
+    if let Some(i) = ka.keepalive_interval {
+        k = k.with_interval(i.0);
+    }
+    if let Some(p) = ka.keepalive_probes {
+        k = k.with_retries(p);
+    }
+    sref.set_tcp_keepalive(&k)
+}
+
 /// Holds one `maxConnections` slot; releasing updates `upstream_cx_active`/`_destroy`.
 pub struct CxGuard {
     cluster: Arc<ClusterRuntime>,
@@ -415,6 +420,22 @@ mod tests {
         let mut c = Cluster::new_static("c", &addrs);
         c.outlier_detection = od;
         ClusterRuntime::new(c, None, Arc::new(Stats::default()))
+    }
+
+    #[test]
+    fn keepalive_socket_options_are_set() {
+        let sock = TcpSocket::new_v4().unwrap();
+        let ka = crate::config::TcpKeepalive {
+            keepalive_probes: Some(3),
+            keepalive_time: Some(Dur::from_secs(7)),
+            keepalive_interval: Some(Dur::from_secs(2)),
+        };
+        apply_keepalive(&sock, &ka).unwrap();
+        let r = socket2::SockRef::from(&sock);
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(2));
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), 3);
     }
 
     #[test]

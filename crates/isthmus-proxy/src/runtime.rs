@@ -451,6 +451,56 @@ mod tests {
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
     }
 
+    fn chain(name: &str, m: serde_json::Value) -> ChainRt {
+        let spec: FilterChain = serde_json::from_value(serde_json::json!({
+            "name": name, "filterChainMatch": m, "action": {"passthrough": {}}
+        }))
+        .unwrap();
+        ChainRt { spec, tls: None, routes: None }
+    }
+
+    fn listener(chains: Vec<ChainRt>, default: Option<ChainRt>) -> ListenerRt {
+        let spec: Listener = serde_json::from_value(serde_json::json!({"name": "l", "address": "127.0.0.1:0"})).unwrap();
+        ListenerRt { spec, chains, default_chain: default, needs_peek: true }
+    }
+
+    fn pick(l: &ListenerRt, port: u16, sni: Option<&str>, tls: bool, alpn: &[&str]) -> Option<String> {
+        let f = ConnFacts { dst_port: port, sni: sni.map(String::from), tls, alpn: alpn.iter().map(|s| s.to_string()).collect() };
+        l.select(&f).map(|c| c.spec.name.clone())
+    }
+
+    #[test]
+    fn filter_chain_selection_order() {
+        use serde_json::json;
+        let l = listener(
+            vec![
+                chain("wild", json!({"serverNames": ["*.example.com"]})),
+                chain("exact", json!({"serverNames": ["api.example.com"]})),
+                chain("deeper-wild", json!({"serverNames": ["*.eu.example.com"]})),
+                chain("port9000", json!({"destinationPort": 9000})),
+                chain("tls-any", json!({"transportProtocol": "tls"})),
+                chain("raw", json!({"transportProtocol": "raw_buffer"})),
+                chain("mtls-alpn", json!({"serverNames": ["svc.local"], "applicationProtocols": ["istio-peer-exchange", "istio"]})),
+                chain("svc-plain", json!({"serverNames": ["svc.local"]})),
+            ],
+            Some(chain("default", json!({}))),
+        );
+        assert_eq!(pick(&l, 443, Some("api.example.com"), true, &[]).as_deref(), Some("exact"));
+        assert_eq!(pick(&l, 443, Some("www.example.com"), true, &[]).as_deref(), Some("wild"));
+        assert_eq!(pick(&l, 443, Some("a.b.example.com"), true, &[]).as_deref(), Some("wild"), "multi-label wildcard");
+        assert_eq!(pick(&l, 443, Some("x.eu.example.com"), true, &[]).as_deref(), Some("deeper-wild"), "longest wildcard wins");
+        assert_eq!(pick(&l, 443, Some("example.com"), true, &[]).as_deref(), Some("tls-any"));
+        assert_eq!(pick(&l, 443, Some("API.EXAMPLE.COM"), true, &[]).as_deref(), Some("exact"), "SNI case-insensitive");
+        assert_eq!(pick(&l, 443, None, false, &[]).as_deref(), Some("raw"));
+        assert_eq!(pick(&l, 9000, Some("api.example.com"), true, &[]).as_deref(), Some("port9000"), "port before SNI");
+        assert_eq!(pick(&l, 443, Some("svc.local"), true, &["istio-peer-exchange", "h2"]).as_deref(), Some("mtls-alpn"));
+        assert_eq!(pick(&l, 443, Some("svc.local"), true, &["h2"]).as_deref(), Some("svc-plain"));
+        let no_default = listener(vec![chain("only", json!({"serverNames": ["a.b"]}))], None);
+        assert_eq!(pick(&no_default, 443, Some("c.d"), true, &[]), None, "no chain: NR");
+        let with_default = listener(vec![chain("only", json!({"serverNames": ["a.b"]}))], Some(chain("default", json!({}))));
+        assert_eq!(pick(&with_default, 443, Some("c.d"), true, &[]).as_deref(), Some("default"));
+    }
+
     #[test]
     fn sni_specificity() {
         assert_eq!(sni_score(&[], Some("a.b")), Some(0));

@@ -1,0 +1,195 @@
+//! ClientHello edge cases on real sockets, timeouts and connection lifetimes.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use isthmus_proxy::peek::{build_client_hello, split_records};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn ep(a: SocketAddr) -> serde_json::Value {
+    json!({"address": a.ip().to_string(), "port": a.port()})
+}
+
+async fn read_n(c: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await.expect("data in time").expect("read");
+    buf
+}
+
+#[tokio::test]
+async fn hello_split_across_segments_and_records_is_routed_and_relayed_untouched() {
+    let (echo_a, ca) = echo_backend().await;
+    let (echo_b, cb) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [
+            {"name": "a", "filterChainMatch": {"serverNames": ["a.example"]}, "action": {"tcpProxy": {"cluster": "a"}}},
+            {"name": "b", "filterChainMatch": {"serverNames": ["*.b.example"]}, "action": {"tcpProxy": {"cluster": "b"}}}]}],
+        "clusters": [{"name": "a", "endpoints": [ep(echo_a)]}, {"name": "b", "endpoints": [ep(echo_b)]}]
+    }))
+    .await;
+    let hello = split_records(&build_client_hello(Some("x.b.example"), &["h2"]), 13);
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    for chunk in hello.chunks(5) {
+        c.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    c.write_all(b"after-hello").await.unwrap();
+    let back = read_n(&mut c, hello.len() + 11).await;
+    assert_eq!(&back[..hello.len()], &hello[..], "peeked bytes relayed untouched");
+    assert_eq!(&back[hello.len()..], b"after-hello");
+    assert_eq!((ca.get(), cb.get()), (0, 1));
+    drop(c);
+    let f = fields(&p.wait_lines(1).await[0]);
+    assert_eq!(f[20], "x.b.example");
+    assert_eq!(f[16], "b");
+}
+
+#[tokio::test]
+async fn silent_client_falls_to_raw_chain_after_peek_timeout() {
+    // Server-first protocol: the client sends nothing; after listenerFiltersTimeout the
+    // connection is treated as raw_buffer and matched to the plain chain.
+    let (echo, _) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "listenerFiltersTimeout": "150ms", "filterChains": [
+            {"name": "tls", "filterChainMatch": {"transportProtocol": "tls"}, "action": {"tcpProxy": {"cluster": "nowhere"}}},
+            {"name": "raw", "filterChainMatch": {"transportProtocol": "raw_buffer"}, "action": {"tcpProxy": {"cluster": "echo"}}}]}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}]
+    }))
+    .await;
+    let t0 = Instant::now();
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.write_all(b"late").await.unwrap();
+    assert_eq!(read_n(&mut c, 4).await, b"late");
+    assert!(t0.elapsed() >= Duration::from_millis(150));
+    assert_eq!(p.proxy.stats().get("tls_inspector.tls_not_found"), 1);
+}
+
+#[tokio::test]
+async fn plain_bytes_match_raw_chain_immediately() {
+    let (echo, _) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [
+            {"name": "tls", "filterChainMatch": {"transportProtocol": "tls"}, "action": {"tcpProxy": {"cluster": "nowhere"}}}],
+            "defaultFilterChain": {"name": "PassthroughFilterChain", "action": {"tcpProxy": {"cluster": "echo"}}}}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}]
+    }))
+    .await;
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(read_n(&mut c, 16).await, b"GET / HTTP/1.1\r\n");
+}
+
+#[tokio::test]
+async fn tcp_idle_timeout_closes_quiet_connection() {
+    let (echo, _) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [
+            {"action": {"tcpProxy": {"cluster": "echo", "idleTimeout": "300ms"}}}]}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}]
+    }))
+    .await;
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    // Traffic every 100ms keeps it open past the timeout...
+    for _ in 0..5 {
+        c.write_all(b"k").await.unwrap();
+        assert_eq!(read_n(&mut c, 1).await, b"k");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...then silence closes it.
+    let t0 = Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut b)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
+    p.wait_lines(1).await;
+}
+
+#[tokio::test]
+async fn tcp_max_connection_duration_closes_with_dt() {
+    let (echo, _) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [{"action": {"tcpProxy": {"cluster": "echo"}}}]}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)], "maxConnectionDuration": "300ms"}]
+    }))
+    .await;
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    let t0 = Instant::now();
+    let mut closed = false;
+    for _ in 0..20 {
+        if c.write_all(b"k").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await.unwrap() {
+            Ok(1) => {}
+            _ => {
+                closed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "busy connection is still closed at the deadline");
+    assert!(t0.elapsed() >= Duration::from_millis(280));
+    let f = fields(&p.wait_lines(1).await[0]);
+    assert_eq!(f[3], "DT");
+}
+
+#[tokio::test]
+async fn http_max_connection_duration_rotates_upstream_connections() {
+    let (hb, conns) = http_backend("hb").await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [{"action": {"http": {"routeConfig": {"virtualHosts": [
+            {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "hb"}}]}]}}}}]}],
+        "clusters": [{"name": "hb", "endpoints": [ep(hb)], "maxConnectionDuration": "200ms"}]
+    }))
+    .await;
+    let port = p.addr("l").port();
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(conns.get(), 1, "reused within the duration");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(conns.get(), 2, "a new connection after maxConnectionDuration");
+    assert_eq!(p.proxy.stats().get("cluster.hb.upstream_cx_max_duration_reached"), 1);
+}
+
+#[tokio::test]
+async fn http_upstream_idle_timeout_closes_pooled_connection() {
+    let (hb, conns) = http_backend("hb").await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [{"action": {"http": {"routeConfig": {"virtualHosts": [
+            {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "hb"}}]}]}}}}]}],
+        "clusters": [{"name": "hb", "endpoints": [ep(hb)], "idleTimeout": "150ms"}]
+    }))
+    .await;
+    let url = format!("http://127.0.0.1:{}/", p.addr("l").port());
+    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(p.proxy.stats().get("cluster.hb.upstream_cx_idle_timeout"), 1);
+    assert_eq!(p.proxy.stats().get("cluster.hb.upstream_cx_active"), 0);
+    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(conns.get(), 2);
+}
+
+#[tokio::test]
+async fn strict_dns_cluster_resolves_names() {
+    let (echo, _) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [{"action": {"tcpProxy": {"cluster": "dns"}}}]}],
+        "clusters": [{"name": "dns", "type": "STRICT_DNS", "endpoints": [{"address": "localhost", "port": echo.port()}]}]
+    }))
+    .await;
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    c.write_all(b"dns").await.unwrap();
+    assert_eq!(read_n(&mut c, 3).await, b"dns");
+}
