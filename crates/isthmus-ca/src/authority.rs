@@ -120,4 +120,16 @@ impl CaService {
             .ok_or(IssueError::UnknownToken)?;
         Ok(self.manager.get(&identity, now)?)
     }
+
+    /// Signs `csr_pem` for the identity bound to `token`. Whatever identity the CSR asks for is
+    /// ignored: the certificate carries the token's identity only.
+    pub fn sign_csr_for_token(&self, token: &str, csr_pem: &str) -> Result<IssuedCert, IssueError> {
+        let identity = self
+            .identity_for_token(token)
+            .ok_or(IssueError::UnknownToken)?;
+        Ok(self
+            .manager
+            .ca()
+            .sign_csr(csr_pem, &identity, Some(self.manager.ttl()))?)
+    }
 }

@@ -525,12 +525,23 @@ impl Ca {
     /// Issues an arbitrary leaf (server/client) certificate: ECDSA P-256 key, serverAuth and
     /// clientAuth EKUs, random serial, `CA:FALSE`.
     pub fn issue_leaf(&self, spec: &LeafSpec) -> Result<IssuedCert, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut cert = self.sign_leaf(spec, &key)?;
+        cert.key_pem = key.serialize_pem();
+        Ok(cert)
+    }
+
+    /// Signs a leaf for `public_key` (the returned `key_pem` is empty).
+    fn sign_leaf(
+        &self,
+        spec: &LeafSpec,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<IssuedCert, CaError> {
         if spec.not_after <= spec.not_before {
             return Err(CaError::Lifetime(
                 "notAfter must be after notBefore".to_string(),
             ));
         }
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         if let Some(cn) = &spec.common_name {
@@ -555,19 +566,51 @@ impl Ca {
         params.not_before = to_offset(spec.not_before)?;
         params.not_after = to_offset(spec.not_after)?;
         params.serial_number = Some(random_serial());
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         let summary = CertSummary::from_der(cert.der().as_ref())?;
         let mut chain_pem = cert.pem();
         chain_pem.push_str(&self.chain_pem());
         Ok(IssuedCert {
             cert_chain_pem: chain_pem,
-            key_pem: key.serialize_pem(),
+            key_pem: String::new(),
             root_pem: self.files.root_cert_pem.clone(),
             serial_hex: summary.serial_hex,
             not_before: from_unix(summary.not_before_unix),
             not_after: from_unix(summary.not_after_unix),
             identity: None,
         })
+    }
+
+    /// Signs a workload certificate for a PEM CSR, so that the private key never leaves the
+    /// proxy (Istio's agent flow). The CSR's signature is verified (proof of possession), but
+    /// nothing else from it is used: subject and SANs come from `identity` alone, which the
+    /// caller must have authenticated (see [`crate::CaService::sign_csr_for_token`]). The
+    /// returned `key_pem` is empty.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCert, CaError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        let now = SystemTime::now();
+        let ttl = ttl.unwrap_or(self.workload_ttl);
+        let backdate = CLOCK_SKEW_ALLOWANCE.min(ttl / 10);
+        let not_after = now
+            .checked_add(ttl)
+            .ok_or_else(|| CaError::Lifetime(format!("{}s is out of range", ttl.as_secs())))?;
+        let mut cert = self.sign_leaf(
+            &LeafSpec {
+                sans: vec![identity.spiffe_uri()],
+                common_name: None,
+                not_before: now - backdate,
+                not_after,
+            },
+            &csr.public_key,
+        )?;
+        cert.identity = Some(identity.clone());
+        Ok(cert)
     }
 
     /// Signs a PEM CRL (`X509 CRL`) revoking the given serials (lowercase or uppercase hex, as
@@ -653,4 +696,15 @@ pub fn pem_to_certs(pem: &str) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
         .collect()
+}
+
+/// Creates an ECDSA P-256 key and a CSR for `identity` (URI SAN, empty subject), as a proxy
+/// does before asking the CA to sign. Returns `(csr_pem, key_pem)`.
+pub fn generate_csr(identity: &Identity) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![classify_san(&identity.spiffe_uri())?];
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
 }

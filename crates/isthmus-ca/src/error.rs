@@ -48,6 +48,9 @@ pub enum CaError {
     /// rcgen refused to build or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A certificate signing request could not be parsed or its signature is invalid.
+    #[error("invalid certificate signing request: {0}")]
+    Csr(String),
     /// A lifetime was zero, negative or absurd.
     #[error("invalid certificate lifetime: {0}")]
     Lifetime(String),

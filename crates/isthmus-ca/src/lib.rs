@@ -50,9 +50,9 @@ mod secrets;
 
 pub use authority::{generate_token, CaService, MIN_TOKEN_LEN};
 pub use ca::{
-    certs_to_pem, pem_to_certs, Ca, CaFiles, CaOrigin, IssuedCert, LeafSpec, CA_CERT_FILE,
-    CA_KEY_FILE, CERT_CHAIN_FILE, CLOCK_SKEW_ALLOWANCE, DEFAULT_ROOT_TTL, DEFAULT_WORKLOAD_TTL,
-    ROOT_CERT_FILE,
+    certs_to_pem, generate_csr, pem_to_certs, Ca, CaFiles, CaOrigin, IssuedCert, LeafSpec,
+    CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CLOCK_SKEW_ALLOWANCE, DEFAULT_ROOT_TTL,
+    DEFAULT_WORKLOAD_TTL, ROOT_CERT_FILE,
 };
 pub use error::{CaError, IssueError};
 pub use info::{rfc3339, CertInfo};

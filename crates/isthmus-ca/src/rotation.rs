@@ -95,6 +95,11 @@ impl WorkloadCertManager {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// The lifetime of certificates this manager issues.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The CA.
     pub fn ca(&self) -> &Arc<Ca> {
         &self.ca

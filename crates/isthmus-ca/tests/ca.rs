@@ -519,3 +519,53 @@ fn shared_types_are_send_and_sync() {
     check::<isthmus_tls::UpstreamTls>();
     check::<isthmus_tls::SniCertResolver>();
 }
+
+#[test]
+fn csr_signing_uses_only_the_token_identity_and_keeps_the_key_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::generate("cluster.local").unwrap());
+    let svc = CaService::new(ca.clone(), Some(Duration::from_secs(3600)));
+    let token = generate_token();
+    let me = id("default", "sleep");
+    svc.register_proxy(&token, me.clone()).unwrap();
+
+    // The proxy asks for somebody else's identity in its CSR...
+    let (csr, key) = generate_csr(&id("prod", "payments")).unwrap();
+    let cert = svc.sign_csr_for_token(&token, &csr).unwrap();
+    // ...but gets its own.
+    let info =
+        &CertInfo::from_pem(cert.cert_chain_pem.as_bytes(), "csr", SystemTime::now()).unwrap()[0];
+    assert_eq!(info.sans.len(), 1);
+    assert_eq!(
+        info.sans[0].value,
+        "spiffe://cluster.local/ns/default/sa/sleep"
+    );
+    assert!(
+        cert.key_pem.is_empty(),
+        "the CA never sees or returns the private key"
+    );
+    assert_eq!(
+        cert.not_after.duration_since(cert.not_before).unwrap(),
+        Duration::from_secs(3600) + CLOCK_SKEW_ALLOWANCE
+    );
+    // The locally held key matches the signed certificate.
+    isthmus_tls::CertStore::from_pem("default", cert.cert_chain_pem.as_bytes(), key.as_bytes())
+        .unwrap();
+    let leaf = write(dir.path(), "leaf.pem", &split_pem(&cert.cert_chain_pem)[0]);
+    let root = write(dir.path(), "root.pem", ca.root_pem());
+    let (ok, text) = openssl(&["verify", "-CAfile", &root, &leaf]);
+    assert!(ok, "{text}");
+
+    // Unknown tokens and tampered CSRs are refused.
+    assert!(matches!(
+        svc.sign_csr_for_token("0123456789abcdef0123", &csr),
+        Err(IssueError::UnknownToken)
+    ));
+    let mut lines: Vec<String> = csr.lines().map(str::to_string).collect();
+    let mid = lines.len() / 2;
+    let flipped: String = lines[mid].chars().rev().collect();
+    lines[mid] = flipped;
+    let tampered = lines.join("\n");
+    assert!(svc.sign_csr_for_token(&token, &tampered).is_err());
+    assert!(svc.sign_csr_for_token(&token, "not a csr").is_err());
+}
