@@ -751,7 +751,7 @@ fn openssl_s_client(addr: SocketAddr, extra: &[&str]) -> (bool, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openssl_s_client_against_istio_mutual_and_mutual_servers() {
+async fn openssl_s_client_against_an_istio_mutual_server() {
     let ca = Ca::generate(TD).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let w = |name: &str, text: &str| {
