@@ -41,19 +41,23 @@ impl DiscoveryType {
             DiscoveryType::OriginalDst => "ORIGINAL_DST",
         }
     }
+    pub fn is_static(&self) -> bool {
+        *self == DiscoveryType::Static
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Cluster {
     pub name: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "DiscoveryType::is_static")]
     pub r#type: DiscoveryType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eds_cluster_config: Option<EdsClusterConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
-    /// `LEAST_REQUEST`, `ROUND_ROBIN`, `RANDOM`, `RING_HASH`, `MAGLEV`, `CLUSTER_PROVIDED`.
+    /// `LEAST_REQUEST`, `RANDOM`, `RING_HASH`, `MAGLEV`, `CLUSTER_PROVIDED`; empty means
+    /// `ROUND_ROBIN` (protobuf's zero value, which istioctl does not print).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub lb_policy: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -165,11 +165,24 @@ pub struct RegexMatcher {
     pub regex: String,
 }
 
-/// `envoy.type.v3.Percent`.
+/// `envoy.type.v3.Percent`. Printed as protojson does: `{}` for 0, integers without `.0`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Percent {
+    #[serde(skip_serializing_if = "is_zero_f64", serialize_with = "ser_number")]
     pub value: f64,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn ser_number<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
 }
 
 /// `envoy.config.core.v3.Metadata`. Struct keys inside are not camelCased.

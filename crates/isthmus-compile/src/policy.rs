@@ -1,0 +1,103 @@
+//! Traffic-policy layering: top level → portLevelSettings → subset → subset portLevelSettings,
+//! with istiod's wholesale replacement rules (reference §2).
+
+use isthmus_api::istio::{ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy};
+
+/// The four blocks that take effect on one cluster.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+impl Policy {
+    fn from_top(tp: &TrafficPolicy) -> Policy {
+        Policy {
+            load_balancer: tp.load_balancer.clone(),
+            connection_pool: tp.connection_pool.clone(),
+            outlier_detection: tp.outlier_detection.clone(),
+            tls: tp.tls.clone(),
+        }
+    }
+}
+
+/// `GetPortLevelTrafficPolicy`: a matching portLevelSettings entry replaces the whole policy
+/// (nothing is inherited from the top level). Returns the policy and whether a port entry matched.
+pub fn port_level(tp: Option<&TrafficPolicy>, port: u32) -> (Option<Policy>, bool) {
+    let Some(tp) = tp else { return (None, false) };
+    if let Some(p) = tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|s| s.number == port)) {
+        return (
+            Some(Policy {
+                load_balancer: p.load_balancer.clone(),
+                connection_pool: p.connection_pool.clone(),
+                outlier_detection: p.outlier_detection.clone(),
+                tls: p.tls.clone(),
+            }),
+            true,
+        );
+    }
+    (Some(Policy::from_top(tp)), false)
+}
+
+/// `MergeSubsetTrafficPolicy`: the subset overrides block by block; a subset port entry
+/// overrides all four blocks (even with nothing).
+pub fn merge_subset(base: Option<Policy>, subset: Option<&TrafficPolicy>, port: u32) -> Option<Policy> {
+    let (sub, has_port) = port_level(subset, port);
+    let Some(sub) = sub else { return base };
+    let Some(mut out) = base else { return Some(sub) };
+    if has_port || sub.connection_pool.is_some() {
+        out.connection_pool = sub.connection_pool;
+    }
+    if has_port || sub.outlier_detection.is_some() {
+        out.outlier_detection = sub.outlier_detection;
+    }
+    if has_port || sub.load_balancer.is_some() {
+        out.load_balancer = sub.load_balancer;
+    }
+    if has_port || sub.tls.is_some() {
+        out.tls = sub.tls;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isthmus_api::istio::{PortSelector, PortTrafficPolicy, TcpSettings};
+
+    fn pool(n: i64) -> ConnectionPoolSettings {
+        ConnectionPoolSettings { tcp: Some(TcpSettings { max_connections: Some(n), ..Default::default() }), http: None }
+    }
+
+    #[test]
+    fn port_entry_with_only_tls_wipes_the_pool() {
+        let tp = TrafficPolicy {
+            connection_pool: Some(pool(10)),
+            port_level_settings: vec![PortTrafficPolicy { port: Some(PortSelector { number: 443 }), tls: Some(ClientTlsSettings { mode: Some("SIMPLE".into()), ..Default::default() }), ..Default::default() }],
+            ..Default::default()
+        };
+        let (p443, hit) = port_level(Some(&tp), 443);
+        assert!(hit);
+        let p443 = p443.unwrap();
+        assert!(p443.connection_pool.is_none());
+        assert_eq!(p443.tls.unwrap().mode(), "SIMPLE");
+        let (p80, hit) = port_level(Some(&tp), 80);
+        assert!(!hit);
+        assert_eq!(p80.unwrap().connection_pool, Some(pool(10)));
+    }
+
+    #[test]
+    fn subset_overrides_block_by_block() {
+        let top = Policy { connection_pool: Some(pool(10)), tls: Some(ClientTlsSettings { mode: Some("ISTIO_MUTUAL".into()), ..Default::default() }), ..Default::default() };
+        let sub = TrafficPolicy { connection_pool: Some(pool(5)), ..Default::default() };
+        let m = merge_subset(Some(top.clone()), Some(&sub), 80).unwrap();
+        assert_eq!(m.connection_pool, Some(pool(5)));
+        assert_eq!(m.tls.unwrap().mode(), "ISTIO_MUTUAL");
+        let sub_port = TrafficPolicy { port_level_settings: vec![PortTrafficPolicy { port: Some(PortSelector { number: 80 }), connection_pool: Some(pool(1)), ..Default::default() }], ..Default::default() };
+        let m = merge_subset(Some(top), Some(&sub_port), 80).unwrap();
+        assert_eq!(m.connection_pool, Some(pool(1)));
+        assert!(m.tls.is_none(), "a subset port entry wipes tls too");
+    }
+}

@@ -1,0 +1,377 @@
+//! Sidecar listeners and routes: per-port outbound listeners (HTTP `0.0.0.0_PORT` with RDS
+//! `PORT`, TCP/TLS `VIP_PORT`), `virtualOutbound` 15001 with the outbound traffic policy,
+//! `virtualInbound` 15006 terminating mesh mTLS, and the `allow_any` / `block_all` vhosts
+//! (reference §5, §6).
+
+use crate::route::{default_route, l4_applies, tcp_proxy_for, translate_http, RouteCtx};
+use crate::scope::{Ctx, OutboundMode};
+use crate::{diag, tls};
+use isthmus_api::Severity;
+use isthmus_model::host::host_matches;
+use isthmus_model::{Protocol, Registry, Service, ServicePort, TargetPort, VirtualServiceConfig};
+use isthmus_xds::listener::HttpFilter;
+use isthmus_xds::route::MaxStreamDuration;
+use isthmus_xds::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn catch_all_cluster(ctx: &Ctx) -> &'static str {
+    match ctx.mode {
+        OutboundMode::AllowAny => names::PASSTHROUGH_CLUSTER,
+        OutboundMode::RegistryOnly => names::BLACKHOLE_CLUSTER,
+    }
+}
+
+fn tcp(cluster: &str) -> Filter {
+    Filter::tcp_proxy(TcpProxy { stat_prefix: cluster.to_string(), cluster: Some(cluster.to_string()), ..Default::default() })
+}
+
+/// Inbound ports: (targetPort, service port, service) for Services selecting this workload.
+pub fn inbound_ports<'a>(ctx: &Ctx<'a>) -> Vec<(u32, u32, &'a Service)> {
+    let snap = ctx.snap;
+    let Some(w) = snap.workloads.iter().find(|w| w.namespace == ctx.proxy.namespace && w.name == ctx.proxy.name) else { return vec![] };
+    let mut out: Vec<(u32, u32, &Service)> = Vec::new();
+    for svc in snap.services_selecting(w) {
+        for p in &svc.ports {
+            if p.protocol == Protocol::Udp {
+                continue;
+            }
+            let t = match &p.target_port {
+                Some(TargetPort::Number(n)) if *n > 0 => *n,
+                Some(TargetPort::Name(n)) => match w.container_ports.get(n) {
+                    Some(x) => *x,
+                    None => continue,
+                },
+                _ => p.port,
+            };
+            if !out.iter().any(|(x, _, _)| *x == t) {
+                out.push((t, p.port, svc));
+            }
+        }
+    }
+    out.sort_by_key(|(t, _, _)| *t);
+    out
+}
+
+fn mesh_set() -> BTreeSet<String> {
+    BTreeSet::from(["mesh".to_string()])
+}
+
+/// Mesh VirtualServices (oldest first) that claim `host`.
+fn vs_for_host<'a>(ctx: &Ctx<'a>, host: &str) -> Option<&'a VirtualServiceConfig> {
+    ctx.virtual_services.iter().copied().find(|v| crate::route::vs_gateways(v).iter().any(|g| g == "mesh") && v.spec.hosts.iter().any(|h| host_matches(h, host)))
+}
+
+pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
+    let services = ctx.services.clone();
+    let mut http_ports: BTreeSet<u32> = BTreeSet::new();
+    let mut tcp_listeners: BTreeMap<String, (Listener, String)> = BTreeMap::new();
+    for svc in &services {
+        for p in &svc.ports {
+            if p.protocol == Protocol::Udp {
+                continue;
+            }
+            if p.protocol.is_http() {
+                http_ports.insert(p.port);
+                continue;
+            }
+            let addr = svc.vip().unwrap_or("0.0.0.0").to_string();
+            let name = format!("{addr}_{}", p.port);
+            if let Some((_, owner)) = tcp_listeners.get(&name) {
+                ctx.diags.push(diag(&svc.meta, Severity::Warning, "OutboundListenerConflict", Some("spec.ports"), format!("{} port {} has no address of its own and {owner} already owns listener {name}; traffic to it goes to {owner}", svc.hostname, p.port)));
+                continue;
+            }
+            let chains = tcp_chains(ctx, svc, p);
+            let mut l = outbound_listener(ctx, &name, &addr, p.port);
+            if chains.iter().any(|c| !c.server_names().is_empty()) {
+                l.listener_filters.push(ListenerFilter::tls_inspector());
+            }
+            l.filter_chains = chains;
+            tcp_listeners.insert(name, (l, svc.hostname.clone()));
+        }
+    }
+    for (_, (l, _)) in tcp_listeners {
+        cfg.listeners.push(l);
+    }
+    for port in &http_ports {
+        let name = format!("0.0.0.0_{port}");
+        let mut l = outbound_listener(ctx, &name, "0.0.0.0", *port);
+        l.listener_filters.push(ListenerFilter::http_inspector());
+        l.filter_chains.push(FilterChain {
+            filters: vec![Filter::http_connection_manager(HttpConnectionManager {
+                stat_prefix: format!("outbound_0.0.0.0_{port}"),
+                rds: Some(Rds { config_source: ConfigSource::ads(), route_config_name: port.to_string() }),
+                http_filters: vec![HttpFilter::router()],
+                use_remote_address: Some(false),
+                forward_client_cert_details: "APPEND_FORWARD".into(),
+                normalize_path: Some(true),
+                path_with_escaped_slashes_action: "KEEP_UNCHANGED".into(),
+                ..Default::default()
+            })],
+            name: String::new(),
+            ..Default::default()
+        });
+        cfg.listeners.push(l);
+        let rc = http_route_config(ctx, *port);
+        cfg.routes.push(rc);
+    }
+    cfg.listeners.push(virtual_outbound(ctx));
+    let inbound = virtual_inbound(ctx, cfg);
+    cfg.listeners.push(inbound);
+}
+
+fn outbound_listener(ctx: &Ctx, name: &str, addr: &str, port: u32) -> Listener {
+    Listener {
+        name: name.to_string(),
+        address: Address::new(addr, port),
+        bind_to_port: Some(false),
+        traffic_direction: "OUTBOUND".into(),
+        default_filter_chain: Some(FilterChain { filters: vec![tcp(catch_all_cluster(ctx))], name: names::PASSTHROUGH_FILTER_CHAIN.into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Filter chains of a TCP/TLS service port: SNI chains from VS `tls` routes, then the first
+/// applicable `tcp` route, else straight to the service's own cluster.
+fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain> {
+    let mut out = Vec::new();
+    let own = format!("outbound|{}||{}", p.port, svc.hostname);
+    let mesh = mesh_set();
+    let rc = RouteCtx { port: p.port, gateways: &mesh };
+    if let Some(vs) = vs_for_host(ctx, &svc.hostname) {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for r in &vs.spec.tls {
+            for m in &r.matches {
+                if !l4_applies(ctx, vs, m.port, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), &rc) {
+                    continue;
+                }
+                let mut sni: Vec<String> = m.sni_hosts.iter().filter(|s| !seen.contains(*s)).cloned().collect();
+                if sni.is_empty() {
+                    continue;
+                }
+                sni.sort();
+                seen.extend(sni.iter().cloned());
+                let t = tcp_proxy_for(ctx, vs, &r.route, p.port, &own);
+                out.push(FilterChain { filter_chain_match: Some(FilterChainMatch { server_names: sni, ..Default::default() }), filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+            }
+        }
+        for r in &vs.spec.tcp {
+            let applies = if r.matches.is_empty() { true } else { r.matches.iter().any(|m| l4_applies(ctx, vs, m.port, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), &rc)) };
+            if applies {
+                let t = tcp_proxy_for(ctx, vs, &r.route, p.port, &own);
+                out.push(FilterChain { filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+                return out;
+            }
+        }
+        if p.protocol.is_tls() && !vs.spec.http.is_empty() && vs.spec.tls.is_empty() {
+            ctx.diags.push(diag(&vs.meta, Severity::Info, "HttpRoutesOnTlsPort", Some("spec.http"), format!("port {} of {} is {}; `http` routes do not apply to it on sidecars (use `tls` routes with sniHosts)", p.port, svc.hostname, p.protocol.as_str())));
+        }
+    }
+    // Idle timeout from the DR's tcp.idleTimeout applies to the tcp_proxy.
+    let mut t = TcpProxy { stat_prefix: own.clone(), cluster: Some(own.clone()), ..Default::default() };
+    if let Some(dr) = ctx.snap.destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc) {
+        let (pol, _) = crate::policy::port_level(dr.spec.traffic_policy.as_ref(), p.port);
+        if let Some(it) = pol.and_then(|p| p.connection_pool).and_then(|c| c.tcp).and_then(|t| t.idle_timeout) {
+            let meta = dr.meta.clone();
+            t.idle_timeout = ctx.parse_duration(&meta, "spec.trafficPolicy.connectionPool.tcp.idleTimeout", &it);
+        }
+    }
+    out.push(FilterChain { filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+    out
+}
+
+/// Domains of a service's vhost (`generateVirtualHostDomains`): FQDN, the short forms a client
+/// in the proxy's namespace can use, and the VIP.
+fn domains_for(ctx: &Ctx, svc: &Service) -> Vec<String> {
+    let mut d = vec![svc.hostname.clone()];
+    if svc.registry == Registry::Kubernetes {
+        let suffix = format!(".svc.{}", ctx.snap.domain_suffix);
+        if let Some(base) = svc.hostname.strip_suffix(&suffix) {
+            if let Some((name, ns)) = base.split_once('.') {
+                if ns == ctx.proxy.namespace {
+                    d.push(name.to_string());
+                }
+                d.push(format!("{name}.{ns}.svc"));
+                d.push(format!("{name}.{ns}"));
+            }
+        }
+    }
+    if let Some(v) = svc.vip() {
+        d.push(v.to_string());
+    }
+    d
+}
+
+fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
+    let mut rc = RouteConfiguration { name: port.to_string(), validate_clusters: Some(false), ignore_port_in_host_matching: true, ..Default::default() };
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    let mesh = mesh_set();
+    let rctx = RouteCtx { port, gateways: &mesh };
+    let vss: Vec<&VirtualServiceConfig> = ctx.virtual_services.iter().copied().filter(|v| crate::route::vs_gateways(v).iter().any(|g| g == "mesh") || v.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.iter().any(|g| g == "mesh")))).collect();
+    for vs in vss {
+        if vs.spec.http.is_empty() {
+            continue;
+        }
+        for h in &vs.spec.hosts {
+            let svc = ctx.service(h);
+            match svc {
+                Some(s) if !s.port(port).is_some_and(|p| p.protocol.is_http()) => continue,
+                _ => {}
+            }
+            if svc.is_none() && !h.starts_with('*') && ctx.snap.services_by_host(h).next().is_some() {
+                continue; // a service exists but is outside this proxy's scope
+            }
+            if claimed.contains(h) {
+                ctx.diags.push(diag(&vs.meta, Severity::Warning, "DuplicateDomain", Some("spec.hosts"), format!("duplicate domain from virtual service: {h} (an older VirtualService already claims it for port {port}); this one is ignored there")));
+                continue;
+            }
+            let (routes, _) = translate_http(ctx, vs, &rctx, port);
+            if svc.is_none() && routes.is_empty() {
+                continue;
+            }
+            claimed.insert(h.clone());
+            let domains = match svc {
+                Some(s) => domains_for(ctx, s),
+                None => vec![h.clone()],
+            };
+            rc.virtual_hosts.push(VirtualHost { name: format!("{h}:{port}"), domains, routes, include_request_attempt_count_in_response: true, ..Default::default() });
+        }
+    }
+    let services = ctx.services.clone();
+    for svc in services {
+        let Some(p) = svc.port(port) else { continue };
+        if !p.protocol.is_http() || claimed.contains(&svc.hostname) {
+            continue;
+        }
+        let cluster = format!("outbound|{port}||{}", svc.hostname);
+        rc.virtual_hosts.push(VirtualHost {
+            name: format!("{}:{port}", svc.hostname),
+            domains: domains_for(ctx, svc),
+            routes: vec![default_route(&cluster, &svc.hostname, port)],
+            include_request_attempt_count_in_response: true,
+            ..Default::default()
+        });
+    }
+    let catch = match ctx.mode {
+        OutboundMode::AllowAny => VirtualHost {
+            name: names::ALLOW_ANY.into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: names::ALLOW_ANY.into(),
+                r#match: RouteMatch { prefix: Some("/".into()), ..Default::default() },
+                route: Some(RouteAction { cluster: Some(names::PASSTHROUGH_CLUSTER.into()), timeout: Some(Duration::ZERO), max_stream_duration: Some(MaxStreamDuration { max_stream_duration: None, grpc_timeout_header_max: Some(Duration::ZERO) }), ..Default::default() }),
+                ..Default::default()
+            }],
+            include_request_attempt_count_in_response: true,
+            ..Default::default()
+        },
+        OutboundMode::RegistryOnly => VirtualHost {
+            name: names::BLOCK_ALL.into(),
+            domains: vec!["*".into()],
+            routes: vec![Route { name: names::BLOCK_ALL.into(), r#match: RouteMatch { prefix: Some("/".into()), ..Default::default() }, direct_response: Some(DirectResponseAction { status: 502, body: None }), ..Default::default() }],
+            include_request_attempt_count_in_response: true,
+            ..Default::default()
+        },
+    };
+    rc.virtual_hosts.push(catch);
+    rc
+}
+
+fn virtual_outbound(ctx: &Ctx) -> Listener {
+    Listener {
+        name: names::VIRTUAL_OUTBOUND.into(),
+        address: Address::new("0.0.0.0", names::VIRTUAL_OUTBOUND_PORT),
+        use_original_dst: Some(true),
+        traffic_direction: "OUTBOUND".into(),
+        filter_chains: vec![
+            FilterChain {
+                filter_chain_match: Some(FilterChainMatch { destination_port: Some(names::VIRTUAL_OUTBOUND_PORT), ..Default::default() }),
+                filters: vec![tcp(names::BLACKHOLE_CLUSTER)],
+                name: names::VIRTUAL_OUTBOUND_BLACKHOLE.into(),
+                ..Default::default()
+            },
+            FilterChain { filters: vec![tcp(catch_all_cluster(ctx))], name: names::VIRTUAL_OUTBOUND_CATCHALL_TCP.into(), ..Default::default() },
+        ],
+        ..Default::default()
+    }
+}
+
+fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
+    if !http {
+        return vec![tcp(cfg_name)];
+    }
+    let route = RouteConfiguration {
+        name: cfg_name.to_string(),
+        validate_clusters: Some(false),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{target}"),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "default".into(),
+                r#match: RouteMatch { prefix: Some("/".into()), ..Default::default() },
+                route: Some(RouteAction { cluster: Some(cfg_name.to_string()), timeout: Some(Duration::ZERO), max_stream_duration: Some(MaxStreamDuration { max_stream_duration: Some(Duration::ZERO), grpc_timeout_header_max: Some(Duration::ZERO) }), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    vec![Filter::http_connection_manager(HttpConnectionManager {
+        stat_prefix: format!("inbound_0.0.0.0_{target}"),
+        route_config: Some(route),
+        http_filters: vec![HttpFilter::router()],
+        use_remote_address: Some(false),
+        forward_client_cert_details: "APPEND_FORWARD".into(),
+        set_current_client_cert_details: Some(serde_json::json!({"subject": true, "dns": true, "uri": true})),
+        normalize_path: Some(true),
+        path_with_escaped_slashes_action: "KEEP_UNCHANGED".into(),
+        ..Default::default()
+    })]
+}
+
+fn mesh_alpn() -> Vec<String> {
+    tls::ALPN_MESH.iter().map(|s| s.to_string()).chain(["istio-http/1.0", "istio-http/1.1", "istio-h2"].map(String::from)).collect()
+}
+
+fn virtual_inbound(ctx: &Ctx, _cfg: &ProxyConfig) -> Listener {
+    let mut chains = Vec::new();
+    for (target, svc_port, svc) in inbound_ports(ctx) {
+        let http = svc.port(svc_port).is_some_and(|p| p.protocol.is_http());
+        let cluster = format!("inbound|{target}||");
+        let name = format!("inbound_0.0.0.0_{target}");
+        chains.push(FilterChain {
+            filter_chain_match: Some(FilterChainMatch { destination_port: Some(target), transport_protocol: "tls".into(), application_protocols: mesh_alpn(), ..Default::default() }),
+            filters: inbound_filters(target, http, &cluster),
+            transport_socket: Some(TransportSocket::downstream_tls(tls::inbound_mtls())),
+            name: name.clone(),
+            ..Default::default()
+        });
+        chains.push(FilterChain {
+            filter_chain_match: Some(FilterChainMatch { destination_port: Some(target), transport_protocol: "tls".into(), ..Default::default() }),
+            filters: vec![tcp(&cluster)],
+            name: name.clone(),
+            ..Default::default()
+        });
+        chains.push(FilterChain {
+            filter_chain_match: Some(FilterChainMatch { destination_port: Some(target), transport_protocol: "raw_buffer".into(), ..Default::default() }),
+            filters: inbound_filters(target, http, &cluster),
+            name,
+            ..Default::default()
+        });
+    }
+    chains.push(FilterChain {
+        filter_chain_match: Some(FilterChainMatch { transport_protocol: "tls".into(), application_protocols: mesh_alpn(), ..Default::default() }),
+        filters: vec![tcp(crate::cluster::INBOUND_PASSTHROUGH)],
+        transport_socket: Some(TransportSocket::downstream_tls(tls::inbound_mtls())),
+        name: "virtualInbound-catchall-tls".into(),
+        ..Default::default()
+    });
+    chains.push(FilterChain { filters: vec![tcp(crate::cluster::INBOUND_PASSTHROUGH)], name: "virtualInbound".into(), ..Default::default() });
+    Listener {
+        name: names::VIRTUAL_INBOUND.into(),
+        address: Address::new("0.0.0.0", names::VIRTUAL_INBOUND_PORT),
+        filter_chains: chains,
+        listener_filters: vec![ListenerFilter::original_dst(), ListenerFilter::tls_inspector(), ListenerFilter::http_inspector()],
+        traffic_direction: "INBOUND".into(),
+        ..Default::default()
+    }
+}
