@@ -1,0 +1,283 @@
+//! Istio's analysis message types (`pkg/config/analysis/msg/messages.yaml`): code, level and
+//! template, and a small `fmt.Sprintf` so the texts come out exactly as istioctl prints them.
+
+use crate::Level;
+
+/// One message type: Istio's code, its level and its Go format template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageType {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub level: Level,
+    pub template: &'static str,
+}
+
+macro_rules! mt {
+    ($id:ident, $code:literal, $name:literal, $level:ident, $tmpl:literal) => {
+        pub const $id: MessageType = MessageType {
+            code: $code,
+            name: $name,
+            level: Level::$level,
+            template: $tmpl,
+        };
+    };
+}
+
+mt!(
+    DEPRECATED,
+    "IST0002",
+    "Deprecated",
+    Warning,
+    "Deprecated: %s"
+);
+mt!(
+    REFERENCED_RESOURCE_NOT_FOUND,
+    "IST0101",
+    "ReferencedResourceNotFound",
+    Error,
+    "Referenced %s not found: %q"
+);
+mt!(
+    CONFLICTING_MESH_GATEWAY_VS_HOSTS,
+    "IST0109",
+    "ConflictingMeshGatewayVirtualServiceHosts",
+    Error,
+    "The VirtualServices %s associated with mesh gateway define the same host %s which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource."
+);
+mt!(
+    CONFLICTING_SIDECAR_WORKLOAD_SELECTORS,
+    "IST0110",
+    "ConflictingSidecarWorkloadSelectors",
+    Error,
+    "The Sidecars %v in namespace %q select the same workload pod %q, which can lead to undefined behavior."
+);
+mt!(
+    MULTIPLE_SIDECARS_WITHOUT_SELECTORS,
+    "IST0111",
+    "MultipleSidecarsWithoutWorkloadSelectors",
+    Error,
+    "The Sidecars %v in namespace %q have no workload selector, which can lead to undefined behavior."
+);
+mt!(
+    NO_SERVER_CERT_VERIFICATION_DEST,
+    "IST0128",
+    "NoServerCertificateVerificationDestinationLevel",
+    Warning,
+    "DestinationRule %s in namespace %s has TLS mode set to %s but no caCertificates are set to validate server identity for host: %s"
+);
+mt!(
+    NO_SERVER_CERT_VERIFICATION_PORT,
+    "IST0129",
+    "NoServerCertificateVerificationPortLevel",
+    Warning,
+    "DestinationRule %s in namespace %s has TLS mode set to %s but no caCertificates are set to validate server identity for host: %s at port %s"
+);
+mt!(
+    VS_HOST_NOT_FOUND_IN_GATEWAY,
+    "IST0132",
+    "VirtualServiceHostNotFoundInGateway",
+    Warning,
+    "one or more host %v defined in VirtualService %s not found in Gateway %s."
+);
+mt!(
+    SERVICE_ENTRY_ADDRESSES_REQUIRED,
+    "IST0134",
+    "ServiceEntryAddressesRequired",
+    Warning,
+    "ServiceEntry addresses are required for this protocol."
+);
+mt!(
+    GATEWAY_DUPLICATE_CERTIFICATE,
+    "IST0138",
+    "GatewayDuplicateCertificate",
+    Warning,
+    "Duplicate certificate in multiple gateways %v may cause 404s if clients re-use HTTP2 connections."
+);
+mt!(
+    CONFLICTING_GATEWAYS,
+    "IST0145",
+    "ConflictingGateways",
+    Error,
+    "Conflict with gateways %s (workload selector %s, port %s, hosts %v)."
+);
+mt!(
+    JWT_CLAIM_ROUTING_WITHOUT_REQUEST_AUTHN,
+    "IST0149",
+    "JwtClaimBasedRoutingWithoutRequestAuthN",
+    Error,
+    "The virtual service uses the JWT claim based routing (key: %s) but found no request authentication for the gateway (%s) pod (%s). The request authentication must first be applied for the gateway pods to validate the JWT token and make the claims available for routing."
+);
+mt!(
+    INVALID_GATEWAY_CREDENTIAL,
+    "IST0161",
+    "InvalidGatewayCredential",
+    Error,
+    "The credential referenced by the Gateway %s in namespace %s is invalid, which can cause the traffic not to work as expected."
+);
+mt!(
+    GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
+    "IST0162",
+    "GatewayPortNotDefinedOnService",
+    Warning,
+    "The gateway is listening on a target port (port %d) that is not defined in the Service associated with its workload instances (Pod selector %s). If you need to access the gateway port through the gateway Service, it will not be available."
+);
+mt!(
+    REFERENCED_INTERNAL_GATEWAY,
+    "IST0165",
+    "ReferencedInternalGateway",
+    Warning,
+    "Gateway reference in VirtualService %s is to an implementation-generated internal Gateway: %s."
+);
+mt!(
+    INEFFECTIVE_POLICY,
+    "IST0167",
+    "IneffectivePolicy",
+    Warning,
+    "The policy has no impact: %s."
+);
+mt!(
+    DR_SUBSET_NOT_SELECT_PODS,
+    "IST0173",
+    "DestinationRuleSubsetNotSelectPods",
+    Error,
+    "The Subset %s defined in the DestinationRule does not select any pods. Which may lead to 503 UH (NoHealthyUpstream)."
+);
+mt!(
+    UNKNOWN_DR_HOST,
+    "IST0174",
+    "UnknownDestinationRuleHost",
+    Warning,
+    "The host %s defined in the DestinationRule does not match any services in the mesh."
+);
+mt!(
+    CONFLICTING_SE_PROTOCOL,
+    "IST0177",
+    "ConflictingServiceEntryProtocol",
+    Warning,
+    "Multiple ServiceEntries (%s) define the same host %q and port %d with conflicting protocols (%s)."
+);
+
+/// Every Istio message type isthmus emits.
+pub const ISTIO_TYPES: &[MessageType] = &[
+    DEPRECATED,
+    REFERENCED_RESOURCE_NOT_FOUND,
+    CONFLICTING_MESH_GATEWAY_VS_HOSTS,
+    CONFLICTING_SIDECAR_WORKLOAD_SELECTORS,
+    MULTIPLE_SIDECARS_WITHOUT_SELECTORS,
+    NO_SERVER_CERT_VERIFICATION_DEST,
+    NO_SERVER_CERT_VERIFICATION_PORT,
+    VS_HOST_NOT_FOUND_IN_GATEWAY,
+    SERVICE_ENTRY_ADDRESSES_REQUIRED,
+    GATEWAY_DUPLICATE_CERTIFICATE,
+    CONFLICTING_GATEWAYS,
+    JWT_CLAIM_ROUTING_WITHOUT_REQUEST_AUTHN,
+    INVALID_GATEWAY_CREDENTIAL,
+    GATEWAY_PORT_NOT_DEFINED_ON_SERVICE,
+    REFERENCED_INTERNAL_GATEWAY,
+    INEFFECTIVE_POLICY,
+    DR_SUBSET_NOT_SELECT_PODS,
+    UNKNOWN_DR_HOST,
+    CONFLICTING_SE_PROTOCOL,
+];
+
+/// A Go `fmt` argument.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Str(String),
+    Int(i64),
+    /// A `[]string`, printed by `%v` as `[a b]`.
+    List(Vec<String>),
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Str(s.to_string())
+    }
+}
+impl From<String> for Arg {
+    fn from(s: String) -> Self {
+        Arg::Str(s)
+    }
+}
+impl From<&String> for Arg {
+    fn from(s: &String) -> Self {
+        Arg::Str(s.clone())
+    }
+}
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
+}
+impl From<Vec<String>> for Arg {
+    fn from(v: Vec<String>) -> Self {
+        Arg::List(v)
+    }
+}
+
+/// Go's `%q` (`strconv.Quote`) for the strings analyzers print.
+pub fn go_quote(s: &str) -> String {
+    isthmus_api::validation::checks::go_quote(s)
+}
+
+fn plain(a: &Arg) -> String {
+    match a {
+        Arg::Str(s) => s.clone(),
+        Arg::Int(i) => i.to_string(),
+        Arg::List(v) => format!("[{}]", v.join(" ")),
+    }
+}
+
+/// `fmt.Sprintf` for the verbs Istio's templates use (`%s %v %q %d %%`).
+pub fn sprintf(template: &str, args: &[Arg]) -> String {
+    let mut out = String::new();
+    let mut it = args.iter();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(verb) => match it.next() {
+                None => out.push_str(&format!("%!{verb}(MISSING)")),
+                Some(a) => match (verb, a) {
+                    ('q', Arg::Str(s)) => out.push_str(&go_quote(s)),
+                    ('q', Arg::List(v)) => {
+                        out.push('[');
+                        out.push_str(&v.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(" "));
+                        out.push(']');
+                    }
+                    _ => out.push_str(&plain(a)),
+                },
+            },
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_formatting() {
+        assert_eq!(
+            sprintf(
+                REFERENCED_RESOURCE_NOT_FOUND.template,
+                &["host".into(), "a.b".into()]
+            ),
+            "Referenced host not found: \"a.b\""
+        );
+        assert_eq!(
+            sprintf(
+                "%v in %q",
+                &[Arg::List(vec!["a".into(), "b".into()]), "ns".into()]
+            ),
+            "[a b] in \"ns\""
+        );
+        assert_eq!(sprintf("port %d", &[Arg::Int(80)]), "port 80");
+    }
+}
