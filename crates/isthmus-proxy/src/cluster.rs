@@ -82,9 +82,7 @@ impl UpstreamError {
     /// Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     pub fn transport_reason(&self) -> Option<String> {
         match self {
-            UpstreamError::Tls(_, e) => {
-                Some(format!("TLS_error:_{}", e.to_string().replace(' ', "_")))
-            }
+            UpstreamError::Tls(_, e) => Some(isthmus_tls::failure_reason_io(e)),
             UpstreamError::Connect(_, e) => Some(format!(
                 "delayed_connect_error:_{}",
                 e.to_string().replace(' ', "_")
@@ -283,24 +281,20 @@ impl ClusterRuntime {
         let local = stream.local_addr().ok();
         match &self.tls {
             None => Ok((Box::new(stream), local, self.spec.http2)),
-            Some(o) => {
-                let conn = tokio_rustls::TlsConnector::from(o.config.clone());
-                let name = crate::tls::server_name(o, addr.ip());
-                match tokio::time::timeout(timeout, conn.connect(name, stream)).await {
-                    Err(_) => {
-                        self.inc("upstream_cx_connect_fail");
-                        Err(UpstreamError::ConnectTimeout(addr, timeout))
-                    }
-                    Ok(Err(e)) => {
-                        self.inc("upstream_cx_connect_fail");
-                        Err(UpstreamError::Tls(addr, e))
-                    }
-                    Ok(Ok(s)) => {
-                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2") || self.spec.http2;
-                        Ok((Box::new(s), local, h2))
-                    }
+            Some(o) => match tokio::time::timeout(timeout, o.tls.connect(stream, None)).await {
+                Err(_) => {
+                    self.inc("upstream_cx_connect_fail");
+                    Err(UpstreamError::ConnectTimeout(addr, timeout))
                 }
-            }
+                Ok(Err(e)) => {
+                    self.inc("upstream_cx_connect_fail");
+                    Err(UpstreamError::Tls(addr, e))
+                }
+                Ok(Ok(s)) => {
+                    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2") || self.spec.http2;
+                    Ok((Box::new(s), local, h2))
+                }
+            },
         }
     }
 

@@ -386,6 +386,9 @@ pub struct DownstreamTls {
     pub subject_alt_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
+    /// ISTIO_MUTUAL: accepted SPIFFE trust domains (empty = any chained to the mesh root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
 }
 
 /// Upstream TLS origination settings.

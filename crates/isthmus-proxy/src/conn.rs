@@ -167,28 +167,22 @@ async fn handle(
     let down: Box<dyn Upstream> = Box::new(PrefixedStream::new(prefix, s));
     let down: Box<dyn Upstream> = match &chain.tls {
         None => down,
-        Some(cfg) => {
-            let acc = tokio_rustls::TlsAcceptor::from(cfg.clone());
-            match acc.accept(down).await {
-                Ok(t) => {
-                    let conn = t.get_ref().1;
-                    ctx.peer_principal = conn
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| crate::tls::spiffe_id(c));
-                    if ctx.sni.is_none() {
-                        ctx.sni = conn.server_name().map(|s| s.to_string());
-                    }
-                    ctx.tls_terminated = true;
-                    Box::new(t)
+        Some(cfg) => match cfg.accept(down).await {
+            Ok(t) => {
+                let conn = t.get_ref().1;
+                ctx.peer_principal = isthmus_tls::peer_spiffe_id(conn);
+                if ctx.sni.is_none() {
+                    ctx.sni = conn.server_name().map(|s| s.to_string());
                 }
-                Err(e) => {
-                    sh.stats.inc(&format!("{lstat}.ssl.connection_error"), 1);
-                    tracing::debug!(error = %e, peer = %peer, "downstream TLS handshake failed");
-                    return;
-                }
+                ctx.tls_terminated = true;
+                Box::new(t)
             }
-        }
+            Err(e) => {
+                sh.stats.inc(&format!("{lstat}.ssl.connection_error"), 1);
+                tracing::debug!(error = %e, peer = %peer, "downstream TLS handshake failed");
+                return;
+            }
+        },
     };
     match &chain.spec.action {
         ChainAction::TcpProxy(t) => {

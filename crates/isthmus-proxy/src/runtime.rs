@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
+use isthmus_tls::ServerTls;
 
 use crate::cluster::ClusterRuntime;
 use crate::config::*;
@@ -14,6 +14,7 @@ use crate::tls::{self, SecretSet};
 
 pub struct Runtime {
     pub config: Arc<ProxyConfig>,
+    pub secrets: SecretSet,
     pub listeners: BTreeMap<String, Arc<ListenerRt>>,
     pub clusters: BTreeMap<String, Arc<ClusterRuntime>>,
 }
@@ -28,7 +29,7 @@ pub struct ListenerRt {
 
 pub struct ChainRt {
     pub spec: FilterChain,
-    pub tls: Option<Arc<ServerConfig>>,
+    pub tls: Option<Arc<ServerTls>>,
     pub routes: Option<Arc<RoutesRt>>,
 }
 
@@ -53,6 +54,7 @@ impl Runtime {
     pub fn empty() -> Self {
         Runtime {
             config: Arc::new(ProxyConfig::default()),
+            secrets: SecretSet::default(),
             listeners: BTreeMap::new(),
             clusters: BTreeMap::new(),
         }
@@ -66,19 +68,31 @@ impl Runtime {
     ) -> Result<Runtime, ConfigError> {
         cfg.validate()?;
         let mut problems = Vec::new();
-        let secrets = SecretSet::load(&cfg.secrets, &mut problems);
-        let secrets_same = prev.is_some_and(|p| p.config.secrets == cfg.secrets);
+        let mut secrets = SecretSet::load(&cfg.secrets, prev.map(|p| &p.secrets), &mut problems);
+        // Certificates rotate in place (shared stores); trust bundles are baked into the
+        // cluster's verifier, so a changed CA rebuilds the cluster.
+        let ca_of = |c: &ProxyConfig, name: &str| {
+            c.secrets
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.trusted_ca.clone())
+        };
+        let same_ca = |t: &UpstreamTls| match (prev, &t.validation) {
+            (Some(p), Some(v)) => ca_of(&p.config, v) == ca_of(&cfg, v),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         let mut clusters = BTreeMap::new();
         for c in &cfg.clusters {
             if let Some(old) = prev.and_then(|p| p.clusters.get(&c.name)) {
-                if old.spec == *c && (c.tls.is_none() || secrets_same) {
+                if old.spec == *c && c.tls.as_ref().is_none_or(same_ca) {
                     clusters.insert(c.name.clone(), old.clone());
                     continue;
                 }
             }
             let orig = match &c.tls {
                 None => None,
-                Some(t) => match tls::client_config(t, &secrets, c.http2) {
+                Some(t) => match tls::client_tls(t, &secrets, c.http2) {
                     Ok(o) => Some(o),
                     Err(e) => {
                         problems.push(format!("cluster {}: {e}", c.name));
@@ -99,16 +113,16 @@ impl Runtime {
                     ChainAction::Http(_) => &["h2", "http/1.1"],
                     _ => &[],
                 };
-                let tls =
-                    fc.tls
-                        .as_ref()
-                        .and_then(|t| match tls::server_config(t, &secrets, alpn) {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                problems.push(format!("{what}: {e}"));
-                                None
-                            }
-                        });
+                let tls = fc
+                    .tls
+                    .as_ref()
+                    .and_then(|t| match tls::server_tls(t, &secrets, alpn) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            problems.push(format!("{what}: {e}"));
+                            None
+                        }
+                    });
                 let routes = match &fc.action {
                     ChainAction::Http(h) => Some(Arc::new(compile_routes(&h.route_config))),
                     _ => None,
@@ -139,8 +153,10 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
+        secrets.commit();
         Ok(Runtime {
             config: Arc::new(cfg),
+            secrets,
             listeners,
             clusters,
         })
@@ -456,16 +472,38 @@ mod tests {
             "name": name, "filterChainMatch": m, "action": {"passthrough": {}}
         }))
         .unwrap();
-        ChainRt { spec, tls: None, routes: None }
+        ChainRt {
+            spec,
+            tls: None,
+            routes: None,
+        }
     }
 
     fn listener(chains: Vec<ChainRt>, default: Option<ChainRt>) -> ListenerRt {
-        let spec: Listener = serde_json::from_value(serde_json::json!({"name": "l", "address": "127.0.0.1:0"})).unwrap();
-        ListenerRt { spec, chains, default_chain: default, needs_peek: true }
+        let spec: Listener =
+            serde_json::from_value(serde_json::json!({"name": "l", "address": "127.0.0.1:0"}))
+                .unwrap();
+        ListenerRt {
+            spec,
+            chains,
+            default_chain: default,
+            needs_peek: true,
+        }
     }
 
-    fn pick(l: &ListenerRt, port: u16, sni: Option<&str>, tls: bool, alpn: &[&str]) -> Option<String> {
-        let f = ConnFacts { dst_port: port, sni: sni.map(String::from), tls, alpn: alpn.iter().map(|s| s.to_string()).collect() };
+    fn pick(
+        l: &ListenerRt,
+        port: u16,
+        sni: Option<&str>,
+        tls: bool,
+        alpn: &[&str],
+    ) -> Option<String> {
+        let f = ConnFacts {
+            dst_port: port,
+            sni: sni.map(String::from),
+            tls,
+            alpn: alpn.iter().map(|s| s.to_string()).collect(),
+        };
         l.select(&f).map(|c| c.spec.name.clone())
     }
 
@@ -480,25 +518,76 @@ mod tests {
                 chain("port9000", json!({"destinationPort": 9000})),
                 chain("tls-any", json!({"transportProtocol": "tls"})),
                 chain("raw", json!({"transportProtocol": "raw_buffer"})),
-                chain("mtls-alpn", json!({"serverNames": ["svc.local"], "applicationProtocols": ["istio-peer-exchange", "istio"]})),
+                chain(
+                    "mtls-alpn",
+                    json!({"serverNames": ["svc.local"], "applicationProtocols": ["istio-peer-exchange", "istio"]}),
+                ),
                 chain("svc-plain", json!({"serverNames": ["svc.local"]})),
             ],
             Some(chain("default", json!({}))),
         );
-        assert_eq!(pick(&l, 443, Some("api.example.com"), true, &[]).as_deref(), Some("exact"));
-        assert_eq!(pick(&l, 443, Some("www.example.com"), true, &[]).as_deref(), Some("wild"));
-        assert_eq!(pick(&l, 443, Some("a.b.example.com"), true, &[]).as_deref(), Some("wild"), "multi-label wildcard");
-        assert_eq!(pick(&l, 443, Some("x.eu.example.com"), true, &[]).as_deref(), Some("deeper-wild"), "longest wildcard wins");
-        assert_eq!(pick(&l, 443, Some("example.com"), true, &[]).as_deref(), Some("tls-any"));
-        assert_eq!(pick(&l, 443, Some("API.EXAMPLE.COM"), true, &[]).as_deref(), Some("exact"), "SNI case-insensitive");
+        assert_eq!(
+            pick(&l, 443, Some("api.example.com"), true, &[]).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            pick(&l, 443, Some("www.example.com"), true, &[]).as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            pick(&l, 443, Some("a.b.example.com"), true, &[]).as_deref(),
+            Some("wild"),
+            "multi-label wildcard"
+        );
+        assert_eq!(
+            pick(&l, 443, Some("x.eu.example.com"), true, &[]).as_deref(),
+            Some("deeper-wild"),
+            "longest wildcard wins"
+        );
+        assert_eq!(
+            pick(&l, 443, Some("example.com"), true, &[]).as_deref(),
+            Some("tls-any")
+        );
+        assert_eq!(
+            pick(&l, 443, Some("API.EXAMPLE.COM"), true, &[]).as_deref(),
+            Some("exact"),
+            "SNI case-insensitive"
+        );
         assert_eq!(pick(&l, 443, None, false, &[]).as_deref(), Some("raw"));
-        assert_eq!(pick(&l, 9000, Some("api.example.com"), true, &[]).as_deref(), Some("port9000"), "port before SNI");
-        assert_eq!(pick(&l, 443, Some("svc.local"), true, &["istio-peer-exchange", "h2"]).as_deref(), Some("mtls-alpn"));
-        assert_eq!(pick(&l, 443, Some("svc.local"), true, &["h2"]).as_deref(), Some("svc-plain"));
+        assert_eq!(
+            pick(&l, 9000, Some("api.example.com"), true, &[]).as_deref(),
+            Some("port9000"),
+            "port before SNI"
+        );
+        assert_eq!(
+            pick(
+                &l,
+                443,
+                Some("svc.local"),
+                true,
+                &["istio-peer-exchange", "h2"]
+            )
+            .as_deref(),
+            Some("mtls-alpn")
+        );
+        assert_eq!(
+            pick(&l, 443, Some("svc.local"), true, &["h2"]).as_deref(),
+            Some("svc-plain")
+        );
         let no_default = listener(vec![chain("only", json!({"serverNames": ["a.b"]}))], None);
-        assert_eq!(pick(&no_default, 443, Some("c.d"), true, &[]), None, "no chain: NR");
-        let with_default = listener(vec![chain("only", json!({"serverNames": ["a.b"]}))], Some(chain("default", json!({}))));
-        assert_eq!(pick(&with_default, 443, Some("c.d"), true, &[]).as_deref(), Some("default"));
+        assert_eq!(
+            pick(&no_default, 443, Some("c.d"), true, &[]),
+            None,
+            "no chain: NR"
+        );
+        let with_default = listener(
+            vec![chain("only", json!({"serverNames": ["a.b"]}))],
+            Some(chain("default", json!({}))),
+        );
+        assert_eq!(
+            pick(&with_default, 443, Some("c.d"), true, &[]).as_deref(),
+            Some("default")
+        );
     }
 
     #[test]

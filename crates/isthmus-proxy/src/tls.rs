@@ -1,107 +1,104 @@
-//! rustls configuration for termination (per filter chain) and origination (per cluster).
+//! TLS for the proxy, built on `isthmus-tls`: termination per filter chain ([`ServerTls`]:
+//! SIMPLE / MUTUAL / OPTIONAL_MUTUAL / ISTIO_MUTUAL, Envoy's lenient ALPN, certificate by SNI)
+//! and origination per cluster ([`UpstreamTls`]).
 //!
-//! Built once per config version so a bad certificate refuses the whole config instead of
-//! failing connections later. Uses the ring provider explicitly so no process-wide default
-//! provider has to be installed.
+//! Certificates live in hot-swappable [`CertStore`]s keyed by SDS name and kept across config
+//! versions: a config that only rotates a certificate swaps it in place, so new handshakes use
+//! the new certificate while open connections keep theirs (and `maxConnectionDuration` bounds
+//! how long the old one lives). Everything is built before a config is applied, so bad
+//! material refuses the whole config.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, SignatureScheme,
+use isthmus_tls::{
+    CertStore, ClientTlsOptions, ServerTls, ServerTlsOptions, SniCertResolver, TrustBundle,
+    UpstreamTls as Upstream,
 };
+use rustls::sign::CertifiedKey;
 
 use crate::config::{DownstreamTls, Secret, TlsMode, UpstreamTls};
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Loaded secrets by SDS name.
+/// Loaded secrets by SDS name; rotations are staged until [`SecretSet::commit`].
 #[derive(Clone, Default)]
 pub struct SecretSet {
-    certs: BTreeMap<String, Arc<CertifiedKey>>,
-    chains: BTreeMap<String, Vec<CertificateDer<'static>>>,
-    roots: BTreeMap<String, Arc<RootCertStore>>,
+    stores: BTreeMap<String, Arc<CertStore>>,
+    dns_names: BTreeMap<String, Vec<String>>,
+    bundles: BTreeMap<String, TrustBundle>,
+    staged: Vec<(Arc<CertStore>, Arc<CertifiedKey>)>,
 }
 
 impl SecretSet {
-    pub fn load(secrets: &[Secret], problems: &mut Vec<String>) -> Self {
-        let prov = provider();
+    /// Load `secrets`, reusing the stores of `prev` for names that already exist.
+    pub fn load(secrets: &[Secret], prev: Option<&SecretSet>, problems: &mut Vec<String>) -> Self {
         let mut set = SecretSet::default();
         for s in secrets {
-            if let (Some(c), Some(k)) = (&s.certificate_chain, &s.private_key) {
-                let res =
-                    (|| -> Result<(Vec<CertificateDer<'static>>, Arc<CertifiedKey>), String> {
-                        let cpem = c.load()?;
+            match (&s.certificate_chain, &s.private_key) {
+                (Some(c), Some(k)) => {
+                    let res = c.load().and_then(|cpem| {
                         let kpem = k.load()?;
-                        let chain: Vec<CertificateDer<'static>> =
-                            CertificateDer::pem_slice_iter(&cpem)
-                                .collect::<Result<_, _>>()
-                                .map_err(|e| format!("bad certificate PEM: {e}"))?;
-                        if chain.is_empty() {
-                            return Err("certificate chain PEM holds no certificate".into());
+                        let ck = isthmus_tls::certified_key_from_pem(&cpem, &kpem, &s.name)
+                            .map_err(|e| e.to_string())?;
+                        Ok(Arc::new(ck))
+                    });
+                    match res {
+                        Ok(ck) => {
+                            let names = ck.cert.first().map(|c| cert_sans(c).0).unwrap_or_default();
+                            set.dns_names.insert(s.name.clone(), names);
+                            let store = match prev.and_then(|p| p.stores.get(&s.name)) {
+                                Some(old) => {
+                                    if old.current().map(|c| c.cert.clone())
+                                        != Some(ck.cert.clone())
+                                    {
+                                        set.staged.push((old.clone(), ck));
+                                    }
+                                    old.clone()
+                                }
+                                None => Arc::new(CertStore::new(s.name.clone(), ck)),
+                            };
+                            set.stores.insert(s.name.clone(), store);
                         }
-                        let key = PrivateKeyDer::from_pem_slice(&kpem)
-                            .map_err(|e| format!("bad private key PEM: {e}"))?;
-                        let ck =
-                            CertifiedKey::from_der(chain.clone(), key, &prov).map_err(|e| {
-                                format!("key does not match certificate or is unsupported: {e}")
-                            })?;
-                        Ok((chain, Arc::new(ck)))
-                    })();
-                match res {
-                    Ok((chain, ck)) => {
-                        set.chains.insert(s.name.clone(), chain);
-                        set.certs.insert(s.name.clone(), ck);
+                        Err(e) => problems.push(format!("secret {:?}: {e}", s.name)),
                     }
-                    Err(e) => problems.push(format!("secret {:?}: {e}", s.name)),
                 }
-            }
-            if let Some(ca) = &s.trusted_ca {
-                match ca.load().and_then(|pem| {
-                    let mut store = RootCertStore::empty();
-                    for c in CertificateDer::pem_slice_iter(&pem) {
-                        let c = c.map_err(|e| format!("bad CA PEM: {e}"))?;
-                        store
-                            .add(c)
-                            .map_err(|e| format!("bad CA certificate: {e}"))?;
-                    }
-                    if store.is_empty() {
-                        return Err("trustedCa holds no certificate".into());
-                    }
-                    Ok(store)
-                }) {
-                    Ok(store) => {
-                        set.roots.insert(s.name.clone(), Arc::new(store));
-                    }
-                    Err(e) => problems.push(format!("secret {:?}: {e}", s.name)),
-                }
-            }
-            if s.certificate_chain.is_some() != s.private_key.is_some() {
-                problems.push(format!(
+                (None, None) => {}
+                _ => problems.push(format!(
                     "secret {:?}: certificateChain and privateKey go together",
                     s.name
-                ));
+                )),
+            }
+            if let Some(ca) = &s.trusted_ca {
+                match ca
+                    .load()
+                    .and_then(|pem| TrustBundle::from_pem(&pem, &s.name).map_err(|e| e.to_string()))
+                {
+                    Ok(b) => {
+                        set.bundles.insert(s.name.clone(), b);
+                    }
+                    Err(e) => problems.push(format!("secret {:?}: {e}", s.name)),
+                }
             }
         }
         set
     }
 
-    fn cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.certs.get(name).cloned()
+    /// Apply staged rotations (call only once the whole config was accepted).
+    pub fn commit(&mut self) {
+        for (store, key) in self.staged.drain(..) {
+            tracing::info!(secret = store.name(), "certificate rotated in place");
+            store.swap(key);
+        }
     }
-    fn roots(&self, name: &str) -> Option<Arc<RootCertStore>> {
-        self.roots.get(name).cloned()
+
+    pub fn store(&self, name: &str) -> Option<Arc<CertStore>> {
+        self.stores.get(name).cloned()
+    }
+
+    fn bundle(&self, name: &str) -> Result<TrustBundle, String> {
+        self.bundles
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("secret {name:?} has no trustedCa"))
     }
 }
 
@@ -123,339 +120,133 @@ pub fn cert_sans(der: &[u8]) -> (Vec<String>, Vec<String>) {
     (dns, uris)
 }
 
-/// The SPIFFE identity (first `spiffe://` URI SAN) of a peer certificate.
-pub fn spiffe_id(der: &[u8]) -> Option<String> {
-    cert_sans(der)
-        .1
-        .into_iter()
-        .find(|u| u.starts_with("spiffe://"))
-}
-
-fn dns_matches(pattern: &str, name: &str) -> bool {
-    let p = pattern.to_ascii_lowercase();
-    let n = name.to_ascii_lowercase();
-    if let Some(suffix) = p.strip_prefix("*.") {
-        n.len() > suffix.len() + 1
-            && n.ends_with(suffix)
-            && n.as_bytes()[n.len() - suffix.len() - 1] == b'.'
-            && !n[..n.len() - suffix.len() - 1].contains('.')
-    } else {
-        p == n
-    }
-}
-
-fn san_allowed(der: &[u8], allowed: &[String]) -> bool {
-    let (dns, uris) = cert_sans(der);
-    allowed.iter().any(|a| {
-        uris.iter().any(|u| u == a)
-            || dns
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(a) || dns_matches(d, a))
-    })
-}
-
-/// Picks the certificate whose SANs match the SNI; falls back to the first one.
-#[derive(Debug)]
-struct SniResolver {
-    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(sni) = hello.server_name() {
-            for (names, ck) in &self.certs {
-                if names.iter().any(|n| dns_matches(n, sni)) {
-                    return Some(ck.clone());
-                }
-            }
-        }
-        self.certs.first().map(|c| c.1.clone())
-    }
-}
-
-/// Client verifier that adds a SAN allow-list on top of chain verification.
-#[derive(Debug)]
-struct SanClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    sans: Vec<String>,
-}
-
-impl ClientCertVerifier for SanClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-    fn verify_client_cert(
-        &self,
-        end: &CertificateDer<'_>,
-        im: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end, im, now)?;
-        if !self.sans.is_empty() && !san_allowed(end, &self.sans) {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
-        }
-        Ok(ok)
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Build the server config for a terminating filter chain.
-pub fn server_config(
+/// Build the termination context for a filter chain.
+pub fn server_tls(
     t: &DownstreamTls,
     secrets: &SecretSet,
     default_alpn: &[&str],
-) -> Result<Arc<ServerConfig>, String> {
-    let mut certs = Vec::new();
-    for name in &t.certificates {
-        let ck = secrets
-            .cert(name)
-            .ok_or_else(|| format!("certificate secret {name:?} not loaded"))?;
-        let names = secrets
-            .chains
-            .get(name)
-            .and_then(|c| c.first())
-            .map(|c| cert_sans(c).0)
-            .unwrap_or_default();
-        certs.push((names, ck));
-    }
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = match t.mode {
-        TlsMode::Simple => builder.with_no_client_auth(),
-        TlsMode::Mutual | TlsMode::IstioMutual | TlsMode::OptionalMutual => {
-            let v = t
-                .validation
-                .as_deref()
-                .ok_or("client validation CA missing")?;
-            let roots = secrets
-                .roots(v)
-                .ok_or_else(|| format!("validation secret {v:?} has no trustedCa"))?;
-            let mut vb = WebPkiClientVerifier::builder_with_provider(roots, provider());
-            if t.mode == TlsMode::OptionalMutual {
-                vb = vb.allow_unauthenticated();
-            }
-            let inner = vb.build().map_err(|e| format!("client verifier: {e}"))?;
-            builder.with_client_cert_verifier(Arc::new(SanClientVerifier {
-                inner,
-                sans: t.subject_alt_names.clone(),
-            }))
-        }
-    };
-    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
-    cfg.alpn_protocols = if t.alpn.is_empty() {
-        let mut v: Vec<Vec<u8>> = default_alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-        if t.mode == TlsMode::IstioMutual && !v.is_empty() {
-            // Accept Istio clients' ALPN names too (rustls refuses a handshake with no overlap).
-            for a in ["istio-peer-exchange", "istio-h2", "istio-http/1.1", "istio"] {
-                v.push(a.as_bytes().to_vec());
-            }
-        }
-        v
+) -> Result<Arc<ServerTls>, String> {
+    let certs: Arc<dyn rustls::server::ResolvesServerCert> = if t.certificates.len() == 1 {
+        let name = &t.certificates[0];
+        secrets
+            .store(name)
+            .ok_or_else(|| format!("certificate secret {name:?} not loaded"))?
     } else {
-        t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
+        // Several servers on one port: choose by SNI among their certificates' DNS SANs;
+        // the first certificate answers unknown or missing SNI.
+        let mut r = SniCertResolver::new();
+        for (i, name) in t.certificates.iter().enumerate() {
+            let store = secrets
+                .store(name)
+                .ok_or_else(|| format!("certificate secret {name:?} not loaded"))?;
+            for dns in secrets.dns_names.get(name).into_iter().flatten() {
+                r.insert(dns, store.clone());
+            }
+            if i == 0 {
+                r.insert("*", store);
+            }
+        }
+        Arc::new(r)
     };
-    Ok(Arc::new(cfg))
-}
-
-/// Server verifier: chain via webpki, then either the normal name check (SIMPLE without SANs)
-/// or the SAN allow-list (ISTIO_MUTUAL / explicit subjectAltNames), as Envoy's
-/// `matchSubjectAltNames` replaces the hostname check.
-#[derive(Debug)]
-struct UpstreamVerifier {
-    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    sans: Vec<String>,
-    skip_name: bool,
-    schemes: Vec<SignatureScheme>,
-    prov: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for UpstreamVerifier {
-    fn verify_server_cert(
-        &self,
-        end: &CertificateDer<'_>,
-        im: &[CertificateDer<'_>],
-        sn: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(inner) = &self.inner else {
-            return Ok(ServerCertVerified::assertion()); // insecureSkipVerify
-        };
-        match inner.verify_server_cert(end, im, sn, ocsp, now) {
-            Ok(_) => {}
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-                ..
-            })) if self.skip_name || !self.sans.is_empty() => {}
-            Err(e) => return Err(e),
+    let validation = || {
+        t.validation
+            .as_deref()
+            .ok_or_else(|| "client validation CA missing".to_string())
+    };
+    let mut opts = match t.mode {
+        TlsMode::Simple => ServerTlsOptions::simple(),
+        TlsMode::Mutual => ServerTlsOptions::mutual(secrets.bundle(validation()?)?),
+        TlsMode::OptionalMutual => {
+            ServerTlsOptions::optional_mutual(secrets.bundle(validation()?)?)
         }
-        if !self.sans.is_empty() && !san_allowed(end, &self.sans) {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
+        TlsMode::IstioMutual => {
+            let tds: Vec<&str> = t.trust_domains.iter().map(String::as_str).collect();
+            ServerTlsOptions::istio_mutual(secrets.bundle(validation()?)?, &tds)
         }
-        Ok(ServerCertVerified::assertion())
+    };
+    if !t.subject_alt_names.is_empty() {
+        let sans: Vec<&str> = t.subject_alt_names.iter().map(String::as_str).collect();
+        opts = opts.subject_alt_names(&sans);
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &self.prov.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &self.prov.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
-}
-
-#[derive(Debug)]
-struct FixedClientCert(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for FixedClientCert {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
+    let alpn: Vec<&str> = if t.alpn.is_empty() {
+        default_alpn.to_vec()
+    } else {
+        t.alpn.iter().map(String::as_str).collect()
+    };
+    opts = opts.alpn(&alpn);
+    ServerTls::new(certs, &opts)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Origination settings for one cluster.
 #[derive(Clone)]
 pub struct Origination {
-    pub config: Arc<ClientConfig>,
-    pub sni: Option<String>,
+    pub tls: Arc<Upstream>,
 }
 
-impl fmt::Debug for Origination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Origination(sni={:?})", self.sni)
+impl std::fmt::Debug for Origination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Origination")
     }
 }
 
-pub fn client_config(
+pub fn client_tls(
     t: &UpstreamTls,
     secrets: &SecretSet,
     http2: bool,
 ) -> Result<Origination, String> {
-    let prov = provider();
-    let roots = match &t.validation {
-        Some(v) => secrets
-            .roots(v)
-            .ok_or_else(|| format!("validation secret {v:?} has no trustedCa"))?,
-        None => Arc::new(RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        }),
-    };
-    let inner = if t.insecure_skip_verify {
-        None
+    use isthmus_tls::ServerTrust;
+    let trust = if t.insecure_skip_verify {
+        ServerTrust::InsecureSkipVerify
     } else {
-        Some(
-            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, prov.clone())
-                .build()
-                .map_err(|e| format!("server verifier: {e}"))?,
-        )
-    };
-    let verifier = UpstreamVerifier {
-        inner,
-        sans: t.subject_alt_names.clone(),
-        skip_name: t.mode == TlsMode::IstioMutual,
-        schemes: prov.signature_verification_algorithms.supported_schemes(),
-        prov: prov.clone(),
-    };
-    let b = ClientConfig::builder_with_provider(prov)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
-    let mut cfg = match (&t.mode, &t.certificate) {
-        (TlsMode::Simple, _) | (_, None) => b.with_no_client_auth(),
-        (_, Some(c)) => {
-            let ck = secrets
-                .cert(c)
-                .ok_or_else(|| format!("client certificate secret {c:?} not loaded"))?;
-            b.with_client_cert_resolver(Arc::new(FixedClientCert(ck)))
+        match &t.validation {
+            Some(v) => ServerTrust::Verify(secrets.bundle(v)?),
+            None => ServerTrust::Verify(TrustBundle::system().map_err(|e| e.to_string())?),
         }
     };
-    cfg.alpn_protocols = if !t.alpn.is_empty() {
-        t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
+    let client_cert = match &t.certificate {
+        Some(c) => Some(
+            secrets
+                .store(c)
+                .ok_or_else(|| format!("client certificate secret {c:?} not loaded"))?,
+        ),
+        None => None,
+    };
+    let sans: Vec<&str> = t.subject_alt_names.iter().map(String::as_str).collect();
+    let mut o = match (t.mode, client_cert) {
+        (TlsMode::IstioMutual, Some(svid)) => match trust {
+            ServerTrust::Verify(b) => ClientTlsOptions::istio_mutual(svid, b, &sans),
+            ServerTrust::InsecureSkipVerify => {
+                ClientTlsOptions::mutual(ServerTrust::InsecureSkipVerify, svid)
+            }
+        },
+        (TlsMode::Simple, _) | (_, None) => {
+            ClientTlsOptions::simple(trust).subject_alt_names(&sans)
+        }
+        (_, Some(cert)) => ClientTlsOptions::mutual(trust, cert).subject_alt_names(&sans),
+    };
+    if let Some(sni) = &t.sni {
+        o = o.sni(sni);
+    }
+    let alpn: Vec<String> = if !t.alpn.is_empty() {
+        t.alpn.clone()
     } else if t.mode == TlsMode::IstioMutual {
-        // Istio offers istio-peer-exchange plus its istio-* names; the plain protocol last
-        // keeps strict ALPN servers (rustls fails a handshake with no overlap) reachable.
-        let mut v: Vec<Vec<u8>> = vec![b"istio-peer-exchange".to_vec()];
+        // Istio's mesh ALPN; the plain protocol last keeps strict-ALPN servers reachable.
+        let mut v = vec!["istio-peer-exchange".to_string()];
         if http2 {
-            v.extend([b"istio-h2".to_vec(), b"istio".to_vec(), b"h2".to_vec()]);
+            v.extend(["istio-h2", "istio", "h2"].map(String::from));
         } else {
-            v.extend([
-                b"istio-http/1.1".to_vec(),
-                b"istio".to_vec(),
-                b"http/1.1".to_vec(),
-            ]);
+            v.extend(["istio-http/1.1", "istio", "http/1.1"].map(String::from));
         }
         v
     } else if http2 {
-        vec![b"h2".to_vec()]
+        vec!["h2".to_string()]
     } else {
         Vec::new()
     };
-    Ok(Origination {
-        config: Arc::new(cfg),
-        sni: t.sni.clone(),
-    })
-}
-
-/// ServerName for the handshake: the configured SNI, else the endpoint IP (no SNI sent).
-pub fn server_name(o: &Origination, ip: std::net::IpAddr) -> ServerName<'static> {
-    if let Some(s) = &o.sni {
-        if let Ok(n) = ServerName::try_from(s.clone()) {
-            return n;
-        }
-    }
-    ServerName::IpAddress(ip.into())
+    let alpn_refs: Vec<&str> = alpn.iter().map(String::as_str).collect();
+    o = o.alpn(&alpn_refs);
+    let tls = Upstream::new(&o).map_err(|e| e.to_string())?;
+    Ok(Origination { tls: Arc::new(tls) })
 }

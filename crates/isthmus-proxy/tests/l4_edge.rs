@@ -17,7 +17,10 @@ fn ep(a: SocketAddr) -> serde_json::Value {
 
 async fn read_n(c: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await.expect("data in time").expect("read");
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+        .await
+        .expect("data in time")
+        .expect("read");
     buf
 }
 
@@ -41,7 +44,11 @@ async fn hello_split_across_segments_and_records_is_routed_and_relayed_untouched
     }
     c.write_all(b"after-hello").await.unwrap();
     let back = read_n(&mut c, hello.len() + 11).await;
-    assert_eq!(&back[..hello.len()], &hello[..], "peeked bytes relayed untouched");
+    assert_eq!(
+        &back[..hello.len()],
+        &hello[..],
+        "peeked bytes relayed untouched"
+    );
     assert_eq!(&back[hello.len()..], b"after-hello");
     assert_eq!((ca.get(), cb.get()), (0, 1));
     drop(c);
@@ -105,9 +112,15 @@ async fn tcp_idle_timeout_closes_quiet_connection() {
     // ...then silence closes it.
     let t0 = Instant::now();
     let mut b = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut b)).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut b))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)));
-    assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
     p.wait_lines(1).await;
 }
 
@@ -128,7 +141,10 @@ async fn tcp_max_connection_duration_closes_with_dt() {
             break;
         }
         let mut b = [0u8; 1];
-        match tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(2), c.read(&mut b))
+            .await
+            .unwrap()
+        {
             Ok(1) => {}
             _ => {
                 closed = true;
@@ -154,13 +170,37 @@ async fn http_max_connection_duration_rotates_upstream_connections() {
     .await;
     let port = p.addr("l").port();
     let url = format!("http://127.0.0.1:{port}/");
-    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
-    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(
+        curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+            .await
+            .stdout,
+        "200"
+    );
+    assert_eq!(
+        curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+            .await
+            .stdout,
+        "200"
+    );
     assert_eq!(conns.get(), 1, "reused within the duration");
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
-    assert_eq!(conns.get(), 2, "a new connection after maxConnectionDuration");
-    assert_eq!(p.proxy.stats().get("cluster.hb.upstream_cx_max_duration_reached"), 1);
+    assert_eq!(
+        curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+            .await
+            .stdout,
+        "200"
+    );
+    assert_eq!(
+        conns.get(),
+        2,
+        "a new connection after maxConnectionDuration"
+    );
+    assert_eq!(
+        p.proxy
+            .stats()
+            .get("cluster.hb.upstream_cx_max_duration_reached"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -173,11 +213,24 @@ async fn http_upstream_idle_timeout_closes_pooled_connection() {
     }))
     .await;
     let url = format!("http://127.0.0.1:{}/", p.addr("l").port());
-    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(
+        curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+            .await
+            .stdout,
+        "200"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(p.proxy.stats().get("cluster.hb.upstream_cx_idle_timeout"), 1);
+    assert_eq!(
+        p.proxy.stats().get("cluster.hb.upstream_cx_idle_timeout"),
+        1
+    );
     assert_eq!(p.proxy.stats().get("cluster.hb.upstream_cx_active"), 0);
-    assert_eq!(curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url])).await.stdout, "200");
+    assert_eq!(
+        curl(&s(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+            .await
+            .stdout,
+        "200"
+    );
     assert_eq!(conns.get(), 2);
 }
 

@@ -575,3 +575,200 @@ async fn tls_origination_simple_and_istio_mutual() {
     assert_eq!(fields(wrong)[3], "UF");
     assert!(fields(wrong)[6].starts_with("\"TLS_error"), "{wrong}");
 }
+
+/// A TLS client (rustls) trusting `ca`; returns the stream and the server's leaf certificate.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca: &Ca,
+    sni: &str,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let leaf = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (s, leaf)
+}
+
+#[tokio::test]
+async fn certificate_rotation_applies_to_new_handshakes_only() {
+    let ca = Ca::new("gw-root");
+    let (echo, _) = echo_backend().await;
+    let cfg = |cert: &(String, String)| {
+        json!({
+            "listeners": [{"name": "tls", "address": "127.0.0.1:0", "filterChains": [
+                {"tls": {"mode": "SIMPLE", "certificates": ["kubernetes://cred"]}, "action": {"tcpProxy": {"cluster": "echo"}}}]}],
+            "clusters": [{"name": "echo", "endpoints": [ep(echo)]}],
+            "secrets": [cert_secret("kubernetes://cred", cert)]
+        })
+    };
+    let first = ca.leaf(&["app.example"], &[]);
+    let p = start(cfg(&first)).await;
+    let addr = p.addr("tls");
+    let (mut old, leaf1) = tls_connect(addr, &ca, "app.example").await;
+    let second = ca.leaf(&["app.example"], &[]);
+    p.proxy
+        .update(serde_json::from_value(cfg(&second)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(p.addr("tls"), addr, "same listener keeps serving");
+    let (_new, leaf2) = tls_connect(addr, &ca, "app.example").await;
+    assert_ne!(
+        leaf1, leaf2,
+        "new handshake presents the rotated certificate"
+    );
+    old.write_all(b"still").await.unwrap();
+    let mut b = [0u8; 5];
+    old.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"still", "open connection keeps working");
+}
+
+#[tokio::test]
+async fn certificate_chosen_by_sni_among_servers_on_one_chain() {
+    let ca = Ca::new("gw-root");
+    let (echo, _) = echo_backend().await;
+    let a = ca.leaf(&["a.example"], &[]);
+    let b = ca.leaf(&["*.b.example"], &[]);
+    let p = start(json!({
+        "listeners": [{"name": "tls", "address": "127.0.0.1:0", "filterChains": [
+            {"tls": {"mode": "SIMPLE", "certificates": ["a", "b"]}, "action": {"tcpProxy": {"cluster": "echo"}}}]}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}],
+        "secrets": [cert_secret("a", &a), cert_secret("b", &b)]
+    }))
+    .await;
+    let (_s1, l1) = tls_connect(p.addr("tls"), &ca, "a.example").await;
+    let (_s2, l2) = tls_connect(p.addr("tls"), &ca, "x.b.example").await;
+    let pem_der = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(l1, pem_der(&a.0));
+    assert_eq!(l2, pem_der(&b.0));
+}
+
+#[tokio::test]
+async fn istio_mutual_tcp_records_peer_principal_inbound() {
+    let ca = Ca::new("mesh-root");
+    let (echo, _) = echo_backend().await;
+    let server = ca.leaf(&[], &["spiffe://cluster.local/ns/default/sa/reviews"]);
+    let p = start(json!({
+        "node": {"workloadName": "reviews-v1", "namespace": "default", "principal": "spiffe://cluster.local/ns/default/sa/reviews"},
+        "listeners": [{"name": "virtualInbound", "address": "127.0.0.1:0", "direction": "INBOUND", "filterChains": [
+            {"tls": {"mode": "ISTIO_MUTUAL", "certificates": ["default"], "validation": "ROOTCA", "trustDomains": ["cluster.local"]},
+             "action": {"tcpProxy": {"cluster": "inbound|9080||"}}}]}],
+        "clusters": [{"name": "inbound|9080||", "endpoints": [ep(echo)]},
+                     {"name": "out", "endpoints": [{"address": "127.0.0.1", "port": 1}],
+                      "tls": {"mode": "ISTIO_MUTUAL", "certificate": "default", "validation": "ROOTCA"}}],
+        "secrets": [cert_secret("default", &server), ca_secret("ROOTCA", &ca)]
+    }))
+    .await;
+    // A mesh client with its own SVID from the same root.
+    let client = ca.leaf(&[], &["spiffe://cluster.local/ns/default/sa/productpage"]);
+    let (chain, key) = (client.0.clone(), client.1.clone());
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+    let tcp = TcpStream::connect(p.addr("virtualInbound")).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(
+        "outbound_.9080_._.reviews.default.svc.cluster.local",
+    )
+    .unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    p.wait_lines(1).await;
+    let prom = admin_get(&p, "/stats/prometheus").await;
+    let l = prom
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        .unwrap();
+    assert!(l.contains("reporter=\"destination\""), "{l}");
+    assert!(
+        l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\""),
+        "{l}"
+    );
+    assert!(
+        l.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews\""),
+        "{l}"
+    );
+    assert!(l.contains("destination_workload=\"reviews-v1\""), "{l}");
+    assert!(
+        l.contains("connection_security_policy=\"mutual_tls\""),
+        "{l}"
+    );
+}
+
+/// Test-only verifier: the mesh client does not check the server in this test.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
