@@ -1,6 +1,8 @@
 //! The `isthmus` command line: kubectl/istioctl habits (`-f`, `-n`, `-o`), exit codes
 //! 0 ok, 1 invalid input or failed check, 2 usage error.
 
+mod echo;
+mod proxy;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,10 @@ struct Cli {
 enum Command {
     /// Validate manifests exactly as the CRD schemas and Istio's webhook would.
     Validate(validate::Args),
+    /// Run one proxy (sidecar or gateway) from its config.
+    Proxy(proxy::Args),
+    /// Built-in HTTP/HTTPS test server that answers with what it saw.
+    Echo(echo::Args),
 }
 
 /// Common input flags: `-f` paths (files, directories, `-` for stdin).
@@ -36,9 +42,15 @@ pub struct InputArgs {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Echo(args) => echo::run(args),
     };
     match result {
         Ok(code) => code,
