@@ -276,8 +276,15 @@ pub fn translate_http(ctx: &mut Ctx, vs: &VirtualServiceConfig, rc: &RouteCtx, d
             let catch_all = is_catch_all(&r.r#match);
             out.push(r);
             if catch_all {
-                if i + 1 < vs.spec.http.len() {
-                    ctx.diags.push(diag(&vs.meta, Severity::Info, "RoutesAfterCatchAll", Some("spec.http"), format!("http[{i}] matches every request; the {} route(s) after it are never used", vs.spec.http.len() - i - 1)));
+                let shadowed = vs.spec.http[i + 1..].iter().filter(|later| {
+                    if later.matches.is_empty() {
+                        vs_gateways(vs).iter().any(|g| rc.gateways.contains(g))
+                    } else {
+                        later.matches.iter().any(|m| match_applies(ctx, vs, m, rc))
+                    }
+                }).count();
+                if shadowed > 0 {
+                    ctx.diags.push(diag(&vs.meta, Severity::Info, "RoutesAfterCatchAll", Some("spec.http"), format!("http[{i}] matches every request; the {shadowed} route(s) after it that apply here (port {}) are never used", rc.port)));
                 }
                 return (out, true);
             }

@@ -162,9 +162,6 @@ fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain>
                 return out;
             }
         }
-        if p.protocol.is_tls() && !vs.spec.http.is_empty() && vs.spec.tls.is_empty() {
-            ctx.diags.push(diag(&vs.meta, Severity::Info, "HttpRoutesOnTlsPort", Some("spec.http"), format!("port {} of {} is {}; `http` routes do not apply to it on sidecars (use `tls` routes with sniHosts)", p.port, svc.hostname, p.protocol.as_str())));
-        }
     }
     // Idle timeout from the DR's tcp.idleTimeout applies to the tcp_proxy.
     let mut t = TcpProxy { stat_prefix: own.clone(), cluster: Some(own.clone()), ..Default::default() };
@@ -213,9 +210,12 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
         }
         for h in &vs.spec.hosts {
             let svc = ctx.service(h);
-            match svc {
-                Some(s) if !s.port(port).is_some_and(|p| p.protocol.is_http()) => continue,
-                _ => {}
+            // A service without this HTTP port still gets a vhost here when a route names the
+            // port explicitly (seed 001: the SE declares 443 only, the mesh leg matches port 80).
+            let explicit_port = vs.spec.http.iter().any(|r| r.matches.iter().any(|m| m.port == Some(port)));
+            let svc_has_port = svc.is_some_and(|s| s.port(port).is_some_and(|p| p.protocol.is_http()));
+            if svc.is_some() && !svc_has_port && !explicit_port {
+                continue;
             }
             if svc.is_none() && !h.starts_with('*') && ctx.snap.services_by_host(h).next().is_some() {
                 continue; // a service exists but is outside this proxy's scope
@@ -225,7 +225,7 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
                 continue;
             }
             let (routes, _) = translate_http(ctx, vs, &rctx, port);
-            if svc.is_none() && routes.is_empty() {
+            if (svc.is_none() || !svc_has_port) && routes.is_empty() {
                 continue;
             }
             claimed.insert(h.clone());
