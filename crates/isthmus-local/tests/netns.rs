@@ -405,6 +405,29 @@ fn alive(pid: i32) -> bool {
     true
 }
 
+/// Waits (up to 20 s) until the container's status satisfies `pred`.
+async fn wait_status(
+    c: &process::Supervised,
+    pred: impl Fn(&process::ContainerStatus) -> bool,
+) -> process::ContainerStatus {
+    let mut w = c.watch();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            {
+                let s = w.borrow_and_update();
+                if pred(&s) {
+                    return s.clone();
+                }
+            }
+            if w.changed().await.is_err() {
+                return w.borrow().clone();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("status not reached in time: {:?}", c.status()))
+}
+
 fn spec(name: &str, argv: &[&str]) -> process::ContainerSpec {
     process::ContainerSpec {
         name: name.to_string(),
@@ -798,10 +821,12 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
         fast,
     )
     .expect("start");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let n = never.status();
+    let never_done = wait_status(&never, |s| {
+        matches!(s.state, process::ContainerState::Terminated { .. })
+    })
+    .await;
     assert_eq!(
-        (n.restarts, n.state.clone()),
+        (never_done.restarts, never_done.state),
         (
             0,
             process::ContainerState::Terminated {
@@ -810,10 +835,14 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
             }
         )
     );
-    assert!(on_fail.status().restarts >= 2, "{:?}", on_fail.status());
-    let o = ok_once.status();
+    let failing = wait_status(&on_fail, |s| s.restarts >= 2).await;
+    assert_eq!(failing.last_exit_code, Some(4));
+    let o = wait_status(&ok_once, |s| {
+        matches!(s.state, process::ContainerState::Terminated { .. })
+    })
+    .await;
     assert_eq!(
-        (o.restarts, o.state.clone()),
+        (o.restarts, o.state),
         (
             0,
             process::ContainerState::Terminated {
@@ -822,6 +851,16 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
             }
         )
     );
+    // Always restarts even after a clean exit.
+    let always = process::Supervised::start(
+        sb.clone(),
+        spec("always", &["true"]),
+        process::RestartPolicy::Always,
+        fast,
+    )
+    .expect("start");
+    assert!(wait_status(&always, |s| s.restarts >= 2).await.restarts >= 2);
+    drop(always);
     drop(on_fail);
     // A spec naming an unknown volume is rejected up front.
     let mut bad = spec("bad", &["true"]);
