@@ -102,6 +102,8 @@ pub struct ClusterRuntime {
     pub cx_active: AtomicI64,
     pub rq_active: AtomicI64,
     pub rq_pending: AtomicI64,
+    /// Concurrent retries (the `maxRetries` breaker).
+    pub retries_active: AtomicI64,
     pub pool: crate::pool::Pool,
 }
 
@@ -146,6 +148,7 @@ impl ClusterRuntime {
             cx_active: AtomicI64::new(0),
             rq_active: AtomicI64::new(0),
             rq_pending: AtomicI64::new(0),
+            retries_active: AtomicI64::new(0),
             pool: crate::pool::Pool::default(),
         }
     }

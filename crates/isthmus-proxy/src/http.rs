@@ -38,18 +38,112 @@ pub async fn serve(
     ctx: ConnCtx,
     io: Box<dyn Upstream>,
     routes: Arc<RoutesRt>,
-    _idle: Option<Duration>,
+    idle: Option<Duration>,
 ) {
     let ctx = Arc::new(ctx);
+    let act = Arc::new(Activity::default());
+    let act2 = act.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         let routes = routes.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, routes, req).await) }
+        let act = act2.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, routes, req, act).await) }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().keep_alive(true);
-    if let Err(e) = b.serve_connection(TokioIo::new(io), svc).await {
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // HCM idle timeout: close (gracefully) once no stream has been active for `idle`.
+    let idle = idle.unwrap_or(DEFAULT_HTTP_IDLE);
+    let res = loop {
+        let seen = act.generation.load(Ordering::Acquire);
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = tokio::time::sleep(idle) => {
+                if act.active.load(Ordering::Acquire) == 0 && act.generation.load(Ordering::Acquire) == seen {
+                    tracing::debug!("downstream HTTP connection idle; closing");
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = res {
         tracing::debug!(error = %e, "downstream HTTP connection ended with error");
+    }
+}
+
+/// Envoy's default HCM idle timeout (1h).
+pub const DEFAULT_HTTP_IDLE: Duration = Duration::from_secs(3600);
+
+/// Streams in flight on one downstream connection (for the idle timeout).
+#[derive(Default)]
+pub struct Activity {
+    active: std::sync::atomic::AtomicI64,
+    generation: AtomicU64,
+}
+
+struct ActiveStream(Arc<Activity>);
+
+impl ActiveStream {
+    fn new(a: Arc<Activity>) -> Self {
+        a.active.fetch_add(1, Ordering::AcqRel);
+        a.generation.fetch_add(1, Ordering::AcqRel);
+        ActiveStream(a)
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// One slot of the cluster's `maxRetries` breaker (concurrent retries), held until the
+/// request finishes; beyond the limit Envoy skips the retry and counts `upstream_rq_retry_overflow`.
+struct RetryBudget {
+    cluster: Arc<ClusterRuntime>,
+    held: bool,
+}
+
+impl RetryBudget {
+    fn take(&mut self) -> bool {
+        if self.held {
+            return true;
+        }
+        let max = self.cluster.spec.circuit_breakers.max_retries as i64;
+        if self.cluster.retries_active.fetch_add(1, Ordering::AcqRel) >= max {
+            self.cluster.retries_active.fetch_sub(1, Ordering::AcqRel);
+            self.cluster.inc("upstream_rq_retry_overflow");
+            return false;
+        }
+        self.held = true;
+        true
+    }
+}
+
+impl Drop for RetryBudget {
+    fn drop(&mut self) {
+        if self.held {
+            self.cluster.retries_active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Counts a request on a host (least-request balancing, `/clusters` rq_active/rq_total).
+struct HostRq(Arc<crate::cluster::Host>);
+
+impl HostRq {
+    fn new(h: Arc<crate::cluster::Host>) -> Self {
+        h.rq_active.fetch_add(1, Ordering::AcqRel);
+        h.rq_total.fetch_add(1, Ordering::Relaxed);
+        HostRq(h)
+    }
+}
+
+impl Drop for HostRq {
+    fn drop(&mut self) {
+        self.0.rq_active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -128,6 +222,7 @@ struct Finisher {
     received: Arc<AtomicU64>,
     cluster: Option<Arc<ClusterRuntime>>,
     _rq: Option<RqGuard>,
+    _stream: ActiveStream,
 }
 
 impl Finisher {
@@ -194,7 +289,11 @@ impl Body for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let Some(f) = self.fin.take() {
+        if let Some(mut f) = self.fin.take() {
+            if !self.inner.is_end_stream() {
+                // The downstream went away before the response was complete.
+                f.entry.add_flag("DC");
+            }
             f.finish(self.sent);
         }
     }
@@ -282,8 +381,10 @@ async fn handle(
     ctx: Arc<ConnCtx>,
     routes: Arc<RoutesRt>,
     req: Request<Incoming>,
+    act: Arc<Activity>,
 ) -> Response<RespBody> {
     let started = Instant::now();
+    let stream = ActiveStream::new(act);
     let (mut parts, body) = req.into_parts();
     let received = Arc::new(AtomicU64::new(0));
     let authority = parts
@@ -340,6 +441,7 @@ async fn handle(
             received: received.clone(),
             cluster,
             _rq: rq,
+            _stream: stream,
         };
     let route = routes
         .vhost(&authority)
@@ -510,6 +612,10 @@ async fn forward(
     e: &mut LogEntry,
 ) -> Result<Response<RespBody>, (u16, &'static str)> {
     let max_attempts = 1 + retry.num_retries;
+    let mut budget = RetryBudget {
+        cluster: cluster.clone(),
+        held: false,
+    };
     let mut attempt = 0;
     let st = |s: &str| crate::cluster::stat(cluster.name(), s);
     loop {
@@ -533,6 +639,7 @@ async fn forward(
             }
         };
         e.upstream_host = Some(addr);
+        let _host_rq = HostRq::new(host.clone());
         let acquired = match remaining {
             Some(r) => {
                 match tokio::time::timeout(r, pool::acquire(cluster, &host, addr, Some(r))).await {
@@ -553,7 +660,7 @@ async fn forward(
             Err(err) => {
                 cluster.record_result(&host, 503);
                 e.upstream_transport_failure_reason = err.transport_reason();
-                if !last && retriable_connect(retry) {
+                if !last && retriable_connect(retry) && budget.take() {
                     cluster.stats.inc(&st("upstream_rq_retry"), 1);
                     continue;
                 }
@@ -625,6 +732,7 @@ async fn forward(
                         || retry_on(retry, "gateway-error")
                         || retry_on(retry, "reset"))
                     && matches!(body, BodySrc::Buffered(_))
+                    && budget.take()
                 {
                     cluster.stats.inc(&st("upstream_rq_retry"), 1);
                     cluster.stats.inc(&st("upstream_rq_per_try_timeout"), 1);
@@ -640,7 +748,7 @@ async fn forward(
                 let retriable = retry_on(retry, "reset")
                     || retry_on(retry, "5xx")
                     || retry_on(retry, "gateway-error");
-                if !last && retriable && matches!(body, BodySrc::Buffered(_)) {
+                if !last && retriable && matches!(body, BodySrc::Buffered(_)) && budget.take() {
                     cluster.stats.inc(&st("upstream_rq_retry"), 1);
                     continue;
                 }
@@ -658,7 +766,7 @@ async fn forward(
                     .stats
                     .inc(&st(&format!("upstream_rq_{}xx", status / 100)), 1);
                 if retriable_status(retry, status) && retry.num_retries > 0 {
-                    if !last && matches!(body, BodySrc::Buffered(_)) {
+                    if !last && matches!(body, BodySrc::Buffered(_)) && budget.take() {
                         cluster.stats.inc(&st("upstream_rq_retry"), 1);
                         drop(resp);
                         continue;

@@ -535,3 +535,149 @@ async fn admin_endpoints() {
         .await
         .expect("quitquitquit stops the proxy");
 }
+
+#[tokio::test]
+async fn downstream_http_idle_timeout_closes_keepalive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (hb, _) = http_backend("httpbin").await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [{"action": {"http": {"idleTimeout": "300ms",
+            "routeConfig": {"virtualHosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": HB}}]}]}}}}]}],
+        "clusters": [httpbin_cluster(hb)]
+    }))
+    .await;
+    let mut c = tokio::net::TcpStream::connect(p.addr("l")).await.unwrap();
+    c.write_all(b"GET /status/200 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t0 = std::time::Instant::now();
+    // Read until EOF: the proxy closes the idle keep-alive connection.
+    let n = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return 0,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .expect("closed by idle timeout");
+    assert_eq!(n, 0);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn max_retries_breaker_skips_retries() {
+    let (hb, _) = http_backend("httpbin").await;
+    let mut c = httpbin_cluster(hb);
+    c["circuitBreakers"] = json!({"maxRetries": 0});
+    let p = start(http_cfg(
+        json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": HB,
+            "retryPolicy": {"numRetries": 3, "retryOn": "5xx"}}}]}]),
+        json!([c]),
+    ))
+    .await;
+    let port = p.addr("0.0.0.0_8080").port();
+    assert_eq!(get_code(port, "a.example", "/status/500", &[]).await, 500);
+    p.wait_lines(1).await;
+    assert_eq!(
+        p.proxy
+            .stats()
+            .get(&format!("cluster.{HB}.upstream_rq_retry")),
+        0
+    );
+    assert_eq!(
+        p.proxy
+            .stats()
+            .get(&format!("cluster.{HB}.upstream_rq_retry_overflow")),
+        1
+    );
+    assert_eq!(
+        p.proxy
+            .stats()
+            .get(&format!("cluster.{HB}.upstream_rq_500")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn access_log_written_to_configured_file() {
+    let (hb, _) = http_backend("httpbin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let mut cfg = http_cfg(
+        json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": HB}}]}]),
+        json!([httpbin_cluster(hb)]),
+    );
+    cfg["accessLog"] = json!({"path": path.to_str().unwrap(), "encoding": "TEXT"});
+    let cfg: isthmus_proxy::ProxyConfig = serde_json::from_value(cfg).unwrap();
+    let mut o = isthmus_proxy::ProxyOptions::new(cfg);
+    o.admin_addr = None;
+    let proxy = isthmus_proxy::Proxy::start(o).await.unwrap();
+    let port = proxy.listener_addr("0.0.0.0_8080").unwrap().port();
+    assert_eq!(get_code(port, "a.example", "/status/200", &[]).await, 200);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let f = fields(text.lines().next().unwrap());
+    assert_eq!(f[1], "\"GET /status/200 HTTP/1.1\"");
+    assert_eq!(f[2], "200");
+    assert_eq!(f[16], HB);
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn run_proxy_loads_json_file_and_stops_on_quitquitquit() {
+    let (hb, _) = http_backend("httpbin").await;
+    let free = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (lport, admin) = (free(()).port(), free(()));
+    let mut cfg = http_cfg(
+        json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": HB}}]}]),
+        json!([httpbin_cluster(hb)]),
+    );
+    cfg["listeners"][0]["address"] = json!(format!("127.0.0.1:{lport}"));
+    let file = temp_file(&cfg.to_string());
+    let loaded = isthmus_proxy::load_config_file(file.path()).unwrap();
+    let mut o = isthmus_proxy::ProxyOptions::new(loaded);
+    o.admin_addr = Some(admin);
+    let task = tokio::spawn(isthmus_proxy::run_proxy(o));
+    let mut ready = String::new();
+    for _ in 0..100 {
+        ready = curl(&[format!("http://{admin}/ready")]).await.stdout;
+        if ready == "LIVE\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, "LIVE\n");
+    assert_eq!(get_code(lport, "a.example", "/status/200", &[]).await, 200);
+    curl(&s(&["-X", "POST", &format!("http://{admin}/quitquitquit")])).await;
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("run_proxy returns")
+        .unwrap()
+        .unwrap();
+    let bad = temp_file("{\"listeners\": 5}");
+    let err = isthmus_proxy::load_config_file(bad.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("invalid proxy config JSON"),
+        "{err}"
+    );
+}
