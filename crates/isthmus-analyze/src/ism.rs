@@ -1,3 +1,564 @@
-//! isthmus's own analyzers (codes ISM0001+).
-use crate::Analyzer;
-pub(crate) static ALL: &[Analyzer] = &[];
+//! isthmus's own analyzers (codes ISM0001+): the traps the seed guide found by hand on a live
+//! cluster, each silent in Istio. Every message says what happens and how to fix it. The Istio
+//! semantics they rely on are documented in shared/reference/istio-semantics.md §1–§4
+//! (DestinationRule merge and lookup, traffic-policy layering, credentialName on sidecars,
+//! gateway route binding).
+
+use crate::ctx::{
+    export_to_all, fmt_full_name, full_name, full_name_from_fqdn, host_to_fqdn, ns_of,
+    short_or_full, Ctx,
+};
+use crate::istio::{gateway_hosts_for, route_destinations};
+use crate::messages::{self as mt, Arg};
+use crate::{Analyzer, Message};
+use isthmus_api::istio::{ClientTlsSettings, DestinationRule, TrafficPolicy};
+use isthmus_api::validation::checks::host;
+use isthmus_api::{Kind, Object};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(crate) static ALL: &[Analyzer] = &[
+    Analyzer {
+        name: "isthmus.MergedDestinationRulesAnalyzer",
+        codes: &["ISM0001"],
+        run: merged_destination_rules,
+    },
+    Analyzer {
+        name: "isthmus.DestinationRuleHostAnalyzer",
+        codes: &["ISM0002"],
+        run: dr_host_matches_no_service,
+    },
+    Analyzer {
+        name: "isthmus.SidecarCredentialNameAnalyzer",
+        codes: &["ISM0003"],
+        run: credential_name_on_sidecars,
+    },
+    Analyzer {
+        name: "isthmus.PortLevelSettingsAnalyzer",
+        codes: &["ISM0004"],
+        run: port_level_wipes_top_level,
+    },
+    Analyzer {
+        name: "isthmus.AppliedSubsetAnalyzer",
+        codes: &["ISM0005"],
+        run: subset_in_applied_dr,
+    },
+    Analyzer {
+        name: "isthmus.TlsRouteOnTerminatingServerAnalyzer",
+        codes: &["ISM0006"],
+        run: tls_route_on_terminating_server,
+    },
+];
+
+fn with_fix(mut m: Message, fix: &str) -> Message {
+    m.fix = Some(fix.to_string());
+    m
+}
+
+fn has_selector(o: &Object) -> bool {
+    o.raw
+        .pointer("/spec/workloadSelector")
+        .is_some_and(|v| !v.is_null())
+}
+
+/// `ResolveShortnameToFQDN`: a host without a dot is qualified with the DR's namespace.
+fn resolve_host(ns: &str, h: &str) -> String {
+    if h == "*" || h.contains('.') {
+        h.to_string()
+    } else {
+        format!("{h}.{ns}.svc.cluster.local")
+    }
+}
+
+/// Istio's DR order (`sortConfigBySelectorAndCreationTime`): selector DRs first, then oldest
+/// creationTimestamp, then name, then namespace. Objects read from files carry no timestamp,
+/// as objects applied in one `kubectl apply` share one second: name order decides.
+fn dr_order(o: &Object) -> (bool, String, String, String) {
+    (
+        !has_selector(o),
+        o.meta.creation_timestamp.clone().unwrap_or_default(),
+        o.name().to_string(),
+        ns_of(o).to_string(),
+    )
+}
+
+fn sorted_drs<'a>(c: &Ctx<'a>) -> Vec<(&'a Object, &'a DestinationRule)> {
+    let mut v: Vec<(&Object, &DestinationRule)> = c
+        .of(Kind::DestinationRule)
+        .filter_map(|o| o.as_destination_rule().map(|d| (o, d)))
+        .collect();
+    v.sort_by_key(|(o, _)| dr_order(o));
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0001: several DestinationRules for one host merge; the oldest top-level policy wins.
+
+struct Merged<'a> {
+    winner: &'a Object,
+    export: BTreeSet<String>,
+    has_policy: bool,
+    subsets: BTreeSet<String>,
+}
+
+fn merged_destination_rules(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let mut groups: BTreeMap<(String, String), Vec<Merged<'_>>> = BTreeMap::new();
+    for (o, dr) in sorted_drs(c) {
+        if has_selector(o) {
+            continue;
+        }
+        let ns = ns_of(o).to_string();
+        let h = resolve_host(&ns, &dr.host);
+        let export: BTreeSet<String> = dr.export_to.iter().cloned().collect();
+        let subsets: Vec<String> = dr.subsets.iter().map(|s| s.name.clone()).collect();
+        let has_policy = dr.traffic_policy.is_some();
+        let entries = groups.entry((ns, h.clone())).or_default();
+        let mut append_separately = true;
+        let mut losses = Vec::new();
+        let mut winner_name = None;
+        for m in entries.iter_mut() {
+            let equal = m.export == export;
+            let superset = !m.export.is_empty() && export.is_superset(&m.export);
+            if !equal && !superset {
+                continue;
+            }
+            append_separately = !equal;
+            winner_name.get_or_insert_with(|| full_name(m.winner));
+            if has_policy {
+                if m.has_policy {
+                    losses.push("its top-level trafficPolicy is ignored".to_string());
+                } else {
+                    m.has_policy = true;
+                }
+            }
+            for s in &subsets {
+                if !m.subsets.insert(s.clone()) {
+                    losses.push(format!("its subset {s:?} is ignored (the older rule's subset of that name is used)"));
+                }
+            }
+        }
+        if let Some(w) = winner_name {
+            if !losses.is_empty() {
+                out.push(with_fix(
+                    c.msg(o, &mt::ISM_MERGED_DESTINATION_RULES, &[full_name(o).into(), w.into(), h.into(), losses.join("; ").into()], Some("spec.host".into())),
+                    "merge them into one DestinationRule per host and namespace (or give per-client policies a workloadSelector); a newer rule never overrides the older one's trafficPolicy",
+                ));
+            }
+        }
+        if append_separately {
+            entries.push(Merged {
+                winner: o,
+                export,
+                has_policy,
+                subsets: subsets.into_iter().collect(),
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0002: a DestinationRule host that matches no service (`dr: null` in the seed).
+
+/// Every service host in the mesh with the namespace that declares it.
+fn service_hosts(c: &Ctx<'_>) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for o in c.of(Kind::Service) {
+        v.push((host_to_fqdn(ns_of(o), o.name()), ns_of(o).to_string()));
+    }
+    for o in c.of(Kind::ServiceEntry) {
+        if let Some(se) = o.as_service_entry() {
+            for h in &se.hosts {
+                v.push((host_to_fqdn(ns_of(o), h), ns_of(o).to_string()));
+            }
+        }
+    }
+    v
+}
+
+fn dr_host_matches_no_service(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let services = service_hosts(c);
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        let ns = ns_of(o);
+        let h = resolve_host(ns, &dr.host);
+        if h == "*" || services.iter().any(|(s, _)| host::matches(&h, s)) {
+            continue;
+        }
+        // A likely intended host: a service with the same first label elsewhere.
+        let first = dr.host.split('.').next().unwrap_or("");
+        let hint = services
+            .iter()
+            .find(|(s, _)| !first.is_empty() && s.split('.').next() == Some(first))
+            .map(|(s, _)| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        out.push(with_fix(
+            c.msg(o, &mt::ISM_DR_HOST_MATCHES_NO_SERVICE, &[h.into(), ns.into(), hint.into()], Some("spec.host".into())),
+            "use the exact FQDN of a Service (name.namespace.svc.cluster.local) or a ServiceEntry host; a short name resolves in the DestinationRule's own namespace",
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0003: credentialName on a DestinationRule without workloadSelector is ignored by sidecars.
+
+/// Every client TLS block of a DR with its location.
+fn tls_blocks(dr: &DestinationRule) -> Vec<(String, &ClientTlsSettings)> {
+    fn of_policy<'a>(
+        prefix: &str,
+        tp: &'a TrafficPolicy,
+        out: &mut Vec<(String, &'a ClientTlsSettings)>,
+    ) {
+        if let Some(t) = &tp.tls {
+            out.push((format!("{prefix}.tls"), t));
+        }
+        for (i, p) in tp.port_level_settings.iter().enumerate() {
+            if let Some(t) = &p.tls {
+                out.push((format!("{prefix}.portLevelSettings[{i}].tls"), t));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(tp) = &dr.traffic_policy {
+        of_policy("spec.trafficPolicy", tp, &mut out);
+    }
+    for (j, s) in dr.subsets.iter().enumerate() {
+        if let Some(tp) = &s.traffic_policy {
+            of_policy(&format!("spec.subsets[{j}].trafficPolicy"), tp, &mut out);
+        }
+    }
+    out
+}
+
+fn credential_name_on_sidecars(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        if has_selector(o) {
+            continue;
+        }
+        for (field, t) in tls_blocks(dr) {
+            let cn = t.credential_name.as_deref().unwrap_or("");
+            if matches!(t.mode(), "SIMPLE" | "MUTUAL")
+                && !cn.is_empty()
+                && !cn.starts_with("configmap://")
+            {
+                let what = field.trim_start_matches("spec.").to_string();
+                out.push(with_fix(
+                    c.msg(o, &mt::ISM_CREDENTIAL_NAME_IGNORED_ON_SIDECARS, &[what.into(), cn.into()], Some(format!("{field}.credentialName"))),
+                    "if sidecars originate this TLS, give the DestinationRule a workloadSelector for them (exportTo: [\".\"]) or reference mounted files (clientCertificate/privateKey/caCertificates); if only a gateway uses it, select the gateway pods",
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0004: a portLevelSettings entry replaces the whole policy for its port.
+
+fn blocks_of_policy(tp: &TrafficPolicy, with_l4: bool) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if tp.connection_pool.is_some() {
+        v.push("connectionPool");
+    }
+    if tp.load_balancer.is_some() {
+        v.push("loadBalancer");
+    }
+    if tp.outlier_detection.is_some() {
+        v.push("outlierDetection");
+    }
+    if tp.tls.is_some() {
+        v.push("tls");
+    }
+    if with_l4 && tp.tunnel.is_some() {
+        v.push("tunnel");
+    }
+    if with_l4 && tp.proxy_protocol.is_some() {
+        v.push("proxyProtocol");
+    }
+    v
+}
+
+fn blocks_of_port(p: &isthmus_api::istio::PortTrafficPolicy) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if p.connection_pool.is_some() {
+        v.push("connectionPool");
+    }
+    if p.load_balancer.is_some() {
+        v.push("loadBalancer");
+    }
+    if p.outlier_detection.is_some() {
+        v.push("outlierDetection");
+    }
+    if p.tls.is_some() {
+        v.push("tls");
+    }
+    v
+}
+
+fn port_level_wipes_top_level(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let fix = "repeat the blocks you want to keep inside the portLevelSettings entry (no field is inherited from the level above)";
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        let top = dr.traffic_policy.as_ref();
+        let top_blocks: Vec<&str> = top.map(|t| blocks_of_policy(t, true)).unwrap_or_default();
+        let mut check =
+            |prefix: String,
+             level: &str,
+             above: &[&str],
+             entries: &[isthmus_api::istio::PortTrafficPolicy]| {
+                for (i, p) in entries.iter().enumerate() {
+                    let Some(port) = &p.port else { continue };
+                    let set = blocks_of_port(p);
+                    let lost: Vec<&str> =
+                        above.iter().copied().filter(|b| !set.contains(b)).collect();
+                    if lost.is_empty() {
+                        continue;
+                    }
+                    let only = if set.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        set.join(" and ")
+                    };
+                    let verb = if lost.len() == 1 { "is" } else { "are" };
+                    let field = format!("{prefix}.portLevelSettings[{i}]");
+                    out.push(with_fix(
+                        c.msg(
+                            o,
+                            &mt::ISM_PORT_LEVEL_WIPES_TOP_LEVEL,
+                            &[
+                                field.trim_start_matches("spec.").to_string().into(),
+                                Arg::Int(i64::from(port.number)),
+                                only.into(),
+                                level.into(),
+                                lost.join(", ").into(),
+                                verb.into(),
+                            ],
+                            Some(field),
+                        ),
+                        fix,
+                    ));
+                }
+            };
+        if let Some(tp) = top {
+            check(
+                "spec.trafficPolicy".into(),
+                "destination",
+                &top_blocks,
+                &tp.port_level_settings,
+            );
+        }
+        for (j, s) in dr.subsets.iter().enumerate() {
+            let Some(stp) = &s.traffic_policy else {
+                continue;
+            };
+            // A subset port entry replaces the four blocks for that port, including those the
+            // subset would otherwise inherit from the destination level.
+            let mut above: Vec<&str> = top_blocks
+                .iter()
+                .copied()
+                .filter(|b| !matches!(*b, "tunnel" | "proxyProtocol"))
+                .collect();
+            for b in blocks_of_policy(stp, false) {
+                if !above.contains(&b) {
+                    above.push(b);
+                }
+            }
+            check(
+                format!("spec.subsets[{j}].trafficPolicy"),
+                "destination and subset",
+                &above,
+                &stp.port_level_settings,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0005: a route's subset must exist in the DestinationRule that actually applies.
+
+/// Is a DR in its namespace visible to clients of the same namespace (`namespaceLocal`)?
+fn local_visible(o: &Object, dr: &DestinationRule) -> bool {
+    let ns = ns_of(o);
+    dr.export_to.is_empty() || dr.export_to.iter().any(|e| e == "*" || e == "." || e == ns)
+}
+
+/// Is a DR exported to clients in `client_ns` (`exportedByNamespace` + filter)?
+fn exported_to(o: &Object, dr: &DestinationRule, client_ns: &str) -> bool {
+    let ns = ns_of(o);
+    if has_selector(o) {
+        return false;
+    }
+    let private = dr.export_to.len() == 1 && (dr.export_to[0] == "." || dr.export_to[0] == ns);
+    !private && (export_to_all(&dr.export_to) || dr.export_to.iter().any(|e| e == client_ns))
+}
+
+/// The DRs that apply to `host` for clients in `client_ns`, with Istio's precedence: client
+/// namespace, then the service's namespace, then the root namespace; most specific host match
+/// within a namespace; no merging across levels.
+fn applied_drs<'a>(
+    c: &Ctx<'a>,
+    client_ns: &str,
+    fqdn: &str,
+    service_namespaces: &[String],
+) -> Vec<&'a Object> {
+    let drs: Vec<(&Object, &DestinationRule)> = sorted_drs(c)
+        .into_iter()
+        .filter(|(o, _)| !has_selector(o))
+        .collect();
+    let pick = |ns: &str, visible: &dyn Fn(&Object, &DestinationRule) -> bool| -> Vec<&'a Object> {
+        let cands: Vec<(&Object, String)> = drs
+            .iter()
+            .filter(|(o, d)| ns_of(o) == ns && visible(o, d))
+            .map(|(o, d)| (*o, resolve_host(ns, &d.host)))
+            .filter(|(_, h)| host::subset_of(fqdn, h))
+            .collect();
+        // Most specific: exact, else the longest wildcard suffix.
+        let best = cands
+            .iter()
+            .map(|(_, h)| h.clone())
+            .max_by_key(|h| (h == fqdn, h.len()));
+        match best {
+            Some(b) => cands
+                .into_iter()
+                .filter(|(_, h)| *h == b)
+                .map(|(o, _)| o)
+                .collect(),
+            None => Vec::new(),
+        }
+    };
+    let found = pick(client_ns, &|o, d| local_visible(o, d));
+    if !found.is_empty() {
+        return found;
+    }
+    for sns in service_namespaces {
+        let found = pick(sns, &|o, d| exported_to(o, d, client_ns));
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    let root = c.mesh.root_namespace.clone();
+    pick(&root, &|o, d| exported_to(o, d, client_ns))
+}
+
+fn subset_in_applied_dr(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let services = service_hosts(c);
+    for o in c.of(Kind::VirtualService) {
+        let Some(v) = o.as_virtual_service() else {
+            continue;
+        };
+        let vs_ns = ns_of(o);
+        let mut dests: Vec<(String, &isthmus_api::istio::Destination)> = route_destinations(v);
+        for (i, h) in v.http.iter().enumerate() {
+            if let Some(m) = &h.mirror {
+                dests.push((format!("spec.http[{i}].mirror.host"), m));
+            }
+        }
+        for (field, d) in dests {
+            let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let fqdn = host_to_fqdn(vs_ns, &d.host);
+            let mut svc_ns: Vec<String> = Vec::new();
+            if let Some((ns, _)) = full_name_from_fqdn(&fqdn) {
+                svc_ns.push(ns);
+            }
+            for (h, ns) in &services {
+                if *h == fqdn && !svc_ns.contains(ns) {
+                    svc_ns.push(ns.clone());
+                }
+            }
+            let applied = applied_drs(c, vs_ns, &fqdn, &svc_ns);
+            let defined = applied
+                .iter()
+                .filter_map(|dr| dr.as_destination_rule())
+                .any(|dr| dr.subsets.iter().any(|s| s.name == subset));
+            if defined {
+                continue;
+            }
+            let which = if applied.is_empty() {
+                "no DestinationRule".to_string()
+            } else {
+                applied
+                    .iter()
+                    .map(|d| format!("DestinationRule {}", full_name(d)))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            out.push(with_fix(
+                c.msg(
+                    o,
+                    &mt::ISM_VS_SUBSET_NOT_IN_APPLIED_DR,
+                    &[fqdn.clone().into(), subset.into(), which.into(), vs_ns.into()],
+                    Some(field.replace(".host", ".subset")),
+                ),
+                "define the subset in the DestinationRule that applies (DestinationRules are not merged across namespaces: one for this host in the client namespace shadows the service namespace's), or route without the subset",
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0006: `tls` routes never match on a server that terminates TLS.
+
+fn tls_route_on_terminating_server(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::VirtualService) {
+        let Some(v) = o.as_virtual_service() else {
+            continue;
+        };
+        let vs_ns = ns_of(o);
+        for (i, r) in v.tls.iter().enumerate() {
+            let mut gws: Vec<String> = r
+                .matches
+                .iter()
+                .flat_map(|m| m.gateways.iter().cloned())
+                .collect();
+            if gws.is_empty() {
+                gws = v.gateways.clone();
+            }
+            let ports: BTreeSet<u32> = r.matches.iter().filter_map(|m| m.port).collect();
+            for g in gws.iter().filter(|g| *g != "mesh") {
+                let (gns, gname) = short_or_full(vs_ns, g);
+                let Some(gw) = c.find(Kind::Gateway, &gns, &gname) else {
+                    continue;
+                };
+                let Some(gspec) = gw.as_gateway() else {
+                    continue;
+                };
+                let visible_hosts = gateway_hosts_for(gw, vs_ns);
+                if !visible_hosts
+                    .iter()
+                    .any(|gh| v.hosts.iter().any(|vh| host::matches(gh, vh)))
+                {
+                    continue;
+                }
+                for s in &gspec.servers {
+                    let (Some(p), Some(t)) = (&s.port, &s.tls) else {
+                        continue;
+                    };
+                    if !matches!(
+                        t.mode(),
+                        "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL"
+                    ) {
+                        continue;
+                    }
+                    if !ports.is_empty() && !ports.contains(&p.number) {
+                        continue;
+                    }
+                    out.push(with_fix(
+                        c.msg(
+                            o,
+                            &mt::ISM_TLS_ROUTE_ON_TERMINATING_SERVER,
+                            &[format!("#{i}").into(), fmt_full_name(&gns, &gname).into(), Arg::Int(i64::from(p.number)), t.mode().into()],
+                            Some(format!("spec.tls[{i}]")),
+                        ),
+                        "after termination the stream is plain: use a tcp route (server protocol TLS) or an http route (HTTPS), or set the server's tls.mode to PASSTHROUGH to route on SNI",
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -281,3 +281,59 @@ mod tests {
         assert_eq!(sprintf("port %d", &[Arg::Int(80)]), "port 80");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// isthmus's own message types (ISM codes): the silent failures of the seed guide.
+
+mt!(
+    ISM_MERGED_DESTINATION_RULES,
+    "ISM0001",
+    "MergedDestinationRules",
+    Warning,
+    "DestinationRule %s is merged into %s for host %s (the older rule wins): %s."
+);
+mt!(
+    ISM_DR_HOST_MATCHES_NO_SERVICE,
+    "ISM0002",
+    "DestinationRuleHostMatchesNoService",
+    Warning,
+    "The host %s of this DestinationRule matches no Service or ServiceEntry visible to namespace %q, so its policy applies to nothing%s."
+);
+mt!(
+    ISM_CREDENTIAL_NAME_IGNORED_ON_SIDECARS,
+    "ISM0003",
+    "CredentialNameIgnoredOnSidecars",
+    Warning,
+    "%s sets credentialName %q but the DestinationRule has no workloadSelector: sidecars ignore it and send this traffic without TLS origination (only gateways honour it)."
+);
+mt!(
+    ISM_PORT_LEVEL_WIPES_TOP_LEVEL,
+    "ISM0004",
+    "PortLevelSettingsReplaceTopLevel",
+    Warning,
+    "%s for port %d sets only %s; on that port the %s level %s %s not applied, because a matching portLevelSettings entry replaces the whole policy."
+);
+mt!(
+    ISM_VS_SUBSET_NOT_IN_APPLIED_DR,
+    "ISM0005",
+    "VirtualServiceSubsetNotInAppliedDestinationRule",
+    Error,
+    "Route destination %s subset %q is not defined by %s, the DestinationRule that applies to clients in namespace %q: requests routed there fail with 503 (no cluster for the subset)."
+);
+mt!(
+    ISM_TLS_ROUTE_ON_TERMINATING_SERVER,
+    "ISM0006",
+    "TlsRouteOnTerminatingGatewayServer",
+    Warning,
+    "tls route %s is bound to Gateway %s whose server on port %d terminates TLS (mode %s); Istio applies tls routes only to PASSTHROUGH servers, so this route is never used there."
+);
+
+/// isthmus's message types.
+pub const ISM_TYPES: &[MessageType] = &[
+    ISM_MERGED_DESTINATION_RULES,
+    ISM_DR_HOST_MATCHES_NO_SERVICE,
+    ISM_CREDENTIAL_NAME_IGNORED_ON_SIDECARS,
+    ISM_PORT_LEVEL_WIPES_TOP_LEVEL,
+    ISM_VS_SUBSET_NOT_IN_APPLIED_DR,
+    ISM_TLS_ROUTE_ON_TERMINATING_SERVER,
+];

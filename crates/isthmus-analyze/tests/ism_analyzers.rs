@@ -1,0 +1,270 @@
+//! isthmus's own analyzers, each with a scenario that triggers it (from the seed guide's traps)
+//! and a corrected variant that must stay silent.
+
+use isthmus_analyze::{analyze, objects_from_str, AnalyzeOptions, Message};
+use isthmus_api::MeshConfig;
+
+fn run(analyzer: &str, yaml: &str) -> Vec<Message> {
+    let objects = objects_from_str("t.yaml", yaml, None);
+    let opts = AnalyzeOptions {
+        analyzers: Some(vec![analyzer.to_string()]),
+        sources: [("t.yaml".to_string(), yaml.to_string())].into(),
+        ..Default::default()
+    };
+    analyze(&objects, &MeshConfig::default(), &opts)
+}
+
+const SVC: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: prod}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+";
+
+#[test]
+fn ism0001_merged_drs_name_winner_and_loss() {
+    let yaml = format!(
+        "{SVC}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: a-pool, namespace: prod}}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {{tcp: {{maxConnections: 10}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: b-tls, namespace: prod}}
+spec:
+  host: reviews.prod.svc.cluster.local
+  trafficPolicy:
+    tls: {{mode: ISTIO_MUTUAL}}
+  subsets: [{{name: v1, labels: {{version: v9}}}}, {{name: v2, labels: {{version: v2}}}}]
+"
+    );
+    let m = run("isthmus.MergedDestinationRulesAnalyzer", &yaml);
+    assert_eq!(m.len(), 1, "{m:#?}");
+    let t = m[0].to_text();
+    assert!(t.starts_with("Warning [ISM0001] (DestinationRule prod/b-tls t.yaml:22) DestinationRule prod/b-tls is merged into prod/a-pool for host reviews.prod.svc.cluster.local"), "{t}");
+    assert!(t.contains("its top-level trafficPolicy is ignored"), "{t}");
+    assert!(t.contains("its subset \"v1\" is ignored"), "{t}");
+    assert!(
+        t.contains("Fix: merge them into one DestinationRule"),
+        "{t}"
+    );
+
+    // One rule per host: silent. Two rules where the newer adds only new subsets: silent.
+    let ok = format!(
+        "{SVC}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: a-pool, namespace: prod}}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {{tcp: {{maxConnections: 10}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: b-subsets, namespace: prod}}
+spec:
+  host: reviews
+  subsets: [{{name: v2, labels: {{version: v2}}}}]
+"
+    );
+    assert!(run("isthmus.MergedDestinationRulesAnalyzer", &ok).is_empty());
+}
+
+#[test]
+fn ism0002_dr_host_matches_no_service() {
+    let bad = format!(
+        "{SVC}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: typo, namespace: default}}
+spec:
+  host: reviews
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"
+    );
+    let m = run("isthmus.DestinationRuleHostAnalyzer", &bad);
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(
+        m[0].text.contains(
+            "The host reviews.default.svc.cluster.local of this DestinationRule matches no Service"
+        ) && m[0]
+            .text
+            .contains("did you mean \"reviews.prod.svc.cluster.local\""),
+        "{}",
+        m[0].text
+    );
+    let good = bad.replace("host: reviews\n", "host: reviews.prod.svc.cluster.local\n");
+    assert!(run("isthmus.DestinationRuleHostAnalyzer", &good).is_empty());
+    // A wildcard DR covering a ServiceEntry host is fine.
+    let wildcard = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: egress}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: wild, namespace: egress}
+spec:
+  host: '*.example.com'
+  trafficPolicy: {tls: {mode: SIMPLE}}
+";
+    assert!(run("isthmus.DestinationRuleHostAnalyzer", wildcard).is_empty());
+}
+
+#[test]
+fn ism0003_credential_name_without_selector() {
+    let bad = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: originate, namespace: default}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: client-cert, sni: api.example.com}
+";
+    let m = run("isthmus.SidecarCredentialNameAnalyzer", bad);
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert_eq!(m[0].code, "ISM0003");
+    assert!(
+        m[0].text.starts_with(
+            "trafficPolicy.portLevelSettings[0].tls sets credentialName \"client-cert\""
+        ),
+        "{}",
+        m[0].text
+    );
+    assert_eq!(m[0].line, 10, "located on credentialName's line");
+    let good = bad.replace(
+        "spec:\n  host",
+        "spec:\n  workloadSelector: {matchLabels: {app: client}}\n  exportTo: ['.']\n  host",
+    );
+    assert!(run("isthmus.SidecarCredentialNameAnalyzer", &good).is_empty());
+}
+
+#[test]
+fn ism0004_port_level_tls_wipes_pool() {
+    let bad = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pool, namespace: default}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 10}
+    outlierDetection: {consecutive5xxErrors: 3}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: SIMPLE}
+";
+    let m = run("isthmus.PortLevelSettingsAnalyzer", bad);
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert_eq!(
+        m[0].text,
+        "trafficPolicy.portLevelSettings[0] for port 443 sets only tls; on that port the destination level connectionPool, outlierDetection are not applied, because a matching portLevelSettings entry replaces the whole policy."
+    );
+    let good = bad.replace(
+        "      tls: {mode: SIMPLE}",
+        "      tls: {mode: SIMPLE}\n      connectionPool: {tcp: {maxConnections: 10}}\n      outlierDetection: {consecutive5xxErrors: 3}",
+    );
+    assert!(run("isthmus.PortLevelSettingsAnalyzer", &good).is_empty());
+}
+
+#[test]
+fn ism0005_subset_shadowed_by_client_namespace_dr() {
+    let base = format!(
+        "{SVC}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: prod}}
+spec:
+  host: reviews.prod.svc.cluster.local
+  subsets: [{{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: to-v2, namespace: web}}
+spec:
+  hosts: [reviews.prod.svc.cluster.local]
+  http:
+  - route:
+    - destination: {{host: reviews.prod.svc.cluster.local, subset: v2}}
+"
+    );
+    // The service namespace's DR applies: subset found.
+    assert!(run("isthmus.AppliedSubsetAnalyzer", &base).is_empty());
+    // A DR for the same host in the client namespace shadows it (no merge across namespaces).
+    let shadowed = format!(
+        "{base}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: local-tls, namespace: web}}
+spec:
+  host: reviews.prod.svc.cluster.local
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"
+    );
+    let m = run("isthmus.AppliedSubsetAnalyzer", &shadowed);
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert_eq!(
+        m[0].text,
+        "Route destination reviews.prod.svc.cluster.local subset \"v2\" is not defined by DestinationRule web/local-tls, the DestinationRule that applies to clients in namespace \"web\": requests routed there fail with 503 (no cluster for the subset)."
+    );
+}
+
+#[test]
+fn ism0006_tls_route_on_terminating_server() {
+    let gw = |mode: &str| {
+        format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: [api.example.com]
+    tls: {{mode: {mode}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: via-egress, namespace: istio-system}}
+spec:
+  hosts: [api.example.com]
+  gateways: [egress]
+  tls:
+  - match:
+    - port: 443
+      sniHosts: [api.example.com]
+    route:
+    - destination: {{host: api.example.com, port: {{number: 443}}}}
+"
+        )
+    };
+    let m = run(
+        "isthmus.TlsRouteOnTerminatingServerAnalyzer",
+        &gw("ISTIO_MUTUAL"),
+    );
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(m[0].text.starts_with("tls route #0 is bound to Gateway istio-system/egress whose server on port 443 terminates TLS (mode ISTIO_MUTUAL)"), "{}", m[0].text);
+    assert!(run(
+        "isthmus.TlsRouteOnTerminatingServerAnalyzer",
+        &gw("PASSTHROUGH")
+    )
+    .is_empty());
+}
