@@ -431,6 +431,8 @@ async fn handle(
         ["status", n] => match n
             .parse::<u16>()
             .ok()
+            // 1xx are not final responses; anything outside 200..=599 is a bad request.
+            .filter(|c| (200..=599).contains(c))
             .and_then(|c| StatusCode::from_u16(c).ok())
         {
             Some(s) => status = s,

@@ -231,3 +231,137 @@ pub async fn listen_tcp_async(
         source,
     })
 }
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A long-lived thread that stays inside one network namespace and creates sockets there on
+/// request — cheaper than a fresh thread per socket for busy paths (published-port relays,
+/// in-process proxies). The thread exits when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct NetnsThread {
+    name: String,
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl NetnsThread {
+    /// Starts the thread and enters namespace `name`.
+    pub fn spawn(name: &str) -> Result<NetnsThread, NetnsError> {
+        let path = netns_path(name);
+        let file = File::open(&path).map_err(|_| NetnsError::NotFound {
+            name: name.to_string(),
+            path: path.clone(),
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), nix::Error>>();
+        std::thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn(move || {
+                // This thread is dedicated to the namespace for its whole life; it never
+                // runs anything else, so it does not need to move back.
+                let entered = setns(&file, CloneFlags::CLONE_NEWNET);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if !ok {
+                    return;
+                }
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| NetnsError::Thread {
+                name: name.to_string(),
+                detail: e.to_string(),
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(NetnsThread {
+                name: name.to_string(),
+                tx,
+            }),
+            Ok(Err(source)) => Err(NetnsError::Enter {
+                name: name.to_string(),
+                source,
+            }),
+            Err(_) => Err(NetnsError::Thread {
+                name: name.to_string(),
+                detail: "thread ended before entering".to_string(),
+            }),
+        }
+    }
+
+    /// Namespace name.
+    pub fn netns(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on the namespace thread (keep it short: jobs run one after another).
+    pub async fn run<T, F>(&self, f: F) -> Result<T, NetnsError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| NetnsError::Thread {
+                name: self.name.clone(),
+                detail: "namespace thread is gone".to_string(),
+            })?;
+        rx.await
+            .map_err(|_| NetnsError::Thread {
+                name: self.name.clone(),
+                detail: "job dropped".to_string(),
+            })?
+            .map_err(|source| NetnsError::Io {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    /// Connects to `addr` from inside the namespace (optionally with `SO_MARK`).
+    pub async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        mark: Option<u32>,
+    ) -> Result<tokio::net::TcpStream, NetnsError> {
+        let std = self
+            .run(move || {
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                if let Some(m) = mark {
+                    s.set_mark(m)?;
+                }
+                s.set_nonblocking(true)?;
+                Ok(TcpStream::from(s))
+            })
+            .await?;
+        tokio::net::TcpSocket::from_std_stream(std)
+            .connect(addr)
+            .await
+            .map_err(|source| NetnsError::Io {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    /// A tokio TCP listener bound to `addr` inside the namespace.
+    pub async fn listen_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener, NetnsError> {
+        let std = self
+            .run(move || {
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())?;
+                s.listen(1024)?;
+                s.set_nonblocking(true)?;
+                Ok(TcpListener::from(s))
+            })
+            .await?;
+        tokio::net::TcpListener::from_std(std).map_err(|source| NetnsError::Io {
+            name: self.name.clone(),
+            source,
+        })
+    }
+}

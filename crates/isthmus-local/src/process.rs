@@ -606,6 +606,18 @@ pub fn cleanup_pod_dir(dir: &Path) {
     }
 }
 
+/// The last `n` lines of a log file (all of it when `n` is `None`); a missing file is empty.
+pub fn tail_log(path: &Path, n: Option<usize>) -> std::io::Result<String> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e),
+    };
+    let Some(n) = n else { return Ok(text) };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    Ok(lines[lines.len().saturating_sub(n)..].concat())
+}
+
 /// Exit code of a finished process; 128+N when it was killed by signal N (shell convention).
 pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -921,6 +933,22 @@ async fn wait_stop(stop: &mut watch::Receiver<Option<Duration>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_takes_last_lines() {
+        let dir = std::env::temp_dir().join(format!("isthmus-tail-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let f = dir.join("c.log");
+        let _ = std::fs::write(&f, "a\nb\nc\n");
+        assert_eq!(tail_log(&f, Some(2)).ok().as_deref(), Some("b\nc\n"));
+        assert_eq!(tail_log(&f, Some(10)).ok().as_deref(), Some("a\nb\nc\n"));
+        assert_eq!(tail_log(&f, None).ok().as_deref(), Some("a\nb\nc\n"));
+        assert_eq!(
+            tail_log(&dir.join("missing"), Some(1)).ok().as_deref(),
+            Some("")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn quoting_survives_single_quotes() {

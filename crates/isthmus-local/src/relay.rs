@@ -1,8 +1,9 @@
 //! Published ports: a TCP relay from the host's loopback into a mesh namespace.
 //!
 //! The listener lives in the caller's (host) namespace on e.g. `127.0.0.1:8080`; for every
-//! accepted connection the outgoing socket is created inside the target namespace (on a
-//! dedicated thread, see [`crate::netns`]) and bytes are copied both ways. This is the only
+//! accepted connection the outgoing socket is created inside the target namespace (by a
+//! thread dedicated to that namespace, [`crate::netns::NetnsThread`]; the caller's threads
+//! never switch namespaces) and bytes are copied both ways. This is the only
 //! thing the runtime adds to the host's network, and it is gone when the relay is dropped.
 
 use std::net::SocketAddr;
@@ -52,6 +53,8 @@ impl PortRelay {
         if !crate::netns::exists(netns) {
             return Err(RelayError::NoNetns(netns.to_string()));
         }
+        let factory = crate::netns::NetnsThread::spawn(netns)
+            .map_err(|_| RelayError::NoNetns(netns.to_string()))?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| RelayError::Bind {
@@ -77,10 +80,10 @@ impl PortRelay {
                     }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                let ns = ns.clone();
+                let (ns, factory) = (ns.clone(), factory.clone());
                 tokio::spawn(async move {
                     let _ = inbound.set_nodelay(true);
-                    match crate::netns::connect_tcp(&ns, target, None).await {
+                    match factory.connect_tcp(target, None).await {
                         Ok(mut outbound) => {
                             let _ = outbound.set_nodelay(true);
                             if let Err(e) =

@@ -118,6 +118,8 @@ async fn echo_over_http_reports_request_and_honours_status_and_delay() {
 
     let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url("/status/418")]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "418");
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url("/status/101")]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
     let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url("/status/abc")]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
     let out = curl(&["-X", "POST", "--data", "hello body", &url("/post")]).await;
