@@ -32,6 +32,9 @@ pub struct Ctx<'a> {
     pub applied_drs: BTreeMap<String, &'a MergedDestinationRule>,
     /// SDS names referenced by clusters/listeners, with the config that referenced them.
     pub sds_refs: BTreeMap<String, isthmus_model::ConfigMeta>,
+    /// Mesh VirtualServices by exact host (oldest first), and wildcard hosts (oldest first).
+    pub mesh_vs_exact: HashMap<String, Vec<&'a VirtualServiceConfig>>,
+    pub mesh_vs_wild: Vec<(String, &'a VirtualServiceConfig)>,
 }
 
 fn parse_egress(h: &str, sidecar_ns: &str) -> (String, String) {
@@ -75,7 +78,7 @@ impl<'a> Ctx<'a> {
             .virtual_services
             .iter()
             .filter(|v| export_visible(&v.spec.export_to, &v.meta.namespace, ns))
-            .filter(|v| egress.is_none() || v.spec.hosts.iter().any(|h| imported(&v.meta.namespace, h) || by_host.contains_key(h.as_str())))
+            .filter(|v| egress.is_none() || v.spec.hosts.iter().any(|h| imported_vs(&egress, &v.meta.namespace, h)))
             .collect();
         // Services referenced by imported VS destinations are imported too (istiod does this so
         // that routes never point at clusters the scope lacks).
@@ -89,6 +92,21 @@ impl<'a> Ctx<'a> {
                     if let Some(s) = snap.service_for(d, ns) {
                         by_host.insert(&s.hostname, s);
                     }
+                }
+            }
+        }
+        let mut mesh_vs_exact: HashMap<String, Vec<&VirtualServiceConfig>> = HashMap::new();
+        let mut mesh_vs_wild: Vec<(String, &VirtualServiceConfig)> = Vec::new();
+        for v in &virtual_services {
+            let mesh = v.spec.gateways.is_empty() || v.spec.gateways.iter().any(|g| g == "mesh") || v.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.iter().any(|g| g == "mesh")));
+            if !mesh {
+                continue;
+            }
+            for h in &v.spec.hosts {
+                if h.starts_with('*') {
+                    mesh_vs_wild.push((h.clone(), v));
+                } else {
+                    mesh_vs_exact.entry(h.clone()).or_default().push(v);
                 }
             }
         }
@@ -132,7 +150,18 @@ impl<'a> Ctx<'a> {
             used_subsets: BTreeSet::new(),
             applied_drs: BTreeMap::new(),
             sds_refs: BTreeMap::new(),
+            mesh_vs_exact,
+            mesh_vs_wild,
         }
+    }
+
+    /// The mesh VirtualService that owns `host` on sidecars: the oldest with the exact host,
+    /// else the oldest whose wildcard host covers it.
+    pub fn mesh_vs_for(&self, host: &str) -> Option<&'a VirtualServiceConfig> {
+        if let Some(v) = self.mesh_vs_exact.get(host).and_then(|v| v.first()) {
+            return Some(v);
+        }
+        self.mesh_vs_wild.iter().find(|(h, _)| host_matches(h, host)).map(|(_, v)| *v)
     }
 
     pub fn service(&self, host: &str) -> Option<&'a Service> {
@@ -172,6 +201,15 @@ impl<'a> Ctx<'a> {
             }
         }
         self.diags.extend(out);
+    }
+}
+
+/// Whether a VS host in namespace `vs_ns` is imported by the egress hosts (either side may be
+/// the wildcard: a `*.cluster.local` VS attaches to an imported exact host).
+fn imported_vs(egress: &Option<Vec<(String, String)>>, vs_ns: &str, host: &str) -> bool {
+    match egress {
+        None => true,
+        Some(list) => list.iter().any(|(ens, eh)| ens != "~" && (ens == "*" || ens == vs_ns) && isthmus_model::host::hosts_intersect(eh, host)),
     }
 }
 

@@ -56,12 +56,37 @@ fn mesh_set() -> BTreeSet<String> {
     BTreeSet::from(["mesh".to_string()])
 }
 
-/// Mesh VirtualServices (oldest first) that claim `host`.
-fn vs_for_host<'a>(ctx: &Ctx<'a>, host: &str) -> Option<&'a VirtualServiceConfig> {
-    ctx.virtual_services.iter().copied().find(|v| crate::route::vs_gateways(v).iter().any(|g| g == "mesh") && v.spec.hosts.iter().any(|h| host_matches(h, host)))
+
+/// Mesh routing that silently does nothing on this sidecar: a second VS for a host, or a route
+/// matching a port the host's service does not declare (seed 001 trap 3: traffic then bypasses
+/// the intended path via allow_any).
+fn mesh_vs_diagnostics(ctx: &mut Ctx) {
+    let mut hosts: Vec<&String> = ctx.mesh_vs_exact.keys().collect();
+    hosts.sort();
+    let mut out = Vec::new();
+    for h in hosts {
+        let list = &ctx.mesh_vs_exact[h];
+        let Some(svc) = ctx.service(h) else { continue };
+        for later in list.iter().skip(1) {
+            out.push(diag(&later.meta, Severity::Warning, "DuplicateDomain", Some("spec.hosts"), format!("duplicate domain from virtual service: {h} (VirtualService {}/{} is older and wins on sidecars)", list[0].meta.namespace, list[0].meta.name)));
+        }
+        let vs = list[0];
+        for (i, r) in vs.spec.http.iter().enumerate() {
+            for m in &r.matches {
+                if let Some(p) = m.port {
+                    let gws = if m.gateways.is_empty() { crate::route::vs_gateways(vs) } else { m.gateways.clone() };
+                    if gws.iter().any(|g| g == "mesh") && !svc.port(p).is_some_and(|sp| sp.protocol.is_http()) {
+                        out.push(diag(&vs.meta, Severity::Warning, "RoutePortNotDeclared", Some(&format!("spec.http[{i}].match.port")), format!("mesh route for {h} matches port {p}, but {h} declares no HTTP port {p}; sidecars install no route for it and the traffic falls through to {}", if ctx.mode == OutboundMode::AllowAny { "PassthroughCluster (allow_any): it bypasses this VirtualService" } else { "block_all (502)" })));
+                    }
+                }
+            }
+        }
+    }
+    ctx.diags.extend(out);
 }
 
 pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
+    mesh_vs_diagnostics(ctx);
     let services = ctx.services.clone();
     let mut http_ports: BTreeSet<u32> = BTreeSet::new();
     let mut tcp_listeners: BTreeMap<String, (Listener, String)> = BTreeMap::new();
@@ -137,7 +162,7 @@ fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain>
     let own = format!("outbound|{}||{}", p.port, svc.hostname);
     let mesh = mesh_set();
     let rc = RouteCtx { port: p.port, gateways: &mesh };
-    if let Some(vs) = vs_for_host(ctx, &svc.hostname) {
+    if let Some(vs) = ctx.mesh_vs_for(&svc.hostname) {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         for r in &vs.spec.tls {
             for m in &r.matches {
@@ -200,56 +225,46 @@ fn domains_for(ctx: &Ctx, svc: &Service) -> Vec<String> {
 
 fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
     let mut rc = RouteConfiguration { name: port.to_string(), validate_clusters: Some(false), ignore_port_in_host_matching: true, ..Default::default() };
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
     let mesh = mesh_set();
     let rctx = RouteCtx { port, gateways: &mesh };
-    let vss: Vec<&VirtualServiceConfig> = ctx.virtual_services.iter().copied().filter(|v| crate::route::vs_gateways(v).iter().any(|g| g == "mesh") || v.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.iter().any(|g| g == "mesh")))).collect();
-    for vs in vss {
-        if vs.spec.http.is_empty() {
-            continue;
-        }
-        for h in &vs.spec.hosts {
-            let svc = ctx.service(h);
-            // A service without this HTTP port still gets a vhost here when a route names the
-            // port explicitly (seed 001: the SE declares 443 only, the mesh leg matches port 80).
-            let explicit_port = vs.spec.http.iter().any(|r| r.matches.iter().any(|m| m.port == Some(port)));
-            let svc_has_port = svc.is_some_and(|s| s.port(port).is_some_and(|p| p.protocol.is_http()));
-            if svc.is_some() && !svc_has_port && !explicit_port {
-                continue;
-            }
-            if svc.is_none() && !h.starts_with('*') && ctx.snap.services_by_host(h).next().is_some() {
-                continue; // a service exists but is outside this proxy's scope
-            }
-            if claimed.contains(h) {
-                ctx.diags.push(diag(&vs.meta, Severity::Warning, "DuplicateDomain", Some("spec.hosts"), format!("duplicate domain from virtual service: {h} (an older VirtualService already claims it for port {port}); this one is ignored there")));
-                continue;
-            }
-            let (routes, _) = translate_http(ctx, vs, &rctx, port);
-            if (svc.is_none() || !svc_has_port) && routes.is_empty() {
-                continue;
-            }
-            claimed.insert(h.clone());
-            let domains = match svc {
-                Some(s) => domains_for(ctx, s),
-                None => vec![h.clone()],
-            };
-            rc.virtual_hosts.push(VirtualHost { name: format!("{h}:{port}"), domains, routes, include_request_attempt_count_in_response: true, ..Default::default() });
-        }
-    }
+    // Services with this HTTP port: the owning VS's routes (exact host beats wildcard, then
+    // oldest), else the default route.
     let services = ctx.services.clone();
     for svc in services {
         let Some(p) = svc.port(port) else { continue };
-        if !p.protocol.is_http() || claimed.contains(&svc.hostname) {
+        if !p.protocol.is_http() {
             continue;
         }
-        let cluster = format!("outbound|{port}||{}", svc.hostname);
-        rc.virtual_hosts.push(VirtualHost {
-            name: format!("{}:{port}", svc.hostname),
-            domains: domains_for(ctx, svc),
-            routes: vec![default_route(&cluster, &svc.hostname, port)],
-            include_request_attempt_count_in_response: true,
-            ..Default::default()
-        });
+        let routes = match ctx.mesh_vs_for(&svc.hostname).filter(|v| !v.spec.http.is_empty()) {
+            Some(vs) => translate_http(ctx, vs, &rctx, port).0,
+            None => vec![default_route(&format!("outbound|{port}||{}", svc.hostname), &svc.hostname, port)],
+        };
+        rc.virtual_hosts.push(VirtualHost { name: format!("{}:{port}", svc.hostname), domains: domains_for(ctx, svc), routes, include_request_attempt_count_in_response: true, ..Default::default() });
+    }
+    // Hosts that are not services get a vhost on port 80 only (istiod's defaulting for unknown
+    // hosts); a wildcard that covers a known service has already been applied to it.
+    if port == 80 {
+        let mut claimed: BTreeSet<String> = BTreeSet::new();
+        let vss: Vec<&VirtualServiceConfig> = ctx.virtual_services.iter().copied().filter(|v| !v.spec.http.is_empty()).collect();
+        for vs in vss {
+            if !(vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh") || vs.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.iter().any(|g| g == "mesh")))) {
+                continue;
+            }
+            for h in &vs.spec.hosts {
+                if ctx.snap.services_by_host(h).next().is_some() {
+                    continue;
+                }
+                if h.starts_with('*') && ctx.services.iter().any(|s| host_matches(h, &s.hostname)) {
+                    continue;
+                }
+                if !claimed.insert(h.clone()) {
+                    ctx.diags.push(diag(&vs.meta, Severity::Warning, "DuplicateDomain", Some("spec.hosts"), format!("duplicate domain from virtual service: {h} (an older VirtualService already claims it); this one is ignored on sidecars")));
+                    continue;
+                }
+                let (routes, _) = translate_http(ctx, vs, &rctx, port);
+                rc.virtual_hosts.push(VirtualHost { name: format!("{h}:{port}"), domains: vec![h.clone()], routes, include_request_attempt_count_in_response: true, ..Default::default() });
+            }
+        }
     }
     let catch = match ctx.mode {
         OutboundMode::AllowAny => VirtualHost {
