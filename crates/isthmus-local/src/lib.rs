@@ -20,6 +20,19 @@
 //! CAP_SYS_ADMIN), `ip` (iproute2), `nft` (nftables) and util-linux (`nsenter`, `unshare`,
 //! `mount`); [`preflight`] checks all of that and says how to fix what is missing.
 //!
+//! ## Address plan (inside each mesh's namespaces only)
+//!
+//! Default pod subnet 10.244.0.0/24 ([`net::MeshNetConfig::subnet`]); every mesh has its own
+//! isolated copy, so meshes never see each other. On the node namespace's bridge `br0`:
+//! `.1` gateway of every pod ([`net::MeshNet::gateway_ip`]), `.2` reserved for the mesh DNS
+//! server ([`net::MeshNet::dns_ip`]), `.3` for the "outside world" resolver
+//! ([`net::MeshNet::outside_dns_ip`]); pods get `.10` upwards. Pods with a sidecar (and mesh
+//! pods in general) use the mesh DNS in `resolv.conf`; hosts outside the mesh use the
+//! outside resolver only, so they resolve exactly the published outside names. Service VIPs
+//! (e.g. 10.96.0.0/16) and ServiceEntry VIPs (240.240.0.0/16, [`vip::allocate_vips`]) are
+//! never on any interface: they reach the default route and are rewritten by
+//! [`vip::install_service_vips`] (pods without sidecar) or captured by the sidecar.
+//!
 //! ## Example
 //!
 //! ```no_run

@@ -4,7 +4,7 @@
 //! `nsenter --net=/run/netns/<pod> -- unshare --mount --uts --propagation private -- /bin/sh -c <setup> isthmus-init <argv...>`:
 //! it joins the pod's network namespace, gets a private mount and UTS namespace, and a short
 //! generated shell script mounts the pod's volumes at their `mountPath`, bind-mounts the
-//! pod's `/etc/resolv.conf` and `/etc/hosts`, sets the hostname, changes to `workingDir` and
+//! pod's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`, sets the hostname, changes to `workingDir` and
 //! finally `exec`s the container command — so the PID we supervise is the command itself.
 //! Using the util-linux tools keeps every step reproducible by hand and keeps `unsafe`
 //! `pre_exec` hooks out of this crate.
@@ -266,6 +266,11 @@ impl PodSandbox {
         };
         write(dir.join("resolv.conf"), resolv_conf.as_bytes(), 0o644)?;
         write(dir.join("hosts"), hosts.as_bytes(), 0o644)?;
+        write(
+            dir.join("hostname"),
+            format!("{hostname}\n").as_bytes(),
+            0o644,
+        )?;
         let mut map = BTreeMap::new();
         for v in volumes {
             validate_name("volume name", &v.name)?;
@@ -421,7 +426,7 @@ impl PodSandbox {
                 }
             }
         }
-        for f in ["resolv.conf", "hosts"] {
+        for f in ["resolv.conf", "hosts", "hostname"] {
             let src = self.dir.join(f);
             points.push_str(&format!("isthmus_mkpoint /etc/{f} file\n"));
             binds.push_str(&format!(

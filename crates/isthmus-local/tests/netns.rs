@@ -699,6 +699,16 @@ async fn containers_see_volumes_exec_passes_exit_codes_and_restart_policies_appl
     );
     assert_eq!((code, out.as_str()), (0, "SECRET-CERT"));
     assert_eq!(
+        capture_exec(&sb, Some(pid), &s, &["cat", "/etc/hostname"]),
+        (0, "web-1\n".to_string())
+    );
+    let (_, wd) = capture_exec(&sb, Some(pid), &s, &["pwd"]);
+    assert_eq!(
+        wd.trim(),
+        "/etc/isthmus-test-tproc",
+        "exec starts in the container's workingDir"
+    );
+    assert_eq!(
         capture_exec(&sb, Some(pid), &s, &["sh", "-c", "exit 7"]).0,
         7
     );
