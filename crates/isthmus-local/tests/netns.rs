@@ -1020,3 +1020,104 @@ async fn cleanup_all_removes_leftovers_of_a_crashed_run() {
     long.down().expect("down");
     assert!(net::list_netns(&format!("{prefix}-")).is_empty());
 }
+
+/// A stand-in for the sidecar proxy: accepts redirected connections, recovers the original
+/// destination and connects there with the proxy mark, recording what it saw.
+async fn mini_proxy(
+    ns: &str,
+    port: u16,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::Mutex<Vec<SocketAddrV4>>>,
+) {
+    let factory = netns::NetnsThread::spawn(ns).expect("netns thread");
+    let l = factory
+        .listen_tcp(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .expect("proxy listener");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut down, _)) = l.accept().await else {
+                continue;
+            };
+            let Ok(od) = capture::original_dst(&down) else {
+                continue;
+            };
+            seen2.lock().expect("lock").push(od);
+            let factory = factory.clone();
+            tokio::spawn(async move {
+                if let Ok(mut up) = factory
+                    .connect_tcp(SocketAddr::V4(od), Some(capture::PROXY_MARK))
+                    .await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    (task, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_in_a_sidecar_pod_goes_through_both_proxies_to_the_echo_server() {
+    if !available("curl_in_a_sidecar_pod_goes_through_both_proxies_to_the_echo_server") {
+        return;
+    }
+    let mesh = fresh_mesh("tside");
+    let a = mesh.add_pod("default/sleep").expect("pod");
+    let b = mesh.add_pod("default/httpbin").expect("pod");
+    for p in [&a, &b] {
+        capture::install_capture(&p.netns, &capture::CaptureConfig::default()).expect("capture");
+    }
+    let table = dns::DnsTable::from_entries([(
+        "httpbin.default.svc.cluster.local".to_string(),
+        vec![b.ip],
+    )]);
+    let _dns = dns::DnsServer::bind(
+        Some(mesh.node_netns()),
+        (mesh.dns_ip(), 53).into(),
+        table,
+        None,
+    )
+    .await
+    .expect("dns");
+    let l = netns::listen_tcp_async(&b.netns, "0.0.0.0:8080".parse().unwrap())
+        .await
+        .expect("listen");
+    let _echo =
+        isthmus_local::echo::EchoServer::serve("httpbin", vec![l], vec![], None).expect("echo");
+    let (_out_a, seen_out) = mini_proxy(&a.netns, capture::OUTBOUND_PORT).await;
+    let (_in_b, seen_in) = mini_proxy(&b.netns, capture::INBOUND_PORT).await;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let sb = sandbox(&mesh, &a, dir.path(), "sleep", vec![]);
+    let s = spec("sleep", &["sleep", "1"]);
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        capture_exec(
+            &sb,
+            None,
+            &s,
+            &["curl", "-sS", "--max-time", "10", "http://httpbin:8080/get"],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["server"], "httpbin");
+    assert_eq!(v["host"], "httpbin:8080");
+    let want = SocketAddrV4::new(b.ip, 8080);
+    assert_eq!(
+        *seen_out.lock().expect("lock"),
+        vec![want],
+        "outbound proxy saw the original destination"
+    );
+    assert_eq!(
+        *seen_in.lock().expect("lock"),
+        vec![want],
+        "inbound proxy saw the original destination"
+    );
+    mesh.down().expect("down");
+}
