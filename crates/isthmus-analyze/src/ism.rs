@@ -47,6 +47,26 @@ pub(crate) static ALL: &[Analyzer] = &[
         codes: &["ISM0006"],
         run: tls_route_on_terminating_server,
     },
+    Analyzer {
+        name: "isthmus.KeepaliveIdleAnalyzer",
+        codes: &["ISM0007"],
+        run: keepalive_not_below_idle,
+    },
+    Analyzer {
+        name: "isthmus.ConnectionReuseAnalyzer",
+        codes: &["ISM0008"],
+        run: one_request_per_connection,
+    },
+    Analyzer {
+        name: "isthmus.OutlierSingleEndpointAnalyzer",
+        codes: &["ISM0009"],
+        run: outlier_on_single_endpoint,
+    },
+    Analyzer {
+        name: "isthmus.CredentialSecretAnalyzer",
+        codes: &["ISM0010"],
+        run: dr_credential_secret,
+    },
 ];
 
 fn with_fix(mut m: Message, fix: &str) -> Message {
@@ -230,12 +250,39 @@ fn tls_blocks(dr: &DestinationRule) -> Vec<(String, &ClientTlsSettings)> {
     out
 }
 
+/// A pod that runs a gateway (Istio's charts label them `istio: ...gateway`).
+fn is_gateway_pod(p: &Object) -> bool {
+    p.meta
+        .labels
+        .get("istio")
+        .is_some_and(|v| v.contains("gateway"))
+        || p.meta
+            .labels
+            .get("app")
+            .is_some_and(|v| v.contains("gateway"))
+}
+
+/// A DR visible only in its own namespace where only gateways run (or, with no pods known,
+/// the root namespace) is a gateway's rule: sidecars never see it.
+fn gateway_only_rule(c: &Ctx<'_>, o: &Object, dr: &DestinationRule) -> bool {
+    let ns = ns_of(o);
+    let private = dr.export_to.len() == 1 && (dr.export_to[0] == "." || dr.export_to[0] == ns);
+    if !private {
+        return false;
+    }
+    let pods: Vec<&Object> = c.of(Kind::Pod).filter(|p| ns_of(p) == ns).collect();
+    if pods.is_empty() {
+        return ns == c.mesh.root_namespace;
+    }
+    pods.iter().all(|p| is_gateway_pod(p))
+}
+
 fn credential_name_on_sidecars(c: &Ctx<'_>, out: &mut Vec<Message>) {
     for o in c.of(Kind::DestinationRule) {
         let Some(dr) = o.as_destination_rule() else {
             continue;
         };
-        if has_selector(o) {
+        if has_selector(o) || gateway_only_rule(c, o, dr) {
             continue;
         }
         for (field, t) in tls_blocks(dr) {
@@ -556,6 +603,305 @@ fn tls_route_on_terminating_server(c: &Ctx<'_>, out: &mut Vec<Message>) {
                             Some(format!("spec.tls[{i}]")),
                         ),
                         "after termination the stream is plain: use a tcp route (server protocol TLS) or an http route (HTTPS), or set the server's tls.mode to PASSTHROUGH to route on SNI",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection-pool settings that defeat themselves (ISM0007, ISM0008).
+
+/// Every connection pool of a DR or Sidecar with its location.
+fn pools(o: &Object) -> Vec<(String, &isthmus_api::istio::ConnectionPoolSettings)> {
+    fn of_policy<'a>(
+        prefix: &str,
+        tp: &'a TrafficPolicy,
+        out: &mut Vec<(String, &'a isthmus_api::istio::ConnectionPoolSettings)>,
+    ) {
+        if let Some(cp) = &tp.connection_pool {
+            out.push((format!("{prefix}.connectionPool"), cp));
+        }
+        for (i, p) in tp.port_level_settings.iter().enumerate() {
+            if let Some(cp) = &p.connection_pool {
+                out.push((
+                    format!("{prefix}.portLevelSettings[{i}].connectionPool"),
+                    cp,
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(dr) = o.as_destination_rule() {
+        if let Some(tp) = &dr.traffic_policy {
+            of_policy("spec.trafficPolicy", tp, &mut out);
+        }
+        for (j, s) in dr.subsets.iter().enumerate() {
+            if let Some(tp) = &s.traffic_policy {
+                of_policy(&format!("spec.subsets[{j}].trafficPolicy"), tp, &mut out);
+            }
+        }
+    }
+    if let Some(sc) = o.as_sidecar() {
+        if let Some(cp) = &sc.inbound_connection_pool {
+            out.push(("spec.inboundConnectionPool".to_string(), cp));
+        }
+        for (i, ing) in sc.ingress.iter().enumerate() {
+            if let Some(cp) = &ing.connection_pool {
+                out.push((format!("spec.ingress[{i}].connectionPool"), cp));
+            }
+        }
+    }
+    out
+}
+
+fn nanos(d: &str) -> Option<i128> {
+    isthmus_api::validation::checks::parse_go_duration(d).ok()
+}
+
+/// Envoy's default idle timeout for upstream connections as Istio configures it (1h).
+const DEFAULT_IDLE: &str = "1h";
+
+fn keepalive_not_below_idle(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c
+        .objects
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::DestinationRule | Kind::Sidecar))
+    {
+        for (field, cp) in pools(o) {
+            let Some(ka_time) = cp
+                .tcp
+                .as_ref()
+                .and_then(|t| t.tcp_keepalive.as_ref())
+                .and_then(|k| k.time.as_deref())
+            else {
+                continue;
+            };
+            let Some(ka) = nanos(ka_time) else { continue };
+            // The effective idle timeout: tcp.idleTimeout for TCP, http.idleTimeout for HTTP;
+            // `0s` disables it; unset means Envoy's 1h default.
+            let mut idles: Vec<(String, &str)> = Vec::new();
+            match cp.tcp.as_ref().and_then(|t| t.idle_timeout.as_deref()) {
+                Some(v) => idles.push(("tcp.idleTimeout".into(), v)),
+                None => idles.push(("tcp.idleTimeout default".into(), DEFAULT_IDLE)),
+            }
+            if let Some(v) = cp.http.as_ref().and_then(|h| h.idle_timeout.as_deref()) {
+                idles.push(("http.idleTimeout".into(), v));
+            }
+            let shortest = idles
+                .iter()
+                .filter_map(|(n, v)| nanos(v).filter(|x| *x > 0).map(|x| (x, n.clone(), *v)))
+                .min();
+            let Some((idle, name, text)) = shortest else {
+                continue;
+            };
+            if ka >= idle {
+                out.push(with_fix(
+                    c.msg(
+                        o,
+                        &mt::ISM_KEEPALIVE_NOT_BELOW_IDLE,
+                        &[field.trim_start_matches("spec.").to_string().into(), ka_time.into(), text.into(), name.into()],
+                        Some(format!("{field}.tcp.tcpKeepalive.time")),
+                    ),
+                    "set tcpKeepalive.time below the idle timeouts on the path (this pool's idleTimeout and any NAT/load balancer idle limit), e.g. 300s",
+                ));
+            }
+        }
+    }
+}
+
+fn one_request_per_connection(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c
+        .objects
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::DestinationRule | Kind::Sidecar))
+    {
+        for (field, cp) in pools(o) {
+            if cp.http.as_ref().and_then(|h| h.max_requests_per_connection) == Some(1) {
+                out.push(with_fix(
+                    c.msg(
+                        o,
+                        &mt::ISM_ONE_REQUEST_PER_CONNECTION,
+                        &[field.trim_start_matches("spec.").to_string().into()],
+                        Some(format!("{field}.http.maxRequestsPerConnection")),
+                    ),
+                    "remove maxRequestsPerConnection (0 = unlimited) or raise it; recycle connections with maxConnectionDuration or idleTimeout instead",
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0009: outlier detection can eject the only endpoint.
+
+/// The number of endpoints of a DR's destination when it is known to be one: Some(reason).
+fn single_endpoint(c: &Ctx<'_>, dr_ns: &str, h: &str) -> Option<String> {
+    let fqdn = resolve_host(dr_ns, h);
+    for o in c.of(Kind::ServiceEntry) {
+        let Some(se) = o.as_service_entry() else {
+            continue;
+        };
+        if !se.hosts.iter().any(|x| host_to_fqdn(ns_of(o), x) == fqdn) {
+            continue;
+        }
+        return match se.resolution() {
+            "DNS_ROUND_ROBIN" => {
+                Some("ServiceEntry resolution DNS_ROUND_ROBIN is one logical host".into())
+            }
+            "STATIC" if se.endpoints.len() == 1 => {
+                Some("ServiceEntry has one STATIC endpoint".into())
+            }
+            "DNS" if se.endpoints.len() == 1 => Some("ServiceEntry has one DNS endpoint".into()),
+            _ => None,
+        };
+    }
+    let (ns, name) = full_name_from_fqdn(&fqdn)?;
+    let svc = c.find(Kind::Service, &ns, &name)?;
+    let sel = &svc.as_service()?.selector;
+    if sel.is_empty() {
+        return None;
+    }
+    let mut count: u64 = 0;
+    for p in c
+        .of(Kind::Pod)
+        .filter(|p| ns_of(p) == ns && crate::ctx::selector_matches(sel, &p.meta.labels))
+    {
+        // Pods synthesised from a Deployment stand for its replicas.
+        let replicas = c
+            .find(Kind::Deployment, ns_of(p), p.name())
+            .filter(|_| p.raw.get("metadata").is_none())
+            .and_then(|d| d.as_deployment())
+            .map(|d| u64::from(d.replicas.unwrap_or(1)))
+            .unwrap_or(1);
+        count += replicas;
+    }
+    (count == 1).then(|| format!("Service {} selects one pod", fmt_full_name(&ns, &name)))
+}
+
+fn outlier_on_single_endpoint(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        let mut places: Vec<String> = Vec::new();
+        if let Some(tp) = &dr.traffic_policy {
+            if tp.outlier_detection.is_some() {
+                places.push("spec.trafficPolicy.outlierDetection".into());
+            }
+            for (i, p) in tp.port_level_settings.iter().enumerate() {
+                if p.outlier_detection.is_some() {
+                    places.push(format!(
+                        "spec.trafficPolicy.portLevelSettings[{i}].outlierDetection"
+                    ));
+                }
+            }
+        }
+        if places.is_empty() {
+            continue;
+        }
+        let Some(why) = single_endpoint(c, ns_of(o), &dr.host) else {
+            continue;
+        };
+        for field in places {
+            out.push(with_fix(
+                c.msg(
+                    o,
+                    &mt::ISM_OUTLIER_ON_SINGLE_ENDPOINT,
+                    &[field.trim_start_matches("spec.").to_string().into(), resolve_host(ns_of(o), &dr.host).into(), why.clone().into()],
+                    Some(field),
+                ),
+                "drop outlierDetection for single-endpoint destinations, or keep traffic flowing with minHealthPercent/maxEjectionPercent tuned and more than one endpoint",
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0010: a DestinationRule's credentialName must name a Secret the proxies can read.
+
+fn dr_credential_secret(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let gateway_namespaces: BTreeSet<String> = c
+        .of(Kind::Pod)
+        .filter(|p| is_gateway_pod(p))
+        .map(|p| ns_of(p).to_string())
+        .collect();
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        let ns = ns_of(o).to_string();
+        // Sidecars (selector DRs) read from their own namespace; gateways from theirs.
+        let readers: BTreeSet<String> = if has_selector(o) || gateway_namespaces.is_empty() {
+            [ns.clone()].into()
+        } else {
+            let mut r = gateway_namespaces.clone();
+            if !gateway_only_rule(c, o, dr) {
+                r.insert(ns.clone());
+            }
+            r
+        };
+        for (field, t) in tls_blocks(dr) {
+            let cn = t.credential_name.as_deref().unwrap_or("");
+            if cn.is_empty()
+                || cn.starts_with("configmap://")
+                || !matches!(t.mode(), "SIMPLE" | "MUTUAL")
+            {
+                continue;
+            }
+            let what = field.trim_start_matches("spec.").to_string();
+            let f = Some(format!("{field}.credentialName"));
+            let fix = "create the Secret in the namespace of the proxy that originates the TLS (the gateway's namespace for egress), with tls.crt/tls.key (or cert/key) and ca.crt";
+            let found: Vec<&Object> = readers
+                .iter()
+                .filter_map(|r| c.find(Kind::Secret, r, cn))
+                .collect();
+            if found.is_empty() {
+                let elsewhere: Vec<String> = c
+                    .of(Kind::Secret)
+                    .filter(|s| s.name() == cn)
+                    .map(|s| ns_of(s).to_string())
+                    .collect();
+                let reader_list = readers.iter().cloned().collect::<Vec<_>>().join(", ");
+                let problem = if elsewhere.is_empty() {
+                    format!("names no Secret in namespace {reader_list}")
+                } else {
+                    format!("names a Secret that exists only in namespace {}, but the proxies using this rule read it from {reader_list}", elsewhere.join(", "))
+                };
+                out.push(with_fix(
+                    c.msg(
+                        o,
+                        &mt::ISM_DR_CREDENTIAL_SECRET,
+                        &[what.clone().into(), cn.into(), problem.into()],
+                        f.clone(),
+                    ),
+                    fix,
+                ));
+                continue;
+            }
+            for s in found {
+                let keys: BTreeSet<String> = s
+                    .as_secret()
+                    .and_then(|b| b.decoded().ok())
+                    .map(|d| d.into_keys().collect())
+                    .unwrap_or_default();
+                let has = |a: &str, b: &str| keys.contains(a) && keys.contains(b);
+                let has_cert = has("tls.crt", "tls.key") || has("cert", "key");
+                if t.mode() == "MUTUAL" && !has_cert {
+                    let problem = format!(
+                        "names Secret {} without a client certificate and key (tls.crt/tls.key or cert/key); it has [{}]",
+                        full_name(s),
+                        keys.iter().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    out.push(with_fix(
+                        c.msg(
+                            o,
+                            &mt::ISM_DR_CREDENTIAL_SECRET,
+                            &[what.clone().into(), cn.into(), problem.into()],
+                            f.clone(),
+                        ),
+                        fix,
                     ));
                 }
             }

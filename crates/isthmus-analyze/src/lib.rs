@@ -186,7 +186,8 @@ pub fn isthmus_analyzers() -> &'static [Analyzer] {
 /// Runs the analyzers over the objects and returns the messages, sorted and deduplicated the
 /// way istioctl prints them.
 pub fn analyze(objects: &[Object], mesh: &MeshConfig, opts: &AnalyzeOptions) -> Vec<Message> {
-    let ctx = Ctx::new(objects, mesh);
+    let with_workloads = with_deployment_pods(objects);
+    let ctx = Ctx::new(&with_workloads, mesh);
     let wanted = |a: &Analyzer| {
         opts.analyzers
             .as_ref()
@@ -211,6 +212,46 @@ pub fn analyze(objects: &[Object], mesh: &MeshConfig, opts: &AnalyzeOptions) -> 
     load::locate_lines(&mut msgs, &opts.sources);
     sort_dedup(&mut msgs);
     msgs
+}
+
+/// Offline inputs describe Deployments, not the Pods they will create; analyzers that look
+/// for workloads (gateway selectors, sidecar selectors, subsets) see one Pod per Deployment
+/// template unless a Pod with those labels is already given. The synthetic Pod keeps the
+/// Deployment's name and source.
+fn with_deployment_pods(objects: &[Object]) -> Vec<Object> {
+    let mut all = objects.to_vec();
+    for d in objects
+        .iter()
+        .filter(|o| o.kind == isthmus_api::Kind::Deployment)
+    {
+        let Some(spec) = d.as_deployment() else {
+            continue;
+        };
+        let labels = &spec.template.metadata.labels;
+        let ns = d.meta.namespace.clone();
+        let exists = objects.iter().any(|p| {
+            p.kind == isthmus_api::Kind::Pod
+                && p.meta.namespace == ns
+                && !labels.is_empty()
+                && labels.iter().all(|(k, v)| p.meta.labels.get(k) == Some(v))
+        });
+        if exists {
+            continue;
+        }
+        let mut meta = spec.template.metadata.clone();
+        meta.name = d.name().to_string();
+        meta.namespace = ns;
+        all.push(Object {
+            api_version: "v1".into(),
+            kind: isthmus_api::Kind::Pod,
+            meta,
+            body: isthmus_api::Body::Pod(spec.template.spec.clone()),
+            source: d.source.clone(),
+            raw: serde_json::json!({"apiVersion": "v1", "kind": "Pod"}),
+            seq: all.len(),
+        });
+    }
+    all
 }
 
 /// istioctl's `SortedDedupedCopy`: by level, code, origin, then text.

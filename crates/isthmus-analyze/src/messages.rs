@@ -336,4 +336,37 @@ pub const ISM_TYPES: &[MessageType] = &[
     ISM_PORT_LEVEL_WIPES_TOP_LEVEL,
     ISM_VS_SUBSET_NOT_IN_APPLIED_DR,
     ISM_TLS_ROUTE_ON_TERMINATING_SERVER,
+    ISM_KEEPALIVE_NOT_BELOW_IDLE,
+    ISM_ONE_REQUEST_PER_CONNECTION,
+    ISM_OUTLIER_ON_SINGLE_ENDPOINT,
+    ISM_DR_CREDENTIAL_SECRET,
 ];
+
+mt!(
+    ISM_KEEPALIVE_NOT_BELOW_IDLE,
+    "ISM0007",
+    "KeepaliveNotBelowIdleTimeout",
+    Warning,
+    "%s: tcpKeepalive.time %s is not below the idle timeout %s (%s), so the connection is closed as idle before the first keepalive probe is sent and keepalive protects nothing."
+);
+mt!(
+    ISM_ONE_REQUEST_PER_CONNECTION,
+    "ISM0008",
+    "OneRequestPerConnection",
+    Warning,
+    "%s: maxRequestsPerConnection 1 disables connection reuse: every request opens a new upstream connection (and, with mTLS or TLS origination, a new handshake)."
+);
+mt!(
+    ISM_OUTLIER_ON_SINGLE_ENDPOINT,
+    "ISM0009",
+    "OutlierDetectionOnSingleEndpoint",
+    Warning,
+    "%s: outlierDetection on %s, which has a single endpoint (%s): once ejected no healthy host is left and requests fail with 503 UH until baseEjectionTime passes (Istio disables Envoy's panic threshold)."
+);
+mt!(
+    ISM_DR_CREDENTIAL_SECRET,
+    "ISM0010",
+    "DestinationRuleCredentialSecret",
+    Error,
+    "%s: credentialName %q %s."
+);

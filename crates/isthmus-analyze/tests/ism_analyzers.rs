@@ -268,3 +268,166 @@ spec:
     )
     .is_empty());
 }
+
+#[test]
+fn ism0003_gateway_only_rule_is_silent() {
+    // The seed's egress origination DR: exportTo "." in istio-system, where only the egress
+    // gateway runs — sidecars never see it, the gateway honours credentialName.
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: partner-originate-mtls, namespace: istio-system}
+spec:
+  host: api.partner.example.com
+  exportTo: ['.']
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: partner-client-credential}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: egw, namespace: istio-system, labels: {istio: egressgateway}}
+spec: {containers: [{name: istio-proxy}]}
+";
+    assert!(run("isthmus.SidecarCredentialNameAnalyzer", yaml).is_empty());
+    // The same rule next to an application pod does reach sidecars.
+    let with_app = format!("{yaml}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: app, namespace: istio-system, labels: {{app: sleep}}}}\nspec: {{containers: [{{name: sleep}}]}}\n");
+    assert_eq!(
+        run("isthmus.SidecarCredentialNameAnalyzer", &with_app).len(),
+        1
+    );
+}
+
+#[test]
+fn ism0007_keepalive_not_below_idle() {
+    let dr = |time: &str| {
+        format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ka, namespace: default}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        idleTimeout: 300s
+        tcpKeepalive: {{time: {time}, interval: 30s}}
+"
+        )
+    };
+    let m = run("isthmus.KeepaliveIdleAnalyzer", &dr("7200s"));
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(m[0].text.starts_with("trafficPolicy.connectionPool: tcpKeepalive.time 7200s is not below the idle timeout 300s (tcp.idleTimeout)"), "{}", m[0].text);
+    assert!(run("isthmus.KeepaliveIdleAnalyzer", &dr("120s")).is_empty());
+}
+
+#[test]
+fn ism0008_one_request_per_connection() {
+    let dr = |n: u32| {
+        format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reuse, namespace: default}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    connectionPool:
+      http: {{maxRequestsPerConnection: {n}}}
+"
+        )
+    };
+    let m = run("isthmus.ConnectionReuseAnalyzer", &dr(1));
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert_eq!(m[0].code, "ISM0008");
+    assert!(run("isthmus.ConnectionReuseAnalyzer", &dr(100)).is_empty());
+}
+
+#[test]
+fn ism0009_outlier_on_single_endpoint() {
+    let yaml = |replicas: u32| {
+        format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: data}}
+spec:
+  selector: {{app: db}}
+  ports: [{{name: tcp, port: 5432}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: db, namespace: data}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec: {{containers: [{{name: db, image: postgres}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: data}}
+spec:
+  host: db
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 5s, baseEjectionTime: 60s}}
+"
+        )
+    };
+    let m = run("isthmus.OutlierSingleEndpointAnalyzer", &yaml(1));
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(m[0].text.contains("db.data.svc.cluster.local, which has a single endpoint (Service data/db selects one pod)"), "{}", m[0].text);
+    assert!(run("isthmus.OutlierSingleEndpointAnalyzer", &yaml(3)).is_empty());
+}
+
+#[test]
+fn ism0010_credential_secret_namespace_and_keys() {
+    let yaml = |secret_ns: &str, keys: &str| {
+        format!(
+            "
+apiVersion: v1
+kind: Pod
+metadata: {{name: egw, namespace: istio-system, labels: {{istio: egressgateway}}}}
+spec: {{containers: [{{name: istio-proxy}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate, namespace: istio-system}}
+spec:
+  host: api.partner.example.com
+  exportTo: ['.']
+  trafficPolicy:
+    tls: {{mode: MUTUAL, credentialName: partner-cred}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: partner-cred, namespace: {secret_ns}}}
+type: Opaque
+data: {{{keys}}}
+"
+        )
+    };
+    let ok_keys = "tls.crt: Y2VydA==, tls.key: a2V5, ca.crt: Y2E=";
+    let m = run(
+        "isthmus.CredentialSecretAnalyzer",
+        &yaml("default", ok_keys),
+    );
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(m[0].text.contains("names a Secret that exists only in namespace default, but the proxies using this rule read it from istio-system"), "{}", m[0].text);
+    let m = run(
+        "isthmus.CredentialSecretAnalyzer",
+        &yaml("istio-system", "ca.crt: Y2E="),
+    );
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(
+        m[0].text.contains("without a client certificate and key"),
+        "{}",
+        m[0].text
+    );
+    assert!(run(
+        "isthmus.CredentialSecretAnalyzer",
+        &yaml("istio-system", ok_keys)
+    )
+    .is_empty());
+}
