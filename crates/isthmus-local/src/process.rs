@@ -349,7 +349,9 @@ impl PodSandbox {
         s.push_str("mount -t tmpfs -o mode=0700 isthmus-stage \"$S\"\n");
         // isthmus_mkpoint PATH dir|file: create a missing mount point without touching the
         // host: overlay the nearest existing ancestor (once; later points under it reuse
-        // the overlay), then create the point in the overlay's tmpfs upper layer.
+        // the overlay), then create the point in the overlay's tmpfs upper layer. A dangling
+        // symlink (e.g. /etc/resolv.conf -> a resolver file that does not exist) is removed
+        // inside the overlay first, so nothing is ever written through it onto the host.
         s.push_str(
             "OV='|'\nn=0\nisthmus_mkpoint() {\n  [ -e \"$1\" ] && return 0\n  a=\"$1\"\n  \
              while [ ! -e \"$a\" ]; do a=$(dirname \"$a\"); done\n  b=\"$a\"; covered=\n  \
@@ -358,6 +360,7 @@ impl PodSandbox {
              if [ \"$a\" = / ]; then echo \"isthmus: cannot create $1 (parent is /)\" >&2; exit 126; fi\n    \
              n=$((n+1)); mkdir \"$S/u$n\" \"$S/w$n\"\n    \
              mount -t overlay isthmus-overlay -o \"lowerdir=$a,upperdir=$S/u$n,workdir=$S/w$n\" \"$a\"\n    OV=\"$OV$a|\"\n  fi\n  \
+             [ -L \"$1\" ] && rm -f \"$1\"\n  \
              if [ \"$2\" = dir ]; then mkdir -p \"$1\"; else mkdir -p \"$(dirname \"$1\")\"; : > \"$1\"; fi\n}\n",
         );
         s.push_str(&format!(
