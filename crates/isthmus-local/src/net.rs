@@ -300,6 +300,13 @@ impl MeshNet {
         if cfg.subnet.prefix_len() > 24 {
             return Err(NetError::SubnetTooSmall(cfg.subnet));
         }
+        if cfg.subnet.prefix_len() < 8 {
+            return Err(NetError::InvalidName {
+                what: "subnet",
+                value: cfg.subnet.to_string(),
+                reason: "use a private range between /8 and /24, e.g. 10.244.0.0/24",
+            });
+        }
         let cfg = MeshNetConfig {
             subnet: cfg.subnet.trunc(),
             ..cfg
@@ -585,6 +592,18 @@ mod tests {
         assert_ne!(slug(&"a".repeat(100)), slug(&"a".repeat(101)));
         assert!(slug("node").ends_with(&format!("{:08x}", fnv32("node"))));
         assert!(!slug("///").starts_with('-'));
+    }
+
+    #[test]
+    fn bad_subnets_and_names_are_refused_before_touching_anything() {
+        for net in ["0.0.0.0/0", "10.0.0.0/30"] {
+            let mut cfg = MeshNetConfig::new("unit-never-created");
+            cfg.subnet = net.parse().unwrap_or_default();
+            assert!(MeshNet::up(cfg).is_err(), "{net}");
+        }
+        let cfg = MeshNetConfig::new("Bad Name");
+        assert!(matches!(MeshNet::up(cfg), Err(NetError::InvalidName { .. })));
+        assert!(!netns::exists(&node_netns_name(DEFAULT_PREFIX, "unit-never-created")));
     }
 
     #[test]
