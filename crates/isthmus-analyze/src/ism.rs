@@ -67,6 +67,16 @@ pub(crate) static ALL: &[Analyzer] = &[
         codes: &["ISM0010"],
         run: dr_credential_secret,
     },
+    Analyzer {
+        name: "isthmus.SniAlignmentAnalyzer",
+        codes: &["ISM0011"],
+        run: sni_not_served_by_gateway,
+    },
+    Analyzer {
+        name: "isthmus.GatewayServerConflictAnalyzer",
+        codes: &["ISM0012"],
+        run: gateway_server_dropped,
+    },
 ];
 
 fn with_fix(mut m: Message, fix: &str) -> Message {
@@ -903,6 +913,210 @@ fn dr_credential_secret(c: &Ctx<'_>, out: &mut Vec<Message>) {
                         ),
                         fix,
                     ));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0011: the SNI a sidecar sends to a gateway must be one of the gateway server's hosts.
+
+fn gateways_selecting<'a>(c: &Ctx<'a>, pods: &[&Object]) -> Vec<&'a Object> {
+    c.of(Kind::Gateway)
+        .filter(|g| {
+            g.as_gateway().is_some_and(|gs| {
+                pods.iter()
+                    .any(|p| crate::ctx::selector_matches(&gs.selector, &p.meta.labels))
+            })
+        })
+        .collect()
+}
+
+/// A gateway server host without its `ns/` prefix.
+fn bare_host(h: &str) -> &str {
+    h.split_once('/').map(|(_, x)| x).unwrap_or(h)
+}
+
+fn sni_not_served_by_gateway(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        let fqdn = resolve_host(ns_of(o), &dr.host);
+        let Some((sns, sname)) = full_name_from_fqdn(&fqdn) else {
+            continue;
+        };
+        let Some(svc) = c
+            .find(Kind::Service, &sns, &sname)
+            .and_then(|s| s.as_service())
+        else {
+            continue;
+        };
+        if svc.selector.is_empty() {
+            continue;
+        }
+        let pods: Vec<&Object> = c
+            .of(Kind::Pod)
+            .filter(|p| {
+                ns_of(p) == sns && crate::ctx::selector_matches(&svc.selector, &p.meta.labels)
+            })
+            .collect();
+        if pods.is_empty() {
+            continue;
+        }
+        let gws = gateways_selecting(c, &pods);
+        let mut hosts: Vec<String> = Vec::new();
+        for g in &gws {
+            for s in g
+                .as_gateway()
+                .map(|x| x.servers.as_slice())
+                .unwrap_or_default()
+            {
+                if s.tls.as_ref().is_some_and(|t| {
+                    matches!(
+                        t.mode(),
+                        "ISTIO_MUTUAL" | "MUTUAL" | "SIMPLE" | "OPTIONAL_MUTUAL"
+                    )
+                }) {
+                    hosts.extend(s.hosts.iter().map(|h| bare_host(h).to_string()));
+                }
+            }
+        }
+        if hosts.is_empty() {
+            continue;
+        }
+        for (field, t) in tls_blocks(dr) {
+            let Some(sni) = t.sni.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            if t.mode() != "ISTIO_MUTUAL" && t.mode() != "MUTUAL" && t.mode() != "SIMPLE" {
+                continue;
+            }
+            if hosts.iter().any(|h| host::matches(h, sni)) {
+                continue;
+            }
+            let names = gws
+                .iter()
+                .map(|g| format!("Gateway {}", full_name(g)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(with_fix(
+                c.msg(
+                    o,
+                    &mt::ISM_SNI_NOT_SERVED_BY_GATEWAY,
+                    &[
+                        field.trim_start_matches("spec.").to_string().into(),
+                        sni.into(),
+                        names.into(),
+                        format!("hosts {}", hosts.join(", ")).into(),
+                        fqdn.clone().into(),
+                    ],
+                    Some(format!("{field}.sni")),
+                ),
+                "make the sni equal to a host of the gateway server (and of the VirtualService bound to it): the alignment sni == Gateway hosts == VirtualService hosts must hold",
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0012: servers Istio drops when merging the Gateways of one workload.
+
+fn gateway_server_dropped(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let mut gws: Vec<&Object> = c.of(Kind::Gateway).collect();
+    gws.sort_by_key(|g| {
+        (
+            g.meta.creation_timestamp.clone().unwrap_or_default(),
+            g.name().to_string(),
+            ns_of(g).to_string(),
+        )
+    });
+    // The workloads: each gateway pod, or (no pods known) each distinct selector.
+    let pods: Vec<&Object> = c.of(Kind::Pod).collect();
+    let mut workloads: Vec<Vec<&Object>> = Vec::new();
+    for p in &pods {
+        let sel: Vec<&Object> = gws
+            .iter()
+            .copied()
+            .filter(|g| {
+                g.as_gateway()
+                    .is_some_and(|gs| crate::ctx::selector_matches(&gs.selector, &p.meta.labels))
+            })
+            .collect();
+        if sel.len() > 1 && !workloads.contains(&sel) {
+            workloads.push(sel);
+        }
+    }
+    if pods.is_empty() {
+        let mut by_sel: BTreeMap<String, Vec<&Object>> = BTreeMap::new();
+        for g in &gws {
+            if let Some(gs) = g.as_gateway() {
+                by_sel
+                    .entry(crate::ctx::selector_string(&gs.selector))
+                    .or_default()
+                    .push(g);
+            }
+        }
+        workloads.extend(by_sel.into_values().filter(|v| v.len() > 1));
+    }
+    for group in workloads {
+        // (port, bind) -> host -> gateway that registered it (TLS servers); (port, bind) ->
+        // (protocol, gateway) of the first plaintext server.
+        let mut tls_hosts: BTreeMap<(u32, String), BTreeMap<String, String>> = BTreeMap::new();
+        let mut plain: BTreeMap<(u32, String), (String, String)> = BTreeMap::new();
+        for g in group {
+            let Some(gs) = g.as_gateway() else { continue };
+            let gns = ns_of(g);
+            for (i, s) in gs.servers.iter().enumerate() {
+                let Some(p) = &s.port else { continue };
+                let key = (p.number, s.bind.clone().unwrap_or_default());
+                let label = format!("#{i} of Gateway {}", full_name(g));
+                let field = Some(format!("spec.servers[{i}]"));
+                let proto = p.protocol.to_ascii_uppercase();
+                if s.tls.is_some() {
+                    let hosts: Vec<String> = s
+                        .hosts
+                        .iter()
+                        .map(|h| match h.split_once('/') {
+                            Some((".", x)) => format!("{gns}/{x}"),
+                            Some(("*", x)) => x.to_string(),
+                            _ => h.clone(),
+                        })
+                        .collect();
+                    let registered = tls_hosts.entry(key.clone()).or_default();
+                    if let Some((h, owner)) = hosts
+                        .iter()
+                        .find_map(|h| registered.get(h).map(|o| (h.clone(), o.clone())))
+                    {
+                        let why = format!("host {h:?} is already served on this port by Gateway {owner} (duplicate host names)");
+                        out.push(with_fix(
+                            c.msg(g, &mt::ISM_GATEWAY_SERVER_DROPPED, &[label.into(), Arg::Int(i64::from(p.number)), why.into()], field),
+                            "give each server on a shared port distinct hosts, or move one to another port (PASSTHROUGH and terminating servers may share a port only with different hosts)",
+                        ));
+                        continue;
+                    }
+                    for h in hosts {
+                        registered.insert(h, full_name(g));
+                    }
+                } else {
+                    let is_http = matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB");
+                    match plain.get(&key) {
+                        Some((existing, owner)) => {
+                            let existing_http =
+                                matches!(existing.as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB");
+                            if !(is_http && existing_http) {
+                                let why = format!("it conflicts with the {existing} server of Gateway {owner} on the same port");
+                                out.push(with_fix(
+                                    c.msg(g, &mt::ISM_GATEWAY_SERVER_DROPPED, &[label.into(), Arg::Int(i64::from(p.number)), why.into()], field),
+                                    "use one protocol per gateway port (only HTTP-family plaintext servers merge), or a different port",
+                                ));
+                            }
+                        }
+                        None => {
+                            plain.insert(key, (proto, full_name(g)));
+                        }
+                    }
                 }
             }
         }

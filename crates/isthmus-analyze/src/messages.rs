@@ -340,6 +340,8 @@ pub const ISM_TYPES: &[MessageType] = &[
     ISM_ONE_REQUEST_PER_CONNECTION,
     ISM_OUTLIER_ON_SINGLE_ENDPOINT,
     ISM_DR_CREDENTIAL_SECRET,
+    ISM_SNI_NOT_SERVED_BY_GATEWAY,
+    ISM_GATEWAY_SERVER_DROPPED,
 ];
 
 mt!(
@@ -369,4 +371,19 @@ mt!(
     "DestinationRuleCredentialSecret",
     Error,
     "%s: credentialName %q %s."
+);
+
+mt!(
+    ISM_SNI_NOT_SERVED_BY_GATEWAY,
+    "ISM0011",
+    "SniNotServedByGateway",
+    Error,
+    "%s: sni %q matches no host of the TLS-terminating servers of %s (%s) that select the pods behind %s: the gateway has no filter chain for this SNI and resets the connection."
+);
+mt!(
+    ISM_GATEWAY_SERVER_DROPPED,
+    "ISM0012",
+    "GatewayServerDropped",
+    Error,
+    "Server %s on port %d is dropped by Istio: %s."
 );

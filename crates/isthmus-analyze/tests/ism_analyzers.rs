@@ -431,3 +431,87 @@ data: {{{keys}}}
     )
     .is_empty());
 }
+
+const EGRESS_GW: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: t91-egress, namespace: t91}
+spec:
+  selector: {istio: t91-egress}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: t91-egress-1, namespace: t91, labels: {istio: t91-egress}}
+spec: {containers: [{name: istio-proxy}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: t91-egress, namespace: t91}
+spec:
+  selector: {istio: t91-egress}
+  servers:
+  - port: {number: 8443, name: tls, protocol: TLS}
+    hosts: [api.partner.example]
+    tls: {mode: ISTIO_MUTUAL}
+";
+
+#[test]
+fn ism0011_sni_must_match_gateway_hosts() {
+    let dr = |sni: &str| {
+        format!(
+            "{EGRESS_GW}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: dr1-hop1, namespace: t91}}
+spec:
+  host: t91-egress.t91.svc.cluster.local
+  subsets:
+  - name: partner
+    trafficPolicy:
+      tls: {{mode: ISTIO_MUTUAL, sni: {sni}}}
+"
+        )
+    };
+    let m = run("isthmus.SniAlignmentAnalyzer", &dr("api.partner.exampel"));
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(
+        m[0].text.starts_with("subsets[0].trafficPolicy.tls: sni \"api.partner.exampel\" matches no host of the TLS-terminating servers of Gateway t91/t91-egress (hosts api.partner.example)"),
+        "{}",
+        m[0].text
+    );
+    assert!(run("isthmus.SniAlignmentAnalyzer", &dr("api.partner.example")).is_empty());
+}
+
+#[test]
+fn ism0012_duplicate_tls_hosts_on_shared_port() {
+    let second = |host: &str| {
+        format!(
+            "{EGRESS_GW}---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: zz-passthrough, namespace: t91}}
+spec:
+  selector: {{istio: t91-egress}}
+  servers:
+  - port: {{number: 8443, name: tls-pt, protocol: TLS}}
+    hosts: [{host}]
+    tls: {{mode: PASSTHROUGH}}
+"
+        )
+    };
+    let m = run(
+        "isthmus.GatewayServerConflictAnalyzer",
+        &second("api.partner.example"),
+    );
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert_eq!(
+        m[0].text,
+        "Server #0 of Gateway t91/zz-passthrough on port 8443 is dropped by Istio: host \"api.partner.example\" is already served on this port by Gateway t91/t91-egress (duplicate host names)."
+    );
+    assert!(run(
+        "isthmus.GatewayServerConflictAnalyzer",
+        &second("other.example")
+    )
+    .is_empty());
+}
