@@ -602,8 +602,14 @@ mod tests {
             assert!(MeshNet::up(cfg).is_err(), "{net}");
         }
         let cfg = MeshNetConfig::new("Bad Name");
-        assert!(matches!(MeshNet::up(cfg), Err(NetError::InvalidName { .. })));
-        assert!(!netns::exists(&node_netns_name(DEFAULT_PREFIX, "unit-never-created")));
+        assert!(matches!(
+            MeshNet::up(cfg),
+            Err(NetError::InvalidName { .. })
+        ));
+        assert!(!netns::exists(&node_netns_name(
+            DEFAULT_PREFIX,
+            "unit-never-created"
+        )));
     }
 
     #[test]

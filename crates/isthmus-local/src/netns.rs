@@ -365,3 +365,33 @@ impl NetnsThread {
         })
     }
 }
+
+/// Waits until something accepts TCP connections on `addr` as seen from namespace `name`
+/// (readiness of a pod's server or proxy), retrying every 50 ms up to `timeout`.
+pub async fn wait_tcp(
+    name: &str,
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<(), NetnsError> {
+    let thread = NetnsThread::spawn(name)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            thread.connect_tcp(addr, None),
+        )
+        .await;
+        let err = match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => NetnsError::Io {
+                name: name.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            },
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1088,6 +1088,21 @@ async fn curl_in_a_sidecar_pod_goes_through_both_proxies_to_the_echo_server() {
         .expect("listen");
     let _echo =
         isthmus_local::echo::EchoServer::serve("httpbin", vec![l], vec![], None).expect("echo");
+    // Readiness probe over the pod's loopback (never captured).
+    netns::wait_tcp(
+        &b.netns,
+        "127.0.0.1:8080".parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("echo ready");
+    let closed = netns::wait_tcp(
+        &b.netns,
+        "127.0.0.1:8081".parse().unwrap(),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(closed.is_err(), "nothing listens on 8081");
     let (_out_a, seen_out) = mini_proxy(&a.netns, capture::OUTBOUND_PORT).await;
     let (_in_b, seen_in) = mini_proxy(&b.netns, capture::INBOUND_PORT).await;
 
