@@ -135,7 +135,11 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
             let e = Entry { gw, index: i, server: s, port: p.number, port_name: p.name.clone(), protocol: Protocol::parse(&p.protocol), target, bind: s.bind.clone().unwrap_or_else(|| "0.0.0.0".into()) };
             let key = (target, e.bind.clone());
             if let Some(first) = groups.get(&key).and_then(|v| v.first()) {
-                if first.is_plain_http() != e.is_plain_http() {
+                // Only plain-text HTTP servers merge with each other, and TLS servers with TLS
+                // servers; anything else on an occupied port is dropped (canMergeProtocols).
+                let tls_server = |x: &Entry| x.server.tls.is_some() && !x.is_plain_http();
+                let mergeable = (first.is_plain_http() && e.is_plain_http()) || (tls_server(first) && tls_server(&e));
+                if !mergeable {
                     ctx.diags.push(diag(&gw.meta, Severity::Warning, "GatewayPortConflict", Some(&e.field()), format!("skipping server on gateway {} port {}.{}.{}: conflict with existing server {}.{} (plain-text HTTP and {} cannot share a port)", gw.meta.name, p.name, p.number, p.protocol, first.port, first.port_name, if e.is_plain_http() { first.protocol.as_str() } else { e.protocol.as_str() })));
                     continue;
                 }
@@ -368,12 +372,25 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
             }
         }
     }
+    // httpsRedirect: every host of such a server answers with a redirect; routes are elided.
+    let mut redirect: BTreeMap<String, u32> = BTreeMap::new();
+    for e in &entries {
+        if e.server.tls.as_ref().is_some_and(|t| t.https_redirect) && e.is_plain_http() {
+            for (_, h) in e.host_pairs() {
+                redirect.insert(h, e.port);
+            }
+        }
+    }
+    for (h, port) in &redirect {
+        vhosts.insert(h.clone(), (*port, Vec::new()));
+    }
     let mut out = RouteConfiguration { name: name.to_string(), validate_clusters: Some(false), ignore_port_in_host_matching: true, ..Default::default() };
     for (host, (port, mut routes)) in vhosts {
         // Several VSs for one host: catch-all routes move to the end (SortVHostRoutes).
         let (mut normal, catch): (Vec<Route>, Vec<Route>) = routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
         normal.extend(catch);
-        out.virtual_hosts.push(VirtualHost { name: format!("{host}:{port}"), domains: vec![host.clone()], routes: normal, ..Default::default() });
+        let require_tls = if redirect.contains_key(&host) { "ALL".to_string() } else { String::new() };
+        out.virtual_hosts.push(VirtualHost { name: format!("{host}:{port}"), domains: vec![host.clone()], routes: normal, require_tls, ..Default::default() });
     }
     if out.virtual_hosts.is_empty() {
         let port = entries.first().map(|e| e.port).unwrap_or(0);

@@ -14,6 +14,7 @@ mod cluster;
 mod gateway;
 pub mod policy;
 pub mod render;
+pub mod simulate;
 mod route;
 mod scope;
 mod sidecar;

@@ -23,13 +23,11 @@ pub struct ConfigMeta {
 }
 
 impl ConfigMeta {
-    /// Sort key "oldest first": timestamped objects by time, then the rest in load order.
-    pub fn age_key(&self) -> (bool, &str, usize) {
-        (
-            self.creation_timestamp.is_none(),
-            self.creation_timestamp.as_deref().unwrap_or(""),
-            self.seq,
-        )
+    /// Sort key "oldest first", as istiod orders configs: creationTimestamp, then name, then
+    /// namespace (objects applied together share a timestamp second, so the name decides), then
+    /// load order. An object without a timestamp counts as created with the others.
+    pub fn age_key(&self) -> (&str, &str, &str, usize) {
+        (self.creation_timestamp.as_deref().unwrap_or(""), &self.name, &self.namespace, self.seq)
     }
     /// `Kind ns/name`.
     pub fn label(&self) -> String {
