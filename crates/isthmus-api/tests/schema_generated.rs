@@ -59,18 +59,33 @@ fn generator_refuses_unknown_constructs() {
         }
         isthmus_api::schema::codegen::generate(&docs)
     };
-    let ok = crd(json!({"type": "object", "properties": {"spec": {"type": "string",
-        "x-kubernetes-validations": [{"rule": "self.size() > 1", "message": "m"}]}}}));
+    let ok = crd(
+        json!({"type": "object", "properties": {"spec": {"type": "string",
+        "x-kubernetes-validations": [{"rule": "self.size() > 1", "message": "m"}]}}}),
+    );
     assert!(ok.is_ok(), "{ok:?}");
-    let bad_rule = crd(json!({"type": "object", "properties": {"spec": {"type": "string",
-        "x-kubernetes-validations": [{"rule": "isIP(self)", "message": "m"}]}}}));
-    let e = bad_rule.expect_err("unsupported CEL must fail generation").to_string();
+    let bad_rule = crd(
+        json!({"type": "object", "properties": {"spec": {"type": "string",
+        "x-kubernetes-validations": [{"rule": "isIP(self)", "message": "m"}]}}}),
+    );
+    let e = bad_rule
+        .expect_err("unsupported CEL must fail generation")
+        .to_string();
     assert!(e.contains("isIP"), "{e}");
-    let bad_key = crd(json!({"type": "object", "properties": {"spec": {"type": "string", "pattern": "^a$"}}}));
-    assert!(bad_key.expect_err("pattern is not implemented").to_string().contains("pattern"));
-    let msg_expr = crd(json!({"type": "object", "properties": {"spec": {"type": "string",
-        "x-kubernetes-validations": [{"rule": "true", "messageExpression": "'x'"}]}}}));
+    let bad_key = crd(
+        json!({"type": "object", "properties": {"spec": {"type": "string", "pattern": "^a$"}}}),
+    );
+    assert!(bad_key
+        .expect_err("pattern is not implemented")
+        .to_string()
+        .contains("pattern"));
+    let msg_expr = crd(
+        json!({"type": "object", "properties": {"spec": {"type": "string",
+        "x-kubernetes-validations": [{"rule": "true", "messageExpression": "'x'"}]}}}),
+    );
     assert!(msg_expr.is_err());
-    let bad_format = crd(json!({"type": "object", "properties": {"spec": {"type": "string", "format": "cidr"}}}));
+    let bad_format = crd(
+        json!({"type": "object", "properties": {"spec": {"type": "string", "format": "cidr"}}}),
+    );
     assert!(bad_format.is_err());
 }

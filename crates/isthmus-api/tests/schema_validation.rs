@@ -40,9 +40,14 @@ fn seed_tls_mode_enum() {
 
 #[test]
 fn seed_duration_given_as_number() {
-    let obj = dr(json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {"time": 300}}}}}));
+    let obj = dr(
+        json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"tcpKeepalive": {"time": 300}}}}}),
+    );
     let errs = validate_structure("DestinationRule", DR, &obj);
-    assert_eq!(errs[0].path, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time");
+    assert_eq!(
+        errs[0].path,
+        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time"
+    );
     assert_eq!(errs[0].error_type, FieldErrorType::TypeInvalid);
     assert_eq!(
         errs[0].error(),
@@ -67,7 +72,9 @@ fn required_host() {
 
 #[test]
 fn cel_duration_rule_and_styles() {
-    let obj = dr(json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "0s"}}}}));
+    let obj = dr(
+        json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "0s"}}}}),
+    );
     assert_eq!(
         msg("DestinationRule", "dr1", &obj),
         r#"The DestinationRule "dr1" is invalid: spec.trafficPolicy.connectionPool.tcp.connectTimeout: Invalid value: "string": must be a valid duration greater than 1ms"#
@@ -76,27 +83,35 @@ fn cel_duration_rule_and_styles() {
         "DestinationRule",
         DR,
         &obj,
-        ValidateOptions { cel_bad_value: CelBadValue::ActualValue },
+        ValidateOptions {
+            cel_bad_value: CelBadValue::ActualValue,
+        },
     );
     assert_eq!(
         actual[0].error(),
         r#"spec.trafficPolicy.connectionPool.tcp.connectTimeout: Invalid value: "0s": must be a valid duration greater than 1ms"#
     );
     // Unparsable durations fail at evaluation time with cel-go's conversion error.
-    let bad = dr(json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "abc"}}}}));
+    let bad = dr(
+        json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "abc"}}}}),
+    );
     assert_eq!(
         validate_structure("DestinationRule", DR, &bad)[0].error(),
         "spec.trafficPolicy.connectionPool.tcp.connectTimeout: Invalid value: \"string\": type conversion error from 'string' to 'google.protobuf.Duration' evaluating rule: must be a valid duration greater than 1ms"
     );
     // Fine durations pass; idleTimeout has no rule (0s allowed).
-    let ok = dr(json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "1ms", "idleTimeout": "0s"}}}}));
+    let ok = dr(
+        json!({"host": "a", "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "1ms", "idleTimeout": "0s"}}}}),
+    );
     assert_eq!(validate_structure("DestinationRule", DR, &ok), vec![]);
 }
 
 #[test]
 fn cel_on_objects_and_lists() {
     let se = |spec: Value| json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "ServiceEntry", "metadata": {"name": "s"}, "spec": spec});
-    let obj = se(json!({"hosts": ["example.com"], "workloadSelector": {}, "endpoints": [{"address": "1.2.3.4"}]}));
+    let obj = se(
+        json!({"hosts": ["example.com"], "workloadSelector": {}, "endpoints": [{"address": "1.2.3.4"}]}),
+    );
     // No resolution means NONE, which also forbids endpoints: both rules fail, in rule order.
     assert_eq!(
         msg("ServiceEntry", "s", &obj),
@@ -104,9 +119,21 @@ fn cel_on_objects_and_lists() {
          * spec: Invalid value: \"object\": only one of WorkloadSelector or Endpoints can be set\n\
          * spec: Invalid value: \"object\": NONE mode cannot set endpoints"
     );
-    let actual = validate_structure_with("ServiceEntry", "networking.istio.io/v1alpha3", &obj, ValidateOptions { cel_bad_value: CelBadValue::ActualValue });
-    assert_eq!(actual[0].error(), "spec: Invalid value: only one of WorkloadSelector or Endpoints can be set");
-    let ports = se(json!({"hosts": ["example.com"], "ports": [{"name": "a", "number": 1}, {"name": "b", "number": 1}]}));
+    let actual = validate_structure_with(
+        "ServiceEntry",
+        "networking.istio.io/v1alpha3",
+        &obj,
+        ValidateOptions {
+            cel_bad_value: CelBadValue::ActualValue,
+        },
+    );
+    assert_eq!(
+        actual[0].error(),
+        "spec: Invalid value: only one of WorkloadSelector or Endpoints can be set"
+    );
+    let ports = se(
+        json!({"hosts": ["example.com"], "ports": [{"name": "a", "number": 1}, {"name": "b", "number": 1}]}),
+    );
     assert_eq!(
         msg("ServiceEntry", "s", &ports),
         r#"The ServiceEntry "s" is invalid: spec.ports: Invalid value: "array": port number cannot be duplicated"#
@@ -116,7 +143,9 @@ fn cel_on_objects_and_lists() {
         msg("ServiceEntry", "s", &port),
         r#"The ServiceEntry "s" is invalid: spec.ports[0].number: Invalid value: "integer": port must be between 1-65535"#
     );
-    let dup = se(json!({"hosts": ["example.com"], "ports": [{"name": "a", "number": 1}, {"name": "a", "number": 12}]}));
+    let dup = se(
+        json!({"hosts": ["example.com"], "ports": [{"name": "a", "number": 1}, {"name": "a", "number": 12}]}),
+    );
     assert_eq!(
         msg("ServiceEntry", "s", &dup),
         r#"The ServiceEntry "s" is invalid: spec.ports[1]: Duplicate value: map[string]interface {}{"name":"a"}"#
@@ -130,7 +159,10 @@ fn several_causes_and_duplicates_dropped() {
         "loadBalancer": {"simple": "FASTEST"}
     }}));
     let m = msg("DestinationRule", "x", &obj);
-    assert!(m.starts_with("The DestinationRule \"x\" is invalid: \n* "), "{m}");
+    assert!(
+        m.starts_with("The DestinationRule \"x\" is invalid: \n* "),
+        "{m}"
+    );
     assert_eq!(m.lines().count(), 4, "{m}");
     assert!(m.contains("* spec.trafficPolicy.tls.mode: Unsupported value: \"tcp\""));
     assert!(m.contains("* spec.trafficPolicy.loadBalancer.simple: Unsupported value: \"FASTEST\": supported values: \"UNSPECIFIED\", \"LEAST_CONN\", \"RANDOM\", \"PASSTHROUGH\", \"ROUND_ROBIN\", \"LEAST_REQUEST\""));
@@ -145,18 +177,28 @@ fn enum_with_wrong_type_reports_both() {
     let obj = dr(json!({"host": "a", "trafficPolicy": {"tls": {"mode": 5}}}));
     let errs = validate_structure("DestinationRule", DR, &obj);
     let texts: Vec<String> = errs.iter().map(|e| e.error()).collect();
-    assert_eq!(texts[0], r#"spec.trafficPolicy.tls.mode: Invalid value: "integer": spec.trafficPolicy.tls.mode in body must be of type string: "integer""#);
-    assert_eq!(texts[1], r#"spec.trafficPolicy.tls.mode: Unsupported value: 5: supported values: "DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL""#);
+    assert_eq!(
+        texts[0],
+        r#"spec.trafficPolicy.tls.mode: Invalid value: "integer": spec.trafficPolicy.tls.mode in body must be of type string: "integer""#
+    );
+    assert_eq!(
+        texts[1],
+        r#"spec.trafficPolicy.tls.mode: Unsupported value: 5: supported values: "DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL""#
+    );
 }
 
 #[test]
 fn bounds_one_of_and_sizes() {
-    let obj = dr(json!({"host": "a", "trafficPolicy": {"loadBalancer": {"warmup": {"duration": "300s", "minimumPercent": 150.0}}}}));
+    let obj = dr(
+        json!({"host": "a", "trafficPolicy": {"loadBalancer": {"warmup": {"duration": "300s", "minimumPercent": 150.0}}}}),
+    );
     assert_eq!(
         validate_structure("DestinationRule", DR, &obj)[0].error(),
         "spec.trafficPolicy.loadBalancer.warmup.minimumPercent: Invalid value: 150: spec.trafficPolicy.loadBalancer.warmup.minimumPercent in body should be less than or equal to 100"
     );
-    let obj = dr(json!({"host": "a", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x", "useSourceIp": true}}}}));
+    let obj = dr(
+        json!({"host": "a", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x", "useSourceIp": true}}}}),
+    );
     assert_eq!(
         validate_structure("DestinationRule", DR, &obj)[0].error(),
         "<nil>: Invalid value: \"\": \"spec.trafficPolicy.loadBalancer.consistentHash\" must validate one and only one schema (oneOf). Found 2 valid alternatives"
@@ -185,7 +227,12 @@ fn unknown_fields_and_strict_message() {
     let unknown = unknown_fields("DestinationRule", DR, &obj);
     assert_eq!(
         unknown,
-        vec!["extra", "spec.subsets[0].labelz", "spec.trafficPolicy.foo", "spec.trafficPolicy.tls.bar"]
+        vec![
+            "extra",
+            "spec.subsets[0].labelz",
+            "spec.trafficPolicy.foo",
+            "spec.trafficPolicy.tls.bar"
+        ]
     );
     let one = vec!["spec.trafficPolicy.foo".to_string()];
     assert_eq!(
@@ -198,11 +245,17 @@ fn unknown_fields_and_strict_message() {
     );
     // A map given where a string is declared: its keys are unknown fields (kube prunes them).
     let obj = dr(json!({"host": {"a": 1}}));
-    assert_eq!(unknown_fields("DestinationRule", DR, &obj), vec!["spec.host.a"]);
+    assert_eq!(
+        unknown_fields("DestinationRule", DR, &obj),
+        vec!["spec.host.a"]
+    );
     // Label maps (additionalProperties) accept any key; metadata fields are checked.
     let obj = json!({"apiVersion": DR, "kind": "DestinationRule", "metadata": {"name": "x", "labelz": {}},
         "spec": {"host": "a", "subsets": [{"name": "v1", "labels": {"any": "thing"}}]}});
-    assert_eq!(unknown_fields("DestinationRule", DR, &obj), vec!["metadata.labelz"]);
+    assert_eq!(
+        unknown_fields("DestinationRule", DR, &obj),
+        vec!["metadata.labelz"]
+    );
     // Unknown fields are pruned before validation (--validate=ignore semantics).
     let obj = dr(json!({"host": "a", "bogus": 1}));
     assert!(validate_structure("DestinationRule", DR, &obj).is_empty());
@@ -212,7 +265,10 @@ fn unknown_fields_and_strict_message() {
 fn nulls_floats_and_status() {
     // null in a non-nullable field is dropped before validation: host becomes missing.
     let obj = dr(json!({"host": null}));
-    assert_eq!(validate_structure("DestinationRule", DR, &obj)[0].error(), "spec.host: Required value");
+    assert_eq!(
+        validate_structure("DestinationRule", DR, &obj)[0].error(),
+        "spec.host: Required value"
+    );
     // kubectl's YAML→JSON makes 80.0 an integer.
     let se = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "s"},
         "spec": {"hosts": ["a.com"], "ports": [{"name": "http", "number": 80.0}]}});
@@ -228,17 +284,35 @@ fn nulls_floats_and_status() {
     assert!(validate_structure("DestinationRule", DR, &obj).is_empty());
     // Missing spec.
     let obj = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "s"}});
-    assert_eq!(validate_structure("ServiceEntry", "networking.istio.io/v1", &obj)[0].error(), "spec: Required value");
+    assert_eq!(
+        validate_structure("ServiceEntry", "networking.istio.io/v1", &obj)[0].error(),
+        "spec: Required value"
+    );
     // Kinds without a schema are not validated here.
     assert!(validate_structure("Service", "v1", &json!({"spec": 1})).is_empty());
-    assert!(validate_structure("DestinationRule", "networking.istio.io/v2", &json!({"spec": 1})).is_empty());
+    assert!(validate_structure(
+        "DestinationRule",
+        "networking.istio.io/v2",
+        &json!({"spec": 1})
+    )
+    .is_empty());
 }
 
 #[test]
 fn all_versions_served() {
-    for kind in ["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "Sidecar", "WorkloadEntry"] {
+    for kind in [
+        "Gateway",
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "Sidecar",
+        "WorkloadEntry",
+    ] {
         for v in ["v1", "v1beta1", "v1alpha3"] {
-            assert!(isthmus_api::schema::has_schema(kind, &format!("networking.istio.io/{v}")), "{kind} {v}");
+            assert!(
+                isthmus_api::schema::has_schema(kind, &format!("networking.istio.io/{v}")),
+                "{kind} {v}"
+            );
         }
     }
 }
@@ -289,11 +363,18 @@ fn corpora_dir() -> Option<PathBuf> {
 }
 
 /// (file, index, name, _err, object without _err) for every document of the matching files.
-fn corpus_docs(dir: &std::path::Path, suffix: &str) -> Vec<(String, usize, String, Option<String>, Value)> {
+fn corpus_docs(
+    dir: &std::path::Path,
+    suffix: &str,
+) -> Vec<(String, usize, String, Option<String>, Value)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("istio-validation"))
         .expect("read corpus dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suffix)))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix))
+        })
         .collect();
     files.sort();
     let mut out = Vec::new();
@@ -305,9 +386,16 @@ fn corpus_docs(dir: &std::path::Path, suffix: &str) -> Vec<(String, usize, Strin
             if v.is_null() {
                 continue;
             }
-            let err = v.as_object_mut().and_then(|m| m.remove("_err")).and_then(|e| e.as_str().map(String::from));
+            let err = v
+                .as_object_mut()
+                .and_then(|m| m.remove("_err"))
+                .and_then(|e| e.as_str().map(String::from));
             let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
-            let file = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+            let file = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
             out.push((file, i, name, err, v));
         }
     }
@@ -325,7 +413,11 @@ fn structural_message(v: &Value) -> Option<String> {
     if errs.is_empty() {
         None
     } else {
-        Some(kubectl_message(kind, v["metadata"]["name"].as_str().unwrap_or(""), &errs))
+        Some(kubectl_message(
+            kind,
+            v["metadata"]["name"].as_str().unwrap_or(""),
+            &errs,
+        ))
     }
 }
 
@@ -333,9 +425,17 @@ fn structural_message(v: &Value) -> Option<String> {
 fn corpus_valid_documents_pass() {
     let Some(dir) = corpora_dir() else { return };
     let docs = corpus_docs(&dir, "-valid.yaml");
-    assert!(docs.len() >= 5, "expected corpus documents, found {}", docs.len());
+    assert!(
+        docs.len() >= 5,
+        "expected corpus documents, found {}",
+        docs.len()
+    );
     for (file, i, name, _, v) in docs {
-        assert_eq!(structural_message(&v), None, "{file} doc {i} ({name}) must pass structural validation");
+        assert_eq!(
+            structural_message(&v),
+            None,
+            "{file} doc {i} ({name}) must pass structural validation"
+        );
     }
 }
 
@@ -371,11 +471,17 @@ fn corpus_invalid_documents_caught_structurally() {
             Some(m) => {
                 let want = err.as_deref().unwrap_or("");
                 eprintln!("structural: {id}:\n{m}\n");
-                assert!(m.contains(want), "{id}: message {m:?} does not contain _err {want:?}");
+                assert!(
+                    m.contains(want),
+                    "{id}: message {m:?} does not contain _err {want:?}"
+                );
                 caught.push(id);
             }
             None => eprintln!("not structural (webhook-level): {id} (_err {err:?})"),
         }
     }
-    assert_eq!(caught, CAUGHT_STRUCTURALLY, "set of structurally rejected corpus documents changed");
+    assert_eq!(
+        caught, CAUGHT_STRUCTURALLY,
+        "set of structurally rejected corpus documents changed"
+    );
 }

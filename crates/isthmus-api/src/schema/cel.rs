@@ -96,8 +96,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
     let mut i = 0;
     let mut out = Vec::new();
     const PUNCTS: &[&str] = &[
-        "&&", "||", "==", "!=", "<=", ">=", "<", ">", "!", "?", ":", "(", ")", "[", "]", "{",
-        "}", ",", ".", "+", "-", "*", "/", "%",
+        "&&", "||", "==", "!=", "<=", ">=", "<", ">", "!", "?", ":", "(", ")", "[", "]", "{", "}",
+        ",", ".", "+", "-", "*", "/", "%",
     ];
     while i < b.len() {
         let c = b[i];
@@ -146,16 +146,19 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             let text = &src[start..i];
             if is_float {
                 out.push(Tok::Double(
-                    text.parse().map_err(|e| format!("bad double literal {text:?}: {e}"))?,
+                    text.parse()
+                        .map_err(|e| format!("bad double literal {text:?}: {e}"))?,
                 ));
             } else if i < b.len() && (b[i] == b'u' || b[i] == b'U') {
                 i += 1;
                 out.push(Tok::Uint(
-                    text.parse().map_err(|e| format!("bad uint literal {text:?}: {e}"))?,
+                    text.parse()
+                        .map_err(|e| format!("bad uint literal {text:?}: {e}"))?,
                 ));
             } else {
                 out.push(Tok::Int(
-                    text.parse().map_err(|e| format!("bad int literal {text:?}: {e}"))?,
+                    text.parse()
+                        .map_err(|e| format!("bad int literal {text:?}: {e}"))?,
                 ));
             }
             continue;
@@ -167,7 +170,10 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             i += 1;
             let mut s = String::new();
             loop {
-                let ch = src[i..].chars().next().ok_or("unterminated string literal")?;
+                let ch = src[i..]
+                    .chars()
+                    .next()
+                    .ok_or("unterminated string literal")?;
                 i += ch.len_utf8();
                 if ch as u32 == c as u32 {
                     break;
@@ -253,7 +259,11 @@ impl Parser {
         if self.eat(p) {
             Ok(())
         } else {
-            Err(format!("expected {p:?} at token {}, found {:?}", self.pos, self.peek()))
+            Err(format!(
+                "expected {p:?} at token {}, found {:?}",
+                self.pos,
+                self.peek()
+            ))
         }
     }
 
@@ -379,7 +389,9 @@ impl Parser {
             if self.eat(".") {
                 let name = match self.peek() {
                     Some(Tok::Ident(n)) => n.clone(),
-                    other => return Err(format!("expected a field name after '.', found {other:?}")),
+                    other => {
+                        return Err(format!("expected a field name after '.', found {other:?}"))
+                    }
                 };
                 self.pos += 1;
                 if self.eat("(") {
@@ -472,8 +484,12 @@ fn method(target: Expr, name: &str, args: Vec<Expr>) -> Result<Expr, String> {
             Ok(Expr::Macro(kind, Box::new(range), var, Box::new(pred)))
         }
         ("size", 0) => Ok(Expr::Call(Func::Size, all)),
-        ("contains", 1) | ("startsWith", 1) | ("endsWith", 1) | ("matches", 1)
-        | ("substring", 1) | ("substring", 2) => {
+        ("contains", 1)
+        | ("startsWith", 1)
+        | ("endsWith", 1)
+        | ("matches", 1)
+        | ("substring", 1)
+        | ("substring", 2) => {
             let f = match name {
                 "contains" => Func::Contains,
                 "startsWith" => Func::StartsWith,
@@ -481,9 +497,9 @@ fn method(target: Expr, name: &str, args: Vec<Expr>) -> Result<Expr, String> {
                 "substring" => Func::Substring,
                 _ => {
                     let re = match args.first() {
-                        Some(Expr::Str(p)) => Some(
-                            Regex::new(p).map_err(|e| format!("invalid regex {p:?}: {e}"))?,
-                        ),
+                        Some(Expr::Str(p)) => {
+                            Some(Regex::new(p).map_err(|e| format!("invalid regex {p:?}: {e}"))?)
+                        }
                         _ => None,
                     };
                     Func::Matches(re)
@@ -505,8 +521,15 @@ fn check_idents(e: &Expr, scope: &mut Vec<String>) -> Result<(), String> {
                 Err(format!("undeclared reference to {n:?}"))
             }
         }
-        Expr::Null | Expr::Bool(_) | Expr::Int(_) | Expr::Uint(_) | Expr::Double(_) | Expr::Str(_) => Ok(()),
-        Expr::Select(a, _) | Expr::Has(a, _) | Expr::Not(a) | Expr::Neg(a) => check_idents(a, scope),
+        Expr::Null
+        | Expr::Bool(_)
+        | Expr::Int(_)
+        | Expr::Uint(_)
+        | Expr::Double(_)
+        | Expr::Str(_) => Ok(()),
+        Expr::Select(a, _) | Expr::Has(a, _) | Expr::Not(a) | Expr::Neg(a) => {
+            check_idents(a, scope)
+        }
         Expr::Index(a, b) | Expr::Bin(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => {
             check_idents(a, scope)?;
             check_idents(b, scope)
@@ -516,7 +539,9 @@ fn check_idents(e: &Expr, scope: &mut Vec<String>) -> Result<(), String> {
             check_idents(b, scope)?;
             check_idents(c, scope)
         }
-        Expr::List(items) | Expr::Call(_, items) => items.iter().try_for_each(|i| check_idents(i, scope)),
+        Expr::List(items) | Expr::Call(_, items) => {
+            items.iter().try_for_each(|i| check_idents(i, scope))
+        }
         Expr::Macro(_, range, var, pred) => {
             check_idents(range, scope)?;
             scope.push(var.clone());
@@ -603,14 +628,19 @@ fn from_json<'a>(nodes: &[Node], v: &'a Value, n: u32) -> Val<'a> {
     }
 }
 
-struct Env<'a, 'p> {
-    nodes: &'p [Node],
-    vars: Vec<(&'p str, Val<'a>)>,
+struct Env<'a> {
+    nodes: &'a [Node],
+    vars: Vec<(&'a str, Val<'a>)>,
 }
 
 /// Evaluates a compiled rule with `self` bound to `value` (described by schema node `n`).
 /// `Ok(true/false)` is the rule's verdict; `Err` is a runtime error text as cel-go prints it.
-pub fn evaluate<'p>(p: &'p Program, nodes: &'p [Node], value: &Value, n: u32) -> Result<bool, String> {
+pub fn evaluate<'a>(
+    p: &'a Program,
+    nodes: &'a [Node],
+    value: &'a Value,
+    n: u32,
+) -> Result<bool, String> {
     let mut env = Env {
         nodes,
         vars: vec![("self", from_json(nodes, value, n))],
@@ -628,7 +658,10 @@ fn items<'a>(nodes: &[Node], v: &Val<'a>) -> Result<Vec<Val<'a>>, String> {
             let it = node(nodes, *n).map_or(NONE, |x| x.items);
             Ok(a.iter().map(|x| from_json(nodes, x, it)).collect())
         }
-        Val::Json(Value::Object(m), _) => Ok(m.keys().map(|k| Val::Str(Cow::Borrowed(k.as_str()))).collect()),
+        Val::Json(Value::Object(m), _) => Ok(m
+            .keys()
+            .map(|k| Val::Str(Cow::Borrowed(k.as_str())))
+            .collect()),
         _ => Err(NO_OVERLOAD.into()),
     }
 }
@@ -637,8 +670,16 @@ fn num_cmp(a: &Val, b: &Val) -> Option<std::cmp::Ordering> {
     match (a, b) {
         (Val::Int(x), Val::Int(y)) => Some(x.cmp(y)),
         (Val::Uint(x), Val::Uint(y)) => Some(x.cmp(y)),
-        (Val::Int(x), Val::Uint(y)) => Some(if *x < 0 { std::cmp::Ordering::Less } else { (*x as u64).cmp(y) }),
-        (Val::Uint(x), Val::Int(y)) => Some(if *y < 0 { std::cmp::Ordering::Greater } else { x.cmp(&(*y as u64)) }),
+        (Val::Int(x), Val::Uint(y)) => Some(if *x < 0 {
+            std::cmp::Ordering::Less
+        } else {
+            (*x as u64).cmp(y)
+        }),
+        (Val::Uint(x), Val::Int(y)) => Some(if *y < 0 {
+            std::cmp::Ordering::Greater
+        } else {
+            x.cmp(&(*y as u64))
+        }),
         (Val::Double(x), Val::Double(y)) => x.partial_cmp(y),
         (Val::Double(x), Val::Int(y)) => x.partial_cmp(&(*y as f64)),
         (Val::Int(x), Val::Double(y)) => (*x as f64).partial_cmp(y),
@@ -661,18 +702,25 @@ fn equal(nodes: &[Node], a: &Val, b: &Val) -> bool {
             x.len() == y.len()
                 && x.iter().all(|(k, v)| {
                     y.get(k).is_some_and(|w| {
-                        let cx = node(nodes, *nx).and_then(|n| n.field_schema(k)).unwrap_or(NONE);
-                        let cy = node(nodes, *ny).and_then(|n| n.field_schema(k)).unwrap_or(NONE);
+                        let cx = node(nodes, *nx)
+                            .and_then(|n| n.field_schema(k))
+                            .unwrap_or(NONE);
+                        let cy = node(nodes, *ny)
+                            .and_then(|n| n.field_schema(k))
+                            .unwrap_or(NONE);
                         equal(nodes, &from_json(nodes, v, cx), &from_json(nodes, w, cy))
                     })
                 })
         }
-        (Val::Json(Value::Array(_), _) | Val::List(_), Val::Json(Value::Array(_), _) | Val::List(_)) => {
-            match (items(nodes, a), items(nodes, b)) {
-                (Ok(x), Ok(y)) => x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| equal(nodes, p, q)),
-                _ => false,
+        (
+            Val::Json(Value::Array(_), _) | Val::List(_),
+            Val::Json(Value::Array(_), _) | Val::List(_),
+        ) => match (items(nodes, a), items(nodes, b)) {
+            (Ok(x), Ok(y)) => {
+                x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| equal(nodes, p, q))
             }
-        }
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -708,7 +756,7 @@ fn or<'a>(l: R<'a>, r: R<'a>) -> R<'a> {
     }
 }
 
-fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
+fn eval<'a>(e: &'a Expr, env: &mut Env<'a>) -> R<'a> {
     let nodes = env.nodes;
     match e {
         Expr::Null => Ok(Val::Null),
@@ -716,7 +764,7 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
         Expr::Int(i) => Ok(Val::Int(*i)),
         Expr::Uint(u) => Ok(Val::Uint(*u)),
         Expr::Double(d) => Ok(Val::Double(*d)),
-        Expr::Str(s) => Ok(Val::Str(Cow::Owned(s.clone()))),
+        Expr::Str(s) => Ok(Val::Str(Cow::Borrowed(s.as_str()))),
         Expr::Ident(n) => env
             .vars
             .iter()
@@ -727,7 +775,9 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
         Expr::Select(operand, field) => match eval(operand, env)? {
             Val::Json(Value::Object(m), n) => match m.get(field) {
                 Some(v) => {
-                    let c = node(nodes, n).and_then(|x| x.field_schema(field)).unwrap_or(NONE);
+                    let c = node(nodes, n)
+                        .and_then(|x| x.field_schema(field))
+                        .unwrap_or(NONE);
                     Ok(from_json(nodes, v, c))
                 }
                 None => Err(format!("no such key: {field}")),
@@ -744,12 +794,17 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
             match (&o, &i) {
                 (Val::Json(Value::Object(m), n), Val::Str(k)) => match m.get(k.as_ref()) {
                     Some(v) => {
-                        let c = node(nodes, *n).and_then(|x| x.field_schema(k)).unwrap_or(NONE);
+                        let c = node(nodes, *n)
+                            .and_then(|x| x.field_schema(k))
+                            .unwrap_or(NONE);
                         Ok(from_json(nodes, v, c))
                     }
                     None => Err(format!("no such key: {k}")),
                 },
-                (Val::Json(Value::Array(_), _) | Val::List(_), Val::Int(_) | Val::Uint(_) | Val::Double(_)) => {
+                (
+                    Val::Json(Value::Array(_), _) | Val::List(_),
+                    Val::Int(_) | Val::Uint(_) | Val::Double(_),
+                ) => {
                     let list = items(nodes, &o)?;
                     let idx = match i {
                         Val::Int(x) => Some(x),
@@ -758,7 +813,9 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
                         _ => None,
                     };
                     match idx {
-                        Some(x) if x >= 0 && (x as usize) < list.len() => Ok(list[x as usize].clone()),
+                        Some(x) if x >= 0 && (x as usize) < list.len() => {
+                            Ok(list[x as usize].clone())
+                        }
                         Some(x) => Err(format!("index out of bounds: {x}")),
                         None => Err("unsupported index value".into()),
                     }
@@ -778,9 +835,15 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
             _ => Err(NO_OVERLOAD.into()),
         },
         Expr::Neg(a) => match eval(a, env)? {
-            Val::Int(i) => i.checked_neg().map(Val::Int).ok_or_else(|| "integer overflow".into()),
+            Val::Int(i) => i
+                .checked_neg()
+                .map(Val::Int)
+                .ok_or_else(|| "integer overflow".into()),
             Val::Double(d) => Ok(Val::Double(-d)),
-            Val::Duration(d) => d.checked_neg().map(Val::Duration).ok_or_else(|| "integer overflow".into()),
+            Val::Duration(d) => d
+                .checked_neg()
+                .map(Val::Duration)
+                .ok_or_else(|| "integer overflow".into()),
             _ => Err(NO_OVERLOAD.into()),
         },
         Expr::And(a, b) => {
@@ -819,7 +882,7 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
         Expr::Macro(kind, range, var, pred) => {
             let r = eval(range, env)?;
             let elems = items(nodes, &r)?;
-            let var: &'p str = var.as_str();
+            let var: &'a str = var.as_str();
             let mut acc: R<'a> = Ok(Val::Bool(*kind == MacroKind::All));
             let mut count = 0usize;
             for x in elems {
@@ -848,7 +911,7 @@ fn eval<'a, 'p>(e: &'p Expr, env: &mut Env<'a, 'p>) -> R<'a> {
     }
 }
 
-fn with_var<'a, 'p>(env: &mut Env<'a, 'p>, var: &'p str, x: Val<'a>, pred: &'p Expr) -> R<'a> {
+fn with_var<'a>(env: &mut Env<'a>, var: &'a str, x: Val<'a>, pred: &'a Expr) -> R<'a> {
     env.vars.push((var, x));
     let r = eval(pred, env);
     env.vars.pop();
@@ -887,12 +950,24 @@ fn binary<'a>(nodes: &[Node], op: BinOp, l: Val<'a>, r: Val<'a>) -> R<'a> {
             _ => Err(NO_OVERLOAD.into()),
         },
         BinOp::Add => match (l, r) {
-            (Val::Int(a), Val::Int(b)) => a.checked_add(b).map(Val::Int).ok_or_else(|| "integer overflow".into()),
-            (Val::Uint(a), Val::Uint(b)) => a.checked_add(b).map(Val::Uint).ok_or_else(|| "unsigned integer overflow".into()),
+            (Val::Int(a), Val::Int(b)) => a
+                .checked_add(b)
+                .map(Val::Int)
+                .ok_or_else(|| "integer overflow".into()),
+            (Val::Uint(a), Val::Uint(b)) => a
+                .checked_add(b)
+                .map(Val::Uint)
+                .ok_or_else(|| "unsigned integer overflow".into()),
             (Val::Double(a), Val::Double(b)) => Ok(Val::Double(a + b)),
             (Val::Str(a), Val::Str(b)) => Ok(Val::Str(Cow::Owned(format!("{a}{b}")))),
-            (Val::Duration(a), Val::Duration(b)) => a.checked_add(b).map(Val::Duration).ok_or_else(|| "integer overflow".into()),
-            (a @ (Val::List(_) | Val::Json(Value::Array(_), _)), b @ (Val::List(_) | Val::Json(Value::Array(_), _))) => {
+            (Val::Duration(a), Val::Duration(b)) => a
+                .checked_add(b)
+                .map(Val::Duration)
+                .ok_or_else(|| "integer overflow".into()),
+            (
+                a @ (Val::List(_) | Val::Json(Value::Array(_), _)),
+                b @ (Val::List(_) | Val::Json(Value::Array(_), _)),
+            ) => {
                 let mut x = items(nodes, &a)?;
                 x.extend(items(nodes, &b)?);
                 Ok(Val::List(x))
@@ -900,28 +975,53 @@ fn binary<'a>(nodes: &[Node], op: BinOp, l: Val<'a>, r: Val<'a>) -> R<'a> {
             _ => Err(NO_OVERLOAD.into()),
         },
         BinOp::Sub => match (l, r) {
-            (Val::Int(a), Val::Int(b)) => a.checked_sub(b).map(Val::Int).ok_or_else(|| "integer overflow".into()),
-            (Val::Uint(a), Val::Uint(b)) => a.checked_sub(b).map(Val::Uint).ok_or_else(|| "unsigned integer overflow".into()),
+            (Val::Int(a), Val::Int(b)) => a
+                .checked_sub(b)
+                .map(Val::Int)
+                .ok_or_else(|| "integer overflow".into()),
+            (Val::Uint(a), Val::Uint(b)) => a
+                .checked_sub(b)
+                .map(Val::Uint)
+                .ok_or_else(|| "unsigned integer overflow".into()),
             (Val::Double(a), Val::Double(b)) => Ok(Val::Double(a - b)),
-            (Val::Duration(a), Val::Duration(b)) => a.checked_sub(b).map(Val::Duration).ok_or_else(|| "integer overflow".into()),
+            (Val::Duration(a), Val::Duration(b)) => a
+                .checked_sub(b)
+                .map(Val::Duration)
+                .ok_or_else(|| "integer overflow".into()),
             _ => Err(NO_OVERLOAD.into()),
         },
         BinOp::Mul => match (l, r) {
-            (Val::Int(a), Val::Int(b)) => a.checked_mul(b).map(Val::Int).ok_or_else(|| "integer overflow".into()),
-            (Val::Uint(a), Val::Uint(b)) => a.checked_mul(b).map(Val::Uint).ok_or_else(|| "unsigned integer overflow".into()),
+            (Val::Int(a), Val::Int(b)) => a
+                .checked_mul(b)
+                .map(Val::Int)
+                .ok_or_else(|| "integer overflow".into()),
+            (Val::Uint(a), Val::Uint(b)) => a
+                .checked_mul(b)
+                .map(Val::Uint)
+                .ok_or_else(|| "unsigned integer overflow".into()),
             (Val::Double(a), Val::Double(b)) => Ok(Val::Double(a * b)),
             _ => Err(NO_OVERLOAD.into()),
         },
         BinOp::Div => match (l, r) {
-            (Val::Int(_), Val::Int(0)) | (Val::Uint(_), Val::Uint(0)) => Err("division by zero".into()),
-            (Val::Int(a), Val::Int(b)) => a.checked_div(b).map(Val::Int).ok_or_else(|| "integer overflow".into()),
+            (Val::Int(_), Val::Int(0)) | (Val::Uint(_), Val::Uint(0)) => {
+                Err("division by zero".into())
+            }
+            (Val::Int(a), Val::Int(b)) => a
+                .checked_div(b)
+                .map(Val::Int)
+                .ok_or_else(|| "integer overflow".into()),
             (Val::Uint(a), Val::Uint(b)) => Ok(Val::Uint(a / b)),
             (Val::Double(a), Val::Double(b)) => Ok(Val::Double(a / b)),
             _ => Err(NO_OVERLOAD.into()),
         },
         BinOp::Mod => match (l, r) {
-            (Val::Int(_), Val::Int(0)) | (Val::Uint(_), Val::Uint(0)) => Err("modulus by zero".into()),
-            (Val::Int(a), Val::Int(b)) => a.checked_rem(b).map(Val::Int).ok_or_else(|| "integer overflow".into()),
+            (Val::Int(_), Val::Int(0)) | (Val::Uint(_), Val::Uint(0)) => {
+                Err("modulus by zero".into())
+            }
+            (Val::Int(a), Val::Int(b)) => a
+                .checked_rem(b)
+                .map(Val::Int)
+                .ok_or_else(|| "integer overflow".into()),
             (Val::Uint(a), Val::Uint(b)) => Ok(Val::Uint(a % b)),
             _ => Err(NO_OVERLOAD.into()),
         },
@@ -938,10 +1038,14 @@ fn as_int(v: &Val) -> Option<i64> {
 fn call<'a>(nodes: &[Node], f: &Func, args: Vec<Val<'a>>) -> R<'a> {
     match (f, args.as_slice()) {
         (Func::Size, [Val::Str(s)]) => Ok(Val::Int(s.chars().count() as i64)),
-        (Func::Size, [v @ (Val::List(_) | Val::Json(..))]) => Ok(Val::Int(items(nodes, v)?.len() as i64)),
-        (Func::Duration, [Val::Str(s)]) => parse_go_duration(s)
-            .map(Val::Duration)
-            .ok_or_else(|| "type conversion error from 'string' to 'google.protobuf.Duration'".into()),
+        (Func::Size, [v @ (Val::List(_) | Val::Json(..))]) => {
+            Ok(Val::Int(items(nodes, v)?.len() as i64))
+        }
+        (Func::Duration, [Val::Str(s)]) => {
+            parse_go_duration(s).map(Val::Duration).ok_or_else(|| {
+                "type conversion error from 'string' to 'google.protobuf.Duration'".into()
+            })
+        }
         (Func::Duration, [Val::Duration(d)]) => Ok(Val::Duration(*d)),
         (Func::Contains, [Val::Str(s), Val::Str(t)]) => Ok(Val::Bool(s.contains(t.as_ref()))),
         (Func::StartsWith, [Val::Str(s), Val::Str(t)]) => Ok(Val::Bool(s.starts_with(t.as_ref()))),
@@ -970,7 +1074,9 @@ fn substring<'a>(s: &str, start: i64, end: i64) -> R<'a> {
     let runes: Vec<char> = s.chars().collect();
     let l = runes.len() as i64;
     if start > end {
-        return Err(format!("invalid substring range. start: {start}, end: {end}"));
+        return Err(format!(
+            "invalid substring range. start: {start}, end: {end}"
+        ));
     }
     if start < 0 || start > l {
         return Err(format!("index out of range: {start}"));
@@ -978,7 +1084,9 @@ fn substring<'a>(s: &str, start: i64, end: i64) -> R<'a> {
     if end > l {
         return Err(format!("index out of range: {end}"));
     }
-    Ok(Val::Str(Cow::Owned(runes[start as usize..end as usize].iter().collect())))
+    Ok(Val::Str(Cow::Owned(
+        runes[start as usize..end as usize].iter().collect(),
+    )))
 }
 
 /// Go's `time.ParseDuration`, returning nanoseconds, or `None` where Go returns an error.
@@ -1112,7 +1220,10 @@ mod tests {
         assert_eq!(parse_go_duration("1d"), None);
         assert_eq!(parse_go_duration("abc"), None);
         assert_eq!(parse_go_duration("99999999999999999999s"), None);
-        assert_eq!(parse_go_duration("2562047h47m16.854775807s"), Some(i64::MAX));
+        assert_eq!(
+            parse_go_duration("2562047h47m16.854775807s"),
+            Some(i64::MAX)
+        );
         assert_eq!(parse_go_duration("2562047h47m16.854775808s"), None);
     }
 
@@ -1128,28 +1239,64 @@ mod tests {
         );
         assert_eq!(run("0 < self && self <= 65535", Value::from(80)), Ok(true));
         assert_eq!(run("0 < self && self <= 65535", Value::from(0)), Ok(false));
-        assert_eq!(run("0 < self && self <= 65535", Value::from(99999)), Ok(false));
+        assert_eq!(
+            run("0 < self && self <= 65535", Value::from(99999)),
+            Ok(false)
+        );
         let dup = "self.all(l1, self.exists_one(l2, l1.number == l2.number))";
-        assert_eq!(run(dup, serde_json::json!([{"number": 1}, {"number": 2}])), Ok(true));
-        assert_eq!(run(dup, serde_json::json!([{"number": 1}, {"number": 1}])), Ok(false));
-        assert_eq!(run(dup, serde_json::json!([{"number": 1}, {}])), Err("no such key: number".into()));
+        assert_eq!(
+            run(dup, serde_json::json!([{"number": 1}, {"number": 2}])),
+            Ok(true)
+        );
+        assert_eq!(
+            run(dup, serde_json::json!([{"number": 1}, {"number": 1}])),
+            Ok(false)
+        );
+        assert_eq!(
+            run(dup, serde_json::json!([{"number": 1}, {}])),
+            Err("no such key: number".into())
+        );
         let cidr = r#"!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && !((has(self.resolution) ? self.resolution : "NONE") in ["STATIC", "NONE"]))"#;
-        assert_eq!(run(cidr, serde_json::json!({"addresses": ["1.2.3.4/16"], "resolution": "DNS"})), Ok(false));
-        assert_eq!(run(cidr, serde_json::json!({"addresses": ["1.2.3.4/16"]})), Ok(true));
+        assert_eq!(
+            run(
+                cidr,
+                serde_json::json!({"addresses": ["1.2.3.4/16"], "resolution": "DNS"})
+            ),
+            Ok(false)
+        );
+        assert_eq!(
+            run(cidr, serde_json::json!({"addresses": ["1.2.3.4/16"]})),
+            Ok(true)
+        );
         let uds = r#"self.startsWith("unix://") ? (self.substring(7, 8) == "/" || self.substring(7, 8) == "@") : true"#;
         assert_eq!(run(uds, Value::from("unix:///a")), Ok(true));
         assert_eq!(run(uds, Value::from("unix://a")), Ok(false));
-        assert_eq!(run(uds, Value::from("unix://")), Err("index out of range: 8".into()));
+        assert_eq!(
+            run(uds, Value::from("unix://")),
+            Err("index out of range: 8".into())
+        );
         let name = r#"self.all(key, size(key) < 63 && key.matches("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$"))"#;
         assert_eq!(run(name, serde_json::json!({"http-a": 1})), Ok(true));
         assert_eq!(run(name, serde_json::json!({"-a": 1})), Ok(false));
         let one = "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1";
-        assert_eq!(run(one, serde_json::json!({"workloadSelector": {}, "endpoints": []})), Ok(false));
+        assert_eq!(
+            run(
+                one,
+                serde_json::json!({"workloadSelector": {}, "endpoints": []})
+            ),
+            Ok(false)
+        );
         assert_eq!(run(one, serde_json::json!({"endpoints": []})), Ok(true));
         // Error absorption: false && error is false, true || error is true.
-        assert_eq!(run("self.x == 1 && false", serde_json::json!({})), Ok(false));
+        assert_eq!(
+            run("self.x == 1 && false", serde_json::json!({})),
+            Ok(false)
+        );
         assert_eq!(run("self.x == 1 || true", serde_json::json!({})), Ok(true));
-        assert_eq!(run("self.x == 1 || false", serde_json::json!({})), Err("no such key: x".into()));
+        assert_eq!(
+            run("self.x == 1 || false", serde_json::json!({})),
+            Err("no such key: x".into())
+        );
     }
 
     #[test]

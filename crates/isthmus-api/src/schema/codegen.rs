@@ -99,7 +99,10 @@ impl Gen {
             .unwrap_or("")
             .to_string();
         if let Err(e) = super::cel::compile(&rule) {
-            return Err(err(path, format!("CEL rule {rule:?} is not supported: {e}")));
+            return Err(err(
+                path,
+                format!("CEL rule {rule:?} is not supported: {e}"),
+            ));
         }
         let key = (rule, message);
         if let Some(i) = self.rule_index.get(&key) {
@@ -117,7 +120,10 @@ impl Gen {
             .ok_or_else(|| err(path, "schema is not an object"))?;
         for k in obj.keys() {
             if !KNOWN_KEYS.contains(&k.as_str()) {
-                return Err(err(path, format!("schema keyword {k:?} is not implemented")));
+                return Err(err(
+                    path,
+                    format!("schema keyword {k:?} is not implemented"),
+                ));
             }
         }
         let mut fields: Vec<String> = Vec::new();
@@ -140,8 +146,8 @@ impl Gen {
             fields.push(format!("ty: Ty::{ty}"));
         }
         match obj.get("format").and_then(Value::as_str) {
-            None | Some("int32") | Some("int64") | Some("uint32") | Some("uint64") | Some("float")
-            | Some("double") => {}
+            None | Some("int32") | Some("int64") | Some("uint32") | Some("uint64")
+            | Some("float") | Some("double") => {}
             Some("byte") => fields.push("format: Fmt::Byte".into()),
             Some("date-time") => fields.push("format: Fmt::DateTime".into()),
             Some(f) => return Err(err(path, format!("format {f:?} is not implemented"))),
@@ -150,30 +156,43 @@ impl Gen {
             fields.push("nullable: true".into());
         }
         if let Some(e) = obj.get("enum") {
-            let arr = e.as_array().ok_or_else(|| err(path, "enum is not a list"))?;
+            let arr = e
+                .as_array()
+                .ok_or_else(|| err(path, "enum is not a list"))?;
             let mut vals = Vec::new();
             for v in arr {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| err(path, format!("non-string enum value {v} is not implemented")))?;
+                let s = v.as_str().ok_or_else(|| {
+                    err(
+                        path,
+                        format!("non-string enum value {v} is not implemented"),
+                    )
+                })?;
                 vals.push(format!("{s:?}"));
             }
             fields.push(format!("enum_values: &[{}]", vals.join(", ")));
         }
         if let Some(r) = obj.get("required") {
-            let arr = r.as_array().ok_or_else(|| err(path, "required is not a list"))?;
+            let arr = r
+                .as_array()
+                .ok_or_else(|| err(path, "required is not a list"))?;
             let mut vals = Vec::new();
             for v in arr {
-                let s = v.as_str().ok_or_else(|| err(path, "required entry is not a string"))?;
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| err(path, "required entry is not a string"))?;
                 vals.push(format!("{s:?}"));
             }
             fields.push(format!("required: &[{}]", vals.join(", ")));
         }
         if let Some(p) = obj.get("properties") {
-            let map = p.as_object().ok_or_else(|| err(path, "properties is not a map"))?;
-            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
+            let map = p
+                .as_object()
+                .ok_or_else(|| err(path, "properties is not a map"))?;
+            // Sorted by (length, name), the order `Node::property` searches in.
+            let sorted: BTreeMap<(usize, &String), &Value> =
+                map.iter().map(|(k, v)| ((k.len(), k), v)).collect();
             let mut vals = Vec::new();
-            for (k, v) in sorted {
+            for ((_, k), v) in sorted {
                 let child = self.node(&format!("{path}.{k}"), v)?;
                 vals.push(format!("({k:?}, {child})"));
             }
@@ -185,14 +204,23 @@ impl Gen {
         }
         if let Some(a) = obj.get("additionalProperties") {
             if !a.is_object() {
-                return Err(err(path, "additionalProperties other than a schema is not implemented"));
+                return Err(err(
+                    path,
+                    "additionalProperties other than a schema is not implemented",
+                ));
             }
             let child = self.node(&format!("{path}{{}}"), a)?;
             fields.push(format!("additional: {child}"));
         }
-        for (key, field) in [("allOf", "all_of"), ("oneOf", "one_of"), ("anyOf", "any_of")] {
+        for (key, field) in [
+            ("allOf", "all_of"),
+            ("oneOf", "one_of"),
+            ("anyOf", "any_of"),
+        ] {
             if let Some(l) = obj.get(key) {
-                let arr = l.as_array().ok_or_else(|| err(path, format!("{key} is not a list")))?;
+                let arr = l
+                    .as_array()
+                    .ok_or_else(|| err(path, format!("{key} is not a list")))?;
                 let mut vals = Vec::new();
                 for (i, v) in arr.iter().enumerate() {
                     vals.push(self.node(&format!("{path}/{key}[{i}]"), v)?.to_string());
@@ -253,12 +281,19 @@ impl Gen {
                     .ok_or_else(|| err(path, "list-type map without list-map-keys"))?;
                 let mut vals = Vec::new();
                 for k in keys {
-                    let s = k.as_str().ok_or_else(|| err(path, "list-map-key is not a string"))?;
+                    let s = k
+                        .as_str()
+                        .ok_or_else(|| err(path, "list-map-key is not a string"))?;
                     vals.push(format!("{s:?}"));
                 }
                 fields.push(format!("list_type: ListType::Map(&[{}])", vals.join(", ")));
             }
-            Some(t) => return Err(err(path, format!("x-kubernetes-list-type {t:?} is not implemented"))),
+            Some(t) => {
+                return Err(err(
+                    path,
+                    format!("x-kubernetes-list-type {t:?} is not implemented"),
+                ))
+            }
         }
         if let Some(v) = obj.get("x-kubernetes-validations") {
             let arr = v
@@ -342,7 +377,10 @@ pub fn generate(docs: &[Value]) -> Result<String, CodegenError> {
     );
     out.push_str("/// CEL rules (`x-kubernetes-validations`), deduplicated.\npub static RULES: &[RuleDef] = &[\n");
     for (rule, message) in &g.rules {
-        let _ = writeln!(out, "    RuleDef {{ rule: {rule:?}, message: {message:?} }},");
+        let _ = writeln!(
+            out,
+            "    RuleDef {{ rule: {rule:?}, message: {message:?} }},"
+        );
     }
     out.push_str("];\n\n/// Schema nodes, children before parents, identical subtrees shared.\npub static NODES: &[Node] = &[\n");
     for (i, l) in g.lines.iter().enumerate() {

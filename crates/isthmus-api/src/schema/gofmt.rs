@@ -53,8 +53,16 @@ fn shortest_digits(f: f64) -> (bool, String, i32) {
     let (mant, exp) = s.split_once('e').unwrap_or((s.as_str(), "0"));
     let digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
     let digits = digits.trim_end_matches('0');
-    let digits = if digits.is_empty() { "0".to_string() } else { digits.to_string() };
-    (f.is_sign_negative() && f != 0.0, digits, exp.parse().unwrap_or(0))
+    let digits = if digits.is_empty() {
+        "0".to_string()
+    } else {
+        digits.to_string()
+    };
+    (
+        f.is_sign_negative() && f != 0.0,
+        digits,
+        exp.parse().unwrap_or(0),
+    )
 }
 
 fn fmt_e(neg: bool, digits: &str, exp: i32) -> String {
@@ -108,10 +116,18 @@ pub fn float_v(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if f.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let (neg, digits, exp) = shortest_digits(f);
     if !(-4..6).contains(&exp) {
@@ -127,7 +143,11 @@ pub fn float_json(f: f64) -> String {
         return "null".into();
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if f.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let (neg, digits, exp) = shortest_digits(f);
     let abs = f.abs();
@@ -299,7 +319,10 @@ mod tests {
         assert_eq!(quote("\u{1}"), "\"\\x01\"");
         assert_eq!(quote("é"), "\"é\"");
         assert_eq!(quote("\u{200b}"), "\"\\u200b\"");
-        assert_eq!(json(&serde_json::json!({"b": 1, "a": "<x>"})), "{\"a\":\"\\u003cx\\u003e\",\"b\":1}");
+        assert_eq!(
+            json(&serde_json::json!({"b": 1, "a": "<x>"})),
+            "{\"a\":\"\\u003cx\\u003e\",\"b\":1}"
+        );
         assert_eq!(
             bad_value(&serde_json::json!({"name": "a", "n": [1, "x"]})),
             "map[string]interface {}{\"n\":[]interface {}{1, \"x\"}, \"name\":\"a\"}"

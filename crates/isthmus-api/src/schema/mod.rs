@@ -25,6 +25,7 @@
 
 pub mod cel;
 pub mod codegen;
+#[rustfmt::skip]
 mod generated;
 pub mod gofmt;
 mod openapi;
@@ -175,7 +176,10 @@ struct Compiled {
 }
 
 static COMPILED: LazyLock<Compiled> = LazyLock::new(|| Compiled {
-    programs: generated::RULES.iter().map(|r| cel::compile(r.rule)).collect(),
+    programs: generated::RULES
+        .iter()
+        .map(|r| cel::compile(r.rule))
+        .collect(),
 });
 
 fn nodes() -> &'static [Node] {
@@ -243,13 +247,16 @@ pub fn unknown_fields(kind: &str, api_version: &str, obj: &Value) -> Vec<String>
     if let Value::Object(map) = obj {
         let ns = nodes();
         let rn = &ns[r as usize];
+        let mut path = String::with_capacity(128);
         for (k, v) in map {
             if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                 continue;
             }
+            path.clear();
+            path.push_str(k);
             match rn.field_schema(k) {
-                Some(c) => collect_unknown(ns, Some(c), v, k.clone(), &mut pruned, 0),
-                None => pruned.push(k.clone()),
+                Some(c) => collect_unknown(ns, Some(c), v, &mut path, &mut pruned, 0),
+                None => pruned.push(path.clone()),
             }
         }
     }
@@ -258,76 +265,130 @@ pub fn unknown_fields(kind: &str, api_version: &str, obj: &Value) -> Vec<String>
     out
 }
 
-/// Depth beyond which the walk stops (kube's decoder limits nesting to 10000; a stack-safe
-/// bound here).
+/// Depth beyond which the walks stop (kube's decoder limits nesting to 10000; a stack-safe
+/// bound here; the schema itself is far shallower).
 const MAX_DEPTH: usize = 512;
 
-fn collect_unknown(ns: &[Node], s: Option<u32>, v: &Value, path: String, out: &mut Vec<String>, depth: usize) {
+fn push_key(path: &mut String, k: &str) -> usize {
+    let len = path.len();
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(k);
+    len
+}
+
+fn push_index(path: &mut String, i: usize) -> usize {
+    use std::fmt::Write as _;
+    let len = path.len();
+    let _ = write!(path, "[{i}]");
+    len
+}
+
+fn push_map_key(path: &mut String, k: &str) -> usize {
+    let len = path.len();
+    path.push('[');
+    path.push_str(k);
+    path.push(']');
+    len
+}
+
+/// `pruning.prune` with unknown-field tracking; `path` is the position of `v`.
+fn collect_unknown(
+    ns: &[Node],
+    s: Option<u32>,
+    v: &Value,
+    path: &mut String,
+    out: &mut Vec<String>,
+    depth: usize,
+) {
     if depth > MAX_DEPTH {
         return;
     }
-    let node = s.and_then(|i| ns.get(i as usize));
-    if let Some(n) = node {
-        if n.preserve_unknown {
-            // skipPrune: keep unknown keys, but still prune inside declared fields.
-            match v {
-                Value::Object(m) => {
-                    for (k, x) in m {
-                        if let Some(c) = n.field_schema(k) {
-                            collect_unknown(ns, Some(c), x, format!("{path}.{k}"), out, depth + 1);
-                        }
-                    }
-                }
-                Value::Array(a) => {
-                    for (i, x) in a.iter().enumerate() {
-                        if n.items != NONE {
-                            collect_unknown_skip(ns, n.items, x, format!("{path}[{i}]"), out, depth + 1);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            return;
-        }
+    let Some(node) = s.and_then(|i| ns.get(i as usize)) else {
+        collect_unknown_schemaless(v, path.clone(), out);
+        return;
+    };
+    if node.preserve_unknown {
+        collect_unknown_skip(ns, node, v, path, out, depth);
+        return;
     }
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                let child_path = format!("{path}.{k}");
-                match node.and_then(|n| n.field_schema(k)) {
-                    Some(c) => collect_unknown(ns, Some(c), x, child_path, out, depth + 1),
-                    None => out.push(child_path),
+                let len = push_key(path, k);
+                match node.field_schema(k) {
+                    Some(c) => collect_unknown(ns, Some(c), x, path, out, depth + 1),
+                    None => out.push(path.clone()),
                 }
+                path.truncate(len);
             }
         }
         Value::Array(a) => {
-            let items = node.map(|n| n.items).filter(|i| *i != NONE);
             for (i, x) in a.iter().enumerate() {
-                collect_unknown(ns, items, x, format!("{path}[{i}]"), out, depth + 1);
+                let len = push_index(path, i);
+                if node.items == NONE {
+                    collect_unknown_schemaless(x, path.clone(), out);
+                } else {
+                    collect_unknown(ns, Some(node.items), x, path, out, depth + 1);
+                }
+                path.truncate(len);
             }
         }
         _ => {}
     }
 }
 
-fn collect_unknown_skip(ns: &[Node], s: u32, v: &Value, path: String, out: &mut Vec<String>, depth: usize) {
-    // skipPrune on list items recurses with skipPrune semantics.
-    let Some(n) = ns.get(s as usize) else { return };
+/// Pruning below a position without a schema: every key of every map is unknown, lists are
+/// walked (iteratively, so arbitrarily deep lists cannot exhaust the stack).
+fn collect_unknown_schemaless(v: &Value, path: String, out: &mut Vec<String>) {
+    let mut stack = vec![(v, path)];
+    while let Some((v, path)) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                for k in m.keys() {
+                    out.push(format!("{path}.{k}"));
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate().rev() {
+                    stack.push((x, format!("{path}[{i}]")));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `skipPrune` (x-kubernetes-preserve-unknown-fields): unknown keys are kept, declared fields
+/// are still pruned inside, list items are walked with the same semantics.
+fn collect_unknown_skip(
+    ns: &[Node],
+    node: &Node,
+    v: &Value,
+    path: &mut String,
+    out: &mut Vec<String>,
+    depth: usize,
+) {
     if depth > MAX_DEPTH {
         return;
     }
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                if let Some(c) = n.field_schema(k) {
-                    collect_unknown(ns, Some(c), x, format!("{path}.{k}"), out, depth + 1);
+                if let Some(c) = node.field_schema(k) {
+                    let len = push_key(path, k);
+                    collect_unknown(ns, Some(c), x, path, out, depth + 1);
+                    path.truncate(len);
                 }
             }
         }
         Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                if n.items != NONE {
-                    collect_unknown_skip(ns, n.items, x, format!("{path}[{i}]"), out, depth + 1);
+            if let Some(items) = ns.get(node.items as usize) {
+                for (i, x) in a.iter().enumerate() {
+                    let len = push_index(path, i);
+                    collect_unknown_skip(ns, items, x, path, out, depth + 1);
+                    path.truncate(len);
                 }
             }
         }
@@ -344,7 +405,10 @@ fn version_of(api_version: &str) -> &str {
 /// `DestinationRule in version "v1" cannot be handled as a DestinationRule: strict decoding error: unknown field "spec.x"`.
 /// `api_version` may be the full apiVersion or just the version.
 pub fn strict_decoding_message(kind: &str, api_version: &str, unknown: &[String]) -> String {
-    let errs: Vec<String> = unknown.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+    let errs: Vec<String> = unknown
+        .iter()
+        .map(|p| format!("unknown field \"{p}\""))
+        .collect();
     format!(
         "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
         version_of(api_version),
@@ -354,7 +418,12 @@ pub fn strict_decoding_message(kind: &str, api_version: &str, unknown: &[String]
 
 /// What kubectl prints for a strict-decoding failure on create:
 /// `Error from server (BadRequest): error when creating "FILE": <strict_decoding_message>`.
-pub fn kubectl_strict_error(file: &str, kind: &str, api_version: &str, unknown: &[String]) -> String {
+pub fn kubectl_strict_error(
+    file: &str,
+    kind: &str,
+    api_version: &str,
+    unknown: &[String],
+) -> String {
     format!(
         "Error from server (BadRequest): error when creating {}: {}",
         gofmt::quote(file),
@@ -404,21 +473,24 @@ pub fn validate_structure_with(
         return Vec::new();
     };
     let ns = nodes();
-    let mut data = obj.clone();
-    if let Value::Object(m) = &mut data {
-        // PrepareForCreate wipes status when the status subresource is on.
-        m.remove("status");
-    }
-    normalize(ns, Some(r), &mut data, 0);
+    // Most objects need none of the decoding-time changes; validate those in place.
+    let prepared;
+    let data: &Value = if root_needs_prepare(ns, r, obj) {
+        prepared = prepare_root(ns, r, obj);
+        &prepared
+    } else {
+        obj
+    };
 
-    let mut errors: Vec<FieldError> = openapi::validate(ns, r, "", &data)
+    let mut errors: Vec<FieldError> = openapi::validate(ns, r, data)
         .into_iter()
         .map(to_field_error)
         .collect();
     let mut seen = std::collections::HashSet::new();
     errors.retain(|e| seen.insert(e.error()));
 
-    list_types(ns, r, "", &data, &mut errors, 0);
+    let mut path = String::with_capacity(128);
+    list_types(ns, r, &mut path, data, &mut errors, 0);
 
     if subtree_has_rules(r) {
         if errors.iter().any(|e| e.error_type.is_blocking()) {
@@ -429,7 +501,8 @@ pub fn validate_structure_with(
                 detail: "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
             });
         } else {
-            run_cel(ns, r, "", &data, opts, &mut errors, 0);
+            path.clear();
+            run_cel(ns, r, &mut path, data, opts, &mut errors, 0);
         }
     }
     errors
@@ -453,56 +526,140 @@ fn subtree_has_rules(r: u32) -> bool {
     HAS.get(r as usize).copied().unwrap_or(false)
 }
 
-/// The decoding-time normalisation kube applies before validation: kubectl's YAML→JSON turns
-/// integral floats (`80.0`) into integers, unknown fields are pruned, and `null` values of
-/// non-nullable fields are dropped from maps (`PruneNonNullableNullsWithoutDefaults`).
-fn normalize(ns: &[Node], s: Option<u32>, v: &mut Value, depth: usize) {
-    if depth > MAX_DEPTH {
-        return;
+/// How many levels of a schema-less subtree (below a field whose schema has no `items`, or kept
+/// by `x-kubernetes-preserve-unknown-fields`) are copied for validation. Nothing validates
+/// there; the copy only feeds printed bad values, and the bound keeps absurdly deep input from
+/// exhausting the stack.
+const SCHEMALESS_DEPTH: usize = 32;
+
+/// The object as kube validates it after decoding: kubectl's YAML→JSON turns integral floats
+/// (`80.0`) into integers, unknown fields are pruned, `null` values of non-nullable fields are
+/// dropped from maps (`PruneNonNullableNullsWithoutDefaults`), and `status` is wiped by
+/// `PrepareForCreate`. `apiVersion`, `kind` and `metadata` are not part of the CRD schema and
+/// are left out of the copy.
+fn prepare_root(ns: &[Node], root: u32, obj: &Value) -> Value {
+    let Value::Object(m) = obj else {
+        return prepare(ns, Some(root), obj, SCHEMALESS_DEPTH);
+    };
+    let mut out = serde_json::Map::new();
+    for (k, x) in m {
+        if matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+            continue;
+        }
+        if let Some(v) = prepare_field(ns, ns.get(root as usize), k, x) {
+            out.insert(k.clone(), v);
+        }
     }
+    Value::Object(out)
+}
+
+/// Whether [`prepare_root`] would change anything that validation looks at.
+fn root_needs_prepare(ns: &[Node], root: u32, obj: &Value) -> bool {
+    let (Value::Object(m), Some(rn)) = (obj, ns.get(root as usize)) else {
+        return true;
+    };
+    m.iter().any(|(k, x)| match k.as_str() {
+        "apiVersion" | "kind" | "metadata" => false,
+        "status" => true,
+        _ => field_needs_prepare(ns, rn, k, x, 0),
+    })
+}
+
+fn field_needs_prepare(ns: &[Node], parent: &Node, k: &str, x: &Value, depth: usize) -> bool {
+    match parent.field_schema(k) {
+        None => true,
+        Some(c) => match ns.get(c as usize) {
+            None => true,
+            Some(n) => (x.is_null() && !n.nullable) || needs_prepare(ns, n, x, depth + 1),
+        },
+    }
+}
+
+fn needs_prepare(ns: &[Node], node: &Node, v: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return true;
+    }
+    match v {
+        Value::Number(n) => !n.is_i64(),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, x)| field_needs_prepare(ns, node, k, x, depth)),
+        Value::Array(a) => match ns.get(node.items as usize) {
+            Some(items) => a.iter().any(|x| needs_prepare(ns, items, x, depth + 1)),
+            None => a.iter().any(|x| {
+                !matches!(x, Value::Null | Value::Bool(_) | Value::String(_)) && !x.is_i64()
+            }),
+        },
+        _ => false,
+    }
+}
+
+fn prepare_field(ns: &[Node], parent: Option<&Node>, k: &str, x: &Value) -> Option<Value> {
+    let parent = parent?;
+    match parent.field_schema(k) {
+        None if parent.preserve_unknown => Some(copy_bounded(x, SCHEMALESS_DEPTH)),
+        None => None,
+        Some(c) => {
+            if x.is_null() && !ns.get(c as usize).is_some_and(|n| n.nullable) {
+                None
+            } else {
+                Some(prepare(ns, Some(c), x, SCHEMALESS_DEPTH))
+            }
+        }
+    }
+}
+
+fn normalize_number(n: &serde_json::Number) -> Value {
+    if !n.is_i64() {
+        if let Some(f) = n.as_f64() {
+            if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                return Value::from(f as i64);
+            }
+        }
+    }
+    Value::Number(n.clone())
+}
+
+fn prepare(ns: &[Node], s: Option<u32>, v: &Value, free: usize) -> Value {
     let node = s.and_then(|i| ns.get(i as usize));
     match v {
-        Value::Number(n) => {
-            if !n.is_i64() {
-                if let Some(f) = n.as_f64() {
-                    if f.fract() == 0.0 && f.abs() < 9.2e18 {
-                        *v = Value::from(f as i64);
+        Value::Number(n) => normalize_number(n),
+        Value::Object(m) => match node {
+            // Pruning removes every key of a map that has no schema.
+            None => Value::Object(serde_json::Map::new()),
+            Some(n) => {
+                let mut out = serde_json::Map::new();
+                for (k, x) in m {
+                    if let Some(p) = prepare_field(ns, Some(n), k, x) {
+                        out.insert(k.clone(), p);
                     }
                 }
+                Value::Object(out)
             }
-        }
-        Value::Object(m) => {
-            let preserve = node.is_some_and(|n| n.preserve_unknown);
-            let root_level = depth == 0;
-            m.retain(|k, x| {
-                if root_level && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                    return true;
-                }
-                let child = node.and_then(|n| n.field_schema(k));
-                match child {
-                    None => preserve,
-                    Some(c) => !(x.is_null() && !ns.get(c as usize).is_some_and(|n| n.nullable)),
-                }
-            });
-            for (k, x) in m.iter_mut() {
-                if root_level && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                    continue;
-                }
-                let child = node.and_then(|n| n.field_schema(k));
-                if child.is_none() {
-                    // Only reachable under x-kubernetes-preserve-unknown-fields: left untouched.
-                    continue;
-                }
-                normalize(ns, child, x, depth + 1);
-            }
-        }
+        },
         Value::Array(a) => {
             let items = node.map(|n| n.items).filter(|i| *i != NONE);
-            for x in a.iter_mut() {
-                normalize(ns, items, x, depth + 1);
+            match items {
+                Some(_) => Value::Array(a.iter().map(|x| prepare(ns, items, x, free)).collect()),
+                None if free == 0 => Value::Null,
+                None => Value::Array(a.iter().map(|x| prepare(ns, None, x, free - 1)).collect()),
             }
         }
-        _ => {}
+        other => other.clone(),
+    }
+}
+
+fn copy_bounded(v: &Value, free: usize) -> Value {
+    match v {
+        Value::Number(n) => normalize_number(n),
+        Value::Object(_) | Value::Array(_) if free == 0 => Value::Null,
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), copy_bounded(x, free - 1)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|x| copy_bounded(x, free - 1)).collect()),
+        other => other.clone(),
     }
 }
 
@@ -539,13 +696,19 @@ fn to_field_error(e: openapi::OErr) -> FieldError {
             path,
             error_type: FieldErrorType::TooLong,
             bad_value: None,
-            detail: format!("may not be more than {max} {}", if max == 1 { "byte" } else { "bytes" }),
+            detail: format!(
+                "may not be more than {max} {}",
+                if max == 1 { "byte" } else { "bytes" }
+            ),
         },
         Code::MaxItems { actual, max } | Code::TooManyProperties { actual, max } => FieldError {
             path,
             error_type: FieldErrorType::TooMany,
             bad_value: Some(Value::from(actual)),
-            detail: format!("must have at most {max} {}", if max == 1 { "item" } else { "items" }),
+            detail: format!(
+                "must have at most {max} {}",
+                if max == 1 { "item" } else { "items" }
+            ),
         },
         Code::InvalidType => FieldError {
             path,
@@ -568,17 +731,18 @@ fn to_field_error(e: openapi::OErr) -> FieldError {
     }
 }
 
-fn child_path(path: &str, k: &str) -> String {
-    if path.is_empty() {
-        k.to_string()
-    } else {
-        format!("{path}.{k}")
-    }
-}
-
 /// `structurallisttype.ValidateListSetsAndMaps`: list-type map keys and set items unique.
-fn list_types(ns: &[Node], n: u32, path: &str, v: &Value, out: &mut Vec<FieldError>, depth: usize) {
-    let Some(node) = ns.get(n as usize) else { return };
+fn list_types(
+    ns: &[Node],
+    n: u32,
+    path: &mut String,
+    v: &Value,
+    out: &mut Vec<FieldError>,
+    depth: usize,
+) {
+    let Some(node) = ns.get(n as usize) else {
+        return;
+    };
     if depth > MAX_DEPTH {
         return;
     }
@@ -586,12 +750,16 @@ fn list_types(ns: &[Node], n: u32, path: &str, v: &Value, out: &mut Vec<FieldErr
         Value::Object(m) => {
             if node.additional != NONE {
                 for (k, x) in m {
-                    list_types(ns, node.additional, &format!("{path}[{k}]"), x, out, depth + 1);
+                    let len = push_map_key(path, k);
+                    list_types(ns, node.additional, path, x, out, depth + 1);
+                    path.truncate(len);
                 }
             }
             for (k, x) in m {
                 if let Some(c) = node.property(k) {
-                    list_types(ns, c, &child_path(path, k), x, out, depth + 1);
+                    let len = push_key(path, k);
+                    list_types(ns, c, path, x, out, depth + 1);
+                    path.truncate(len);
                 }
             }
         }
@@ -621,7 +789,9 @@ fn list_types(ns: &[Node], n: u32, path: &str, v: &Value, out: &mut Vec<FieldErr
             }
             if node.items != NONE {
                 for (i, x) in a.iter().enumerate() {
-                    list_types(ns, node.items, &format!("{path}[{i}]"), x, out, depth + 1);
+                    let len = push_index(path, i);
+                    list_types(ns, node.items, path, x, out, depth + 1);
+                    path.truncate(len);
                 }
             }
         }
@@ -684,7 +854,7 @@ fn list_map(path: &str, keys: &[&str], a: &[Value], out: &mut Vec<FieldError>) {
 fn run_cel(
     ns: &[Node],
     n: u32,
-    path: &str,
+    path: &mut String,
     v: &Value,
     opts: ValidateOptions,
     out: &mut Vec<FieldError>,
@@ -693,17 +863,27 @@ fn run_cel(
     if v.is_null() || depth > MAX_DEPTH || !subtree_has_rules(n) {
         return;
     }
-    let Some(node) = ns.get(n as usize) else { return };
-    let fld = if path.is_empty() { "<nil>" } else { path };
+    let Some(node) = ns.get(n as usize) else {
+        return;
+    };
+    let at = |p: &String| {
+        if p.is_empty() {
+            "<nil>".to_string()
+        } else {
+            p.clone()
+        }
+    };
     for ri in node.rules {
-        let Some(def) = generated::RULES.get(*ri as usize) else { continue };
+        let Some(def) = generated::RULES.get(*ri as usize) else {
+            continue;
+        };
         let ty = node.ty.structural();
         let schema_type = Value::String(ty.to_string());
         let program = match COMPILED.programs.get(*ri as usize) {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
                 out.push(FieldError {
-                    path: fld.into(),
+                    path: at(path),
                     error_type: FieldErrorType::Invalid,
                     bad_value: Some(schema_type),
                     detail: format!("rule compile error: {e}"),
@@ -712,7 +892,11 @@ fn run_cel(
             }
             None => continue,
         };
-        let rule_text = if def.message.is_empty() { def.rule.trim() } else { def.message.trim() };
+        let rule_text = if def.message.is_empty() {
+            def.rule.trim()
+        } else {
+            def.message.trim()
+        };
         match cel::evaluate(program, ns, v, n) {
             Ok(true) => {}
             Ok(false) => {
@@ -732,7 +916,7 @@ fn run_cel(
                     def.message.to_string()
                 };
                 out.push(FieldError {
-                    path: fld.into(),
+                    path: at(path),
                     error_type: FieldErrorType::Invalid,
                     bad_value,
                     detail,
@@ -745,7 +929,7 @@ fn run_cel(
                     format!("{e} evaluating rule: {rule_text}")
                 };
                 out.push(FieldError {
-                    path: fld.into(),
+                    path: at(path),
                     error_type: FieldErrorType::Invalid,
                     bad_value: Some(schema_type),
                     detail,
@@ -754,36 +938,34 @@ fn run_cel(
         }
     }
     for a in node.all_of {
-        run_cel_rules_only(ns, *a, fld, v, opts, out);
+        // Rules declared directly inside an `allOf` branch (none in Istio today): evaluated on
+        // the same value; at MAX_DEPTH the walk stops before the branch's children.
+        run_cel(ns, *a, path, v, opts, out, MAX_DEPTH);
     }
     match v {
-        Value::Array(a) => {
-            if node.items != NONE {
-                for (i, x) in a.iter().enumerate() {
-                    run_cel(ns, node.items, &format!("{path}[{i}]"), x, opts, out, depth + 1);
-                }
+        Value::Array(a) if node.items != NONE => {
+            for (i, x) in a.iter().enumerate() {
+                let len = push_index(path, i);
+                run_cel(ns, node.items, path, x, opts, out, depth + 1);
+                path.truncate(len);
             }
         }
         Value::Object(m) => {
             if node.additional != NONE {
                 for (k, x) in m {
-                    run_cel(ns, node.additional, &format!("{path}[{k}]"), x, opts, out, depth + 1);
+                    let len = push_map_key(path, k);
+                    run_cel(ns, node.additional, path, x, opts, out, depth + 1);
+                    path.truncate(len);
                 }
             }
             for (k, x) in m {
                 if let Some(c) = node.property(k) {
-                    run_cel(ns, c, &child_path(path, k), x, opts, out, depth + 1);
+                    let len = push_key(path, k);
+                    run_cel(ns, c, path, x, opts, out, depth + 1);
+                    path.truncate(len);
                 }
             }
         }
         _ => {}
     }
-}
-
-/// Rules declared directly inside an `allOf` branch (none in Istio today; kept for fidelity):
-/// evaluated on the same value, without descending (the branch carries value validations only).
-fn run_cel_rules_only(ns: &[Node], n: u32, path: &str, v: &Value, opts: ValidateOptions, out: &mut Vec<FieldError>) {
-    let path = if path == "<nil>" { "" } else { path };
-    // At MAX_DEPTH the walk evaluates this node's rules and stops before its children.
-    run_cel(ns, n, path, v, opts, out, MAX_DEPTH);
 }

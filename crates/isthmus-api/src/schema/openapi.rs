@@ -10,6 +10,7 @@
 use super::gofmt;
 use super::table::{Fmt, Node, Ty, NONE};
 use serde_json::Value;
+use std::fmt::Write as _;
 
 /// An error as kube-openapi reports it, before conversion to a field error.
 #[derive(Debug, Clone)]
@@ -27,8 +28,14 @@ pub enum Code {
     Required,
     TooLong(u64),
     Enum(&'static [&'static str]),
-    MaxItems { actual: u64, max: u64 },
-    TooManyProperties { actual: u64, max: u64 },
+    MaxItems {
+        actual: u64,
+        max: u64,
+    },
+    TooManyProperties {
+        actual: u64,
+        max: u64,
+    },
     /// Every other `*errors.Validation` (minimum, maximum, minItems, ...): `field.Invalid`.
     Other,
     /// anyOf/oneOf/allOf/not failures: an `errors.apiError`, reported at path `<nil>`.
@@ -38,12 +45,16 @@ pub enum Code {
 #[derive(Default)]
 struct Res {
     errs: Vec<OErr>,
+    /// Errors of quiet validation, counted but not materialised.
+    quiet_errs: usize,
     matches: usize,
 }
 
 impl Res {
     fn add(&mut self, e: OErr) {
-        if !self.errs.iter().any(|x| x.message == e.message) {
+        if e.message.is_empty() {
+            self.quiet_errs += 1;
+        } else if !self.errs.iter().any(|x| x.message == e.message) {
             self.errs.push(e);
         }
     }
@@ -51,16 +62,16 @@ impl Res {
         for e in o.errs {
             self.add(e);
         }
+        self.quiet_errs += o.quiet_errs;
         self.matches += o.matches;
     }
     fn ok(&self) -> bool {
-        self.errs.is_empty()
+        self.errs.is_empty() && self.quiet_errs == 0
     }
     fn err(e: OErr) -> Res {
-        Res {
-            errs: vec![e],
-            matches: 0,
-        }
+        let mut r = Res::default();
+        r.add(e);
+        r
     }
 }
 
@@ -92,12 +103,26 @@ fn kind_of(v: &Value) -> Option<Kind> {
     })
 }
 
+/// A placeholder error for quiet validation (only validity and match counts are needed while
+/// trying `anyOf`/`oneOf`/`not` branches; messages are built only for reported errors).
+fn quiet() -> OErr {
+    OErr {
+        code: Code::Other,
+        name: String::new(),
+        value: None,
+        message: String::new(),
+    }
+}
+
 fn type_failure(name: &str, type_name: &str, value: &str) -> OErr {
     OErr {
         code: Code::InvalidType,
         name: name.to_string(),
         value: Some(Value::String(value.to_string())),
-        message: format!("{name} in body must be of type {type_name}: {}", gofmt::quote(value)),
+        message: format!(
+            "{name} in body must be of type {type_name}: {}",
+            gofmt::quote(value)
+        ),
     }
 }
 
@@ -111,11 +136,14 @@ fn composite(message: String) -> OErr {
 }
 
 /// Validates `data` at kube-openapi path `path` against node `n`.
-pub fn validate(nodes: &[Node], n: u32, path: &str, data: &Value) -> Vec<OErr> {
-    validate_node(nodes, n, path, data).errs
+pub fn validate(nodes: &[Node], n: u32, data: &Value) -> Vec<OErr> {
+    let mut path = String::with_capacity(128);
+    validate_node(nodes, n, &mut path, data, false).errs
 }
 
-fn validate_node(nodes: &[Node], n: u32, path: &str, data: &Value) -> Res {
+/// `path` is a reusable buffer holding kube-openapi's path of `data`; callees push and
+/// truncate, so no path string is built unless an error needs it.
+fn validate_node(nodes: &[Node], n: u32, path: &mut String, data: &Value, q: bool) -> Res {
     let mut result = Res::default();
     let Some(node) = nodes.get(n as usize) else {
         return result;
@@ -124,63 +152,67 @@ fn validate_node(nodes: &[Node], n: u32, path: &str, data: &Value) -> Res {
     let Some(kind) = kind_of(data) else {
         // null: only the type and common validators run.
         if type_applies {
-            result.merge(type_null(node, path));
+            result.merge(type_null(node, path, q));
         }
-        if let Some(r) = enum_check(node, path, data) {
+        if let Some(r) = enum_check(node, path, data, q) {
             result.merge(r);
         }
         return result;
     };
     if type_applies {
-        result.merge(type_check(node, path, data, kind));
+        result.merge(type_check(node, path, data, kind, q));
         result.matches += 1;
     }
-    result.merge(schema_props(nodes, node, path, data));
+    result.merge(schema_props(nodes, node, path, data, q));
     result.matches += 1;
     if kind == Kind::String {
-        if let Some(r) = string_check(node, path, data) {
+        if let Some(r) = string_check(node, path, data, q) {
             result.merge(r);
         }
         result.matches += 1;
         if node.format != Fmt::None {
-            if let Some(r) = format_check(node, path, data) {
+            if let Some(r) = format_check(node, path, data, q) {
                 result.merge(r);
             }
             result.matches += 1;
         }
     }
     if kind == Kind::Int || kind == Kind::Float {
-        result.merge(number_check(node, path, data));
+        result.merge(number_check(node, path, data, q));
         result.matches += 1;
     }
     if let Value::Array(items) = data {
-        result.merge(slice_check(nodes, node, path, items));
+        result.merge(slice_check(nodes, node, path, items, q));
         result.matches += 1;
     }
-    if let Some(r) = enum_check(node, path, data) {
+    if let Some(r) = enum_check(node, path, data, q) {
         result.merge(r);
     }
     result.matches += 1;
     if let Value::Object(map) = data {
-        result.merge(object_check(nodes, node, path, map));
+        result.merge(object_check(nodes, node, path, map, q));
         result.matches += 1;
     }
     result.matches += 1;
     result
 }
 
-fn type_null(node: &Node, path: &str) -> Res {
+fn type_null(node: &Node, path: &str, q: bool) -> Res {
     let names = node.ty.names();
     if !names.is_empty() && !node.nullable {
-        return Res::err(type_failure(path, &names.join(","), "null"));
+        return Res::err(if q {
+            quiet()
+        } else {
+            type_failure(path, &names.join(","), "null")
+        });
     }
     Res {
-        errs: Vec::new(),
         matches: 1,
+        ..Res::default()
     }
 }
 
-fn type_check(node: &Node, path: &str, data: &Value, kind: Kind) -> Res {
+fn type_check(node: &Node, path: &str, data: &Value, kind: Kind, q: bool) -> Res {
     let names = node.ty.names();
     let (sch_type, format) = match kind {
         Kind::Bool => ("boolean", ""),
@@ -194,145 +226,189 @@ fn type_check(node: &Node, path: &str, data: &Value, kind: Kind) -> Res {
     let contains = |t: &str| names.contains(&t);
     let is_float_int = kind == Kind::Float
         && contains("integer")
-        && data.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0);
+        && data
+            .as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0);
     let is_int_float = kind == Kind::Int && contains("number");
     if kind != Kind::String
         && kind != Kind::Array
         && !t_format.is_empty()
         && !(contains(sch_type) || format == t_format || is_float_int || is_int_float)
     {
-        return Res::err(type_failure(path, t_format, format));
+        return Res::err(if q {
+            quiet()
+        } else {
+            type_failure(path, t_format, format)
+        });
     }
-    if !(contains("number") || contains("integer"))
-        && !t_format.is_empty()
+    if !(contains("number") || contains("integer") || t_format.is_empty())
         && (kind == Kind::String || kind == Kind::Array)
     {
         return Res {
-            errs: Vec::new(),
             matches: 1,
+            ..Res::default()
         };
     }
     if !(contains(sch_type) || is_float_int || is_int_float) {
-        return Res::err(type_failure(path, &names.join(","), sch_type));
+        return Res::err(if q {
+            quiet()
+        } else {
+            type_failure(path, &names.join(","), sch_type)
+        });
     }
     Res {
-        errs: Vec::new(),
         matches: 1,
+        ..Res::default()
     }
 }
 
-fn schema_props(nodes: &[Node], node: &Node, path: &str, data: &Value) -> Res {
+fn schema_props(nodes: &[Node], node: &Node, path: &mut String, data: &Value, q: bool) -> Res {
+    // Branches are first tried quietly (validity and match count only); a branch whose errors
+    // are reported is re-run with messages.
     let mut main = Res::default();
     if !node.any_of.is_empty() {
-        let mut best: Option<Res> = None;
-        let mut first_success: Option<Res> = None;
+        let mut best: Option<(u32, usize)> = None;
+        let mut first_success: Option<(u32, usize)> = None;
         let mut succeeded = false;
         for b in node.any_of {
-            let r = validate_node(nodes, *b, path, data);
+            let r = validate_node(nodes, *b, path, data, true);
             if r.ok() {
                 best = None;
                 succeeded = true;
-                first_success = Some(r);
+                first_success = Some((*b, r.matches));
                 break;
             }
-            if best.as_ref().is_none_or(|x| r.matches > x.matches) {
-                best = Some(r);
+            if best.is_none_or(|(_, m)| r.matches > m) {
+                best = Some((*b, r.matches));
             }
         }
         if !succeeded {
-            main.add(composite(format!(
-                "{} must validate at least one schema (anyOf)",
-                gofmt::quote(path)
-            )));
+            main.add(if q {
+                quiet()
+            } else {
+                composite(format!(
+                    "{} must validate at least one schema (anyOf)",
+                    gofmt::quote(path)
+                ))
+            });
         }
-        if let Some(b) = best {
-            main.merge(b);
-        } else if let Some(s) = first_success {
-            main.merge(s);
+        if let Some((b, _)) = best {
+            main.merge(validate_node(nodes, b, path, data, q));
+        } else if let Some((_, m)) = first_success {
+            main.matches += m;
         }
     }
     if !node.one_of.is_empty() {
-        let mut best: Option<Res> = None;
-        let mut first_success: Option<Res> = None;
+        let mut best: Option<(u32, usize)> = None;
+        let mut first_success: Option<usize> = None;
         let mut validated = 0usize;
         for b in node.one_of {
-            let r = validate_node(nodes, *b, path, data);
+            let r = validate_node(nodes, *b, path, data, true);
             if r.ok() {
                 validated += 1;
                 best = None;
                 if first_success.is_none() {
-                    first_success = Some(r);
+                    first_success = Some(r.matches);
                 }
                 continue;
             }
-            if validated == 0 && best.as_ref().is_none_or(|x| r.matches > x.matches) {
-                best = Some(r);
+            if validated == 0 && best.is_none_or(|(_, m)| r.matches > m) {
+                best = Some((*b, r.matches));
             }
         }
         if validated != 1 {
-            let additional = if validated == 0 {
-                "Found none valid".to_string()
+            main.add(if q {
+                quiet()
             } else {
-                format!("Found {validated} valid alternatives")
-            };
-            main.add(composite(format!(
-                "{} must validate one and only one schema (oneOf). {additional}",
-                gofmt::quote(path)
-            )));
-            if let Some(b) = best {
-                main.merge(b);
+                let additional = if validated == 0 {
+                    "Found none valid".to_string()
+                } else {
+                    format!("Found {validated} valid alternatives")
+                };
+                composite(format!(
+                    "{} must validate one and only one schema (oneOf). {additional}",
+                    gofmt::quote(path)
+                ))
+            });
+            if let Some((b, _)) = best {
+                main.merge(validate_node(nodes, b, path, data, q));
             }
-        } else if let Some(s) = first_success {
-            main.merge(s);
+        } else if let Some(m) = first_success {
+            main.matches += m;
         }
     }
     if !node.all_of.is_empty() {
         let mut validated = 0usize;
         for b in node.all_of {
-            let r = validate_node(nodes, *b, path, data);
+            let mut r = validate_node(nodes, *b, path, data, true);
             if r.ok() {
                 validated += 1;
+            } else if !q {
+                r = validate_node(nodes, *b, path, data, false);
             }
             main.merge(r);
         }
         if validated != node.all_of.len() {
-            let additional = if validated == 0 { ". None validated" } else { "" };
-            main.add(composite(format!(
-                "{} must validate all the schemas (allOf){additional}",
-                gofmt::quote(path)
-            )));
+            main.add(if q {
+                quiet()
+            } else {
+                let additional = if validated == 0 {
+                    ". None validated"
+                } else {
+                    ""
+                };
+                composite(format!(
+                    "{} must validate all the schemas (allOf){additional}",
+                    gofmt::quote(path)
+                ))
+            });
         }
     }
     if node.not != NONE {
-        let r = validate_node(nodes, node.not, path, data);
+        let r = validate_node(nodes, node.not, path, data, true);
         if r.ok() {
-            main.add(composite(format!("{} must not validate the schema (not)", gofmt::quote(path))));
+            main.add(if q {
+                quiet()
+            } else {
+                composite(format!(
+                    "{} must not validate the schema (not)",
+                    gofmt::quote(path)
+                ))
+            });
         }
     }
     main.matches += 1;
     main
 }
 
-fn string_check(node: &Node, path: &str, data: &Value) -> Option<Res> {
+fn string_check(node: &Node, path: &str, data: &Value, q: bool) -> Option<Res> {
     let s = data.as_str()?;
     let len = s.chars().count() as u64;
     if let Some(max) = node.max_length {
         if len > max {
-            return Some(Res::err(OErr {
-                code: Code::TooLong(max),
-                name: path.to_string(),
-                value: Some(data.clone()),
-                message: format!("{path} in body should be at most {max} chars long"),
+            return Some(Res::err(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::TooLong(max),
+                    name: path.to_string(),
+                    value: Some(data.clone()),
+                    message: format!("{path} in body should be at most {max} chars long"),
+                }
             }));
         }
     }
     if let Some(min) = node.min_length {
         if len < min {
-            return Some(Res::err(OErr {
-                code: Code::Other,
-                name: path.to_string(),
-                value: Some(data.clone()),
-                message: format!("{path} in body should be at least {min} chars long"),
+            return Some(Res::err(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::Other,
+                    name: path.to_string(),
+                    value: Some(data.clone()),
+                    message: format!("{path} in body should be at least {min} chars long"),
+                }
             }));
         }
     }
@@ -342,7 +418,7 @@ fn string_check(node: &Node, path: &str, data: &Value) -> Option<Res> {
 /// Go's `base64.StdEncoding.DecodeString` acceptance (newlines ignored, padding required).
 fn is_base64(s: &str) -> bool {
     let clean: Vec<u8> = s.bytes().filter(|b| *b != b'\n' && *b != b'\r').collect();
-    if clean.len() % 4 != 0 {
+    if !clean.len().is_multiple_of(4) {
         return false;
     }
     let n = clean.len();
@@ -358,15 +434,13 @@ fn is_base64(s: &str) -> bool {
 fn is_rfc3339(s: &str) -> bool {
     // strfmt.DateTime accepts RFC 3339 date-times (with or without fractional seconds).
     static RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(
-            r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
-        )
-        .ok()
+        regex::Regex::new(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+            .ok()
     });
     RE.as_ref().is_some_and(|r| r.is_match(s))
 }
 
-fn format_check(node: &Node, path: &str, data: &Value) -> Option<Res> {
+fn format_check(node: &Node, path: &str, data: &Value, q: bool) -> Option<Res> {
     let s = data.as_str()?;
     let ok = match node.format {
         Fmt::None => true,
@@ -376,11 +450,15 @@ fn format_check(node: &Node, path: &str, data: &Value) -> Option<Res> {
     if ok {
         None
     } else {
-        Some(Res::err(type_failure(path, node.format.name(), s)))
+        Some(Res::err(if q {
+            quiet()
+        } else {
+            type_failure(path, node.format.name(), s)
+        }))
     }
 }
 
-fn number_check(node: &Node, path: &str, data: &Value) -> Res {
+fn number_check(node: &Node, path: &str, data: &Value, q: bool) -> Res {
     let mut res_min = Res::default();
     let mut res_max = Res::default();
     let int = data.as_i64();
@@ -389,10 +467,18 @@ fn number_check(node: &Node, path: &str, data: &Value) -> Res {
         let fails = match int {
             Some(i) => {
                 let m = min as i64;
-                if node.exclusive_minimum { i <= m } else { i < m }
+                if node.exclusive_minimum {
+                    i <= m
+                } else {
+                    i < m
+                }
             }
             None => {
-                if node.exclusive_minimum { float <= min } else { float < min }
+                if node.exclusive_minimum {
+                    float <= min
+                } else {
+                    float < min
+                }
             }
         };
         if fails {
@@ -400,12 +486,20 @@ fn number_check(node: &Node, path: &str, data: &Value) -> Res {
                 Some(_) => (min as i64).to_string(),
                 None => gofmt::float_v(min),
             };
-            let word = if node.exclusive_minimum { "greater than" } else { "greater than or equal to" };
-            res_min.add(OErr {
-                code: Code::Other,
-                name: path.to_string(),
-                value: Some(data.clone()),
-                message: format!("{path} in body should be {word} {bound}"),
+            let word = if node.exclusive_minimum {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            res_min.add(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::Other,
+                    name: path.to_string(),
+                    value: Some(data.clone()),
+                    message: format!("{path} in body should be {word} {bound}"),
+                }
             });
         }
     }
@@ -413,10 +507,18 @@ fn number_check(node: &Node, path: &str, data: &Value) -> Res {
         let fails = match int {
             Some(i) => {
                 let m = max as i64;
-                if node.exclusive_maximum { i >= m } else { i > m }
+                if node.exclusive_maximum {
+                    i >= m
+                } else {
+                    i > m
+                }
             }
             None => {
-                if node.exclusive_maximum { float >= max } else { float > max }
+                if node.exclusive_maximum {
+                    float >= max
+                } else {
+                    float > max
+                }
             }
         };
         if fails {
@@ -424,12 +526,20 @@ fn number_check(node: &Node, path: &str, data: &Value) -> Res {
                 Some(_) => (max as i64).to_string(),
                 None => gofmt::float_v(max),
             };
-            let word = if node.exclusive_maximum { "less than" } else { "less than or equal to" };
-            res_max.add(OErr {
-                code: Code::Other,
-                name: path.to_string(),
-                value: Some(data.clone()),
-                message: format!("{path} in body should be {word} {bound}"),
+            let word = if node.exclusive_maximum {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            res_max.add(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::Other,
+                    name: path.to_string(),
+                    value: Some(data.clone()),
+                    message: format!("{path} in body should be {word} {bound}"),
+                }
             });
         }
     }
@@ -440,31 +550,42 @@ fn number_check(node: &Node, path: &str, data: &Value) -> Res {
     res
 }
 
-fn slice_check(nodes: &[Node], node: &Node, path: &str, items: &[Value]) -> Res {
+fn slice_check(nodes: &[Node], node: &Node, path: &mut String, items: &[Value], q: bool) -> Res {
     let mut result = Res::default();
     if node.items != NONE {
         for (i, v) in items.iter().enumerate() {
-            result.merge(validate_node(nodes, node.items, &format!("{path}[{i}]"), v));
+            let len = path.len();
+            let _ = write!(path, "[{i}]");
+            result.merge(validate_node(nodes, node.items, path, v, q));
+            path.truncate(len);
         }
     }
     let size = items.len() as u64;
     if let Some(min) = node.min_items {
         if size < min {
-            result.add(OErr {
-                code: Code::Other,
-                name: path.to_string(),
-                value: Some(Value::from(size)),
-                message: format!("{path} in body should have at least {min} items"),
+            result.add(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::Other,
+                    name: path.to_string(),
+                    value: Some(Value::from(size)),
+                    message: format!("{path} in body should have at least {min} items"),
+                }
             });
         }
     }
     if let Some(max) = node.max_items {
         if size > max {
-            result.add(OErr {
-                code: Code::MaxItems { actual: size, max },
-                name: path.to_string(),
-                value: Some(Value::from(size)),
-                message: format!("{path} in body should have at most {max} items"),
+            result.add(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::MaxItems { actual: size, max },
+                    name: path.to_string(),
+                    value: Some(Value::from(size)),
+                    message: format!("{path} in body should have at most {max} items"),
+                }
             });
         }
     }
@@ -472,7 +593,7 @@ fn slice_check(nodes: &[Node], node: &Node, path: &str, items: &[Value]) -> Res 
     result
 }
 
-fn enum_check(node: &Node, path: &str, data: &Value) -> Option<Res> {
+fn enum_check(node: &Node, path: &str, data: &Value, q: bool) -> Option<Res> {
     if node.enum_values.is_empty() {
         return None;
     }
@@ -482,38 +603,51 @@ fn enum_check(node: &Node, path: &str, data: &Value) -> Option<Res> {
         }
     }
     let values: Vec<String> = node.enum_values.iter().map(|s| s.to_string()).collect();
-    Some(Res::err(OErr {
-        code: Code::Enum(node.enum_values),
-        name: path.to_string(),
-        value: Some(data.clone()),
-        message: format!("{path} in body should be one of [{}]", values.join(" ")),
+    Some(Res::err(if q {
+        quiet()
+    } else {
+        OErr {
+            code: Code::Enum(node.enum_values),
+            name: path.to_string(),
+            value: Some(data.clone()),
+            message: format!("{path} in body should be one of [{}]", values.join(" ")),
+        }
     }))
 }
 
 fn object_check(
     nodes: &[Node],
     node: &Node,
-    path: &str,
+    path: &mut String,
     map: &serde_json::Map<String, Value>,
+    q: bool,
 ) -> Res {
     let num = map.len() as u64;
     if let Some(min) = node.min_properties {
         if num < min {
-            return Res::err(OErr {
-                code: Code::Other,
-                name: path.to_string(),
-                value: Some(Value::from(num)),
-                message: format!("{path} in body should have at least {min} properties"),
+            return Res::err(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::Other,
+                    name: path.to_string(),
+                    value: Some(Value::from(num)),
+                    message: format!("{path} in body should have at least {min} properties"),
+                }
             });
         }
     }
     if let Some(max) = node.max_properties {
         if num > max {
-            return Res::err(OErr {
-                code: Code::TooManyProperties { actual: num, max },
-                name: path.to_string(),
-                value: Some(Value::from(num)),
-                message: format!("{path} in body should have at most {max} properties"),
+            return Res::err(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::TooManyProperties { actual: num, max },
+                    name: path.to_string(),
+                    value: Some(Value::from(num)),
+                    message: format!("{path} in body should have at most {max} properties"),
+                }
             });
         }
     }
@@ -521,24 +655,37 @@ fn object_check(
     if node.additional != NONE {
         for (k, v) in map {
             if node.property(k).is_none() {
-                res.merge(validate_node(nodes, node.additional, &format!("{path}.{k}"), v));
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                res.merge(validate_node(nodes, node.additional, path, v, q));
+                path.truncate(len);
             }
         }
     }
     for (k, v) in map {
         if let Some(p) = node.property(k) {
-            let name = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-            res.merge(validate_node(nodes, p, &name, v));
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(k);
+            res.merge(validate_node(nodes, p, path, v, q));
+            path.truncate(len);
         }
     }
     for k in node.required {
         if !map.contains_key(*k) {
             let name = format!("{path}.{k}");
-            res.add(OErr {
-                code: Code::Required,
-                message: format!("{name} in body is required"),
-                name,
-                value: None,
+            res.add(if q {
+                quiet()
+            } else {
+                OErr {
+                    code: Code::Required,
+                    message: format!("{name} in body is required"),
+                    name,
+                    value: None,
+                }
             });
         }
     }

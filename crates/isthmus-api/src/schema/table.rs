@@ -97,7 +97,8 @@ pub struct Node {
     /// `enum` values (Istio's enums are all strings; the generator refuses others).
     pub enum_values: &'static [&'static str],
     pub required: &'static [&'static str],
-    /// Sorted by name (binary search).
+    /// Sorted by (name length, name): the binary search compares lengths first, so most
+    /// probes never compare bytes.
     pub properties: &'static [(&'static str, u32)],
     pub items: u32,
     /// `additionalProperties` schema, or [`NONE`].
@@ -154,10 +155,18 @@ pub const E: Node = Node {
 impl Node {
     /// The schema of a named property, if declared.
     pub fn property(&self, name: &str) -> Option<u32> {
-        self.properties
-            .binary_search_by(|(k, _)| (*k).cmp(name))
+        let props = self.properties;
+        if props.len() <= 8 {
+            // Short lists: a length check rejects most names without comparing bytes.
+            return props
+                .iter()
+                .find(|(k, _)| k.len() == name.len() && *k == name)
+                .map(|(_, i)| *i);
+        }
+        props
+            .binary_search_by(|(k, _)| k.len().cmp(&name.len()).then_with(|| (*k).cmp(name)))
             .ok()
-            .map(|i| self.properties[i].1)
+            .map(|i| props[i].1)
     }
 
     /// The structural schema of a map entry: the property if declared, else
