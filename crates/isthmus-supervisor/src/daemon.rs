@@ -1,0 +1,822 @@
+//! The supervisor process: builds the mesh from a [`MeshPlan`], keeps it running, answers the
+//! socket API and tears everything down on `down` (or SIGTERM/SIGINT).
+//!
+//! Startup order: the socket is bound first so `isthmus status` works while pods are being
+//! created; then the node network, the two DNS servers, every pod (network namespace with the
+//! model's IP, sandbox with volumes, VIP rules, containers). The mesh is `Ready` once every
+//! container has been started and every declared TCP containerPort accepts connections.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isthmus_api::{find_mesh_config, load_paths, LoadOptions, MeshConfig, Object};
+use isthmus_local::dns::{self, DnsServer, DnsTable, Forward};
+use isthmus_local::net::{MeshNet, MeshNetConfig, PodNet};
+use isthmus_local::process::{self, Backoff, ContainerState, PodSandbox, Supervised};
+use isthmus_local::{netns, vip};
+use isthmus_model::Snapshot;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::api::{ContainerInfo, ContainerTarget, MeshStatus, Phase, PodInfo, Request, Response};
+use crate::plan::{MeshPlan, PlanError, PodPlan};
+use crate::state::MeshDir;
+
+/// Subnet of every mesh (private to its namespaces; the model hands out 10.244.0.10+).
+pub const POD_SUBNET: &str = "10.244.0.0/16";
+/// How long startup waits for containers and their ports before declaring the mesh ready
+/// anyway (crash-looping pods are then visible in `get pods`).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of loading and running a mesh, with what to do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// Manifests could not be read.
+    #[error(transparent)]
+    Load(#[from] isthmus_api::LoadError),
+    /// Manifests were rejected (each line is kubectl's message).
+    #[error("the manifests were rejected; fix them and retry:\n{}", .0.join("\n"))]
+    Rejected(Vec<String>),
+    /// Nothing to run.
+    #[error("no manifests given; pass files or directories: isthmus up PATH...")]
+    NoPaths,
+    /// Bad mesh config.
+    #[error("mesh config {source_name}: {message}")]
+    MeshConfig {
+        /// File or object it came from.
+        source_name: String,
+        /// Parser message.
+        message: String,
+    },
+    /// The plan failed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A mesh with this name runs already.
+    #[error("a mesh named `{name}` is already running (supervisor pid {pid}); use another --name or run `isthmus down --name {name}` first")]
+    AlreadyRunning {
+        /// Mesh name.
+        name: String,
+        /// Its supervisor.
+        pid: u32,
+    },
+    /// Invalid mesh name.
+    #[error(transparent)]
+    Net(#[from] isthmus_local::net::NetError),
+    /// Container problems.
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    /// DNS server problems.
+    #[error("cannot start the mesh DNS: {0}")]
+    Dns(#[from] dns::DnsError),
+    /// nftables rules.
+    #[error("cannot install service VIP rules: {0}")]
+    Cmd(#[from] isthmus_local::cmd::CmdError),
+    /// The host cannot run meshes.
+    #[error(transparent)]
+    Preflight(#[from] isthmus_local::PreflightError),
+    /// Filesystem work.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SupervisorError {
+    let path = path.to_path_buf();
+    move |source| SupervisorError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// How to run one mesh.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Mesh name.
+    pub name: String,
+    /// State root (the mesh uses `<root>/<name>`).
+    pub root: PathBuf,
+    /// Manifest files/directories.
+    pub paths: Vec<PathBuf>,
+    /// DNS suffix.
+    pub domain: String,
+    /// Mesh config file (else the `istio` ConfigMap in the manifests, else defaults).
+    pub mesh_config: Option<PathBuf>,
+}
+
+/// Loaded and planned manifests.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Accepted objects.
+    pub objects: Vec<Object>,
+    /// The model.
+    pub snapshot: Snapshot,
+    /// What runs.
+    pub plan: MeshPlan,
+}
+
+/// Loads, validates and plans the manifests (no system changes). `up` calls this before
+/// spawning the supervisor so input errors are reported in the user's terminal.
+pub fn load(
+    paths: &[PathBuf],
+    domain: &str,
+    mesh_config: Option<&Path>,
+) -> Result<Loaded, SupervisorError> {
+    if paths.is_empty() {
+        return Err(SupervisorError::NoPaths);
+    }
+    let loaded = load_paths(paths, &LoadOptions::default())?;
+    if !loaded.rejections.is_empty() {
+        return Err(SupervisorError::Rejected(
+            loaded
+                .rejections
+                .iter()
+                .map(|r| r.message.clone())
+                .collect(),
+        ));
+    }
+    let mesh = match mesh_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(io_err("read", p))?;
+            MeshConfig::from_yaml(&text).map_err(|message| SupervisorError::MeshConfig {
+                source_name: p.display().to_string(),
+                message,
+            })?
+        }
+        None => match find_mesh_config(&loaded.objects) {
+            Some((o, text)) => {
+                MeshConfig::from_yaml(text).map_err(|message| SupervisorError::MeshConfig {
+                    source_name: o.label(),
+                    message,
+                })?
+            }
+            None => MeshConfig::default(),
+        },
+    };
+    let (snapshot, diags) = Snapshot::build(&loaded.objects, mesh, domain);
+    for d in &diags {
+        tracing::warn!(code = %d.code, "{}", d.message);
+    }
+    let plan = MeshPlan::build(&loaded.objects, &snapshot)?;
+    Ok(Loaded {
+        objects: loaded.objects,
+        snapshot,
+        plan,
+    })
+}
+
+/// Claims `<root>/<name>` for a new mesh: creates it (mode 0700), or replaces the leftovers
+/// of a supervisor that is no longer alive. Fails if a live supervisor owns it.
+pub fn claim(dir: &MeshDir) -> Result<(), SupervisorError> {
+    isthmus_local::net::validate_mesh_name(&dir.name)?;
+    if let Some(parent) = dir.dir.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    }
+    for _ in 0..2 {
+        match std::fs::create_dir(&dir.dir) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir.dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("chmod", &dir.dir))?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Some(pid) = dir.live_pid() {
+                    return Err(SupervisorError::AlreadyRunning {
+                        name: dir.name.clone(),
+                        pid,
+                    });
+                }
+                // A pid file without a live process (or none yet): a crashed run.
+                crate::cleanup_leftovers(dir);
+            }
+            Err(e) => return Err(io_err("create", &dir.dir)(e)),
+        }
+    }
+    Err(SupervisorError::AlreadyRunning {
+        name: dir.name.clone(),
+        pid: dir.live_pid().unwrap_or(0),
+    })
+}
+
+struct RunningPod {
+    plan: PodPlan,
+    net: PodNet,
+    sandbox: Arc<PodSandbox>,
+    containers: Vec<(process::ContainerSpec, Supervised)>,
+    created: Instant,
+}
+
+struct Shared {
+    name: String,
+    dir: MeshDir,
+    domain: String,
+    started: Instant,
+    phase: Mutex<Phase>,
+    node_netns: Mutex<String>,
+    dns: Mutex<(String, String)>,
+    pods: Mutex<Vec<RunningPod>>,
+    plan: MeshPlan,
+    objects: Vec<Object>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the data is still consistent enough to report.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn container_info(sandbox: &PodSandbox, st: &process::ContainerStatus) -> ContainerInfo {
+    let (state, reason) = match &st.state {
+        ContainerState::Running => ("Running", None),
+        ContainerState::Waiting { reason } => ("Waiting", Some(reason.clone())),
+        ContainerState::Terminated { reason, .. } => ("Terminated", Some(reason.clone())),
+    };
+    ContainerInfo {
+        name: st.name.clone(),
+        state: state.to_string(),
+        reason,
+        restarts: st.restarts,
+        pid: st.pid,
+        last_exit_code: st.last_exit_code,
+        log: sandbox.log_path(&st.name),
+    }
+}
+
+fn pod_status(containers: &[ContainerInfo]) -> String {
+    if let Some(r) = containers
+        .iter()
+        .find_map(|c| c.reason.as_deref().filter(|r| *r == "CrashLoopBackOff"))
+    {
+        return r.to_string();
+    }
+    if containers.iter().all(|c| c.state == "Running") {
+        return "Running".into();
+    }
+    if containers.iter().all(|c| c.state == "Terminated") {
+        return if containers.iter().all(|c| c.last_exit_code == Some(0)) {
+            "Completed".into()
+        } else {
+            "Error".into()
+        };
+    }
+    if containers.iter().any(|c| c.state == "Waiting") {
+        return "ContainerCreating".into();
+    }
+    "Running".into()
+}
+
+impl Shared {
+    fn pods(&self) -> Vec<PodInfo> {
+        lock(&self.pods)
+            .iter()
+            .map(|p| {
+                let containers: Vec<ContainerInfo> = p
+                    .containers
+                    .iter()
+                    .map(|(_, s)| container_info(&p.sandbox, &s.status()))
+                    .collect();
+                PodInfo {
+                    namespace: p.plan.namespace.clone(),
+                    name: p.plan.name.clone(),
+                    deployment: p.plan.deployment.clone(),
+                    ip: p.net.ip.to_string(),
+                    netns: p.net.netns.clone(),
+                    proxy: p.plan.proxy,
+                    outside_hostnames: p.plan.outside_hostnames.clone(),
+                    status: pod_status(&containers),
+                    containers,
+                    age_secs: p.created.elapsed().as_secs(),
+                }
+            })
+            .collect()
+    }
+
+    fn status(&self) -> MeshStatus {
+        let pods = self.pods();
+        let (dns, outside) = lock(&self.dns).clone();
+        let mut notes = Vec::new();
+        let proxied = self
+            .plan
+            .pods
+            .iter()
+            .filter(|p| p.proxy != crate::plan::PodProxy::None)
+            .count();
+        if proxied > 0 {
+            notes.push(format!(
+                "{proxied} pod(s) want a sidecar/gateway proxy; this build runs them without one (no xDS→proxy conversion yet), reaching services through kube-proxy-style VIPs"
+            ));
+        }
+        MeshStatus {
+            name: self.name.clone(),
+            phase: lock(&self.phase).clone(),
+            pid: std::process::id(),
+            node_netns: lock(&self.node_netns).clone(),
+            domain: self.domain.clone(),
+            pods: pods.len(),
+            ready_pods: pods.iter().filter(|p| p.status == "Running").count(),
+            services: self.plan.services.len(),
+            dns,
+            outside_dns: outside,
+            uptime_secs: self.started.elapsed().as_secs(),
+            notes,
+        }
+    }
+
+    fn container(&self, ns: &str, target: &str, container: Option<&str>) -> Response {
+        let (kind, name) = match target.split_once('/') {
+            Some((k, n)) => (k, n),
+            None => ("pod", target),
+        };
+        let pods = lock(&self.pods);
+        let found = pods.iter().find(|p| {
+            p.plan.namespace == ns
+                && match kind {
+                    "pod" | "pods" | "po" => p.plan.name == name,
+                    "deploy" | "deployment" | "deployments" => {
+                        p.plan.deployment.as_deref() == Some(name)
+                    }
+                    _ => false,
+                }
+        });
+        let Some(p) = found else {
+            return Response::Error {
+                message: format!(
+                    "Error from server (NotFound): {} \"{name}\" not found in namespace {ns}",
+                    if kind.starts_with("deploy") {
+                        "deployments.apps"
+                    } else {
+                        "pods"
+                    }
+                ),
+            };
+        };
+        let chosen = match container {
+            None => p.containers.first(),
+            Some(c) => p.containers.iter().find(|(s, _)| s.name == c),
+        };
+        let Some((spec, sup)) = chosen else {
+            let c = container.unwrap_or_default();
+            let names: Vec<&str> = p.containers.iter().map(|(s, _)| s.name.as_str()).collect();
+            let hint = if c == "istio-proxy" {
+                " (this build runs no proxies: the xDS→proxy conversion is not available yet)"
+            } else {
+                ""
+            };
+            return Response::Error {
+                message: format!(
+                    "container {c} is not valid for pod {}; choose one of: [{}]{hint}",
+                    p.plan.name,
+                    names.join(" ")
+                ),
+            };
+        };
+        Response::Container(ContainerTarget {
+            namespace: p.plan.namespace.clone(),
+            pod: p.plan.name.clone(),
+            container: spec.name.clone(),
+            pid: sup.status().pid,
+            env: spec.env.clone(),
+            log: p.sandbox.log_path(&spec.name),
+        })
+    }
+
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::Status(self.status()),
+            Request::Pods => Response::Pods { pods: self.pods() },
+            Request::Services => Response::Services {
+                services: self.plan.services.clone(),
+                service_entries: self
+                    .plan
+                    .service_entry_vips
+                    .iter()
+                    .map(|(h, ip)| (h.clone(), ip.to_string()))
+                    .collect(),
+            },
+            Request::Objects { kind } => Response::Objects {
+                objects: self
+                    .objects
+                    .iter()
+                    .filter(|o| o.kind.as_str().eq_ignore_ascii_case(&kind))
+                    .map(|o| o.raw.clone())
+                    .collect(),
+            },
+            Request::Container {
+                namespace,
+                target,
+                container,
+            } => self.container(&namespace, &target, container.as_deref()),
+            Request::Shutdown => {
+                let _ = self.shutdown.send(true);
+                Response::Ok
+            }
+        }
+    }
+}
+
+async fn serve_conn(shared: Arc<Shared>, s: UnixStream) {
+    let (r, mut w) = s.into_split();
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(r).read_line(&mut line),
+    )
+    .await;
+    let resp = match read {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => shared.handle(req),
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+        },
+        _ => return,
+    };
+    let mut out = serde_json::to_string(&resp).unwrap_or_else(|e| {
+        format!("{{\"type\":\"error\",\"message\":\"cannot encode answer: {e}\"}}")
+    });
+    out.push('\n');
+    let _ = w.write_all(out.as_bytes()).await;
+    let _ = w.shutdown().await;
+}
+
+/// Runs a mesh until `down` or SIGTERM/SIGINT. `cfg.root/<name>` must have been claimed
+/// (see [`claim`]); this writes the pid file and removes the directory when done.
+pub async fn run(cfg: DaemonConfig) -> Result<(), SupervisorError> {
+    let dir = MeshDir::new(&cfg.root, &cfg.name);
+    std::fs::write(dir.pid_file(), std::process::id().to_string())
+        .map_err(io_err("write", &dir.pid_file()))?;
+    let result = run_inner(&cfg, &dir).await;
+    match &result {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir.dir);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "supervisor failed");
+            eprintln!("error: {e}");
+            // Leave the log for `up` to show; everything else goes.
+            crate::cleanup_leftovers_keep_log(&dir);
+        }
+    }
+    result
+}
+
+async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorError> {
+    let loaded = load(&cfg.paths, &cfg.domain, cfg.mesh_config.as_deref())?;
+    let sock_path = dir.socket();
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = UnixListener::bind(&sock_path).map_err(io_err("bind", &sock_path))?;
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        name: cfg.name.clone(),
+        dir: dir.clone(),
+        domain: cfg.domain.clone(),
+        started: Instant::now(),
+        phase: Mutex::new(Phase::Starting),
+        node_netns: Mutex::new(String::new()),
+        dns: Mutex::new((String::new(), String::new())),
+        pods: Mutex::new(Vec::new()),
+        plan: loaded.plan.clone(),
+        objects: loaded.objects.clone(),
+        shutdown: shutdown_tx.clone(),
+    });
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(serve_conn(shared.clone(), s));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "socket accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    {
+        let tx = shutdown_tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+    }
+
+    let mut net_cfg = MeshNetConfig::new(&cfg.name);
+    net_cfg.subnet = POD_SUBNET.parse().unwrap_or(net_cfg.subnet);
+    let mesh = MeshNet::up(net_cfg)?;
+    *lock(&shared.node_netns) = mesh.node_netns().to_string();
+    let built = build(&shared, &mesh, &loaded.plan, &mut shutdown_rx).await;
+    let servers = match built {
+        Ok(servers) => servers,
+        Err(e) => {
+            *lock(&shared.phase) = Phase::Failed(e.to_string());
+            teardown(&shared, &mesh).await;
+            return Err(e);
+        }
+    };
+    if !*shutdown_rx.borrow() {
+        *lock(&shared.phase) = Phase::Ready;
+        tracing::info!(mesh = %cfg.name, "mesh ready");
+        while !*shutdown_rx.borrow_and_update() {
+            if shutdown_rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    *lock(&shared.phase) = Phase::Stopping;
+    drop(servers);
+    teardown(&shared, &mesh).await;
+    Ok(())
+}
+
+async fn build(
+    shared: &Arc<Shared>,
+    mesh: &MeshNet,
+    plan: &MeshPlan,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(DnsServer, DnsServer), SupervisorError> {
+    let node = mesh.node_netns().to_string();
+    let outside_table = DnsTable::from_entries(plan.outside_dns.clone());
+    let mesh_table = DnsTable::from_entries(plan.mesh_dns.clone());
+    let outside = DnsServer::bind(
+        Some(&node),
+        SocketAddr::from((mesh.outside_dns_ip(), 53)),
+        outside_table.clone(),
+        None,
+    )
+    .await?;
+    // Names the mesh does not know go to the outside world, as kube-dns forwards upstream.
+    let mesh_dns = DnsServer::bind(
+        Some(&node),
+        SocketAddr::from((mesh.dns_ip(), 53)),
+        mesh_table,
+        Some(Forward::Table(outside_table)),
+    )
+    .await?;
+    *lock(&shared.dns) = (
+        mesh_dns.local_addr().to_string(),
+        outside.local_addr().to_string(),
+    );
+
+    for p in &plan.pods {
+        if *shutdown.borrow() {
+            return Ok((mesh_dns, outside));
+        }
+        start_pod(shared, mesh, plan, p)?;
+    }
+    wait_ready(shared, &node, shutdown).await;
+    Ok((mesh_dns, outside))
+}
+
+fn hostname_of(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let h = h.trim_matches(|c| c == '-' || c == '.').to_string();
+    if h.is_empty() {
+        "pod".into()
+    } else {
+        h
+    }
+}
+
+fn start_pod(
+    shared: &Arc<Shared>,
+    mesh: &MeshNet,
+    plan: &MeshPlan,
+    p: &PodPlan,
+) -> Result<(), SupervisorError> {
+    let key = p.key();
+    let net = mesh.add_pod_with_ip(&key, p.ip)?;
+    let outside = !p.outside_hostnames.is_empty();
+    let (resolv, hosts) = if outside {
+        // Outside hosts know nothing of the mesh: only the outside-world resolver.
+        let names: Vec<(Ipv4Addr, String)> = vec![(p.ip, p.outside_hostnames.join(" "))];
+        (
+            dns::resolv_conf(mesh.outside_dns_ip(), &[], 1),
+            process::hosts_file(p.ip, &hostname_of(&p.name), &names),
+        )
+    } else {
+        (
+            dns::resolv_conf(
+                mesh.dns_ip(),
+                &dns::search_domains(&p.namespace, &plan.domain),
+                5,
+            ),
+            process::hosts_file(p.ip, &hostname_of(&p.name), &[]),
+        )
+    };
+    let pod_dir = shared.dir.pod_dir(&p.namespace, &p.name);
+    let sandbox = Arc::new(PodSandbox::prepare(
+        &net.netns,
+        &pod_dir,
+        &hostname_of(&p.name),
+        &resolv,
+        &hosts,
+        p.volumes.clone(),
+    )?);
+    if !outside {
+        // kube-proxy: the pod's own connections to cluster IPs are DNATed to endpoints.
+        vip::install_service_vips(&net.netns, &plan.vips, vip::VipMode::Pod)?;
+    }
+    let mut containers = Vec::new();
+    let mut first_err = None;
+    for c in &p.containers {
+        match Supervised::start(
+            sandbox.clone(),
+            c.clone(),
+            p.restart_policy,
+            Backoff::default(),
+        ) {
+            Ok(s) => containers.push((c.clone(), s)),
+            Err(e) => {
+                first_err = Some(e);
+                break;
+            }
+        }
+    }
+    lock(&shared.pods).push(RunningPod {
+        plan: p.clone(),
+        net,
+        sandbox,
+        containers,
+        created: Instant::now(),
+    });
+    match first_err {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn wait_ready(shared: &Arc<Shared>, node: &str, shutdown: &mut watch::Receiver<bool>) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let probes: Vec<(String, SocketAddr)> = lock(&shared.pods)
+        .iter()
+        .flat_map(|p| {
+            let key = p.plan.key();
+            let ip = p.net.ip;
+            p.plan
+                .tcp_ports
+                .iter()
+                .map(move |port| (key.clone(), SocketAddr::from((ip, *port))))
+        })
+        .collect();
+    let mut pending: BTreeMap<String, SocketAddr> = probes
+        .into_iter()
+        .map(|(k, a)| (format!("{k}@{a}"), a))
+        .collect();
+    loop {
+        if *shutdown.borrow() || Instant::now() >= deadline {
+            if !pending.is_empty() {
+                tracing::warn!(ports = ?pending.keys().collect::<Vec<_>>(), "ports still not accepting connections; declaring the mesh ready anyway");
+            }
+            return;
+        }
+        let started = lock(&shared.pods).iter().all(|p| {
+            p.containers.iter().all(|(_, s)| {
+                let st = s.status();
+                !matches!(&st.state, ContainerState::Waiting { reason } if reason == "ContainerCreating")
+            })
+        });
+        let mut done = Vec::new();
+        for (k, addr) in &pending {
+            let probe = netns::connect_tcp(node, *addr, None);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), probe).await {
+                done.push(k.clone());
+            }
+        }
+        for k in done {
+            pending.remove(&k);
+        }
+        if started && pending.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn teardown(shared: &Arc<Shared>, mesh: &MeshNet) {
+    let pods: Vec<RunningPod> = std::mem::take(&mut *lock(&shared.pods));
+    let mut stops = Vec::new();
+    let mut sandboxes = Vec::new();
+    for p in pods {
+        sandboxes.push(p.sandbox.clone());
+        for (_, s) in p.containers {
+            stops.push(tokio::spawn(s.stop(Duration::from_secs(2))));
+        }
+    }
+    for s in stops {
+        let _ = s.await;
+    }
+    for s in sandboxes {
+        s.cleanup();
+    }
+    if let Err(e) = mesh.down() {
+        tracing::error!(error = %e, "mesh network teardown");
+        // Last resort: by name, through the veth peers.
+        let _ = isthmus_local::net::cleanup_mesh(&mesh.config().prefix, mesh.mesh());
+    }
+    tracing::info!(mesh = %shared.name, "mesh down");
+}
+
+/// Runs [`run`] on a fresh multi-threaded runtime (the `isthmus supervise` entry point).
+pub fn run_blocking(cfg: DaemonConfig) -> Result<(), SupervisorError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("start runtime for", &cfg.root))?;
+    rt.block_on(run(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_sanitised() {
+        assert_eq!(hostname_of("web-abc"), "web-abc");
+        assert_eq!(hostname_of("a_b"), "a-b");
+        assert_eq!(hostname_of("__"), "pod");
+        assert_eq!(hostname_of(&"x".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn pod_status_follows_kubectl() {
+        let c = |state: &str, reason: Option<&str>, code: Option<i32>| ContainerInfo {
+            name: "c".into(),
+            state: state.into(),
+            reason: reason.map(str::to_string),
+            restarts: 0,
+            pid: None,
+            last_exit_code: code,
+            log: PathBuf::new(),
+        };
+        assert_eq!(pod_status(&[c("Running", None, None)]), "Running");
+        assert_eq!(
+            pod_status(&[
+                c("Running", None, None),
+                c("Waiting", Some("CrashLoopBackOff"), Some(1))
+            ]),
+            "CrashLoopBackOff"
+        );
+        assert_eq!(
+            pod_status(&[c("Terminated", Some("Completed"), Some(0))]),
+            "Completed"
+        );
+        assert_eq!(
+            pod_status(&[c("Terminated", Some("Error"), Some(2))]),
+            "Error"
+        );
+        assert_eq!(
+            pod_status(&[c("Waiting", Some("ContainerCreating"), None)]),
+            "ContainerCreating"
+        );
+    }
+
+    #[test]
+    fn claim_refuses_a_live_mesh_and_replaces_a_dead_one() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let d = MeshDir::new(tmp.path(), "claimtest");
+        claim(&d).expect("first claim");
+        std::fs::write(d.pid_file(), std::process::id().to_string()).expect("pid");
+        let e = claim(&d).expect_err("live");
+        assert!(e.to_string().contains("already running"), "{e}");
+        std::fs::write(d.pid_file(), "999999999").expect("pid");
+        claim(&d).expect("stale claim");
+        assert!(d.dir.is_dir());
+        assert!(!d.pid_file().exists());
+        assert!(claim(&MeshDir::new(tmp.path(), "Bad_Name")).is_err());
+    }
+}

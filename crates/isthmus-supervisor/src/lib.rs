@@ -1,0 +1,90 @@
+//! # isthmus-supervisor — `isthmus up`: a whole mesh on one Linux host
+//!
+//! `isthmus up PATH...` loads the manifests, plans the mesh ([`plan::MeshPlan`]: pods with the
+//! model's IPs, containers with argv/env/volumes, service VIPs, DNS tables) and starts a
+//! supervisor process (the hidden `isthmus supervise` subcommand, spawned detached with
+//! `setsid`) that owns everything the mesh runs:
+//!
+//! - a private node network namespace with a bridge, one namespace per pod
+//!   ([`isthmus_local::net`]);
+//! - the mesh DNS (service FQDNs, search domains as the kubelet writes them) forwarding to
+//!   the "outside world" resolver, which knows only hosts published by pods annotated
+//!   [`plan::OUTSIDE_HOSTNAMES`] — outside pods resolve through it alone;
+//! - kube-proxy-style VIP DNAT in every mesh pod ([`isthmus_local::vip`]);
+//! - every container as a supervised local process, restarted per `restartPolicy`, restart
+//!   counts visible in `get pods` ([`isthmus_local::process`]).
+//!
+//! State lives in `<root>/<name>/` ([`state`]; root `$ISTHMUS_STATE_DIR` or `/run/isthmus`):
+//! `sock` (the JSON-lines API in [`api`]), `pid`, `supervisor.log`, `pods/<ns>/<pod>/logs/`.
+//! [`ops::up`] returns once every container runs and every declared TCP containerPort accepts
+//! connections; [`ops::down`] stops the supervisor and then *verifies* that no namespace,
+//! process or state file of the mesh is left.
+//!
+//! Not yet here: sidecar/gateway proxies and the control plane (compile → push → CA). Pods
+//! that want a proxy run without one and reach services through the VIP rules; `status`
+//! says so. See the crate README in the report for what is missing.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod daemon;
+pub mod ops;
+pub mod plan;
+pub mod render;
+pub mod state;
+
+pub use daemon::{claim, load, run, run_blocking, DaemonConfig, SupervisorError};
+pub use ops::{down, down_all, up, DownReport, OpsError, UpOptions, UpReport};
+pub use state::{state_root, MeshDir};
+
+use isthmus_local::net::DEFAULT_PREFIX;
+
+fn pod_dirs(dir: &MeshDir) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(nss) = std::fs::read_dir(dir.dir.join("pods")) {
+        for ns in nss.filter_map(|e| e.ok()) {
+            if let Ok(pods) = std::fs::read_dir(ns.path()) {
+                out.extend(pods.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Removes what a crashed supervisor of mesh `dir` left: its namespaces (with their
+/// processes and nftables tables), host directories created for mount paths, and the state
+/// directory. Returns the namespaces removed.
+pub fn cleanup_leftovers(dir: &MeshDir) -> Vec<String> {
+    let removed = cleanup_system(dir);
+    let _ = std::fs::remove_dir_all(&dir.dir);
+    removed
+}
+
+fn cleanup_system(dir: &MeshDir) -> Vec<String> {
+    for p in pod_dirs(dir) {
+        isthmus_local::process::cleanup_pod_dir(&p);
+    }
+    if isthmus_local::net::validate_mesh_name(&dir.name).is_err() {
+        return Vec::new();
+    }
+    isthmus_local::net::cleanup_mesh(DEFAULT_PREFIX, &dir.name).unwrap_or_default()
+}
+
+/// Like [`cleanup_leftovers`] but keeps `supervisor.log` (for `up` to show why startup failed).
+pub(crate) fn cleanup_leftovers_keep_log(dir: &MeshDir) {
+    cleanup_system(dir);
+    if let Ok(rd) = std::fs::read_dir(&dir.dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p == dir.log() {
+                continue;
+            }
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Client-side operations: `up` (validate, claim, spawn the supervisor detached, wait for
+//! Ready) and `down` (shut the supervisor down, then verify nothing is left).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isthmus_local::net::{node_netns_name, DEFAULT_PREFIX};
+use isthmus_local::netns;
+
+use crate::api::{self, ClientError, MeshStatus, Phase, PodInfo, Request, Response};
+use crate::daemon::{self, SupervisorError};
+use crate::state::{self, MeshDir};
+
+/// Errors of `up`/`down`, each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Loading, planning, claiming.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// Socket API.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The supervisor could not be started.
+    #[error("cannot start the supervisor `{exe}`: {source}")]
+    Spawn {
+        /// Program.
+        exe: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The supervisor failed during startup.
+    #[error("mesh `{name}` failed to start: {message}\n--- {log} ---\n{tail}")]
+    StartFailed {
+        /// Mesh.
+        name: String,
+        /// Why.
+        message: String,
+        /// Log file.
+        log: String,
+        /// Last lines of it.
+        tail: String,
+    },
+    /// Nothing to take down.
+    #[error("no mesh named `{0}` (no supervisor, no state, no namespaces); `isthmus status` lists running meshes")]
+    NoSuchMesh(String),
+    /// `down` found leftovers after teardown.
+    #[error("mesh `{name}` is down but these were left behind: {}; run `isthmus down --all` (as root)", .leftovers.join(", "))]
+    Leftovers {
+        /// Mesh.
+        name: String,
+        /// What remains.
+        leftovers: Vec<String>,
+    },
+}
+
+/// How to bring a mesh up.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Mesh name.
+    pub name: String,
+    /// State root.
+    pub root: PathBuf,
+    /// Manifests.
+    pub paths: Vec<PathBuf>,
+    /// DNS suffix.
+    pub domain: String,
+    /// Mesh config file.
+    pub mesh_config: Option<PathBuf>,
+    /// Program that runs the supervisor, and its leading arguments (e.g. the `isthmus`
+    /// binary and `["supervise"]`); [`supervise_args`] are appended.
+    pub exe: PathBuf,
+    /// Leading arguments.
+    pub exe_args: Vec<String>,
+    /// How long to wait for Ready.
+    pub timeout: Duration,
+}
+
+/// What `up` brought up.
+#[derive(Debug, Clone)]
+pub struct UpReport {
+    /// Final status.
+    pub status: MeshStatus,
+    /// Pods.
+    pub pods: Vec<PodInfo>,
+}
+
+/// Arguments the supervisor entry point receives after `exe_args`:
+/// `--name N --state-root R --domain D [--mesh-config F] -- PATH...` (paths made absolute).
+pub fn supervise_args(o: &UpOptions) -> Vec<String> {
+    let abs = |p: &Path| -> String {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let mut a = vec![
+        "--name".to_string(),
+        o.name.clone(),
+        "--state-root".to_string(),
+        abs(&o.root),
+        "--domain".to_string(),
+        o.domain.clone(),
+    ];
+    if let Some(m) = &o.mesh_config {
+        a.push("--mesh-config".into());
+        a.push(abs(m));
+    }
+    a.push("--".into());
+    a.extend(o.paths.iter().map(|p| abs(p)));
+    a
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `isthmus up`: checks the host, validates and plans the manifests, claims the state
+/// directory, spawns the supervisor detached and waits until the mesh is Ready.
+pub fn up(o: &UpOptions) -> Result<UpReport, OpsError> {
+    isthmus_local::preflight().map_err(SupervisorError::from)?;
+    isthmus_local::net::validate_mesh_name(&o.name).map_err(SupervisorError::from)?;
+    daemon::load(&o.paths, &o.domain, o.mesh_config.as_deref())?;
+    let dir = MeshDir::new(&o.root, &o.name);
+    if let Some(pid) = dir.live_pid() {
+        return Err(SupervisorError::AlreadyRunning {
+            name: o.name.clone(),
+            pid,
+        }
+        .into());
+    }
+    daemon::claim(&dir)?;
+    let log_path = dir.log();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| SupervisorError::Io {
+            action: "open",
+            path: log_path.clone(),
+            source,
+        })?;
+    let log2 = log.try_clone().map_err(|source| SupervisorError::Io {
+        action: "open",
+        path: log_path.clone(),
+        source,
+    })?;
+    let mut c = match isthmus_local::cmd::which("setsid") {
+        // A new session: the supervisor outlives the terminal that ran `up`.
+        Some(setsid) => {
+            let mut c = Command::new(setsid);
+            c.arg(&o.exe);
+            c
+        }
+        None => {
+            use std::os::unix::process::CommandExt;
+            let mut c = Command::new(&o.exe);
+            c.process_group(0);
+            c
+        }
+    };
+    c.args(&o.exe_args)
+        .args(supervise_args(o))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2));
+    if std::env::var_os("ISTHMUS_LOG").is_none() {
+        c.env("ISTHMUS_LOG", "info");
+    }
+    let mut child = c.spawn().map_err(|source| OpsError::Spawn {
+        exe: o.exe.display().to_string(),
+        source,
+    })?;
+    let deadline = Instant::now() + o.timeout;
+    let fail = |message: String| {
+        let t = tail(&log_path, 30);
+        let _ = std::fs::remove_dir_all(&dir.dir);
+        OpsError::StartFailed {
+            name: o.name.clone(),
+            message,
+            log: log_path.display().to_string(),
+            tail: t,
+        }
+    };
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(fail(format!("the supervisor exited ({st})")));
+        }
+        match api::call(&o.name, &dir.socket(), &Request::Status, CALL_TIMEOUT) {
+            Ok(Response::Status(s)) => match &s.phase {
+                Phase::Ready => {
+                    let pods =
+                        match api::call(&o.name, &dir.socket(), &Request::Pods, CALL_TIMEOUT)? {
+                            Response::Pods { pods } => pods,
+                            _ => Vec::new(),
+                        };
+                    return Ok(UpReport { status: s, pods });
+                }
+                Phase::Failed(m) => {
+                    let m = m.clone();
+                    // It tears itself down; wait for that so the failure leaves nothing.
+                    let until = Instant::now() + Duration::from_secs(30);
+                    while Instant::now() < until && !matches!(child.try_wait(), Ok(Some(_))) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    return Err(fail(m));
+                }
+                _ => {}
+            },
+            Ok(_) | Err(ClientError::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "not ready after {}s; the supervisor keeps running — inspect with `isthmus get pods --name {}` and stop it with `isthmus down --name {}`",
+                o.timeout.as_secs(),
+                o.name,
+                o.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What `down` removed.
+#[derive(Debug, Clone, Default)]
+pub struct DownReport {
+    /// Mesh.
+    pub name: String,
+    /// Whether a live supervisor was stopped (else: leftovers of a crashed run were removed).
+    pub stopped_supervisor: bool,
+    /// Namespaces that existed and are gone now.
+    pub namespaces: Vec<String>,
+    /// Container processes that were running and are gone now.
+    pub processes: usize,
+}
+
+fn wait_dead(pid: u32, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if !state::pid_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    !state::pid_alive(pid)
+}
+
+/// `isthmus down --name N`: asks the supervisor to tear the mesh down (or removes the
+/// leftovers of a crashed one), then verifies that its namespaces, container processes and
+/// state directory are gone.
+pub fn down(root: &Path, name: &str) -> Result<DownReport, OpsError> {
+    isthmus_local::net::validate_mesh_name(name).map_err(SupervisorError::from)?;
+    let dir = MeshDir::new(root, name);
+    let node = node_netns_name(DEFAULT_PREFIX, name);
+    let mut report = DownReport {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let mut pids: Vec<u32> = Vec::new();
+    match dir.live_pid() {
+        Some(pid) => {
+            if let Ok(Response::Pods { pods }) =
+                api::call(name, &dir.socket(), &Request::Pods, CALL_TIMEOUT)
+            {
+                for p in &pods {
+                    report.namespaces.push(p.netns.clone());
+                    pids.extend(p.containers.iter().filter_map(|c| c.pid));
+                }
+            }
+            report.namespaces.push(node.clone());
+            report.stopped_supervisor = true;
+            let asked = api::call(name, &dir.socket(), &Request::Shutdown, CALL_TIMEOUT).is_ok();
+            if !asked {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            if !wait_dead(pid, Duration::from_secs(30)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                wait_dead(pid, Duration::from_secs(5));
+                // It could not clean up after itself; do it here.
+                report.namespaces.extend(crate::cleanup_leftovers(&dir));
+            }
+        }
+        None => {
+            if !dir.dir.exists() && !netns::exists(&node) {
+                return Err(OpsError::NoSuchMesh(name.to_string()));
+            }
+            report.namespaces = crate::cleanup_leftovers(&dir);
+        }
+    }
+    report.namespaces.sort();
+    report.namespaces.dedup();
+    report.processes = pids.len();
+
+    // Verify: nothing of the mesh is left.
+    let mut leftovers = Vec::new();
+    for n in &report.namespaces {
+        if netns::exists(n) {
+            leftovers.push(format!("network namespace {n}"));
+        }
+    }
+    if netns::exists(&node) && !report.namespaces.contains(&node) {
+        leftovers.push(format!("network namespace {node}"));
+    }
+    for p in &pids {
+        if state::pid_alive(*p) {
+            leftovers.push(format!("process {p}"));
+        }
+    }
+    if dir.dir.exists() {
+        leftovers.push(format!("state directory {}", dir.dir.display()));
+    }
+    if leftovers.is_empty() {
+        Ok(report)
+    } else {
+        Err(OpsError::Leftovers {
+            name: name.to_string(),
+            leftovers,
+        })
+    }
+}
+
+/// `isthmus down --all`: takes down every mesh with state under `root`, then removes every
+/// namespace named `isth-*` on the host (leftovers of crashed runs whose state is gone —
+/// including meshes started with another state root).
+pub fn down_all(root: &Path) -> Result<Vec<DownReport>, OpsError> {
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for m in state::list_meshes(root) {
+        match down(root, &m.name) {
+            Ok(r) => out.push(r),
+            Err(OpsError::NoSuchMesh(_)) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let rest = isthmus_local::net::cleanup_all(DEFAULT_PREFIX).map_err(SupervisorError::from)?;
+    if !rest.is_empty() {
+        out.push(DownReport {
+            name: "(orphaned namespaces)".into(),
+            stopped_supervisor: false,
+            namespaces: rest,
+            processes: 0,
+        });
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervise_args_are_absolute_and_ordered() {
+        let o = UpOptions {
+            name: "m".into(),
+            root: "rel-root".into(),
+            paths: vec!["a.yaml".into(), "/abs/b".into()],
+            domain: "cluster.local".into(),
+            mesh_config: Some("mesh.yaml".into()),
+            exe: "/bin/true".into(),
+            exe_args: vec!["supervise".into()],
+            timeout: Duration::from_secs(1),
+        };
+        let a = supervise_args(&o);
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(a[0..2], ["--name", "m"]);
+        assert_eq!(a[3], cwd.join("rel-root").display().to_string());
+        assert_eq!(
+            a[6..8],
+            [
+                "--mesh-config".to_string(),
+                cwd.join("mesh.yaml").display().to_string()
+            ]
+        );
+        assert_eq!(a[8], "--");
+        assert_eq!(
+            a[9..],
+            [
+                cwd.join("a.yaml").display().to_string(),
+                "/abs/b".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn down_of_an_unknown_mesh_says_so() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        match down(tmp.path(), "nothing-here-xyz") {
+            Err(OpsError::NoSuchMesh(n)) => assert_eq!(n, "nothing-here-xyz"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
