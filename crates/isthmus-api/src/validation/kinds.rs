@@ -238,6 +238,7 @@ pub(super) fn server_tls(f: &str, t: &ServerTlsSettings, r: &mut Report) {
     }
     let mode = t.mode();
     let has_cred = set(&t.credential_name) || !t.credential_names.is_empty();
+    let certs = !t.tls_certificates.is_empty();
     if mode == "ISTIO_MUTUAL" {
         if set(&t.server_certificate) {
             r.error(
@@ -251,8 +252,14 @@ pub(super) fn server_tls(f: &str, t: &ServerTlsSettings, r: &mut Report) {
         if set(&t.ca_certificates) {
             r.error(f, "ISTIO_MUTUAL TLS cannot have associated CA bundle");
         }
-        if has_cred {
+        if certs {
+            r.error(f, "ISTIO_MUTUAL TLS cannot have associated tlsCertificates");
+        }
+        if set(&t.credential_name) {
             r.error(f, "ISTIO_MUTUAL TLS cannot have associated credentialName");
+        }
+        if !t.credential_names.is_empty() {
+            r.error(f, "ISTIO_MUTUAL TLS cannot have associated credentialNames");
         }
         return;
     }
@@ -261,6 +268,7 @@ pub(super) fn server_tls(f: &str, t: &ServerTlsSettings, r: &mut Report) {
             || set(&t.server_certificate)
             || set(&t.private_key)
             || set(&t.ca_certificates)
+            || certs
             || has_cred)
     {
         r.warning(
@@ -268,32 +276,54 @@ pub(super) fn server_tls(f: &str, t: &ServerTlsSettings, r: &mut Report) {
             format!("{mode} mode does not use certificates, they will be ignored"),
         );
     }
+    // Only one certificate source.
+    let sources = usize::from(set(&t.server_certificate) && set(&t.private_key))
+        + usize::from(set(&t.credential_name))
+        + usize::from(!t.credential_names.is_empty())
+        + usize::from(certs);
+    if sources > 1 {
+        r.error(
+            f,
+            "only one of credential_name, credential_names, server_certificate/private_key, tls_certificates should be specified",
+        );
+    }
     if matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") && has_cred {
         return;
     }
-    let certs = !t.tls_certificates.is_empty();
-    if mode == "SIMPLE" && !certs {
-        if !set(&t.server_certificate) {
-            r.error(f, "SIMPLE TLS requires a server certificate");
+    if matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") {
+        let prefix = if mode == "SIMPLE" {
+            "SIMPLE TLS"
+        } else {
+            "MUTUAL TLS"
+        };
+        if mode != "SIMPLE" && !set(&t.ca_certificates) {
+            r.error(f, format!("{prefix} requires a client CA bundle"));
         }
-        if !set(&t.private_key) {
-            r.error(f, "SIMPLE TLS requires a private key");
+        if t.tls_certificates.len() > 2 {
+            r.warning(
+                f,
+                format!("{prefix} can support up to 2 server certificates"),
+            );
         }
-    } else if matches!(mode, "MUTUAL" | "OPTIONAL_MUTUAL") {
-        if !certs {
-            if !set(&t.server_certificate) {
-                r.error(f, "MUTUAL TLS requires a server certificate");
+        let to_verify: Vec<(bool, bool)> = if certs {
+            t.tls_certificates
+                .iter()
+                .map(|c| (set(&c.server_certificate), set(&c.private_key)))
+                .collect()
+        } else {
+            vec![(set(&t.server_certificate), set(&t.private_key))]
+        };
+        for (cert, key) in to_verify {
+            if !cert {
+                r.error(f, format!("{prefix} requires a server certificate"));
             }
-            if !set(&t.private_key) {
-                r.error(f, "MUTUAL TLS requires a private key");
+            if !key {
+                r.error(f, format!("{prefix} requires a private key"));
             }
-        }
-        if !set(&t.ca_certificates) && !t.tls_certificates.iter().any(|c| set(&c.ca_certificates)) {
-            r.error(f, "MUTUAL TLS requires a client CA bundle");
         }
     }
     if set(&t.ca_crl) {
-        if has_cred {
+        if set(&t.credential_name) {
             r.error(f, "CRL is not supported with credentialName. CRL has to be specified in the credential");
         }
         if mode == "SIMPLE" {
@@ -424,7 +454,7 @@ pub(super) fn service_entry(
         if se.addresses.is_empty() && !auto_alloc && (proto.is_empty() || proto == "TCP") {
             r.warning(
                 &f,
-                "addresses are required for ports serving TCP (or unset) protocol when ISTIO_META_DNS_AUTO_ALLOCATE is not set on a proxy",
+                "addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is not enabled",
             );
         }
         r.check(&format!("{f}.name"), checks::validate_port_name(&p.name));
@@ -754,6 +784,12 @@ pub(super) fn sidecar(ns: &str, sc: &Sidecar, spec: &Value, r: &mut Report) {
             if set(&tls.credential_name) {
                 r.error(&tf, "sidecar: credentialName is not currently supported");
             }
+            if !tls.credential_names.is_empty() {
+                r.error(&tf, "sidecar: credentialNames is not currently supported");
+            }
+            if !tls.tls_certificates.is_empty() {
+                r.error(&tf, "sidecar: tls_certificates is not currently supported");
+            }
             if matches!(tls.mode(), "ISTIO_MUTUAL" | "AUTO_PASSTHROUGH") {
                 r.error(
                     &tf,
@@ -761,6 +797,12 @@ pub(super) fn sidecar(ns: &str, sc: &Sidecar, spec: &Value, r: &mut Report) {
                         "configuration is invalid: cannot set mode to {} in sidecar ingress tls",
                         tls.mode()
                     ),
+                );
+            }
+            if !Protocol::parse(&port.protocol).is_tls() {
+                r.error(
+                    &tf,
+                    "server cannot have TLS settings for non HTTPS/TLS ports",
                 );
             }
             server_tls(&tf, tls, r);

@@ -100,7 +100,6 @@ fn traffic_policy(f: &str, tp: &TrafficPolicy, raw: &Value, r: &mut Report) {
         && tp.port_level_settings.is_empty()
         && tp.tunnel.is_none()
         && tp.proxy_protocol.is_none()
-        && tp.retry_budget.is_none()
     {
         r.error(f, "traffic policy must have at least one field");
         return;
@@ -288,7 +287,11 @@ pub(super) fn connection_pool(f: &str, cp: &ConnectionPoolSettings, r: &mut Repo
             r.check(&format!("{tf}.maxConnectionDuration"), validate_duration(d));
         }
         if let Some(d) = &t.idle_timeout {
-            r.check(&format!("{tf}.idleTimeout"), validate_duration(d));
+            // `0s` disables the idle timeout and is not validated (whole milliseconds == 0).
+            let disabled = checks::parse_go_duration(d).is_ok_and(|n| n / 1_000_000 == 0);
+            if !disabled {
+                r.check(&format!("{tf}.idleTimeout"), validate_duration(d));
+            }
         }
         if let Some(ka) = &t.tcp_keepalive {
             if let Some(d) = &ka.time {
@@ -362,8 +365,27 @@ fn load_balancer(f: &str, lb: &Value, has_outlier: bool, r: &mut Report) {
     if let Some(l) = at(lb, &["localityLbSetting"]).filter(|v| v.is_object()) {
         locality_lb(&format!("{f}.localityLbSetting"), l, has_outlier, r);
     }
-    if let Some(d) = at(lb, &["warmupDurationSecs"]).and_then(|v| v.as_str()) {
-        r.check(&format!("{f}.warmupDurationSecs"), validate_duration(d));
+    if let Some(w) = at(lb, &["warmup"]).filter(|v| v.is_object()) {
+        let wf = format!("{f}.warmup");
+        match at(w, &["duration"]).and_then(|v| v.as_str()) {
+            None => r.error(&wf, "duration is required"),
+            Some(d) => r.check(&format!("{wf}.duration"), validate_duration(d)),
+        }
+        if num_at(w, &["minimumPercent"]) > 100.0 {
+            r.error(
+                format!("{wf}.minimumPercent"),
+                "minimumPercent value should be less than or equal to 100",
+            );
+        }
+        if at(w, &["aggression"])
+            .and_then(|v| v.as_f64())
+            .is_some_and(|a| a < 1.0)
+        {
+            r.error(
+                format!("{wf}.aggression"),
+                "aggression should be greater than or equal to 1",
+            );
+        }
     }
 }
 

@@ -1061,6 +1061,13 @@ fn unreachable_rules(spec: &Value, r: &mut Report) {
             }
             let mut dups = 0;
             for (matchn, m) in matches.iter().enumerate() {
+                if empty_seen {
+                    r.warning(
+                        format!("spec.{kind}[{rulen}]"),
+                        format!("virtualService rule {rname} not used (route without matches defined before)"),
+                    );
+                    continue;
+                }
                 let mut key = m.clone();
                 if let Some(o) = key.as_object_mut() {
                     o.remove("name");
