@@ -16,6 +16,36 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) static ALL: &[Analyzer] = &[
     Analyzer {
+        name: "schema.ValidationAnalyzer.DestinationRule",
+        codes: SCHEMA_CODES,
+        run: schema_destination_rule,
+    },
+    Analyzer {
+        name: "schema.ValidationAnalyzer.Gateway",
+        codes: SCHEMA_CODES,
+        run: schema_gateway,
+    },
+    Analyzer {
+        name: "schema.ValidationAnalyzer.ServiceEntry",
+        codes: SCHEMA_CODES,
+        run: schema_service_entry,
+    },
+    Analyzer {
+        name: "schema.ValidationAnalyzer.Sidecar",
+        codes: SCHEMA_CODES,
+        run: schema_sidecar,
+    },
+    Analyzer {
+        name: "schema.ValidationAnalyzer.VirtualService",
+        codes: SCHEMA_CODES,
+        run: schema_virtual_service,
+    },
+    Analyzer {
+        name: "schema.ValidationAnalyzer.WorkloadEntry",
+        codes: SCHEMA_CODES,
+        run: schema_workload_entry,
+    },
+    Analyzer {
         name: "deprecation.FieldAnalyzer",
         codes: &["IST0002"],
         run: deprecation,
@@ -1070,4 +1100,75 @@ fn conflicting_se_protocol(c: &Ctx<'_>, out: &mut Vec<Message>) {
             ));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// schema.ValidationAnalyzer: the webhook's verdict on each object, as analysis messages.
+
+const SCHEMA_CODES: &[&str] = &["IST0106", "IST0130", "IST0131", "IST0133"];
+
+/// `morePreciseMessage`: the VirtualService rule warnings become IST0130/IST0131 with their
+/// parameters; other warnings IST0133, errors IST0106.
+fn schema_validation(c: &Ctx<'_>, kind: Kind, out: &mut Vec<Message>) {
+    for o in c.of(kind) {
+        let report = isthmus_api::validation::validate_object(o);
+        for e in &report.errors {
+            out.push(c.msg(
+                o,
+                &mt::SCHEMA_VALIDATION_ERROR,
+                &[e.message.clone().into()],
+                None,
+            ));
+        }
+        for w in &report.warnings {
+            out.push(schema_warning(c, o, &w.message));
+        }
+    }
+}
+
+fn schema_warning(c: &Ctx<'_>, o: &Object, w: &str) -> Message {
+    if let Some(rest) = w.strip_prefix("virtualService rule ") {
+        if let Some((rule, tail)) = rest.split_once(" match ") {
+            if let Some((matchn, dup)) =
+                tail.split_once(" is not used (duplicate/overlapping match in rule ")
+            {
+                let dup = dup.strip_suffix(')').unwrap_or(dup);
+                return c.msg(
+                    o,
+                    &mt::VS_INEFFECTIVE_MATCH,
+                    &[rule.into(), matchn.into(), dup.into()],
+                    None,
+                );
+            }
+        }
+        if let Some((rule, reason)) = rest.split_once(" not used (") {
+            let reason = reason.strip_suffix(')').unwrap_or(reason);
+            return c.msg(
+                o,
+                &mt::VS_UNREACHABLE_RULE,
+                &[rule.into(), reason.into()],
+                None,
+            );
+        }
+    }
+    c.msg(o, &mt::SCHEMA_WARNING, &[w.into()], None)
+}
+
+fn schema_destination_rule(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    schema_validation(c, Kind::DestinationRule, out)
+}
+fn schema_gateway(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    schema_validation(c, Kind::Gateway, out)
+}
+fn schema_service_entry(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    schema_validation(c, Kind::ServiceEntry, out)
+}
+fn schema_sidecar(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    schema_validation(c, Kind::Sidecar, out)
+}
+fn schema_virtual_service(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    schema_validation(c, Kind::VirtualService, out)
+}
+fn schema_workload_entry(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    schema_validation(c, Kind::WorkloadEntry, out)
 }

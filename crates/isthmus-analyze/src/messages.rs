@@ -38,6 +38,34 @@ mt!(
     "Referenced %s not found: %q"
 );
 mt!(
+    SCHEMA_VALIDATION_ERROR,
+    "IST0106",
+    "SchemaValidationError",
+    Error,
+    "Schema validation error: %v"
+);
+mt!(
+    VS_UNREACHABLE_RULE,
+    "IST0130",
+    "VirtualServiceUnreachableRule",
+    Warning,
+    "VirtualService rule %v not used (%s)."
+);
+mt!(
+    VS_INEFFECTIVE_MATCH,
+    "IST0131",
+    "VirtualServiceIneffectiveMatch",
+    Info,
+    "VirtualService rule %v match %v is not used (duplicate/overlapping match in rule %v)."
+);
+mt!(
+    SCHEMA_WARNING,
+    "IST0133",
+    "SchemaWarning",
+    Warning,
+    "Schema validation warning: %v"
+);
+mt!(
     CONFLICTING_MESH_GATEWAY_VS_HOSTS,
     "IST0109",
     "ConflictingMeshGatewayVirtualServiceHosts",
@@ -161,6 +189,10 @@ mt!(
 pub const ISTIO_TYPES: &[MessageType] = &[
     DEPRECATED,
     REFERENCED_RESOURCE_NOT_FOUND,
+    SCHEMA_VALIDATION_ERROR,
+    VS_UNREACHABLE_RULE,
+    VS_INEFFECTIVE_MATCH,
+    SCHEMA_WARNING,
     CONFLICTING_MESH_GATEWAY_VS_HOSTS,
     CONFLICTING_SIDECAR_WORKLOAD_SELECTORS,
     MULTIPLE_SIDECARS_WITHOUT_SELECTORS,

@@ -515,3 +515,46 @@ spec:
     )
     .is_empty());
 }
+
+#[test]
+fn schema_validation_analyzer_reports_webhook_findings() {
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: v, namespace: default}
+spec:
+  hosts: [a]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: a}}]
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: b}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d, namespace: default}
+spec:
+  host: a
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: -1}}
+";
+    let objects = objects_from_str("t.yaml", yaml, None);
+    let msgs = analyze(&objects, &MeshConfig::default(), &AnalyzeOptions::default());
+    let texts: Vec<String> = msgs
+        .iter()
+        .filter(|m| m.code.starts_with("IST01"))
+        .map(|m| m.to_text())
+        .collect();
+    assert!(
+        texts.contains(&"Error [IST0106] (DestinationRule default/d t.yaml:13) Schema validation error: max connections must be non-negative".to_string()),
+        "{texts:#?}"
+    );
+    assert!(
+        texts.contains(&"Info [IST0131] (VirtualService default/v t.yaml:2) VirtualService rule #1 match #0 is not used (duplicate/overlapping match in rule #0).".to_string()),
+        "{texts:#?}"
+    );
+    assert!(
+        texts.contains(&"Warning [IST0130] (VirtualService default/v t.yaml:2) VirtualService rule #1 not used (all matches used by prior rules).".to_string()),
+        "{texts:#?}"
+    );
+}
