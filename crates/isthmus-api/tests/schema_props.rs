@@ -90,7 +90,10 @@ fn check(kind: &str, obj: &Value) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 600, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_spec_never_panics(kind_i in 0..KINDS.len(), spec in arb_json()) {

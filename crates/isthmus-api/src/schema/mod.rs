@@ -227,6 +227,25 @@ const OBJECT_META_FIELDS: &[&str] = &[
     "uid",
 ];
 
+const OWNER_REFERENCE_FIELDS: &[&str] = &[
+    "apiVersion",
+    "blockOwnerDeletion",
+    "controller",
+    "kind",
+    "name",
+    "uid",
+];
+
+const MANAGED_FIELDS_ENTRY_FIELDS: &[&str] = &[
+    "apiVersion",
+    "fieldsType",
+    "fieldsV1",
+    "manager",
+    "operation",
+    "subresource",
+    "time",
+];
+
 /// Paths of the fields a strict decode rejects (`kubectl create`'s default
 /// `--validate=strict`), in kube's order: unknown `metadata` fields first, then the fields the
 /// structural schema does not declare, sorted (Go `sort.Strings`). Empty for kinds without a
@@ -237,9 +256,29 @@ pub fn unknown_fields(kind: &str, api_version: &str, obj: &Value) -> Vec<String>
     };
     let mut out = Vec::new();
     if let Some(Value::Object(meta)) = obj.get("metadata") {
-        for k in meta.keys() {
+        // ObjectMeta is re-marshalled from a Go map (sorted keys) and strictly unmarshalled.
+        let mut keys: Vec<&String> = meta.keys().collect();
+        keys.sort();
+        for k in keys {
+            let nested: Option<&[&str]> = match k.as_str() {
+                "ownerReferences" => Some(OWNER_REFERENCE_FIELDS),
+                "managedFields" => Some(MANAGED_FIELDS_ENTRY_FIELDS),
+                _ => None,
+            };
             if !OBJECT_META_FIELDS.contains(&k.as_str()) {
                 out.push(format!("metadata.{k}"));
+            } else if let (Some(fields), Some(Value::Array(items))) = (nested, meta.get(k)) {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Object(m) = item {
+                        let mut ks: Vec<&String> = m.keys().collect();
+                        ks.sort();
+                        for f in ks {
+                            if !fields.contains(&f.as_str()) {
+                                out.push(format!("metadata.{k}[{i}].{f}"));
+                            }
+                        }
+                    }
+                }
             }
         }
     }
