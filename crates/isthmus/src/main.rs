@@ -1,8 +1,12 @@
 //! The `isthmus` command line: kubectl/istioctl habits (`-f`, `-n`, `-o`), exit codes
 //! 0 ok, 1 invalid input or failed check, 2 usage error.
 
+mod analyze;
 mod echo;
+mod inputs;
+mod mesh_cmd;
 mod proxy;
+mod proxy_config;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -24,10 +28,17 @@ struct Cli {
 enum Command {
     /// Validate manifests exactly as the CRD schemas and Istio's webhook would.
     Validate(validate::Args),
+    /// Show the configuration compiled for one proxy, as istioctl proxy-config prints it.
+    #[command(name = "proxy-config", alias = "pc")]
+    ProxyConfig(proxy_config::Args),
+    /// Istio's analyzers plus isthmus's checks for silent failures.
+    Analyze(analyze::Args),
     /// Run one proxy (sidecar or gateway) from its config.
     Proxy(proxy::Args),
     /// Built-in HTTP/HTTPS test server that answers with what it saw.
     Echo(echo::Args),
+    #[command(flatten)]
+    Mesh(mesh_cmd::MeshCommand),
 }
 
 /// Common input flags: `-f` paths (files, directories, `-` for stdin).
@@ -43,14 +54,20 @@ pub struct InputArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Analyze(args) => analyze::run(args),
         Command::Echo(args) => echo::run(args),
+        Command::Mesh(cmd) => mesh_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,
