@@ -209,6 +209,27 @@ fn bounds_one_of_and_sizes() {
         validate_structure("VirtualService", "networking.istio.io/v1", &vs)[0].error(),
         "<nil>: Invalid value: \"\": \"spec.http[0].match[0].uri\" must validate one and only one schema (oneOf). Found 2 valid alternatives"
     );
+    let errs = validate_structure("VirtualService", "networking.istio.io/v1", &vs);
+    assert_eq!(
+        errs[0].subject_path().as_deref(),
+        Some("spec.http[0].match[0].uri")
+    );
+    assert_eq!(
+        errs.len(),
+        1,
+        "a oneOf failure is not blocking: no skipped-CEL notice"
+    );
+    let blocked = validate_structure("DestinationRule", DR, &dr(json!({"host": 1})));
+    assert_eq!(blocked[0].subject_path().as_deref(), Some("spec.host"));
+    assert_eq!(
+        blocked.last().and_then(|e| e.subject_path()),
+        None,
+        "the skipped-CEL notice has no subject"
+    );
+    assert_eq!(
+        isthmus_api::schema::api_status_message("VirtualService", "v", &errs[..1]),
+        "VirtualService.networking.istio.io \"v\" is invalid: <nil>: Invalid value: \"\": \"spec.http[0].match[0].uri\" must validate one and only one schema (oneOf). Found 2 valid alternatives"
+    );
     let long = "a".repeat(300);
     let se = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "s"},
         "spec": {"hosts": ["example.com"], "ports": [{"name": long, "number": 80}]}});

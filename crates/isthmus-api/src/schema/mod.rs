@@ -127,6 +127,29 @@ impl FieldError {
     }
 }
 
+impl FieldError {
+    /// The field this error is about, for locating it in the source: the path itself, or for
+    /// kube's path-less (`<nil>`) `oneOf`/`anyOf`/`not` errors the path quoted at the start of
+    /// the detail (`"spec.http[0].match[0].uri" must validate one and only one schema ...`).
+    /// `None` for the "some validation rules were not checked" notice.
+    pub fn subject_path(&self) -> Option<String> {
+        if self.path != "<nil>" {
+            return Some(self.path.clone());
+        }
+        let rest = self.detail.strip_prefix('"')?;
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return if out.is_empty() { None } else { Some(out) },
+                '\\' => out.push(chars.next()?),
+                c => out.push(c),
+            }
+        }
+        None
+    }
+}
+
 impl fmt::Display for FieldError {
     /// Kube's `ErrorBody`: the type text, then `: <bad value>` for the types that show one,
     /// then `: <detail>`.
@@ -491,6 +514,29 @@ pub fn kubectl_message(kind: &str, name: &str, errors: &[FieldError]) -> String 
             s.push_str(&lines.join("\n"));
             s
         }
+    }
+}
+
+/// The API server's `Status.message` for a 422 (`errors.NewInvalid`):
+/// `DestinationRule.networking.istio.io "x" is invalid: <err>` or `[<err1>, <err2>]` for several
+/// (an aggregate, duplicates dropped).
+pub fn api_status_message(kind: &str, name: &str, errors: &[FieldError]) -> String {
+    let mut msgs: Vec<String> = Vec::new();
+    for e in errors {
+        let m = e.error();
+        if !msgs.contains(&m) {
+            msgs.push(m);
+        }
+    }
+    let head = format!(
+        "{kind}.{} {} is invalid",
+        codegen::GROUP,
+        gofmt::quote(name)
+    );
+    match msgs.len() {
+        0 => head,
+        1 => format!("{head}: {}", msgs[0]),
+        _ => format!("{head}: [{}]", msgs.join(", ")),
     }
 }
 
