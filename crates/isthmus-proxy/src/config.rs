@@ -162,6 +162,10 @@ pub struct Listener {
     /// How long to wait for a ClientHello (Envoy `listenerFiltersTimeout`, default 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener_filters_timeout: Option<Dur>,
+    /// `false`: not bound; receives connections handed over by a `useOriginalDst` listener
+    /// whose original destination equals this listener's address (Envoy's virtual listeners).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bind_to_port: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +194,12 @@ pub struct ChainMatch {
     pub transport_protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub application_protocols: Vec<String>,
+    /// Destination IP ranges (`10.0.0.0/8`); the longest matching prefix wins; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_ranges: Vec<String>,
+    /// Source IP ranges; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_prefix_ranges: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,6 +271,9 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// `ALL` / `EXTERNAL_ONLY`: plaintext requests get a 301 to https (Gateway httpsRedirect).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub require_tls: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +285,10 @@ pub struct Route {
     pub matcher: RouteMatch,
     #[serde(flatten)]
     pub action: RouteAction,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub request_headers: HeaderOps,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub response_headers: HeaderOps,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -291,6 +308,12 @@ pub struct RouteMatch {
     /// Allowed methods (sugar for a `:method` header matcher); empty = any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Query parameter matchers (`name` = parameter name), all must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<HeaderMatcher>,
+    /// `pathSeparatedPrefix`: matches the prefix only at a `/` boundary (or exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_separated_prefix: Option<String>,
 }
 
 fn yes() -> bool {
@@ -321,6 +344,35 @@ pub struct HeaderMatcher {
 pub enum RouteAction {
     Route(RouteTarget),
     DirectResponse(DirectResponse),
+    Redirect(Redirect),
+}
+
+/// Envoy RedirectAction: unset parts keep the request's values.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// 301 (default), 302, 303, 307, 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<u16>,
+}
+
+/// Header edits a route applies (VirtualService `headers`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOps {
+    /// (name, value, append): `append` false overwrites.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String, bool)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -729,6 +781,18 @@ impl ProxyConfig {
                         p.push(format!("{what}: {:?} needs a validation CA secret", t.mode));
                     }
                 }
+                for cidr in fc
+                    .matcher
+                    .prefix_ranges
+                    .iter()
+                    .chain(&fc.matcher.source_prefix_ranges)
+                {
+                    if parse_cidr(cidr).is_none() {
+                        p.push(format!(
+                            "{what}: bad CIDR {cidr:?} (expected e.g. 10.0.0.0/8)"
+                        ));
+                    }
+                }
                 if let Some(tp) = &fc.matcher.transport_protocol {
                     if tp != "tls" && tp != "raw_buffer" {
                         p.push(format!(
@@ -756,6 +820,44 @@ impl ProxyConfig {
         } else {
             Err(ConfigError { problems: p })
         }
+    }
+}
+
+/// Parse `addr/len` (or a bare address = host route).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (a, l) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = a.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match l {
+        Some(l) => l.trim().parse::<u8>().ok()?,
+        None => max,
+    };
+    (len <= max).then_some((ip, len))
+}
+
+/// Whether `ip` is inside `net/len`.
+pub fn cidr_contains(net: std::net::IpAddr, len: u8, ip: std::net::IpAddr) -> bool {
+    match (net, ip) {
+        (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
+            (u32::from(n) & mask) == (u32::from(i) & mask)
+        }
+        (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
+            (u128::from(n) & mask) == (u128::from(i) & mask)
+        }
+        _ => false,
     }
 }
 
@@ -798,19 +900,26 @@ fn validate_routes(p: &mut Vec<String>, what: &str, cl: &BTreeSet<&str>, rt: &Ro
         }
         for (i, r) in vh.routes.iter().enumerate() {
             let rw = format!("{what} vhost {} route {i}", vh.name);
-            let n = [&r.matcher.prefix, &r.matcher.path, &r.matcher.safe_regex]
-                .iter()
-                .filter(|x| x.is_some())
-                .count();
+            let n = [
+                &r.matcher.prefix,
+                &r.matcher.path,
+                &r.matcher.safe_regex,
+                &r.matcher.path_separated_prefix,
+            ]
+            .iter()
+            .filter(|x| x.is_some())
+            .count();
             if n > 1 {
-                p.push(format!("{rw}: only one of prefix/path/safeRegex"));
+                p.push(format!(
+                    "{rw}: only one of prefix/path/safeRegex/pathSeparatedPrefix"
+                ));
             }
             if let Some(re) = &r.matcher.safe_regex {
                 if let Err(e) = regex::Regex::new(re) {
                     p.push(format!("{rw}: bad regex {re:?}: {e}"));
                 }
             }
-            for h in &r.matcher.headers {
+            for h in r.matcher.headers.iter().chain(&r.matcher.query_parameters) {
                 if let Some(re) = &h.safe_regex {
                     if let Err(e) = regex::Regex::new(re) {
                         p.push(format!("{rw}: header {} bad regex: {e}", h.name));
@@ -821,6 +930,7 @@ fn validate_routes(p: &mut Vec<String>, what: &str, cl: &BTreeSet<&str>, rt: &Ro
                 RouteAction::Route(t) => {
                     check_target(p, &rw, cl, t.cluster.as_deref(), &t.weighted_clusters)
                 }
+                RouteAction::Redirect(_) => {}
                 RouteAction::DirectResponse(d) => {
                     if !(100..=599).contains(&d.status) {
                         p.push(format!(

@@ -106,6 +106,12 @@ async fn handle(
     };
     // Envoy restores the original destination as the downstream local address.
     let local = orig.unwrap_or(sock_local);
+    // A capture listener hands the connection to the (unbound) listener owning the original
+    // destination, exact address first, then the wildcard address on that port.
+    let l = match orig {
+        Some(dst) => rt.virtual_listener_for(dst).unwrap_or(l),
+        None => l,
+    };
     sh.stats.inc(&format!("{lstat}.downstream_cx_total"), 1);
     let mut ctx = ConnCtx {
         sh: sh.clone(),
@@ -124,6 +130,8 @@ async fn handle(
     let mut s = s;
     let mut facts = ConnFacts {
         dst_port: local.port(),
+        dst_ip: Some(local.ip()),
+        src_ip: Some(peer.ip()),
         ..Default::default()
     };
     let mut prefix = Vec::new();

@@ -65,7 +65,7 @@ pub fn http_route(data: &[u8]) {
     }
     let r = routes().as_ref().expect("route fixture compiles");
     if let Some(v) = r.vhost(&host) {
-        let _ = v.route(&method, &path, &headers);
+        let _ = v.route(&method, &host, &path, &headers);
     }
 }
 
@@ -80,23 +80,50 @@ mod tests {
         let h = http::HeaderMap::new();
         let v = r.vhost("API.example.com:443").unwrap();
         assert_eq!(v.name, "exact");
-        assert_eq!(v.route("GET", "/exact?q", &h).unwrap().spec.name, "p");
-        assert_eq!(v.route("GET", "/RE/12", &h).unwrap().spec.name, "re");
-        assert!(v.route("GET", "/re/x", &h).is_none());
+        assert_eq!(
+            v.route("GET", "api.example.com", "/exact?q", &h)
+                .unwrap()
+                .spec
+                .name,
+            "p"
+        );
+        assert_eq!(
+            v.route("GET", "api.example.com", "/RE/12", &h)
+                .unwrap()
+                .spec
+                .name,
+            "re"
+        );
+        assert!(v.route("GET", "api.example.com", "/re/x", &h).is_none());
         let mut hm = http::HeaderMap::new();
         hm.insert("x-a", "1".parse().unwrap());
         hm.insert("x-b", "bbb".parse().unwrap());
-        assert_eq!(v.route("GET", "/h", &hm).unwrap().spec.name, "h");
+        assert_eq!(
+            v.route("GET", "api.example.com", "/h", &hm)
+                .unwrap()
+                .spec
+                .name,
+            "h"
+        );
         hm.insert("x-c", "".parse().unwrap());
         assert!(
-            v.route("GET", "/h", &hm).is_none(),
+            v.route("GET", "api.example.com", "/h", &hm).is_none(),
             "inverted present match"
         );
-        assert_eq!(v.route("POST", "/h", &hm).unwrap().spec.name, "m");
+        assert_eq!(
+            v.route("POST", "api.example.com", "/h", &hm)
+                .unwrap()
+                .spec
+                .name,
+            "m"
+        );
         assert_eq!(r.vhost("www.example.com").unwrap().name, "suffix");
         assert_eq!(r.vhost("api.other").unwrap().name, "prefix");
         assert!(
-            r.vhost("zzz").unwrap().route("GET", "/", &h).is_none(),
+            r.vhost("zzz")
+                .unwrap()
+                .route("GET", "zzz", "/", &h)
+                .is_none(),
             "empty vhost → 404 NR"
         );
     }

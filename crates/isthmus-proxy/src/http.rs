@@ -364,6 +364,34 @@ fn local_reply(status: u16, body: &str) -> Response<RespBody> {
     r
 }
 
+fn redirect_reply(code: u16, location: &str) -> Response<RespBody> {
+    let mut r = local_reply(code, "");
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
+}
+
+/// Apply a route's header edits (set/append, then remove).
+fn apply_ops(h: &mut HeaderMap, ops: &crate::config::HeaderOps) {
+    for (name, value, append) in &ops.set {
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        if *append {
+            h.append(n, v);
+        } else {
+            h.insert(n, v);
+        }
+    }
+    for name in &ops.remove {
+        h.remove(name.as_str());
+    }
+}
+
 fn wrap(resp: Response<RespBody>, fin: Finisher) -> Response<RespBody> {
     let (parts, body) = resp.into_parts();
     Response::from_parts(
@@ -443,9 +471,19 @@ async fn handle(
             _rq: rq,
             _stream: stream,
         };
-    let route = routes
-        .vhost(&authority)
-        .and_then(|v| v.route(&method, &path, &parts.headers));
+    let vhost = routes.vhost(&authority);
+    if vhost.is_some_and(|v| v.require_tls) && !ctx.tls_terminated {
+        // Gateway `httpsRedirect`: Envoy's requireTls answers 301 to the https URL.
+        entry.response_code = 301;
+        entry.response_code_details = Some("direct_response".into());
+        let loc = format!(
+            "https://{}{}",
+            crate::runtime::host_without_port(&authority),
+            path
+        );
+        return wrap(redirect_reply(301, &loc), fin(entry, None, None));
+    }
+    let route = vhost.and_then(|v| v.route(&method, &authority, &path, &parts.headers));
     let Some(route) = route else {
         entry.response_code = 404;
         entry.add_flag("NR");
@@ -464,8 +502,32 @@ async fn handle(
                 fin(entry, None, None),
             );
         }
+        RouteAction::Redirect(r) => {
+            let code = r.response_code.unwrap_or(301);
+            entry.response_code = code;
+            entry.response_code_details = Some("direct_response".into());
+            let scheme = r.scheme.clone().unwrap_or_else(|| scheme.to_string());
+            let host = r
+                .host
+                .clone()
+                .unwrap_or_else(|| crate::runtime::host_without_port(&authority).to_string());
+            let port = match r.port {
+                Some(p) => format!(":{p}"),
+                None if r.host.is_some() || r.scheme.is_some() => String::new(),
+                None => authority
+                    .strip_prefix(crate::runtime::host_without_port(&authority))
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            let p = r.path.clone().unwrap_or_else(|| path.clone());
+            return wrap(
+                redirect_reply(code, &format!("{scheme}://{host}{port}{p}")),
+                fin(entry, None, None),
+            );
+        }
         RouteAction::Route(t) => t.clone(),
     };
+    apply_ops(&mut parts.headers, &route.spec.request_headers);
     let cname = pick_weighted(target.cluster.as_deref(), &target.weighted_clusters);
     entry.upstream_cluster = Some(cname.clone());
     let Some(cluster) = ctx.rt.clusters.get(&cname).cloned() else {
@@ -555,7 +617,10 @@ async fn handle(
     )
     .await;
     match result {
-        Ok(resp) => wrap(resp, fin(entry, Some(cluster), Some(rq))),
+        Ok(mut resp) => {
+            apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            wrap(resp, fin(entry, Some(cluster), Some(rq)))
+        }
         Err((status, body)) => {
             entry.response_code = status;
             wrap(

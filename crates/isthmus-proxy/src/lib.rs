@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;
+pub mod xds;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -171,7 +172,7 @@ impl Proxy {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.address))
                 .collect();
-            for (name, l) in &rt.listeners {
+            for (name, l) in rt.listeners.iter().filter(|(_, l)| l.spec.bind_to_port) {
                 if running
                     .iter()
                     .any(|(n, a)| n == name && *a == l.spec.address)
@@ -196,7 +197,12 @@ impl Proxy {
             }
         }
         let version = rt.config.version.clone();
-        let names: Vec<String> = rt.listeners.keys().cloned().collect();
+        let names: Vec<String> = rt
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.spec.bind_to_port)
+            .map(|(n, _)| n.clone())
+            .collect();
         sh.runtime.store(Arc::new(rt));
         let mut running = lock(&sh.listeners);
         // Removed or moved listeners stop accepting; their connections drain on their own.

@@ -40,6 +40,7 @@ pub struct RoutesRt {
 
 pub struct VhostRt {
     pub name: String,
+    pub require_tls: bool,
     pub domains: Vec<String>,
     pub routes: Vec<RouteRt>,
 }
@@ -48,9 +49,23 @@ pub struct RouteRt {
     pub spec: Route,
     pub regex: Option<regex::Regex>,
     pub headers: Vec<(HeaderMatcher, Option<regex::Regex>)>,
+    pub query: Vec<(HeaderMatcher, Option<regex::Regex>)>,
 }
 
 impl Runtime {
+    /// The `bindToPort: false` listener for an original destination (exact, then 0.0.0.0/[::]).
+    pub fn virtual_listener_for(&self, dst: std::net::SocketAddr) -> Option<Arc<ListenerRt>> {
+        let unbound = || self.listeners.values().filter(|l| !l.spec.bind_to_port);
+        unbound()
+            .find(|l| l.spec.address == dst)
+            .or_else(|| {
+                unbound().find(|l| {
+                    l.spec.address.ip().is_unspecified() && l.spec.address.port() == dst.port()
+                })
+            })
+            .cloned()
+    }
+
     pub fn empty() -> Self {
         Runtime {
             config: Arc::new(ProxyConfig::default()),
@@ -171,6 +186,7 @@ fn compile_routes(rt: &RouteTable) -> RoutesRt {
             .iter()
             .map(|v| VhostRt {
                 name: v.name.clone(),
+                require_tls: v.require_tls == "ALL" || v.require_tls == "EXTERNAL_ONLY",
                 domains: v.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
                 routes: v
                     .routes
@@ -199,6 +215,19 @@ fn compile_routes(rt: &RouteTable) -> RoutesRt {
                                 )
                             })
                             .collect(),
+                        query: r
+                            .matcher
+                            .query_parameters
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.clone(),
+                                    h.safe_regex.as_ref().and_then(|re| {
+                                        regex::Regex::new(&format!("^(?:{re})$")).ok()
+                                    }),
+                                )
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
@@ -210,6 +239,8 @@ fn compile_routes(rt: &RouteTable) -> RoutesRt {
 #[derive(Debug, Clone, Default)]
 pub struct ConnFacts {
     pub dst_port: u16,
+    pub dst_ip: Option<std::net::IpAddr>,
+    pub src_ip: Option<std::net::IpAddr>,
     pub sni: Option<String>,
     pub tls: bool,
     pub alpn: Vec<String>,
@@ -258,6 +289,7 @@ impl ListenerRt {
                 exact
             }
         };
+        let by_port = by_prefix(by_port, f.dst_ip, |c| &c.spec.matcher.prefix_ranges);
         let scored: Vec<(usize, &ChainRt)> = by_port
             .iter()
             .filter_map(|c| {
@@ -309,7 +341,40 @@ impl ListenerRt {
                 exact
             }
         };
-        by_alpn.first().copied().or(self.default_chain.as_ref())
+        let by_src = by_prefix(by_alpn, f.src_ip, |c| &c.spec.matcher.source_prefix_ranges);
+        by_src.first().copied().or(self.default_chain.as_ref())
+    }
+}
+
+/// Envoy's IP stage: chains whose ranges contain `ip` with the longest prefix, else chains
+/// without ranges.
+fn by_prefix<'a>(
+    chains: Vec<&'a ChainRt>,
+    ip: Option<std::net::IpAddr>,
+    ranges: impl Fn(&ChainRt) -> &Vec<String>,
+) -> Vec<&'a ChainRt> {
+    let mut best: Option<u8> = None;
+    let mut hits: Vec<(&'a ChainRt, u8)> = Vec::new();
+    if let Some(ip) = ip {
+        for c in &chains {
+            let m = ranges(c)
+                .iter()
+                .filter_map(|r| crate::config::parse_cidr(r))
+                .filter(|(n, l)| crate::config::cidr_contains(*n, *l, ip))
+                .map(|(_, l)| l)
+                .max();
+            if let Some(l) = m {
+                hits.push((c, l));
+                best = best.max(Some(l));
+            }
+        }
+    }
+    match best {
+        Some(b) => hits.into_iter().filter(|h| h.1 == b).map(|h| h.0).collect(),
+        None => chains
+            .into_iter()
+            .filter(|c| ranges(c).is_empty())
+            .collect(),
     }
 }
 
@@ -381,18 +446,54 @@ impl VhostRt {
     pub fn route(
         &self,
         method: &str,
+        authority: &str,
         path_and_query: &str,
         headers: &http::HeaderMap,
     ) -> Option<&RouteRt> {
-        let path = path_and_query.split(['?', '#']).next().unwrap_or("");
-        self.routes
-            .iter()
-            .find(|r| r.matches(method, path, headers))
+        let path_and_query = path_and_query.split('#').next().unwrap_or("");
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let req = Req {
+            method,
+            authority,
+            path,
+            query,
+            headers,
+        };
+        self.routes.iter().find(|r| r.matches(&req))
     }
 }
 
+/// The request facts a route match looks at.
+pub struct Req<'a> {
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+fn string_match(h: &HeaderMatcher, re: &Option<regex::Regex>, value: Option<&str>) -> bool {
+    let ok = match (value, &h.exact, &h.prefix, re) {
+        (None, ..) => false,
+        (Some(v), Some(e), _, _) => v == e,
+        (Some(v), None, Some(p), _) => v.starts_with(p.as_str()),
+        (Some(v), None, None, Some(r)) => r.is_match(v),
+        (Some(_), None, None, None) => true, // present match
+    };
+    ok != h.invert
+}
+
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
 impl RouteRt {
-    pub fn matches(&self, method: &str, path: &str, headers: &http::HeaderMap) -> bool {
+    pub fn matches(&self, r: &Req<'_>) -> bool {
         let m = &self.spec.matcher;
         let cs = m.case_sensitive;
         let eq = |a: &str, b: &str| {
@@ -402,38 +503,47 @@ impl RouteRt {
                 a.eq_ignore_ascii_case(b)
             }
         };
+        let starts = |p: &str| {
+            r.path.len() >= p.len() && r.path.is_char_boundary(p.len()) && eq(&r.path[..p.len()], p)
+        };
         let path_ok = if let Some(p) = &m.path {
-            eq(path, p)
+            eq(r.path, p)
         } else if let Some(p) = &m.prefix {
-            path.len() >= p.len() && path.is_char_boundary(p.len()) && eq(&path[..p.len()], p)
+            starts(p)
+        } else if let Some(p) = &m.path_separated_prefix {
+            starts(p) && (r.path.len() == p.len() || r.path.as_bytes().get(p.len()) == Some(&b'/'))
         } else if m.safe_regex.is_some() {
-            self.regex.as_ref().is_some_and(|r| r.is_match(path))
+            self.regex.as_ref().is_some_and(|re| re.is_match(r.path))
         } else {
             true
         };
         if !path_ok {
             return false;
         }
-        if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(method)) {
+        if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(r.method)) {
             return false;
         }
-        self.headers.iter().all(|(h, re)| {
-            let value: Option<String> = match h.name.as_str() {
-                ":method" => Some(method.to_string()),
-                ":path" => Some(path.to_string()),
-                n => headers
-                    .get(n)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        let headers_ok = self.headers.iter().all(|(h, re)| {
+            let owned;
+            let value: Option<&str> = match h.name.as_str() {
+                ":method" => Some(r.method),
+                ":path" => Some(r.path),
+                ":authority" | "host" => Some(r.authority),
+                n => match r.headers.get(n) {
+                    Some(v) => {
+                        owned = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                        Some(owned.as_str())
+                    }
+                    None => None,
+                },
             };
-            let ok = match (&value, &h.exact, &h.prefix, re) {
-                (None, ..) => false,
-                (Some(v), Some(e), _, _) => v == e,
-                (Some(v), None, Some(p), _) => v.starts_with(p.as_str()),
-                (Some(v), None, None, Some(r)) => r.is_match(v),
-                (Some(_), None, None, None) => true, // present match
-            };
-            ok != h.invert
-        })
+            string_match(h, re, value)
+        });
+        headers_ok
+            && self
+                .query
+                .iter()
+                .all(|(h, re)| string_match(h, re, query_value(r.query, &h.name)))
     }
 }
 
@@ -444,6 +554,7 @@ mod tests {
     fn vh(name: &str, domains: &[&str]) -> VhostRt {
         VhostRt {
             name: name.into(),
+            require_tls: false,
             domains: domains.iter().map(|s| s.to_string()).collect(),
             routes: vec![],
         }
@@ -500,6 +611,8 @@ mod tests {
     ) -> Option<String> {
         let f = ConnFacts {
             dst_port: port,
+            dst_ip: Some("10.0.0.5".parse().unwrap()),
+            src_ip: Some("192.168.1.1".parse().unwrap()),
             sni: sni.map(String::from),
             tls,
             alpn: alpn.iter().map(|s| s.to_string()).collect(),
@@ -580,6 +693,27 @@ mod tests {
             None,
             "no chain: NR"
         );
+        let ranges = listener(
+            vec![
+                chain("wide", json!({"prefixRanges": ["10.0.0.0/8"]})),
+                chain("narrow", json!({"prefixRanges": ["10.0.0.0/24"]})),
+                chain("any", json!({})),
+            ],
+            None,
+        );
+        assert_eq!(
+            pick(&ranges, 80, None, false, &[]).as_deref(),
+            Some("narrow"),
+            "longest prefix wins"
+        );
+        let other = listener(
+            vec![
+                chain("wide", json!({"prefixRanges": ["172.16.0.0/12"]})),
+                chain("any", json!({})),
+            ],
+            None,
+        );
+        assert_eq!(pick(&other, 80, None, false, &[]).as_deref(), Some("any"));
         let with_default = listener(
             vec![chain("only", json!({"serverNames": ["a.b"]}))],
             Some(chain("default", json!({}))),
