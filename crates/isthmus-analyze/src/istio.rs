@@ -101,6 +101,11 @@ pub(crate) static ALL: &[Analyzer] = &[
         run: conflicting_mesh_gateway_hosts,
     },
     Analyzer {
+        name: "virtualservice.DestinationHostAnalyzer",
+        codes: &["IST0101", "IST0112", "IST0140"],
+        run: vs_destination_hosts,
+    },
+    Analyzer {
         name: "virtualservice.DestinationRuleAnalyzer",
         codes: &["IST0101"],
         run: vs_destination_rules,
@@ -879,6 +884,7 @@ fn ca_certificate(c: &Ctx<'_>, out: &mut Vec<Message>) {
 #[derive(Clone)]
 pub(crate) struct IndexedService {
     pub selector: Option<BTreeMap<String, String>>,
+    pub ports: Vec<u32>,
 }
 
 /// `InitServiceEntryHostMap`: scope/fqdn -> service.
@@ -899,6 +905,7 @@ pub(crate) fn service_host_map(c: &Ctx<'_>) -> BTreeMap<(String, String), Indexe
                 (scope.clone(), host_to_fqdn(ns, h)),
                 IndexedService {
                     selector: networking_selector(o),
+                    ports: se.ports.iter().map(|p| p.number).collect(),
                 },
             );
         }
@@ -919,10 +926,17 @@ pub(crate) fn service_host_map(c: &Ctx<'_>) -> BTreeMap<(String, String), Indexe
                 })
                 .collect(),
         };
+        let ports: Vec<u32> = o
+            .as_service()
+            .map(|svc| svc.ports.iter().map(|p| p.port).collect())
+            .unwrap_or_default();
         for s in scopes {
             m.insert(
                 (s, host_to_fqdn(ns, o.name())),
-                IndexedService { selector: None },
+                IndexedService {
+                    selector: None,
+                    ports: ports.clone(),
+                },
             );
         }
     }
@@ -1171,4 +1185,108 @@ fn schema_virtual_service(c: &Ctx<'_>, out: &mut Vec<Message>) {
 }
 fn schema_workload_entry(c: &Ctx<'_>, out: &mut Vec<Message>) {
     schema_validation(c, Kind::WorkloadEntry, out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// virtualservice.DestinationHostAnalyzer
+
+fn vs_destination_hosts(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    let services = service_host_map(c);
+    // VirtualServices with subset destinations to one of their own hosts (`initVirtualServiceDestinations`).
+    let mut subset_dests: Vec<(String, String)> = Vec::new();
+    for o in c.of(Kind::VirtualService) {
+        let Some(v) = o.as_virtual_service() else {
+            continue;
+        };
+        for h in &v.http {
+            for d in &h.route {
+                if d.destination
+                    .subset
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty())
+                    && v.hosts.contains(&d.destination.host)
+                {
+                    subset_dests.push((full_name(o), d.destination.host.clone()));
+                }
+            }
+        }
+    }
+    for o in c.of(Kind::VirtualService) {
+        let Some(v) = o.as_virtual_service() else {
+            continue;
+        };
+        let ns = ns_of(o);
+        let mut dests: Vec<(String, &isthmus_api::istio::Destination, bool)> =
+            route_destinations(v)
+                .into_iter()
+                .map(|(f, d)| (f, d, false))
+                .collect();
+        for (i, h) in v.http.iter().enumerate() {
+            if let Some(m) = &h.mirror {
+                dests.push((format!("spec.http[{i}].mirror.host"), m, true));
+            }
+        }
+        for (field, d, mirror) in dests {
+            let Some(svc) = destination_host(ns, &v.export_to, &d.host, &services) else {
+                let what = if mirror { "mirror host" } else { "host" };
+                out.push(c.msg(
+                    o,
+                    &mt::REFERENCED_RESOURCE_NOT_FOUND,
+                    &[what.into(), d.host.clone().into()],
+                    Some(field),
+                ));
+                continue;
+            };
+            match &d.port {
+                None if svc.ports.len() > 1 => {
+                    let ports: Vec<String> = svc.ports.iter().map(u32::to_string).collect();
+                    out.push(c.msg(
+                        o,
+                        &mt::VS_DESTINATION_PORT_SELECTOR_REQUIRED,
+                        &[d.host.clone().into(), Arg::List(ports)],
+                        Some(field),
+                    ));
+                }
+                None => {}
+                Some(p) if !svc.ports.contains(&p.number) => {
+                    out.push(c.msg(
+                        o,
+                        &mt::REFERENCED_RESOURCE_NOT_FOUND,
+                        &[
+                            "host:port".into(),
+                            format!("{}:{}", d.host, p.number).into(),
+                        ],
+                        Some(field),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        // `analyzeSubset`: gateway-bound routes without subset to a host another VirtualService
+        // splits by subset.
+        if v.gateways.is_empty() {
+            continue;
+        }
+        for (i, h) in v.http.iter().enumerate() {
+            for (j, d) in h.route.iter().enumerate() {
+                if d.destination
+                    .subset
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty())
+                {
+                    continue;
+                }
+                for (other, host) in &subset_dests {
+                    if *host == d.destination.host {
+                        out.push(c.msg(
+                            o,
+                            &mt::INGRESS_ROUTE_RULES_NOT_AFFECTED,
+                            &[other.into(), full_name(o).into()],
+                            Some(format!("spec.http[{i}].route[{j}].destination.host")),
+                        ));
+                    }
+                }
+            }
+        }
+    }
 }

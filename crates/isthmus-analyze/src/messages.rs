@@ -59,6 +59,20 @@ mt!(
     "VirtualService rule %v match %v is not used (duplicate/overlapping match in rule %v)."
 );
 mt!(
+    VS_DESTINATION_PORT_SELECTOR_REQUIRED,
+    "IST0112",
+    "VirtualServiceDestinationPortSelectorRequired",
+    Error,
+    "This VirtualService routes to a service %q that exposes multiple ports %v. Specifying a port in the destination is required to disambiguate."
+);
+mt!(
+    INGRESS_ROUTE_RULES_NOT_AFFECTED,
+    "IST0140",
+    "IngressRouteRulesNotAffected",
+    Warning,
+    "Subset in virtual service %s has no effect on ingress gateway %s requests"
+);
+mt!(
     SCHEMA_WARNING,
     "IST0133",
     "SchemaWarning",
@@ -193,6 +207,8 @@ pub const ISTIO_TYPES: &[MessageType] = &[
     VS_UNREACHABLE_RULE,
     VS_INEFFECTIVE_MATCH,
     SCHEMA_WARNING,
+    VS_DESTINATION_PORT_SELECTOR_REQUIRED,
+    INGRESS_ROUTE_RULES_NOT_AFFECTED,
     CONFLICTING_MESH_GATEWAY_VS_HOSTS,
     CONFLICTING_SIDECAR_WORKLOAD_SELECTORS,
     MULTIPLE_SIDECARS_WITHOUT_SELECTORS,

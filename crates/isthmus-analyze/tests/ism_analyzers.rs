@@ -558,3 +558,46 @@ spec:
         "{texts:#?}"
     );
 }
+
+#[test]
+fn destination_host_analyzer() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}, {name: grpc, port: 9090}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: x, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+  - route:
+    - destination: {host: reviews, port: {number: 9999}}
+  - route:
+    - destination: {host: ratings}
+";
+    let objects = objects_from_str("vs.yaml", yaml, None);
+    let opts = AnalyzeOptions {
+        analyzers: Some(vec!["virtualservice.DestinationHostAnalyzer".into()]),
+        sources: [("vs.yaml".to_string(), yaml.to_string())].into(),
+        ..Default::default()
+    };
+    let texts: Vec<String> = analyze(&objects, &MeshConfig::default(), &opts)
+        .iter()
+        .map(|m| m.to_text())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "Error [IST0101] (VirtualService default/x vs.yaml:18) Referenced host:port not found: \"reviews:9999\"",
+            "Error [IST0101] (VirtualService default/x vs.yaml:20) Referenced host not found: \"ratings\"",
+            "Error [IST0112] (VirtualService default/x vs.yaml:16) This VirtualService routes to a service \"reviews\" that exposes multiple ports [9080 9090]. Specifying a port in the destination is required to disambiguate.",
+        ]
+    );
+}
