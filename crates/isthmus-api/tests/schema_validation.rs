@@ -235,7 +235,7 @@ fn bounds_one_of_and_sizes() {
         "spec": {"hosts": ["example.com"], "ports": [{"name": long, "number": 80}]}});
     assert_eq!(
         validate_structure("ServiceEntry", "networking.istio.io/v1", &se)[0].error(),
-        "spec.ports[0].name: Too long: may not be more than 256 bytes"
+        "spec.ports[0].name: Too long: may not be longer than 256"
     );
 }
 

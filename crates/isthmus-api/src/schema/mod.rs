@@ -20,6 +20,12 @@
 //! needs no corpus at run time. CEL rules are compiled once (LazyLock) by a small evaluator
 //! ([`cel`]) that implements exactly what Istio's rules use.
 //!
+//! Texts follow Kubernetes 1.30 (the seeds' cluster): a failed CEL rule shows the schema type
+//! as its bad value (see [`CelBadValue`] for the newer style), nil bad values print as `"null"`,
+//! lists and maps as Go's `%#v`, and too-long strings as `Too long: may not be longer than N`.
+//! Where kube iterates Go maps (properties, CEL over object fields) the order is random; here it
+//! is the document's order.
+//!
 //! Not covered here (the caller's job): `metadata` validation (name required, DNS names),
 //! duplicate JSON keys, and Istio's webhook (semantic) validation.
 
@@ -781,10 +787,8 @@ fn to_field_error(e: openapi::OErr) -> FieldError {
             path,
             error_type: FieldErrorType::TooLong,
             bad_value: None,
-            detail: format!(
-                "may not be more than {max} {}",
-                if max == 1 { "byte" } else { "bytes" }
-            ),
+            // Kubernetes 1.30's `field.TooLongMaxLength` (1.32+ says "may not be more than N bytes").
+            detail: format!("may not be longer than {max}"),
         },
         Code::MaxItems { actual, max } | Code::TooManyProperties { actual, max } => FieldError {
             path,
