@@ -10,11 +10,17 @@ use std::collections::BTreeMap;
 pub struct Ctx<'a> {
     pub objects: &'a [Object],
     pub mesh: &'a MeshConfig,
+    /// The cluster domain suffix (istiod `--domain`), `cluster.local` unless told otherwise.
+    pub domain: String,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(objects: &'a [Object], mesh: &'a MeshConfig) -> Self {
-        Ctx { objects, mesh }
+        Ctx {
+            objects,
+            mesh,
+            domain: "cluster.local".to_string(),
+        }
     }
 
     /// Objects of one kind, in load order.
@@ -115,17 +121,17 @@ pub fn networking_selector(o: &Object) -> Option<BTreeMap<String, String>> {
 }
 
 /// Istio's `util.ConvertHostToFQDN`: short names become `name.ns.svc.cluster.local`.
-pub fn host_to_fqdn(ns: &str, host: &str) -> String {
+pub fn host_to_fqdn(domain: &str, ns: &str, host: &str) -> String {
     if !host.starts_with('*') && !host.contains('.') {
-        format!("{host}.{ns}.svc.cluster.local")
+        format!("{host}.{ns}.svc.{domain}")
     } else {
         host.to_string()
     }
 }
 
 /// `util.GetFullNameFromFQDN`: (namespace, name) of `name.ns.svc.cluster.local`.
-pub fn full_name_from_fqdn(fqdn: &str) -> Option<(String, String)> {
-    let rest = fqdn.strip_suffix(".svc.cluster.local")?;
+pub fn full_name_from_fqdn(domain: &str, fqdn: &str) -> Option<(String, String)> {
+    let rest = fqdn.strip_suffix(&format!(".svc.{domain}"))?;
     // `^(.+)\.(.+)\.svc\.cluster\.local$` is greedy: the namespace is the last label.
     let (name, ns) = rest.rsplit_once('.')?;
     if name.is_empty() || ns.is_empty() {
@@ -135,8 +141,8 @@ pub fn full_name_from_fqdn(fqdn: &str) -> Option<(String, String)> {
 }
 
 /// `util.GetResourceNameFromHost`.
-pub fn resource_name_from_host(default_ns: &str, host: &str) -> (String, String) {
-    full_name_from_fqdn(host).unwrap_or_else(|| (default_ns.to_string(), host.to_string()))
+pub fn resource_name_from_host(domain: &str, default_ns: &str, host: &str) -> (String, String) {
+    full_name_from_fqdn(domain, host).unwrap_or_else(|| (default_ns.to_string(), host.to_string()))
 }
 
 /// `util.IsExportToAllNamespaces`.
@@ -151,16 +157,16 @@ mod tests {
     #[test]
     fn fqdn_names() {
         assert_eq!(
-            host_to_fqdn("ns", "reviews"),
+            host_to_fqdn("cluster.local", "ns", "reviews"),
             "reviews.ns.svc.cluster.local"
         );
-        assert_eq!(host_to_fqdn("ns", "a.b"), "a.b");
+        assert_eq!(host_to_fqdn("cluster.local", "ns", "a.b"), "a.b");
         assert_eq!(
-            full_name_from_fqdn("reviews.ns.svc.cluster.local"),
+            full_name_from_fqdn("cluster.local", "reviews.ns.svc.cluster.local"),
             Some(("ns".into(), "reviews".into()))
         );
         assert_eq!(
-            resource_name_from_host("d", "reviews"),
+            resource_name_from_host("cluster.local", "d", "reviews"),
             ("d".into(), "reviews".into())
         );
         let sel: BTreeMap<String, String> = [

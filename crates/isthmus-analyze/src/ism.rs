@@ -91,11 +91,11 @@ fn has_selector(o: &Object) -> bool {
 }
 
 /// `ResolveShortnameToFQDN`: a host without a dot is qualified with the DR's namespace.
-fn resolve_host(ns: &str, h: &str) -> String {
+fn resolve_host(domain: &str, ns: &str, h: &str) -> String {
     if h == "*" || h.contains('.') {
         h.to_string()
     } else {
-        format!("{h}.{ns}.svc.cluster.local")
+        format!("{h}.{ns}.svc.{domain}")
     }
 }
 
@@ -137,7 +137,7 @@ fn merged_destination_rules(c: &Ctx<'_>, out: &mut Vec<Message>) {
             continue;
         }
         let ns = ns_of(o).to_string();
-        let h = resolve_host(&ns, &dr.host);
+        let h = resolve_host(&c.domain, &ns, &dr.host);
         let export: BTreeSet<String> = dr.export_to.iter().cloned().collect();
         let subsets: Vec<String> = dr.subsets.iter().map(|s| s.name.clone()).collect();
         let has_policy = dr.traffic_policy.is_some();
@@ -192,12 +192,15 @@ fn merged_destination_rules(c: &Ctx<'_>, out: &mut Vec<Message>) {
 fn service_hosts(c: &Ctx<'_>) -> Vec<(String, String)> {
     let mut v = Vec::new();
     for o in c.of(Kind::Service) {
-        v.push((host_to_fqdn(ns_of(o), o.name()), ns_of(o).to_string()));
+        v.push((
+            host_to_fqdn(&c.domain, ns_of(o), o.name()),
+            ns_of(o).to_string(),
+        ));
     }
     for o in c.of(Kind::ServiceEntry) {
         if let Some(se) = o.as_service_entry() {
             for h in &se.hosts {
-                v.push((host_to_fqdn(ns_of(o), h), ns_of(o).to_string()));
+                v.push((host_to_fqdn(&c.domain, ns_of(o), h), ns_of(o).to_string()));
             }
         }
     }
@@ -211,7 +214,7 @@ fn dr_host_matches_no_service(c: &Ctx<'_>, out: &mut Vec<Message>) {
             continue;
         };
         let ns = ns_of(o);
-        let h = resolve_host(ns, &dr.host);
+        let h = resolve_host(&c.domain, ns, &dr.host);
         if h == "*" || services.iter().any(|(s, _)| host::matches(&h, s)) {
             continue;
         }
@@ -224,7 +227,7 @@ fn dr_host_matches_no_service(c: &Ctx<'_>, out: &mut Vec<Message>) {
             .unwrap_or_default();
         out.push(with_fix(
             c.msg(o, &mt::ISM_DR_HOST_MATCHES_NO_SERVICE, &[h.into(), ns.into(), hint.into()], Some("spec.host".into())),
-            "use the exact FQDN of a Service (name.namespace.svc.cluster.local) or a ServiceEntry host; a short name resolves in the DestinationRule's own namespace",
+            "use the exact FQDN of a Service (name.namespace.svc.<cluster domain>) or a ServiceEntry host; a short name resolves in the DestinationRule's own namespace",
         ));
     }
 }
@@ -470,7 +473,7 @@ fn applied_drs<'a>(
         let cands: Vec<(&Object, String)> = drs
             .iter()
             .filter(|(o, d)| ns_of(o) == ns && visible(o, d))
-            .map(|(o, d)| (*o, resolve_host(ns, &d.host)))
+            .map(|(o, d)| (*o, resolve_host(&c.domain, ns, &d.host)))
             .filter(|(_, h)| host::subset_of(fqdn, h))
             .collect();
         // Most specific: exact, else the longest wildcard suffix.
@@ -518,9 +521,9 @@ fn subset_in_applied_dr(c: &Ctx<'_>, out: &mut Vec<Message>) {
             let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) else {
                 continue;
             };
-            let fqdn = host_to_fqdn(vs_ns, &d.host);
+            let fqdn = host_to_fqdn(&c.domain, vs_ns, &d.host);
             let mut svc_ns: Vec<String> = Vec::new();
-            if let Some((ns, _)) = full_name_from_fqdn(&fqdn) {
+            if let Some((ns, _)) = full_name_from_fqdn(&c.domain, &fqdn) {
                 svc_ns.push(ns);
             }
             for (h, ns) in &services {
@@ -748,12 +751,16 @@ fn one_request_per_connection(c: &Ctx<'_>, out: &mut Vec<Message>) {
 
 /// The number of endpoints of a DR's destination when it is known to be one: Some(reason).
 fn single_endpoint(c: &Ctx<'_>, dr_ns: &str, h: &str) -> Option<String> {
-    let fqdn = resolve_host(dr_ns, h);
+    let fqdn = resolve_host(&c.domain, dr_ns, h);
     for o in c.of(Kind::ServiceEntry) {
         let Some(se) = o.as_service_entry() else {
             continue;
         };
-        if !se.hosts.iter().any(|x| host_to_fqdn(ns_of(o), x) == fqdn) {
+        if !se
+            .hosts
+            .iter()
+            .any(|x| host_to_fqdn(&c.domain, ns_of(o), x) == fqdn)
+        {
             continue;
         }
         return match se.resolution() {
@@ -767,7 +774,7 @@ fn single_endpoint(c: &Ctx<'_>, dr_ns: &str, h: &str) -> Option<String> {
             _ => None,
         };
     }
-    let (ns, name) = full_name_from_fqdn(&fqdn)?;
+    let (ns, name) = full_name_from_fqdn(&c.domain, &fqdn)?;
     let svc = c.find(Kind::Service, &ns, &name)?;
     let sel = &svc.as_service()?.selector;
     if sel.is_empty() {
@@ -819,7 +826,7 @@ fn outlier_on_single_endpoint(c: &Ctx<'_>, out: &mut Vec<Message>) {
                 c.msg(
                     o,
                     &mt::ISM_OUTLIER_ON_SINGLE_ENDPOINT,
-                    &[field.trim_start_matches("spec.").to_string().into(), resolve_host(ns_of(o), &dr.host).into(), why.clone().into()],
+                    &[field.trim_start_matches("spec.").to_string().into(), resolve_host(&c.domain, ns_of(o), &dr.host).into(), why.clone().into()],
                     Some(field),
                 ),
                 "drop outlierDetection for single-endpoint destinations, or keep traffic flowing with minHealthPercent/maxEjectionPercent tuned and more than one endpoint",
@@ -943,8 +950,8 @@ fn sni_not_served_by_gateway(c: &Ctx<'_>, out: &mut Vec<Message>) {
         let Some(dr) = o.as_destination_rule() else {
             continue;
         };
-        let fqdn = resolve_host(ns_of(o), &dr.host);
-        let Some((sns, sname)) = full_name_from_fqdn(&fqdn) else {
+        let fqdn = resolve_host(&c.domain, ns_of(o), &dr.host);
+        let Some((sns, sname)) = full_name_from_fqdn(&c.domain, &fqdn) else {
             continue;
         };
         let Some(svc) = c

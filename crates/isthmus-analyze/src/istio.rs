@@ -580,7 +580,7 @@ fn conflicting_mesh_gateway_hosts(c: &Ctx<'_>, out: &mut Vec<Message>) {
         for scope in scopes {
             for h in &v.hosts {
                 hosts
-                    .entry((scope.clone(), host_to_fqdn(ns, h)))
+                    .entry((scope.clone(), host_to_fqdn(&c.domain, ns, h)))
                     .or_default()
                     .push(o);
             }
@@ -658,7 +658,10 @@ fn vs_destination_rules(c: &Ctx<'_>, out: &mut Vec<Message>) {
             continue;
         };
         for s in &dr.subsets {
-            subsets.insert((resource_name_from_host(ns_of(o), &dr.host), s.name.clone()));
+            subsets.insert((
+                resource_name_from_host(&c.domain, ns_of(o), &dr.host),
+                s.name.clone(),
+            ));
         }
     }
     for o in c.of(Kind::VirtualService) {
@@ -668,7 +671,8 @@ fn vs_destination_rules(c: &Ctx<'_>, out: &mut Vec<Message>) {
         let ns = ns_of(o);
         let ok = |d: &isthmus_api::istio::Destination| {
             let sub = d.subset.clone().unwrap_or_default();
-            sub.is_empty() || subsets.contains(&(resource_name_from_host(ns, &d.host), sub))
+            sub.is_empty()
+                || subsets.contains(&(resource_name_from_host(&c.domain, ns, &d.host), sub))
         };
         for (field, d) in route_destinations(v) {
             if !ok(d) {
@@ -902,7 +906,7 @@ pub(crate) fn service_host_map(c: &Ctx<'_>) -> BTreeMap<(String, String), Indexe
         };
         for h in &se.hosts {
             m.insert(
-                (scope.clone(), host_to_fqdn(ns, h)),
+                (scope.clone(), host_to_fqdn(&c.domain, ns, h)),
                 IndexedService {
                     selector: networking_selector(o),
                     ports: se.ports.iter().map(|p| p.number).collect(),
@@ -932,7 +936,7 @@ pub(crate) fn service_host_map(c: &Ctx<'_>) -> BTreeMap<(String, String), Indexe
             .unwrap_or_default();
         for s in scopes {
             m.insert(
-                (s, host_to_fqdn(ns, o.name())),
+                (s, host_to_fqdn(&c.domain, ns, o.name())),
                 IndexedService {
                     selector: None,
                     ports: ports.clone(),
@@ -945,12 +949,13 @@ pub(crate) fn service_host_map(c: &Ctx<'_>) -> BTreeMap<(String, String), Indexe
 
 /// `util.GetDestinationHost`.
 pub(crate) fn destination_host(
+    domain: &str,
     source_ns: &str,
     export_to: &[String],
     h: &str,
     services: &BTreeMap<(String, String), IndexedService>,
 ) -> Option<IndexedService> {
-    let fq = host_to_fqdn(source_ns, h);
+    let fq = host_to_fqdn(domain, source_ns, h);
     if let Some(s) = services.get(&("*".to_string(), fq.clone())) {
         return Some(s.clone());
     }
@@ -992,7 +997,8 @@ fn pod_not_selected(c: &Ctx<'_>, out: &mut Vec<Message>) {
         let Some(dr) = o.as_destination_rule() else {
             continue;
         };
-        let Some(svc) = destination_host(ns_of(o), &dr.export_to, &dr.host, &services) else {
+        let Some(svc) = destination_host(&c.domain, ns_of(o), &dr.export_to, &dr.host, &services)
+        else {
             out.push(c.msg(
                 o,
                 &mt::UNKNOWN_DR_HOST,
@@ -1227,7 +1233,8 @@ fn vs_destination_hosts(c: &Ctx<'_>, out: &mut Vec<Message>) {
             }
         }
         for (field, d, mirror) in dests {
-            let Some(svc) = destination_host(ns, &v.export_to, &d.host, &services) else {
+            let Some(svc) = destination_host(&c.domain, ns, &v.export_to, &d.host, &services)
+            else {
                 let what = if mirror { "mirror host" } else { "host" };
                 out.push(c.msg(
                     o,

@@ -153,6 +153,8 @@ pub struct AnalyzeOptions {
     pub isthmus_analyzers: bool,
     /// File contents by name, used to locate fields; files not given are read from disk.
     pub sources: BTreeMap<String, String>,
+    /// The cluster domain suffix (istiod `--domain`); Istio's analyzers assume `cluster.local`.
+    pub domain_suffix: String,
 }
 
 impl Default for AnalyzeOptions {
@@ -162,6 +164,7 @@ impl Default for AnalyzeOptions {
             analyzers: None,
             isthmus_analyzers: true,
             sources: BTreeMap::new(),
+            domain_suffix: "cluster.local".to_string(),
         }
     }
 }
@@ -187,7 +190,10 @@ pub fn isthmus_analyzers() -> &'static [Analyzer] {
 /// way istioctl prints them.
 pub fn analyze(objects: &[Object], mesh: &MeshConfig, opts: &AnalyzeOptions) -> Vec<Message> {
     let with_workloads = with_deployment_pods(objects);
-    let ctx = Ctx::new(&with_workloads, mesh);
+    let mut ctx = Ctx::new(&with_workloads, mesh);
+    if !opts.domain_suffix.is_empty() {
+        ctx.domain = opts.domain_suffix.clone();
+    }
     let wanted = |a: &Analyzer| {
         opts.analyzers
             .as_ref()

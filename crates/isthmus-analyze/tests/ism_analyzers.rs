@@ -601,3 +601,35 @@ spec:
         ]
     );
 }
+
+#[test]
+fn domain_suffix_is_honoured() {
+    // The seed cluster ran istiod with --domain homelab.local.
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: t91-egress, namespace: t91}
+spec:
+  selector: {istio: t91-egress}
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr1-hop1, namespace: t91}
+spec:
+  host: t91-egress.t91.svc.homelab.local
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+    let objects = objects_from_str("t.yaml", yaml, None);
+    let mut opts = AnalyzeOptions {
+        analyzers: Some(vec!["isthmus.DestinationRuleHostAnalyzer".into()]),
+        ..Default::default()
+    };
+    assert_eq!(
+        analyze(&objects, &MeshConfig::default(), &opts).len(),
+        1,
+        "cluster.local does not match homelab.local"
+    );
+    opts.domain_suffix = "homelab.local".into();
+    assert!(analyze(&objects, &MeshConfig::default(), &opts).is_empty());
+}
