@@ -298,10 +298,42 @@ pub async fn run_proxy(opts: ProxyOptions) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Load a runtime config file (JSON).
+/// Load a config file: either the proxy's runtime config (JSON) or a compiled Envoy-shaped
+/// bundle (`isthmus-xds` JSON, as `/config_dump` of the control plane prints it), which is
+/// converted with [`xds::from_xds`].
 pub fn load_config_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
+    load_config_file_with_dump(path).map(|(c, _)| c)
+}
+
+/// Like [`load_config_file`], also returning the file's JSON for `/config_dump`.
+pub fn load_config_file_with_dump(
+    path: &std::path::Path,
+) -> Result<(ProxyConfig, serde_json::Value), ConfigError> {
     let s = std::fs::read_to_string(path).map_err(|e| ConfigError {
         problems: vec![format!("cannot read {}: {e}", path.display())],
     })?;
-    ProxyConfig::from_json(&s)
+    let raw: serde_json::Value = serde_json::from_str(&s).map_err(|e| ConfigError {
+        problems: vec![format!(
+            "{}: invalid proxy config JSON: {e}",
+            path.display()
+        )],
+    })?;
+    let own = ProxyConfig::from_json(&s);
+    match own {
+        Ok(c) => Ok((c, raw)),
+        Err(own_err) => {
+            // Not our runtime shape: an xDS bundle has `routes`/`endpoints` or Envoy filter chains.
+            let looks_xds = raw.get("routes").is_some()
+                || raw.get("endpoints").is_some()
+                || raw.pointer("/listeners/0/filterChains/0/filters").is_some();
+            if !looks_xds {
+                return Err(own_err);
+            }
+            let x: isthmus_xds::ProxyConfig =
+                serde_json::from_value(raw.clone()).map_err(|e| ConfigError {
+                    problems: vec![format!("{}: invalid xDS bundle JSON: {e}", path.display())],
+                })?;
+            Ok((xds::from_xds(&x)?, raw))
+        }
+    }
 }

@@ -246,3 +246,77 @@ async fn strict_dns_cluster_resolves_names() {
     c.write_all(b"dns").await.unwrap();
     assert_eq!(read_n(&mut c, 3).await, b"dns");
 }
+
+#[tokio::test]
+async fn capture_listener_hands_connections_to_virtual_listeners() {
+    use isthmus_proxy::OrigDst;
+    use std::sync::{Arc, Mutex};
+    let (echo, count) = echo_backend().await;
+    // The "original destination" each test connection pretends to have.
+    let target: Arc<Mutex<SocketAddr>> = Arc::new(Mutex::new("10.99.0.2:8080".parse().unwrap()));
+    let t2 = target.clone();
+    let od = OrigDst::Injected(Arc::new(move |_, _| Some(*t2.lock().unwrap())));
+    let p = start_with(
+        json!({
+            "listeners": [
+                {"name": "virtualOutbound", "address": "127.0.0.1:0", "useOriginalDst": true, "filterChains": [
+                    {"name": "virtualOutbound-catchall-tcp", "action": {"tcpProxy": {"cluster": "BlackHoleCluster"}}}]},
+                {"name": "10.99.0.2_8080", "address": "10.99.0.2:8080", "bindToPort": false, "filterChains": [
+                    {"action": {"tcpProxy": {"cluster": "outbound|8080||svc"}}}]},
+                {"name": "0.0.0.0_9090", "address": "0.0.0.0:9090", "bindToPort": false, "filterChains": [
+                    {"action": {"tcpProxy": {"cluster": "outbound|9090||any"}}}]}
+            ],
+            "clusters": [
+                {"name": "BlackHoleCluster"},
+                {"name": "outbound|8080||svc", "endpoints": [ep(echo)]},
+                {"name": "outbound|9090||any", "endpoints": [ep(echo)]}
+            ]
+        }),
+        od,
+        isthmus_proxy::config::LogEncoding::Text,
+    )
+    .await;
+    assert!(
+        p.proxy.listener_addr("10.99.0.2_8080").is_none(),
+        "virtual listeners are not bound"
+    );
+    let addr = p.addr("virtualOutbound");
+    for (i, (dst, cluster)) in [
+        ("10.99.0.2:8080", "outbound|8080||svc"),
+        ("10.1.2.3:9090", "outbound|9090||any"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        *target.lock().unwrap() = dst.parse().unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"v").await.unwrap();
+        assert_eq!(read_n(&mut c, 1).await, b"v");
+        drop(c);
+        let lines = p.wait_lines(i + 1).await;
+        let line = lines
+            .iter()
+            .find(|l| l.contains(cluster))
+            .unwrap_or_else(|| panic!("{cluster}: {lines:?}"));
+        assert_eq!(
+            fields(line)[18],
+            dst,
+            "downstream local address = original destination"
+        );
+    }
+    assert_eq!(count.get(), 2);
+    *target.lock().unwrap() = "10.7.7.7:1234".parse().unwrap();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "unknown destination falls to the capture listener's own chain"
+    );
+    let lines = p.wait_lines(3).await;
+    assert!(lines
+        .iter()
+        .any(|l| fields(l)[3] == "UH" && fields(l)[16] == "BlackHoleCluster"));
+}

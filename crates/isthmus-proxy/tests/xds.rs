@@ -241,3 +241,15 @@ async fn compiled_ingress_gateway_terminates_and_routes_first_match() {
     );
     assert_eq!(fields(&lines[2])[3], "NR");
 }
+
+#[test]
+fn config_file_loader_accepts_compiled_bundles() {
+    let Some(path) = golden_files().into_iter().next() else {
+        eprintln!("SKIPPED: no golden bundles");
+        assert!(std::env::var("CI").as_deref() != Ok("true"));
+        return;
+    };
+    let (cfg, raw) = isthmus_proxy::load_config_file_with_dump(&path).unwrap();
+    assert!(!cfg.listeners.is_empty());
+    assert_eq!(raw["version"], load(&path).version);
+}
