@@ -284,6 +284,10 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     s.set_reuseaddr(true)?;
+    // Like Envoy's default `enable_reuse_port`: a renamed or re-addressed listener can bind its
+    // port while the old socket is still draining.
+    #[cfg(unix)]
+    s.set_reuseport(true)?;
     s.bind(addr)?;
     s.listen(1024)
 }
