@@ -320,6 +320,34 @@ fn nulls_floats_and_status() {
 }
 
 #[test]
+fn object_meta_texts() {
+    let obj = json!({"apiVersion": DR, "kind": "DestinationRule",
+        "metadata": {"name": "Bad_Name", "labels": {"app": "a b"}}, "spec": {"host": "a"}});
+    let errs = validate_structure("DestinationRule", DR, &obj);
+    let texts: Vec<String> = errs.iter().map(|e| e.error()).collect();
+    assert_eq!(
+        texts,
+        vec![
+            r#"metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"#.to_string(),
+            r#"metadata.labels: Invalid value: "a b": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"#.to_string(),
+        ]
+    );
+    let obj =
+        json!({"apiVersion": DR, "kind": "DestinationRule", "metadata": {}, "spec": {"host": "a"}});
+    assert_eq!(
+        validate_structure("DestinationRule", DR, &obj)[0].error(),
+        "metadata.name: Required value: name or generateName is required"
+    );
+    let obj = json!({"apiVersion": DR, "kind": "DestinationRule",
+        "metadata": {"generateName": "dr-", "annotations": {"a/b/c": "x"}}, "spec": {"host": "a"}});
+    let errs = validate_structure("DestinationRule", DR, &obj);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].error().starts_with(
+        r#"metadata.annotations: Invalid value: "a/b/c": a qualified name must consist of"#
+    ));
+}
+
+#[test]
 fn all_versions_served() {
     for kind in [
         "Gateway",

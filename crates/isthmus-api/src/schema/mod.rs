@@ -26,17 +26,21 @@
 //! Where kube iterates Go maps (properties, CEL over object fields) the order is random; here it
 //! is the document's order.
 //!
-//! Not covered here (the caller's job): `metadata` validation (name required, DNS names),
-//! duplicate JSON keys, and Istio's webhook (semantic) validation.
+//! `metadata` is checked as `ValidateObjectMetaAccessor` does for the name (or generateName),
+//! labels and annotations ([`validate_object_meta`], prepended to [`validate_structure`]'s
+//! errors). Not covered here (the caller's job): namespace, owner references, finalizers,
+//! managed fields, duplicate JSON keys, and Istio's webhook (semantic) validation.
 
 pub mod cel;
 pub mod codegen;
 #[rustfmt::skip]
 mod generated;
 pub mod gofmt;
+mod meta;
 mod openapi;
 pub mod table;
 
+pub use meta::validate_object_meta;
 use serde_json::Value;
 use std::fmt;
 use std::sync::LazyLock;
@@ -573,10 +577,13 @@ pub fn validate_structure_with(
         obj
     };
 
-    let mut errors: Vec<FieldError> = openapi::validate(ns, r, data)
-        .into_iter()
-        .map(to_field_error)
-        .collect();
+    // customResourceValidator.Validate: ObjectMeta first, then the schema.
+    let mut errors: Vec<FieldError> = validate_object_meta(obj);
+    errors.extend(
+        openapi::validate(ns, r, data)
+            .into_iter()
+            .map(to_field_error),
+    );
     let mut seen = std::collections::HashSet::new();
     errors.retain(|e| seen.insert(e.error()));
 
