@@ -323,7 +323,8 @@ fn istio_webhook_cases() {
             continue;
         }
         if let Some(w) = c.warning {
-            if w != !report.warnings.is_empty() {
+            let warned = !report.warnings.is_empty();
+            if w != warned {
                 failures.push(format!(
                     "{}: warning={}, want {w} ({:?})",
                     c.name,
