@@ -470,6 +470,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn consecutive_gateway_errors_eject_and_backoff_grows() {
+        let od = OutlierDetection {
+            consecutive_5xx: None,
+            consecutive_gateway_failure: Some(3),
+            base_ejection_time: Dur::from_secs(10),
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let c = cluster(2, Some(od));
+        let h = c.hosts[0].clone();
+        // 500s are not gateway errors; a success resets the streak.
+        for s in [500, 500, 500, 502, 503, 200, 502, 503] {
+            c.record_result(&h, s);
+        }
+        assert!(!h.ejected(Instant::now()));
+        c.record_result(&h, 504);
+        assert!(h.ejected(Instant::now()));
+        assert_eq!(
+            c.stats
+                .get("cluster.c.outlier_detection.ejections_enforced_consecutive_gateway_failure"),
+            1
+        );
+        // Traffic goes to the other host only.
+        for _ in 0..4 {
+            assert_eq!(c.pick(None).unwrap().port, 1001);
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!h.ejected(Instant::now()));
+        for s in [502, 502, 502] {
+            c.record_result(&h, s);
+        }
+        // Second ejection lasts base * 2.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(h.ejected(Instant::now()));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!h.ejected(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn max_ejection_percent_limits() {
         let od = OutlierDetection {
             consecutive_5xx: Some(1),

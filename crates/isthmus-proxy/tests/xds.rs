@@ -253,3 +253,26 @@ fn config_file_loader_accepts_compiled_bundles() {
     assert!(!cfg.listeners.is_empty());
     assert_eq!(raw["version"], load(&path).version);
 }
+
+/// The documented example parses and passes structural validation (its certificate files
+/// only exist on a real gateway, so the TLS build step is not run here).
+#[test]
+fn example_runtime_config_is_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/egress-gateway.json");
+    let cfg = isthmus_proxy::load_config_file(&path).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.listeners.len(), 2);
+    let c = cfg
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|443||api.partner.example")
+        .unwrap();
+    assert_eq!(c.circuit_breakers.max_connections, 222);
+    assert_eq!(
+        c.tcp_keepalive.as_ref().unwrap().keepalive_time,
+        Some(isthmus_proxy::config::Dur::from_secs(300))
+    );
+    // Round trip keeps it identical.
+    let again: ProxyConfig = serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
+    assert_eq!(again, cfg);
+}
