@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use isthmus_local::net::{node_netns_name, DEFAULT_PREFIX};
 use isthmus_local::netns;
 
-use crate::api::{self, ClientError, MeshStatus, Phase, PodInfo, Request, Response};
+use crate::api::{self, ClientError, ContainerTarget, MeshStatus, Phase, PodInfo, Request, Response};
 use crate::daemon::{self, SupervisorError};
 use crate::state::{self, MeshDir};
 
@@ -360,6 +360,69 @@ pub fn down_all(root: &Path) -> Result<Vec<DownReport>, OpsError> {
     }
 }
 
+/// The command `isthmus exec` runs: `argv` inside the running container `t` (its mount, UTS
+/// and network namespaces, its working directory and environment). stdio is inherited.
+pub fn exec_command(t: &ContainerTarget, argv: &[String]) -> Result<Command, OpsError> {
+    let Some(pid) = t.pid else {
+        return Err(ClientError::Refused(format!(
+            "container {} in pod {}/{} is not running (see `isthmus get pods`); exec needs a running container",
+            t.container, t.namespace, t.pod
+        ))
+        .into());
+    };
+    if argv.is_empty() {
+        return Err(ClientError::Refused(
+            "you must specify at least one command for the container (isthmus exec POD -- CMD...)".into(),
+        )
+        .into());
+    }
+    let nsenter = isthmus_local::cmd::require("nsenter").map_err(SupervisorError::from)?;
+    let mut c = Command::new(nsenter);
+    c.arg(format!("--target={pid}"))
+        .args(["--mount", "--uts", "--net", "--wd", "--"])
+        .args(argv);
+    c.env_clear();
+    c.env("PATH", isthmus_local::process::DEFAULT_PATH);
+    c.env("HOSTNAME", &t.pod);
+    c.env("HOME", "/root");
+    for (k, v) in &t.env {
+        c.env(k, v);
+    }
+    Ok(c)
+}
+
+/// Exit code of a finished process (128+N when killed by signal N), for `exec`.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    isthmus_local::process::exit_code(status)
+}
+
+/// The last `tail` lines of a log file (all when `None`), kubectl's `logs --tail`.
+pub fn read_log(path: &Path, tail: Option<usize>) -> Result<String, OpsError> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(SupervisorError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            }
+            .into())
+        }
+    };
+    Ok(match tail {
+        None => text,
+        Some(n) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            s
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +458,27 @@ mod tests {
                 "/abs/b".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn log_tail_and_exec_of_a_stopped_container() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = tmp.path().join("c.log");
+        assert_eq!(read_log(&p, Some(2)).expect("missing is empty"), "");
+        std::fs::write(&p, "a\nb\nc\n").expect("write");
+        assert_eq!(read_log(&p, Some(2)).expect("tail"), "b\nc\n");
+        assert_eq!(read_log(&p, None).expect("all"), "a\nb\nc\n");
+        assert_eq!(read_log(&p, Some(0)).expect("none"), "");
+        let t = ContainerTarget {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            pid: None,
+            env: vec![],
+            log: p,
+        };
+        let e = exec_command(&t, &["true".into()]).expect_err("not running");
+        assert!(e.to_string().contains("is not running"), "{e}");
     }
 
     #[test]
