@@ -534,14 +534,6 @@ pub(super) fn service_entry(
                     );
                 }
             }
-            if selector.is_some() {
-                r.warning(
-                    "spec.workloadSelector",
-                    format!(
-                        "workloadSelector should not be set when resolution mode is {resolution}"
-                    ),
-                );
-            }
             if !se.addresses.is_empty()
                 && se.hosts.len() > 1
                 && se
