@@ -76,6 +76,7 @@ fn cases() -> Vec<Case> {
     let we = "WorkloadEntry";
     let se = "ServiceEntry";
     let dr = "DestinationRule";
+    let sc = "Sidecar";
     vec![
         // TestValidateGateway
         err("gateway empty", gw, "  {}\n", "server"),
@@ -352,6 +353,31 @@ fn cases() -> Vec<Case> {
         case("se DNS_ROUND_ROBIN 0 endpoints", se, "  hosts: [google.com]\n  ports: [{number: 8081, protocol: http, name: http-valid1}]\n  endpoints: []\n  resolution: DNS_ROUND_ROBIN\n", true, Some(false)),
         case("se partial wildcard hosts", se, "  hosts: ['*.nytimes.com', '*washingtonpost.com']\n  ports: [{number: 443, protocol: HTTPS, name: https-nytimes}]\n  resolution: NONE\n", true, Some(true)),
         case("se network set with no address", se, "  hosts: [www.example.com]\n  ports: [{number: 443, protocol: HTTPS, name: https-example}]\n  endpoints: [{network: cluster-1}]\n  resolution: STATIC\n", true, Some(true)),
+        // TestValidateSidecar
+        case("sc ALLOW_ANY without egress proxy", sc, "  outboundTrafficPolicy: {mode: ALLOW_ANY}\n  egress: [{hosts: ['*/*']}]\n", true, Some(false)),
+        case("sc egress proxy with REGISTRY_ONLY", sc, "  outboundTrafficPolicy:\n    egressProxy: {host: foo.bar, subset: shiny, port: {number: 5000}}\n  egress: [{hosts: ['*/*']}]\n", false, None),
+        case("sc egress proxy with ALLOW_ANY", sc, "  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {host: foo.bar, subset: shiny, port: {number: 5000}}\n  egress: [{hosts: ['*/*']}]\n", true, Some(false)),
+        case("sc egress proxy invalid fqdn", sc, "  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {host: 'foobar*123', subset: shiny, port: {number: 5000}}\n  egress: [{hosts: ['*/*']}]\n", false, None),
+        case("sc egress proxy without port", sc, "  outboundTrafficPolicy:\n    mode: ALLOW_ANY\n    egressProxy: {host: foo.bar, subset: shiny}\n  egress: [{hosts: ['*/*']}]\n", false, None),
+        case("sc egress only one wildcarded", sc, "  egress: [{hosts: ['*/*', test/a.com]}]\n", true, Some(true)),
+        case("sc egress wildcarded ns", sc, "  egress: [{hosts: ['*/b.com', test/a.com]}]\n", true, Some(false)),
+        case("sc egress duplicated with wildcard same ns", sc, "  egress: [{hosts: ['test/*', test/a.com]}]\n", true, Some(true)),
+        case("sc invalid partial wildcard", sc, "  egress: [{hosts: ['test/*a.com']}]\n", false, None),
+        case("sc egress duplicated with wildcard same ns .", sc, "  egress: [{hosts: ['./*', bar/a.com]}]\n", true, Some(true)),
+        case("sc ingress tls ISTIO_MUTUAL", sc, "  ingress:\n  - port: {protocol: http, number: 90, name: foo}\n    defaultEndpoint: 127.0.0.1:9999\n    tls: {mode: ISTIO_MUTUAL}\n", false, None),
+        case("sc ingress tls AUTO_PASSTHROUGH ipv6", sc, "  ingress:\n  - port: {protocol: http, number: 90, name: foo}\n    defaultEndpoint: '[::1]:9999'\n    tls: {mode: AUTO_PASSTHROUGH}\n", false, None),
+        case("sc ingress tls invalid protocol", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    defaultEndpoint: 127.0.0.1:9999\n    tls: {mode: SIMPLE}\n", false, None),
+        case("sc ingress tls httpsRedirect", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    defaultEndpoint: '[::1]:9999'\n    tls: {mode: SIMPLE, httpsRedirect: true}\n", false, None),
+        case("sc ingress tls SANs", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    defaultEndpoint: 127.0.0.1:9999\n    tls: {mode: SIMPLE, subjectAltNames: [httpbin.com]}\n", false, None),
+        case("sc ingress tls credentialName", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    defaultEndpoint: 127.0.0.1:9999\n    tls: {mode: SIMPLE, credentialName: secret-name}\n", false, None),
+        case("sc ingress tls credentialNames", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    defaultEndpoint: '[::1]:9999'\n    tls: {mode: SIMPLE, credentialNames: [secret-name]}\n", false, None),
+        case("sc ingress tls tlsCertificates", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    defaultEndpoint: 127.0.0.1:9999\n    tls:\n      mode: SIMPLE\n      tlsCertificates: [{serverCertificate: /a.crt, privateKey: /a.key}, {serverCertificate: /b.crt, privateKey: /b.key}]\n", false, None),
+        case("sc valid inbound connection pool", sc, "  inboundConnectionPool:\n    http: {http1MaxPendingRequests: 1024, http2MaxRequests: 1024, maxRequestsPerConnection: 1024, maxRetries: 1024}\n", true, Some(false)),
+        case("sc port-level pool with top-level default", sc, "  ingress:\n  - port: {protocol: http, number: 90, name: foo}\n    connectionPool: {http: {http1MaxPendingRequests: 1024}}\n  inboundConnectionPool: {http: {http2MaxRequests: 1024}}\n", true, Some(false)),
+        case("sc warn http pool on tcp port", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    connectionPool: {http: {http1MaxPendingRequests: 1024}}\n", true, Some(true)),
+        case("sc invalid top level pool", sc, "  inboundConnectionPool: {}\n", false, None),
+        case("sc invalid port-level pool", sc, "  ingress:\n  - port: {protocol: tcp, number: 90, name: foo}\n    connectionPool: {}\n", false, None),
+        err("sc empty", sc, "  {}\n", "sidecar: empty configuration provided"),
         // TestValidateOutlierDetection / TestValidateConnectionPool (as DestinationRules)
         case("dr valid outlier detection", dr, "  host: a\n  trafficPolicy:\n    outlierDetection: {interval: 2s, baseEjectionTime: 2s, maxEjectionPercent: 50}\n", true, Some(false)),
         case("dr outlier bad interval", dr, "  host: a\n  trafficPolicy:\n    outlierDetection: {interval: 2.000000005s}\n", false, None),
