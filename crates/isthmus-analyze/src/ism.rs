@@ -77,6 +77,11 @@ pub(crate) static ALL: &[Analyzer] = &[
         codes: &["ISM0012"],
         run: gateway_server_dropped,
     },
+    Analyzer {
+        name: "isthmus.EgressBypassAnalyzer",
+        codes: &["ISM0013"],
+        run: egress_bypass,
+    },
 ];
 
 fn with_fix(mut m: Message, fix: &str) -> Message {
@@ -1124,6 +1129,156 @@ fn gateway_server_dropped(c: &Ctx<'_>, out: &mut Vec<Message>) {
                             plain.insert(key, (proto, full_name(g)));
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0013: a host routed through an egress gateway on some ports but not on others.
+
+/// Protocol classes of ServiceEntry ports, to tell which route kind can carry them.
+fn port_class(proto: &str) -> &'static str {
+    match proto.to_ascii_uppercase().as_str() {
+        "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => "http",
+        "HTTPS" | "TLS" => "tls",
+        _ => "tcp",
+    }
+}
+
+/// Does a route rule apply to the mesh (sidecars)? Its matches' `gateways` override the
+/// VirtualService's.
+fn rule_on_mesh(vs_gateways: &[String], match_gateways: &[Vec<String>]) -> bool {
+    let vs_mesh = vs_gateways.is_empty() || vs_gateways.iter().any(|g| g == "mesh");
+    if match_gateways.is_empty() {
+        return vs_mesh;
+    }
+    match_gateways.iter().any(|g| {
+        if g.is_empty() {
+            vs_mesh
+        } else {
+            g.iter().any(|x| x == "mesh")
+        }
+    })
+}
+
+fn egress_bypass(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    // Services that front gateway pods: "egress gateway" destinations.
+    let gateway_services: Vec<String> = c
+        .of(Kind::Service)
+        .filter(|s| {
+            let Some(spec) = s.as_service() else {
+                return false;
+            };
+            !spec.selector.is_empty()
+                && c.of(Kind::Pod).any(|p| {
+                    ns_of(p) == ns_of(s)
+                        && crate::ctx::selector_matches(&spec.selector, &p.meta.labels)
+                        && is_gateway_pod(p)
+                })
+        })
+        .map(|s| host_to_fqdn(&c.domain, ns_of(s), s.name()))
+        .collect();
+    for o in c.of(Kind::VirtualService) {
+        let Some(v) = o.as_virtual_service() else {
+            continue;
+        };
+        let vs_ns = ns_of(o);
+        // (class or port) -> gateway service, for mesh rules that route to a gateway.
+        let mut covered_ports: BTreeSet<u32> = BTreeSet::new();
+        let mut covered_classes: BTreeSet<&str> = BTreeSet::new();
+        let mut via: Option<String> = None;
+        let mut note =
+            |class: &'static str, ports: Vec<u32>, dests: Vec<&isthmus_api::istio::Destination>| {
+                let gw = dests
+                    .iter()
+                    .map(|d| host_to_fqdn(&c.domain, vs_ns, &d.host))
+                    .find(|h| gateway_services.contains(h));
+                if let Some(g) = gw {
+                    via.get_or_insert(g);
+                    if ports.is_empty() {
+                        covered_classes.insert(class);
+                    } else {
+                        covered_ports.extend(ports);
+                    }
+                }
+            };
+        for h in &v.http {
+            let gws: Vec<Vec<String>> = h.matches.iter().map(|m| m.gateways.clone()).collect();
+            if rule_on_mesh(&v.gateways, &gws) {
+                let ports: Vec<u32> = if h.matches.iter().any(|m| m.port.is_none()) {
+                    vec![]
+                } else {
+                    h.matches.iter().filter_map(|m| m.port).collect()
+                };
+                note(
+                    "http",
+                    ports,
+                    h.route.iter().map(|d| &d.destination).collect(),
+                );
+            }
+        }
+        for t in &v.tls {
+            let gws: Vec<Vec<String>> = t.matches.iter().map(|m| m.gateways.clone()).collect();
+            if rule_on_mesh(&v.gateways, &gws) {
+                let ports: Vec<u32> = if t.matches.iter().any(|m| m.port.is_none()) {
+                    vec![]
+                } else {
+                    t.matches.iter().filter_map(|m| m.port).collect()
+                };
+                note(
+                    "tls",
+                    ports,
+                    t.route.iter().map(|d| &d.destination).collect(),
+                );
+            }
+        }
+        for t in &v.tcp {
+            let gws: Vec<Vec<String>> = t.matches.iter().map(|m| m.gateways.clone()).collect();
+            if rule_on_mesh(&v.gateways, &gws) {
+                let ports: Vec<u32> =
+                    if t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none()) {
+                        vec![]
+                    } else {
+                        t.matches.iter().filter_map(|m| m.port).collect()
+                    };
+                note(
+                    "tcp",
+                    ports,
+                    t.route.iter().map(|d| &d.destination).collect(),
+                );
+            }
+        }
+        let Some(gw) = via else { continue };
+        for se_obj in c.of(Kind::ServiceEntry) {
+            let Some(se) = se_obj.as_service_entry() else {
+                continue;
+            };
+            for h in v.hosts.iter().filter(|h| se.hosts.contains(h)) {
+                for p in &se.ports {
+                    let class = port_class(p.protocol.as_deref().unwrap_or(""));
+                    // A tcp rule without port catches every port; http/tls rules their class.
+                    let covered = covered_ports.contains(&p.number)
+                        || covered_classes.contains(class)
+                        || covered_classes.contains("tcp");
+                    if covered {
+                        continue;
+                    }
+                    let extra = if c.mesh.outbound_mode() == "ALLOW_ANY" {
+                        " (and under ALLOW_ANY, undeclared ports of this host go out directly too)"
+                    } else {
+                        ""
+                    };
+                    out.push(with_fix(
+                        c.msg(
+                            o,
+                            &mt::ISM_EGRESS_BYPASS,
+                            &[Arg::Int(i64::from(p.number)), h.into(), full_name(se_obj).into(), gw.clone().into(), extra.into()],
+                            Some("spec.hosts".into()),
+                        ),
+                        "add a mesh-bound route for that port to the egress gateway, or drop the port from the ServiceEntry; set outboundTrafficPolicy REGISTRY_ONLY so nothing undeclared leaves directly",
+                    ));
                 }
             }
         }

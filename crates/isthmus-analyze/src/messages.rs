@@ -390,6 +390,7 @@ pub const ISM_TYPES: &[MessageType] = &[
     ISM_DR_CREDENTIAL_SECRET,
     ISM_SNI_NOT_SERVED_BY_GATEWAY,
     ISM_GATEWAY_SERVER_DROPPED,
+    ISM_EGRESS_BYPASS,
 ];
 
 mt!(
@@ -434,4 +435,12 @@ mt!(
     "GatewayServerDropped",
     Error,
     "Server %s on port %d is dropped by Istio: %s."
+);
+
+mt!(
+    ISM_EGRESS_BYPASS,
+    "ISM0013",
+    "EgressGatewayBypass",
+    Warning,
+    "Port %d of %s (ServiceEntry %s) has no mesh route to the egress gateway %s: sidecars send that traffic straight to the destination, bypassing the gateway%s."
 );

@@ -633,3 +633,64 @@ spec:
     opts.domain_suffix = "homelab.local".into();
     assert!(analyze(&objects, &MeshConfig::default(), &opts).is_empty());
 }
+
+#[test]
+fn ism0013_egress_bypass_on_uncovered_port() {
+    let yaml = |mesh_ports: &str| {
+        format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  ports: [{{name: tls, port: 443}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: egw, namespace: istio-system, labels: {{istio: egressgateway}}}}
+spec: {{containers: [{{name: istio-proxy}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner-api, namespace: istio-system}}
+spec:
+  hosts: [api.partner.example.com]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 443, name: tls, protocol: TLS}}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner-via-egress, namespace: istio-system}}
+spec:
+  hosts: [api.partner.example.com]
+  gateways: [mesh, istio-system/egress-partner]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: 80
+    route:
+    - destination: {{host: istio-egressgateway.istio-system.svc.cluster.local, port: {{number: 443}}}}
+{mesh_ports}"
+        )
+    };
+    let m = run("isthmus.EgressBypassAnalyzer", &yaml(""));
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert!(
+        m[0].text.starts_with("Port 443 of api.partner.example.com (ServiceEntry istio-system/partner-api) has no mesh route to the egress gateway istio-egressgateway.istio-system.svc.cluster.local"),
+        "{}",
+        m[0].text
+    );
+    // Covering 443 with a mesh tls route to the gateway closes the bypass.
+    let tls = "  tls:
+  - match:
+    - gateways: [mesh]
+      port: 443
+      sniHosts: [api.partner.example.com]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 443}}
+";
+    assert!(run("isthmus.EgressBypassAnalyzer", &yaml(tls)).is_empty());
+}
