@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use isthmus_local::net::{node_netns_name, DEFAULT_PREFIX};
 use isthmus_local::netns;
 
-use crate::api::{self, ClientError, ContainerTarget, MeshStatus, Phase, PodInfo, Request, Response};
+use crate::api::{
+    self, ClientError, ContainerTarget, MeshStatus, Phase, PodInfo, Request, Response,
+};
 use crate::daemon::{self, SupervisorError};
 use crate::state::{self, MeshDir};
 
@@ -372,7 +374,8 @@ pub fn exec_command(t: &ContainerTarget, argv: &[String]) -> Result<Command, Ops
     };
     if argv.is_empty() {
         return Err(ClientError::Refused(
-            "you must specify at least one command for the container (isthmus exec POD -- CMD...)".into(),
+            "you must specify at least one command for the container (isthmus exec POD -- CMD...)"
+                .into(),
         )
         .into());
     }

@@ -1,0 +1,542 @@
+//! Namespace end-to-end tests of `isthmus up / get / exec / logs / status / down` (root).
+//!
+//! Each test uses its own mesh name and state root, so they run in parallel with each other
+//! and with other namespace tests. Without root/nftables they print a loud SKIPPED line, and
+//! fail when CI=true (see `isthmus_local::testing::namespaces_available`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
+
+struct Mesh {
+    name: String,
+    root: PathBuf,
+    dir: PathBuf,
+    up: bool,
+}
+
+impl Mesh {
+    fn new(tag: &str, manifest: &str) -> Mesh {
+        let name = format!("t{}{tag}", std::process::id() % 100_000);
+        // Scratch directory without a tempfile dependency; removed on drop.
+        let dir = std::env::temp_dir().join(format!("isthmus-mesh-test-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        std::fs::write(dir.join("mesh.yaml"), manifest.replace("@ISTHMUS@", BIN))
+            .expect("write manifest");
+        Mesh {
+            name,
+            root: dir.join("state"),
+            dir,
+            up: false,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("ISTHMUS_STATE_DIR", &self.root)
+            .current_dir(&self.dir);
+        c.output().expect("run isthmus")
+    }
+
+    /// `isthmus SUBCOMMAND --name <mesh> ARGS...`
+    fn cmd(&self, sub: &str, args: &[&str]) -> Output {
+        let mut a = vec![sub, "--name", &self.name];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
+
+    fn up(&mut self) -> Output {
+        let out = self.cmd("up", &["mesh.yaml"]);
+        self.up = out.status.success();
+        out
+    }
+
+    fn pods(&self) -> serde_json::Value {
+        let out = self.cmd("get", &["pods", "-A", "-o", "json"]);
+        assert!(out.status.success(), "get pods: {}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("pods json")
+    }
+
+    fn pod(&self, name: &str) -> serde_json::Value {
+        self.pods()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|p| p["name"] == name || p["deployment"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("pod {name} not listed"))
+    }
+
+    fn netns(&self) -> Vec<String> {
+        let prefix = format!("isth-{}-", self.name);
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.cmd("down", &[]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+const TWO_PODS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "8080", --name, web-echo]
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec:
+  containers:
+  - name: sleep
+    command: [sleep, infinity]
+"#;
+
+#[test]
+fn up_exec_by_service_name_restart_and_verified_down() {
+    if !isthmus_local::testing::namespaces_available(
+        "up_exec_by_service_name_restart_and_verified_down",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("a", TWO_PODS);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is up: 2 pod(s), 1 service(s)"),
+        "{}",
+        text(&out)
+    );
+
+    // Both pods Running.
+    let out = m.cmd("get", &["pods"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    for pod in ["client", "web"] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(pod))
+            .unwrap_or_else(|| panic!("{pod} missing:\n{table}"));
+        assert!(line.contains("1/1") && line.contains("Running"), "{table}");
+    }
+
+    // curl from one pod to the other by service name (short name via search domains).
+    let out = m.cmd(
+        "exec",
+        &[
+            "client",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            "http://web/hello",
+        ],
+    );
+    assert!(out.status.success(), "exec curl: {}", text(&out));
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(body.trim_end().ends_with("200"), "{body}");
+    let json: serde_json::Value =
+        serde_json::from_str(body.trim_end().trim_end_matches("200")).expect("echo json");
+    assert_eq!(json["server"], "web-echo");
+    assert_eq!(json["path"], "/hello");
+    let client_ip = m.pod("client")["ip"].as_str().expect("ip").to_string();
+    assert_eq!(
+        json["peer_ip"],
+        client_ip.as_str(),
+        "kube-proxy DNAT keeps the client IP"
+    );
+
+    // exec passes the exit code through.
+    let out = m.cmd("exec", &["client", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+
+    // A second `up` with the same name fails clearly and changes nothing.
+    let out = m.cmd("up", &["mesh.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(m.pod("web")["status"], "Running");
+
+    // Killing the container process: restarted, restart visible in `get pods`.
+    let web = m.pod("web");
+    let pid = web["containers"][0]["pid"].as_u64().expect("pid");
+    assert!(pid_alive(pid));
+    nix_kill(pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let w = m.pod("web");
+        let c = &w["containers"][0];
+        if c["restarts"].as_u64() == Some(1)
+            && c["state"] == "Running"
+            && c["pid"].as_u64() != Some(pid)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart seen: {w}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = String::from_utf8_lossy(&m.cmd("get", &["pods"]).stdout).to_string();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("web"))
+        .expect("web row");
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some("1"),
+        "RESTARTS column: {table}"
+    );
+    // And it serves again (through the VIP).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = m.cmd(
+            "exec",
+            &[
+                "client",
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "2",
+                "-w",
+                "%{http_code}",
+                "http://web.default.svc.cluster.local/",
+            ],
+        );
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web not serving after restart: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Logs.
+    let out = m.cmd("logs", &["web", "--tail", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("echo: http on"),
+        "{}",
+        text(&out)
+    );
+
+    // Everything goes on `down`, verified independently here.
+    let pids: Vec<u64> = m.pods()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["containers"][0]["pid"].as_u64())
+        .collect();
+    let sup: u64 = std::fs::read_to_string(m.root.join(&m.name).join("pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(m.netns().len(), 3, "{:?}", m.netns());
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified nothing is left"));
+    assert_eq!(m.netns(), Vec::<String>::new());
+    for p in pids.iter().chain([&sup]) {
+        assert!(!pid_alive(*p), "process {p} survived down");
+    }
+    assert!(!m.root.join(&m.name).exists(), "state dir left");
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("isthmus"),
+        "host nft tables touched"
+    );
+    // A second down says there is nothing.
+    let out = m.cmd("down", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no mesh named"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn nix_kill(pid: u64) {
+    let st = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+const OUTSIDE: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: apps}
+stringData: {pw: hunter2}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: conf, namespace: apps}
+data: {greeting: hello}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep, namespace: apps}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: sleep}}
+  template:
+    metadata: {labels: {app: sleep}}
+    spec:
+      containers:
+      - name: sleep
+        command: [sleep, infinity]
+        workingDir: /etc/conf
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: PW
+          valueFrom: {secretKeyRef: {name: creds, key: pw}}
+        volumeMounts:
+        - {name: creds, mountPath: /etc/creds}
+        - {name: conf, mountPath: /etc/conf}
+        - {name: scratch, mountPath: /scratch}
+      volumes:
+      - {name: creds, secret: {secretName: creds}}
+      - {name: conf, configMap: {name: conf}}
+      - {name: scratch, emptyDir: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: partner
+  namespace: outside
+  annotations: {isthmus.dev/outside-hostnames: api.partner.example}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "80", --name, partner]
+    ports: [{containerPort: 80}]
+"#;
+
+#[test]
+fn outside_hosts_volumes_env_and_deployments() {
+    if !isthmus_local::testing::namespaces_available("outside_hosts_volumes_env_and_deployments") {
+        return;
+    }
+    let mut m = Mesh::new("b", OUTSIDE);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    let pods = m.pods();
+    let sleeps: Vec<&serde_json::Value> = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|p| p["deployment"] == "sleep")
+        .collect();
+    assert_eq!(sleeps.len(), 2, "{pods}");
+
+    // A mesh pod reaches the outside host by its published name (forwarded resolver).
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "apps",
+            "deploy/sleep",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "http://api.partner.example/x",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["server"], "partner");
+
+    // The outside host cannot resolve mesh names (only the outside-world resolver).
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "outside",
+            "partner",
+            "--",
+            "getent",
+            "hosts",
+            "sleep.apps.svc.cluster.local",
+        ],
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "outside host resolved a mesh name: {}",
+        text(&out)
+    );
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "outside",
+            "partner",
+            "--",
+            "getent",
+            "hosts",
+            "api.partner.example",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // env (fieldRef, secretKeyRef), volumes, workingDir.
+    let name = sleeps[0]["name"].as_str().expect("name");
+    let out = m.cmd(
+        "exec",
+        &["-n", "apps", name, "--", "sh", "-c", "echo $POD_NAME $PW; cat /etc/creds/pw; echo; cat greeting; echo; pwd; echo x > /scratch/f && cat /scratch/f"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{name} hunter2\nhunter2\nhello\n/etc/conf\nx\n")
+    );
+    // Secret volumes are read-only.
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "apps",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "echo y > /etc/creds/pw",
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+
+    // `get` filters by namespace.
+    let out = m.cmd("get", &["pods", "-n", "outside"]);
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(t.contains("partner") && !t.contains("sleep"), "{t}");
+
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+    assert_eq!(m.netns(), Vec::<String>::new());
+    // Mount paths never leak onto the host: /etc/creds lived in an overlay, the top-level
+    // /scratch was created for the pod and removed with it.
+    assert!(
+        !Path::new("/etc/creds").exists(),
+        "/etc/creds leaked onto the host"
+    );
+    assert!(!Path::new("/scratch").exists(), "/scratch left on the host");
+}
+
+#[test]
+fn bad_manifests_and_non_root_fail_clearly_before_touching_the_system() {
+    if !isthmus_local::testing::namespaces_available(
+        "bad_manifests_and_non_root_fail_clearly_before_touching_the_system",
+    ) {
+        return;
+    }
+    let m = Mesh::new(
+        "c",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: nginx}]\n",
+    );
+    let out = m.cmd("up", &["mesh.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no command/args"),
+        "{}",
+        text(&out)
+    );
+    assert!(!m.root.join(&m.name).exists());
+    assert!(m.netns().is_empty());
+
+    // Not root: a clear message with the fix, exit 1.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            BIN,
+            "up",
+            "mesh.yaml",
+            "--name",
+            &m.name,
+        ])
+        .current_dir(&m.dir)
+        .env("ISTHMUS_STATE_DIR", &m.root)
+        .output();
+    match out {
+        Ok(out) => {
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+        }
+        Err(e) => eprintln!("note: setpriv unavailable ({e}); non-root check not run"),
+    }
+    assert!(m.netns().is_empty());
+}
