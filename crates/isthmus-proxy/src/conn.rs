@@ -113,6 +113,7 @@ async fn handle(
         None => l,
     };
     sh.stats.inc(&format!("{lstat}.downstream_cx_total"), 1);
+    let _active = ActiveCx::new(sh.clone(), format!("{lstat}.downstream_cx_active"));
     let mut ctx = ConnCtx {
         sh: sh.clone(),
         rt: rt.clone(),
@@ -207,6 +208,22 @@ async fn handle(
                 crate::http::serve(ctx, down, routes, h.idle_timeout.map(|d| d.0)).await;
             }
         }
+    }
+}
+
+/// `listener.<addr>.downstream_cx_active` for the lifetime of a connection (drain visibility).
+struct ActiveCx(Arc<Shared>, String);
+
+impl ActiveCx {
+    fn new(sh: Arc<Shared>, name: String) -> Self {
+        sh.stats.gauge_add(&name, 1);
+        ActiveCx(sh, name)
+    }
+}
+
+impl Drop for ActiveCx {
+    fn drop(&mut self) {
+        self.0.stats.gauge_add(&self.1, -1);
     }
 }
 
@@ -374,17 +391,19 @@ pub async fn relay(
 ) -> (u64, u64, Option<&'static str>) {
     let rx = Arc::new(AtomicU64::new(0));
     let tx = Arc::new(AtomicU64::new(0));
+    // Last activity, in ms since `base` (data only: keepalive probes never reach here).
+    let base = tokio::time::Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let (mut dr, mut dw) = tokio::io::split(down);
     let (mut ur, mut uw) = tokio::io::split(up);
-    let c1 = copy_one(&mut dr, &mut uw, rx.clone(), activity.clone());
-    let c2 = copy_one(&mut ur, &mut dw, tx.clone(), activity.clone());
+    let c1 = copy_one(&mut dr, &mut uw, rx.clone(), activity.clone(), base);
+    let c2 = copy_one(&mut ur, &mut dw, tx.clone(), activity.clone(), base);
     let both = async { tokio::join!(c1, c2) };
     tokio::pin!(both);
     let deadline = max.map(|m| tokio::time::Instant::now() + m);
     let reason = loop {
-        let seen = activity.load(Ordering::Relaxed);
-        let sleep = tokio::time::sleep(idle);
+        let last = base + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let sleep = tokio::time::sleep_until(last + idle);
         let dl = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -394,7 +413,8 @@ pub async fn relay(
         tokio::select! {
             _ = &mut both => break None,
             _ = sleep => {
-                if activity.load(Ordering::Relaxed) == seen { break Some("idle_timeout"); }
+                let last = base + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if tokio::time::Instant::now() >= last + idle { break Some("idle_timeout"); }
             }
             _ = dl => break Some("DT"),
         }
@@ -406,8 +426,13 @@ pub async fn relay(
     )
 }
 
-async fn copy_one<R, W>(r: &mut R, w: &mut W, count: Arc<AtomicU64>, activity: Arc<AtomicU64>)
-where
+async fn copy_one<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: Arc<AtomicU64>,
+    activity: Arc<AtomicU64>,
+    base: tokio::time::Instant,
+) where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
@@ -421,7 +446,7 @@ where
             break;
         }
         count.fetch_add(n as u64, Ordering::Relaxed);
-        activity.fetch_add(1, Ordering::Relaxed);
+        activity.fetch_max(base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     let _ = w.shutdown().await;
 }

@@ -575,8 +575,14 @@ async fn handle(
         .filter(|_| target.host_rewrite.is_some())
         .unwrap_or_else(|| authority.clone());
     let retry = target.retry_policy.clone().unwrap_or_default();
-    // Buffer the body only if a retry may need it.
-    let body_src: BodySrc = if retry.num_retries > 0 {
+    // Buffer the body only if a retry may need it and its size is known to fit; otherwise
+    // stream it (Envoy likewise gives up retries when the retry buffer would overflow).
+    let fits = body.is_end_stream()
+        || body
+            .size_hint()
+            .upper()
+            .is_some_and(|u| u <= MAX_RETRY_BUFFER as u64);
+    let body_src: BodySrc = if retry.num_retries > 0 && fits {
         match Limited::collect(body, &received).await {
             Some(b) => BodySrc::Buffered(b),
             None => {

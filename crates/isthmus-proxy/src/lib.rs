@@ -295,9 +295,21 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// The binary's entry point: start, serve until `/quitquitquit` or Ctrl-C, then stop.
 pub async fn run_proxy(opts: ProxyOptions) -> Result<(), ProxyError> {
     let p = Proxy::start(opts).await?;
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
     tokio::select! {
         _ = p.wait() => {}
         _ = tokio::signal::ctrl_c() => { p.shutdown(); }
+        _ = term => { p.shutdown(); }
     }
     Ok(())
 }
