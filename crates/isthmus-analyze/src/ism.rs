@@ -82,6 +82,11 @@ pub(crate) static ALL: &[Analyzer] = &[
         codes: &["ISM0013"],
         run: egress_bypass,
     },
+    Analyzer {
+        name: "isthmus.GatewayPortAlignmentAnalyzer",
+        codes: &["ISM0014"],
+        run: vs_port_not_on_gateway,
+    },
 ];
 
 fn with_fix(mut m: Message, fix: &str) -> Message {
@@ -1278,6 +1283,94 @@ fn egress_bypass(c: &Ctx<'_>, out: &mut Vec<Message>) {
                             Some("spec.hosts".into()),
                         ),
                         "add a mesh-bound route for that port to the egress gateway, or drop the port from the ServiceEntry; set outboundTrafficPolicy REGISTRY_ONLY so nothing undeclared leaves directly",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0014: a gateway-bound route matching a port the Gateway does not serve.
+
+/// A route rule reduced to what port alignment needs: kind, index, (gateways, port) per match.
+type PortRule<'a> = (&'a str, usize, Vec<(Vec<String>, Option<u32>)>);
+
+fn vs_port_not_on_gateway(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::VirtualService) {
+        let Some(v) = o.as_virtual_service() else {
+            continue;
+        };
+        let vs_ns = ns_of(o);
+        // (kind, rule index, matches as (gateways, port)).
+        let mut rules: Vec<PortRule<'_>> = Vec::new();
+        for (i, r) in v.http.iter().enumerate() {
+            rules.push((
+                "http",
+                i,
+                r.matches
+                    .iter()
+                    .map(|m| (m.gateways.clone(), m.port))
+                    .collect(),
+            ));
+        }
+        for (i, r) in v.tls.iter().enumerate() {
+            rules.push((
+                "tls",
+                i,
+                r.matches
+                    .iter()
+                    .map(|m| (m.gateways.clone(), m.port))
+                    .collect(),
+            ));
+        }
+        for (i, r) in v.tcp.iter().enumerate() {
+            rules.push((
+                "tcp",
+                i,
+                r.matches
+                    .iter()
+                    .map(|m| (m.gateways.clone(), m.port))
+                    .collect(),
+            ));
+        }
+        for (kind, i, matches) in rules {
+            for (gws, port) in matches {
+                let Some(port) = port else { continue };
+                let gws = if gws.is_empty() {
+                    v.gateways.clone()
+                } else {
+                    gws
+                };
+                for g in gws.iter().filter(|g| *g != "mesh") {
+                    let (gns, gname) = short_or_full(vs_ns, g);
+                    let Some(gw) = c
+                        .find(Kind::Gateway, &gns, &gname)
+                        .and_then(|x| x.as_gateway())
+                    else {
+                        continue;
+                    };
+                    let ports: BTreeSet<u32> = gw
+                        .servers
+                        .iter()
+                        .filter_map(|s| s.port.as_ref().map(|p| p.number))
+                        .collect();
+                    if ports.is_empty() || ports.contains(&port) {
+                        continue;
+                    }
+                    let list = ports
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    out.push(with_fix(
+                        c.msg(
+                            o,
+                            &mt::ISM_VS_PORT_NOT_ON_GATEWAY,
+                            &[kind.into(), Arg::Int(i as i64), Arg::Int(i64::from(port)), fmt_full_name(&gns, &gname).into(), list.into()],
+                            Some(format!("spec.{kind}[{i}]")),
+                        ),
+                        "match the Gateway server's port number (the chain is Service port -> targetPort -> Gateway server port -> VirtualService match port)",
                     ));
                 }
             }

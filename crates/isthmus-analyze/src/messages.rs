@@ -391,6 +391,7 @@ pub const ISM_TYPES: &[MessageType] = &[
     ISM_SNI_NOT_SERVED_BY_GATEWAY,
     ISM_GATEWAY_SERVER_DROPPED,
     ISM_EGRESS_BYPASS,
+    ISM_VS_PORT_NOT_ON_GATEWAY,
 ];
 
 mt!(
@@ -443,4 +444,12 @@ mt!(
     "EgressGatewayBypass",
     Warning,
     "Port %d of %s (ServiceEntry %s) has no mesh route to the egress gateway %s: sidecars send that traffic straight to the destination, bypassing the gateway%s."
+);
+
+mt!(
+    ISM_VS_PORT_NOT_ON_GATEWAY,
+    "ISM0014",
+    "VirtualServiceMatchPortNotOnGateway",
+    Warning,
+    "%s rule #%d matches port %d on Gateway %s, which has no server on that port (ports %s): the rule never matches there."
 );

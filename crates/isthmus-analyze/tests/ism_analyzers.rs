@@ -694,3 +694,41 @@ spec:
 ";
     assert!(run("isthmus.EgressBypassAnalyzer", &yaml(tls)).is_empty());
 }
+
+#[test]
+fn ism0014_match_port_must_be_a_gateway_server_port() {
+    let yaml = |port: u32| {
+        format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress-partner, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 8443, name: https-partner, protocol: HTTPS}}
+    hosts: [api.partner.example.com]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner, namespace: istio-system}}
+spec:
+  hosts: [api.partner.example.com]
+  gateways: [istio-system/egress-partner]
+  http:
+  - match:
+    - port: {port}
+    route:
+    - destination: {{host: api.partner.example.com, port: {{number: 443}}}}
+"
+        )
+    };
+    let m = run("isthmus.GatewayPortAlignmentAnalyzer", &yaml(443));
+    assert_eq!(m.len(), 1, "{m:#?}");
+    assert_eq!(
+        m[0].text,
+        "http rule #0 matches port 443 on Gateway istio-system/egress-partner, which has no server on that port (ports 8443): the rule never matches there."
+    );
+    assert!(run("isthmus.GatewayPortAlignmentAnalyzer", &yaml(8443)).is_empty());
+}
