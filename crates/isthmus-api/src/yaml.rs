@@ -65,11 +65,14 @@ fn pos_of(span: &Span) -> Position {
 
 enum Frame {
     Seq(Position, Vec<Node>, usize),
+    /// (position, entries, pending key, anchor, char index just after the first key when it
+    /// was a plain scalar)
     Map(
         Position,
         Vec<(String, Position, Node)>,
         Option<(String, Position)>,
         usize,
+        Option<usize>,
     ),
 }
 
@@ -81,6 +84,12 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, YamlError> {
     let mut doc_root: Option<Node> = None;
     let mut doc_pos = Position::default();
     let mut nodes = 0usize;
+    // Only consulted for the rare go-yaml flow-scalar case (see `go_yaml_flow_scalar`).
+    let chars: Vec<char> = if text.contains(":]") || text.contains(":,") || text.contains(":}") {
+        text.chars().collect()
+    } else {
+        Vec::new()
+    };
     let parser = Parser::new_from_str(text);
     for item in parser {
         let (event, span) = item.map_err(|e| YamlError {
@@ -127,7 +136,15 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, YamlError> {
                     .as_ref()
                     .map(|t| t.suffix == "str" || t.suffix.ends_with(":str"))
                     .unwrap_or(false);
-                let value = if style != ScalarStyle::Plain || tagged_str {
+                let plain = style == ScalarStyle::Plain && !tagged_str;
+                if plain {
+                    if let Some(Frame::Map(_, entries, None, _, first_key_end)) = stack.last_mut() {
+                        if entries.is_empty() {
+                            *first_key_end = Some(span.end.index());
+                        }
+                    }
+                }
+                let value = if !plain {
                     NodeValue::Str(text.into_owned())
                 } else {
                     resolve_plain(&text)
@@ -145,7 +162,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, YamlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(too_deep(pos));
                 }
-                stack.push(Frame::Map(pos, Vec::new(), None, anchor));
+                stack.push(Frame::Map(pos, Vec::new(), None, anchor, None));
                 None
             }
             Event::SequenceEnd => match stack.pop() {
@@ -159,13 +176,12 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, YamlError> {
                 _ => return Err(internal(pos)),
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, entries, _, anchor)) => Some((
-                    Node {
-                        pos: p,
-                        value: NodeValue::Map(entries),
-                    },
-                    anchor,
-                )),
+                Some(Frame::Map(p, entries, _, anchor, first_key_end)) => {
+                    let value = go_yaml_flow_scalar(&chars, &entries, first_key_end)
+                        .map(NodeValue::Str)
+                        .unwrap_or(NodeValue::Map(entries));
+                    Some((Node { pos: p, value }, anchor))
+                }
                 _ => return Err(internal(pos)),
             },
         };
@@ -185,6 +201,23 @@ pub fn parse_stream(text: &str) -> Result<Vec<Document>, YamlError> {
         }
     }
     Ok(docs)
+}
+
+/// YAML 1.2 (saphyr) ends a plain scalar at a `:` that is followed by a flow indicator, so
+/// `[2001:db8::]` parses as a one-pair mapping `{"2001:db8:": null}`. go-yaml — and so
+/// kubectl — reads the scalar `2001:db8::`. Recognise that shape (a single pair with a null
+/// value whose plain key is directly followed by `:` and `,`, `]` or `}`) and return the scalar.
+fn go_yaml_flow_scalar(
+    chars: &[char],
+    entries: &[(String, Position, Node)],
+    first_key_end: Option<usize>,
+) -> Option<String> {
+    let end = first_key_end?;
+    if entries.len() != 1 || !matches!(entries[0].2.value, NodeValue::Null) {
+        return None;
+    }
+    let after = chars.get(end..end + 2)?;
+    (after[0] == ':' && matches!(after[1], ',' | ']' | '}')).then(|| format!("{}:", entries[0].0))
 }
 
 fn count_nodes(n: &Node) -> usize {
@@ -226,7 +259,7 @@ fn attach(stack: &mut [Frame], root: &mut Option<Node>, node: Node) -> Result<()
             items.push(node);
             Ok(())
         }
-        Some(Frame::Map(_, entries, pending, _)) => match pending.take() {
+        Some(Frame::Map(_, entries, pending, _, _)) => match pending.take() {
             None => {
                 let key = match &node.value {
                     NodeValue::Str(s) => s.clone(),
@@ -497,6 +530,20 @@ mod tests {
             prev = name;
         }
         assert!(parse_stream(&s).is_err());
+    }
+
+    #[test]
+    fn ipv6_in_flow_sequences_reads_as_go_yaml_does() {
+        let docs =
+            parse_stream("addresses: [1.2.3.4, 2001:db8::, 001:db8::]\nm: {a: b}\nl: [x: z]\n")
+                .unwrap();
+        let j = docs[0].root.to_json();
+        assert_eq!(
+            j["addresses"],
+            serde_json::json!(["1.2.3.4", "2001:db8::", "001:db8::"])
+        );
+        assert_eq!(j["m"]["a"], "b");
+        assert_eq!(j["l"][0]["x"], "z");
     }
 
     #[test]
