@@ -516,7 +516,7 @@ pub fn parse_go_duration(s: &str) -> Result<i128, String> {
             // Go keeps fractional precision down to the nanosecond and truncates the rest.
             let mut frac: i128 = 0;
             let mut div: i128 = 1;
-            for c in frac_part.bytes().take(30) {
+            for c in frac_part.bytes().take(18) {
                 frac = frac * 10 + i128::from(c - b'0');
                 div *= 10;
             }
@@ -631,6 +631,13 @@ mod tests {
             Err("duration must be greater than 1ms".into())
         );
         assert_eq!(validate_duration("1ms"), Ok(()));
+        // Long fractions and huge values never overflow or panic.
+        assert_eq!(
+            parse_go_duration("1.123456789012345678901234567890h"),
+            Ok(4_044_444_440_444)
+        );
+        assert!(parse_go_duration("99999999999999999999999h").is_err());
+        assert!(parse_go_duration("1\u{e9}s").is_err());
     }
 
     #[test]
@@ -689,5 +696,31 @@ mod tests {
             validate_export_to("ns", &["~".into()], false, false),
             vec!["exportTo ~ (none) is not allowed for Istio configuration objects"]
         );
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every check takes any string without panicking.
+        #[test]
+        fn checks_never_panic(s in "\\PC{0,80}", t in "[0-9a-z.*/:~\\-_ ]{0,40}") {
+            let _ = parse_go_duration(&s);
+            let _ = parse_go_duration(&t);
+            let _ = validate_duration(&t);
+            let _ = validate_wildcard_domain(&s);
+            let _ = validate_wildcard_domain_for_gateway_vs(true, &t);
+            let _ = validate_namespace_slash_wildcard_hostname(&t, true);
+            let _ = validate_namespace_slash_wildcard_hostname(&s, false);
+            let _ = validate_ip_subnet(&t);
+            let _ = validate_export_to("ns", &[s.clone(), t.clone(), ".".into()], true, true);
+            let labels: std::collections::BTreeMap<String, String> = [(s.clone(), t.clone())].into();
+            let _ = validate_labels(&labels);
+            let _ = host::matches(&s, &t);
+            let _ = host::subset_of(&t, &s);
+        }
     }
 }
