@@ -4,11 +4,14 @@
 //! seed guide found by hand (merged DestinationRules, port-level blocks wiping the pool, ...).
 //!
 //! ```no_run
-//! use isthmus_analyze::{analyze, render_text, AnalyzeOptions};
-//! let loaded = isthmus_api::load_paths(&["examples".into()], &Default::default()).unwrap();
-//! let mesh = isthmus_api::MeshConfig::default();
-//! let msgs = analyze(&loaded.objects, &mesh, &AnalyzeOptions::default());
+//! use isthmus_analyze::{analyze, exceeds_threshold, load_for_analysis, render_text, AnalyzeOptions, Level};
+//! let input = load_for_analysis(&["examples/egress-double-mtls".into()], Some("default")).unwrap();
+//! let opts = AnalyzeOptions { sources: input.sources.clone(), ..Default::default() };
+//! let msgs = analyze(&input.objects, &input.mesh, &opts);
 //! print!("{}", render_text(&msgs));
+//! if exceeds_threshold(&msgs, Level::Error) {
+//!     std::process::exit(isthmus_analyze::EXIT_ISSUES_FOUND);
+//! }
 //! ```
 //!
 //! Analyzers work on the loaded objects directly, as Istio's work on config resources. Objects
@@ -23,7 +26,7 @@ pub mod messages;
 mod render;
 
 pub use ctx::{selector_string, Ctx};
-pub use load::objects_from_str;
+pub use load::{load_for_analysis, objects_from_str, AnalysisInput};
 pub use render::{render_json, render_text, render_yaml, OutputFormat};
 
 use isthmus_api::{MeshConfig, Object};

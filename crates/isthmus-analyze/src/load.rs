@@ -141,3 +141,66 @@ fn object_node_at(root: &Node, line: u32) -> Option<&Node> {
     }
     None
 }
+
+/// Everything `isthmus analyze` needs from its inputs.
+#[derive(Debug, Clone, Default)]
+pub struct AnalysisInput {
+    pub objects: Vec<Object>,
+    /// The `istio` ConfigMap's mesh config when one was given, else Istio's defaults.
+    pub mesh: isthmus_api::MeshConfig,
+    /// File contents by name (stdin included), for locating message lines.
+    pub sources: BTreeMap<String, String>,
+    /// Problems reading the inputs that did not stop the analysis (unparsable mesh config).
+    pub notes: Vec<String>,
+}
+
+/// Reads files, directories (recursive, sorted) and `-` (stdin) the way `istioctl analyze`
+/// reads them: every modelled object, valid or not (the schema analyzers report what the
+/// webhook would refuse).
+pub fn load_for_analysis(
+    paths: &[std::path::PathBuf],
+    default_ns: Option<&str>,
+) -> Result<AnalysisInput, isthmus_api::LoadError> {
+    let mut input = AnalysisInput::default();
+    for p in isthmus_api::expand_paths(paths)? {
+        let name = p.display().to_string();
+        let bytes = if name == "-" {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(|source| {
+                isthmus_api::LoadError::Io {
+                    path: name.clone(),
+                    source,
+                }
+            })?;
+            b
+        } else {
+            std::fs::read(&p).map_err(|source| isthmus_api::LoadError::Io {
+                path: name.clone(),
+                source,
+            })?
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|_| isthmus_api::LoadError::NotUtf8 { path: name.clone() })?;
+        let base = input.objects.len();
+        input
+            .objects
+            .extend(
+                objects_from_str(&name, &text, default_ns)
+                    .into_iter()
+                    .map(|mut o| {
+                        o.seq += base;
+                        o
+                    }),
+            );
+        input.sources.insert(name, text);
+    }
+    if let Some((o, mesh)) = isthmus_api::find_mesh_config(&input.objects) {
+        match isthmus_api::MeshConfig::from_yaml(mesh) {
+            Ok(m) => input.mesh = m,
+            Err(e) => input
+                .notes
+                .push(format!("{}: mesh config ignored: {e}", o.label())),
+        }
+    }
+    Ok(input)
+}

@@ -732,3 +732,35 @@ spec:
     );
     assert!(run("isthmus.GatewayPortAlignmentAnalyzer", &yaml(8443)).is_empty());
 }
+
+#[test]
+fn load_for_analysis_reads_directories_and_mesh_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n    outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a]\n",
+    )
+    .expect("write");
+    let input = isthmus_analyze::load_for_analysis(&[dir.path().to_path_buf()], Some("default"))
+        .expect("loads");
+    assert_eq!(input.mesh.outbound_mode(), "REGISTRY_ONLY");
+    assert_eq!(input.objects.len(), 2);
+    assert_eq!(input.sources.len(), 2);
+    // The webhook would refuse the VirtualService; analysis still sees it and says why.
+    let opts = AnalyzeOptions {
+        sources: input.sources.clone(),
+        ..Default::default()
+    };
+    let msgs = analyze(&input.objects, &input.mesh, &opts);
+    assert!(
+        msgs.iter().any(|m| m.code == "IST0106"
+            && m.text
+                == "Schema validation error: http, tcp or tls must be provided in virtual service"),
+        "{msgs:#?}"
+    );
+}
