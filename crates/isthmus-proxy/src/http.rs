@@ -51,7 +51,7 @@ pub async fn serve(
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().keep_alive(true);
-    let conn = b.serve_connection(TokioIo::new(io), svc);
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // HCM idle timeout: close (gracefully) once no stream has been active for `idle`.
     let idle = idle.unwrap_or(DEFAULT_HTTP_IDLE);
@@ -429,6 +429,23 @@ async fn handle(
     let method = parts.method.as_str().to_string();
     let downstream_version = parts.version;
     // Header handling a proxy owes: hop-by-hop removal, x-request-id, x-forwarded-for/proto.
+    // HTTP/1.1 Upgrade (websocket): remembered before hop-by-hop headers go.
+    let upgrade = if parts.version == Version::HTTP_11
+        && parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+            }) {
+        parts.headers.get(http::header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key("x-request-id") {
         if let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
@@ -559,6 +576,22 @@ async fn handle(
         1,
     );
     let rq = RqGuard(cluster.clone());
+    if let (Some(proto), Some(on_upgrade)) = (upgrade, on_upgrade) {
+        return match upgrade_tunnel(
+            &ctx, &cluster, &parts, proto, on_upgrade, &authority, &path, &mut entry,
+        )
+        .await
+        {
+            Ok(resp) => wrap(resp, fin(entry, Some(cluster), Some(rq))),
+            Err((status, body)) => {
+                entry.response_code = status;
+                wrap(
+                    local_reply(status, body),
+                    fin(entry, Some(cluster), Some(rq)),
+                )
+            }
+        };
+    }
 
     if let Some(h) = &target.host_rewrite {
         if let Ok(v) = HeaderValue::from_str(h) {
@@ -635,6 +668,99 @@ async fn handle(
             )
         }
     }
+}
+
+/// Forward an Upgrade request on a dedicated upstream connection; on `101` splice the two
+/// upgraded streams together (websockets; Istio enables the upgrade on every HCM).
+#[allow(clippy::too_many_arguments)]
+async fn upgrade_tunnel(
+    ctx: &ConnCtx,
+    cluster: &Arc<ClusterRuntime>,
+    parts: &http::request::Parts,
+    proto: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    authority: &str,
+    path: &str,
+    e: &mut LogEntry,
+) -> Result<Response<RespBody>, (u16, &'static str)> {
+    const CF: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+    let host = cluster
+        .pick(ctx.orig_dst.or(Some(ctx.local)))
+        .map_err(|err| {
+            e.add_flag(err.flag());
+            (503, "no healthy upstream")
+        })?;
+    let addr = cluster.resolve(&host).await.map_err(|err| {
+        e.add_flag(err.flag());
+        (503, "dns resolution failure")
+    })?;
+    e.upstream_host = Some(addr);
+    let guard = cluster.try_reserve_cx(&host).map_err(|err| {
+        e.add_flag(err.flag());
+        (
+            503,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        )
+    })?;
+    let (io, local, _) = cluster.connect(addr).await.map_err(|err| {
+        cluster.record_result(&host, 503);
+        e.add_flag(err.flag());
+        e.upstream_transport_failure_reason = err.transport_reason();
+        (503, CF)
+    })?;
+    e.upstream_local_address = local;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, ReqBody>(TokioIo::new(io))
+        .await
+        .map_err(|_| {
+            e.add_flag("UF");
+            (503, CF)
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(path)
+        .version(Version::HTTP_11)
+        .body(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .map_err(|_| (400, "bad request"))?;
+    *req.headers_mut() = parts.headers.clone();
+    req.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    req.headers_mut().insert(http::header::UPGRADE, proto);
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    let mut resp = sender.send_request(req).await.map_err(|_| {
+        e.add_flag("UC");
+        (503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+    })?;
+    let status = resp.status().as_u16();
+    cluster.record_result(&host, status);
+    e.response_code = status;
+    e.response_code_details = Some("via_upstream".into());
+    if status == 101 {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _slot = guard;
+            if let (Ok(u), Ok(d)) = (upstream.await, on_upgrade.await) {
+                let mut u = TokioIo::new(u);
+                let mut d = TokioIo::new(d);
+                let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+            }
+        });
+    }
+    let (rp, rb) = resp.into_parts();
+    Ok(Response::from_parts(
+        rp,
+        rb.map_err(|err| -> BoxError { Box::new(err) }).boxed(),
+    ))
 }
 
 enum BodySrc {

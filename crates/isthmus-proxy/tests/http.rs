@@ -681,3 +681,88 @@ async fn run_proxy_loads_json_file_and_stops_on_quitquitquit() {
         "{err}"
     );
 }
+
+/// Backend answering `Upgrade: websocket` with 101 and echoing on the upgraded stream.
+async fn upgrade_backend() -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut resp =
+                            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        if req.headers().get("upgrade").is_some() {
+                            *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                            resp.headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("upgrade", "websocket".parse().unwrap());
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(u) = on.await {
+                                    let mut io = TokioIo::new(u);
+                                    let (mut r, mut w) = tokio::io::split(&mut io);
+                                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                                }
+                            });
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = upgrade_backend().await;
+    let p = start(http_cfg(
+        json!([{"name": "v", "domains": ["*"], "routes": [{"name": "ws", "match": {"prefix": "/"}, "route": {"cluster": "ws"}}]}]),
+        json!([{"name": "ws", "endpoints": [ep(ws)]}]),
+    ))
+    .await;
+    let mut c = tokio::net::TcpStream::connect(p.addr("0.0.0.0_8080"))
+        .await
+        .unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    c.write_all(b"frames both ways").await.unwrap();
+    let mut back = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"frames both ways");
+    let f = fields(&p.wait_lines(1).await[0]);
+    assert_eq!(
+        (f[2].as_str(), f[16].as_str(), f[21].as_str()),
+        ("101", "ws", "ws")
+    );
+}
