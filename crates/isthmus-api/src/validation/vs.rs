@@ -104,11 +104,119 @@ fn header_name(name: &str, allow_jwt: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `ValidateHTTPHeaderValue`: no control characters, and Envoy's `%VAR%` syntax well formed.
 fn header_value(v: &str) -> Result<(), String> {
     if v.chars()
-        .any(|c| (c as u32) < 0x20 && c != '\t' || c as u32 == 0x7f)
+        .any(|c| ((c as u32) < 0x20 && c != '\t') || c as u32 == 0x7f)
     {
         return Err(format!("header value configuration {v} is invalid"));
+    }
+    envoy_header_syntax(v).map_err(|e| format!("header value configuration: {e}"))
+}
+
+/// `validateHeaderValue`: Istio's port of Envoy's header formatter parser
+/// (`source/common/router/header_parser.cc`).
+fn envoy_header_syntax(v: &str) -> Result<(), String> {
+    #[derive(PartialEq)]
+    enum St {
+        Literal,
+        VarName,
+        ExpectArray,
+        ExpectString,
+        Str,
+        ExpectDelimOrEnd,
+        ExpectArgsEnd,
+        ExpectVarEnd,
+    }
+    let b = v.as_bytes();
+    let mut pos = 0;
+    let mut st = St::Literal;
+    while pos < b.len() {
+        let ch = b[pos];
+        let has_next = pos + 1 < b.len();
+        match st {
+            St::Literal => {
+                if ch == b'%' {
+                    if !has_next {
+                        return Err("invalid header configuration. Un-escaped %".into());
+                    }
+                    if b[pos + 1] == b'%' {
+                        pos += 1;
+                    } else {
+                        st = St::VarName;
+                    }
+                }
+            }
+            St::VarName => {
+                if ch == b'%' {
+                    st = St::Literal;
+                } else if ch == b'(' {
+                    st = St::ExpectArray;
+                }
+            }
+            St::ExpectArray => {
+                if ch == b'[' {
+                    st = St::ExpectString;
+                } else if ch != b' ' {
+                    st = St::Str;
+                }
+            }
+            St::ExpectDelimOrEnd => {
+                if ch == b',' {
+                    st = St::ExpectString;
+                } else if ch == b']' {
+                    st = St::ExpectArgsEnd;
+                } else if ch != b' ' {
+                    return Err(
+                        "invalid header configuration. Expecting ',', ']', or whitespace".into(),
+                    );
+                }
+            }
+            St::ExpectString => {
+                if ch == b'"' {
+                    st = St::Str;
+                } else if ch != b' ' {
+                    return Err("invalid header configuration. Expecting '\"'".into());
+                }
+            }
+            St::Str => {
+                if ch == b'\\' {
+                    if !has_next {
+                        return Err(
+                            "invalid header configuration. Un-terminated backslash in JSON string"
+                                .into(),
+                        );
+                    }
+                    pos += 1;
+                } else if ch == b')' {
+                    st = St::ExpectVarEnd;
+                } else if ch == b'"' {
+                    st = St::ExpectDelimOrEnd;
+                }
+            }
+            St::ExpectArgsEnd => {
+                if ch == b')' {
+                    st = St::ExpectVarEnd;
+                } else if ch != b' ' {
+                    return Err("invalid header configuration. Expecting ')' or whitespace after '{}', but found '{}'".into());
+                }
+            }
+            St::ExpectVarEnd => {
+                if ch == b'%' {
+                    st = St::Literal;
+                } else if ch != b' ' {
+                    return Err(
+                        "invalid header configuration. Expecting '%' or whitespace after".into(),
+                    );
+                }
+            }
+        }
+        pos += 1;
+    }
+    if st != St::Literal {
+        return Err(format!(
+            "invalid header configuration. Un-terminated variable expression '{v}'"
+        ));
     }
     Ok(())
 }
@@ -1149,6 +1257,18 @@ fn unreachable_rules(spec: &Value, r: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envoy_header_values() {
+        assert!(header_value("100%%").is_ok());
+        assert!(header_value("hello %HOSTNAME%").is_ok());
+        assert!(header_value("%REQ([\"x-a\", \"x-b\"])%").is_ok());
+        assert_eq!(
+            header_value("abcd%oijasodifj"),
+            Err("header value configuration: invalid header configuration. Un-terminated variable expression 'abcd%oijasodifj'".into())
+        );
+        assert!(header_value("50%").is_err());
+    }
 
     #[test]
     fn jwt_claims() {
