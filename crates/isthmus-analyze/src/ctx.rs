@@ -12,6 +12,8 @@ pub struct Ctx<'a> {
     pub mesh: &'a MeshConfig,
     /// The cluster domain suffix (istiod `--domain`), `cluster.local` unless told otherwise.
     pub domain: String,
+    /// RequestAuthentications known to the analysis.
+    pub request_authn: Vec<crate::RequestAuthnRef>,
 }
 
 impl<'a> Ctx<'a> {
@@ -20,6 +22,7 @@ impl<'a> Ctx<'a> {
             objects,
             mesh,
             domain: "cluster.local".to_string(),
+            request_authn: Vec::new(),
         }
     }
 

@@ -808,7 +808,14 @@ fn jwt_claim_route(c: &Ctx<'_>, out: &mut Vec<Message>) {
                 .of(Kind::Pod)
                 .filter(|p| selector_matches(&g.selector, labels(p)))
             {
-                // RequestAuthentication is not a kind isthmus models, so none can cover the pod.
+                // RequestAuthentications of the root namespace and of the pod's namespace.
+                let covered = c.request_authn.iter().any(|ra| {
+                    (ra.namespace == "istio-system" || ra.namespace == ns_of(pod))
+                        && selector_matches(&ra.match_labels, labels(pod))
+                });
+                if covered {
+                    continue;
+                }
                 out.push(c.msg(
                     o,
                     &mt::JWT_CLAIM_ROUTING_WITHOUT_REQUEST_AUTHN,

@@ -6,7 +6,11 @@
 //! ```no_run
 //! use isthmus_analyze::{analyze, exceeds_threshold, load_for_analysis, render_text, AnalyzeOptions, Level};
 //! let input = load_for_analysis(&["examples/egress-double-mtls".into()], Some("default")).unwrap();
-//! let opts = AnalyzeOptions { sources: input.sources.clone(), ..Default::default() };
+//! let opts = AnalyzeOptions {
+//!     sources: input.sources.clone(),
+//!     request_authentications: input.request_authentications.clone(),
+//!     ..Default::default()
+//! };
 //! let msgs = analyze(&input.objects, &input.mesh, &opts);
 //! print!("{}", render_text(&msgs));
 //! if exceeds_threshold(&msgs, Level::Error) {
@@ -158,6 +162,16 @@ pub struct AnalyzeOptions {
     pub sources: BTreeMap<String, String>,
     /// The cluster domain suffix (istiod `--domain`); Istio's analyzers assume `cluster.local`.
     pub domain_suffix: String,
+    /// RequestAuthentications present (a kind isthmus does not model as an object), for the
+    /// JWT claim routing analyzer; `load_for_analysis` collects them.
+    pub request_authentications: Vec<RequestAuthnRef>,
+}
+
+/// A RequestAuthentication's namespace and workload selector (empty = the whole namespace).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAuthnRef {
+    pub namespace: String,
+    pub match_labels: BTreeMap<String, String>,
 }
 
 impl Default for AnalyzeOptions {
@@ -168,6 +182,7 @@ impl Default for AnalyzeOptions {
             isthmus_analyzers: true,
             sources: BTreeMap::new(),
             domain_suffix: "cluster.local".to_string(),
+            request_authentications: Vec::new(),
         }
     }
 }
@@ -197,6 +212,7 @@ pub fn analyze(objects: &[Object], mesh: &MeshConfig, opts: &AnalyzeOptions) -> 
     if !opts.domain_suffix.is_empty() {
         ctx.domain = opts.domain_suffix.clone();
     }
+    ctx.request_authn = opts.request_authentications.clone();
     let wanted = |a: &Analyzer| {
         opts.analyzers
             .as_ref()

@@ -152,6 +152,8 @@ pub struct AnalysisInput {
     pub sources: BTreeMap<String, String>,
     /// Problems reading the inputs that did not stop the analysis (unparsable mesh config).
     pub notes: Vec<String>,
+    /// RequestAuthentications found in the inputs (not modelled as objects).
+    pub request_authentications: Vec<crate::RequestAuthnRef>,
 }
 
 /// Reads files, directories (recursive, sorted) and `-` (stdin) the way `istioctl analyze`
@@ -192,6 +194,9 @@ pub fn load_for_analysis(
                         o
                     }),
             );
+        input
+            .request_authentications
+            .extend(request_authentications_in(&text, default_ns));
         input.sources.insert(name, text);
     }
     if let Some((o, mesh)) = isthmus_api::find_mesh_config(&input.objects) {
@@ -203,4 +208,51 @@ pub fn load_for_analysis(
         }
     }
     Ok(input)
+}
+
+/// RequestAuthentications (security.istio.io) in a file's documents, including `List` items.
+pub fn request_authentications_in(
+    text: &str,
+    default_ns: Option<&str>,
+) -> Vec<crate::RequestAuthnRef> {
+    let Ok(docs) = yaml::parse_stream(text) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut visit = |v: &serde_json::Value| {
+        let is_ra = v.get("kind").and_then(|k| k.as_str()) == Some("RequestAuthentication")
+            && v.get("apiVersion")
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| a.starts_with("security.istio.io/"));
+        if !is_ra {
+            return;
+        }
+        let namespace = v
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .or(default_ns)
+            .unwrap_or("")
+            .to_string();
+        let match_labels = v
+            .pointer("/spec/selector/matchLabels")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(crate::RequestAuthnRef {
+            namespace,
+            match_labels,
+        });
+    };
+    for d in &docs {
+        let json = d.root.to_json();
+        match json.get("items").and_then(|i| i.as_array()) {
+            Some(items) => items.iter().for_each(&mut visit),
+            None => visit(&json),
+        }
+    }
+    out
 }

@@ -764,3 +764,41 @@ fn load_for_analysis_reads_directories_and_mesh_config() {
         "{msgs:#?}"
     );
 }
+
+#[test]
+fn jwt_claim_routing_sees_request_authentications() {
+    let yaml = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: foo}
+spec:
+  hosts: [foo.com]
+  gateways: [foo-gateway]
+  http:
+  - match:
+    - headers: {'@request.auth.claims.foo': {exact: foo}}
+    route: [{destination: {host: foo.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: foo-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [foo.com]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress, namespace: istio-system, labels: {istio: ingressgateway}}
+spec: {containers: [{name: istio-proxy}]}
+";
+    let objects = objects_from_str("t.yaml", yaml, None);
+    let mut opts = AnalyzeOptions {
+        analyzers: Some(vec!["virtualservice.JWTClaimRouteAnalyzer".into()]),
+        ..Default::default()
+    };
+    assert_eq!(analyze(&objects, &MeshConfig::default(), &opts).len(), 1);
+    let ra = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  jwtRules: [{issuer: x}]\n";
+    opts.request_authentications = isthmus_analyze::load::request_authentications_in(ra, None);
+    assert_eq!(opts.request_authentications.len(), 1);
+    assert!(analyze(&objects, &MeshConfig::default(), &opts).is_empty());
+}
