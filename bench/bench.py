@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Runs the isthmus data-plane benchmarks side by side with HAProxy, nginx and a direct path.
+
+Called by bench/run.sh (which installs the peers and builds the binaries). Follows the protocol
+in shared/reference/perf-anchors.md part D: load generators pinned to CPU 0, origin and the proxy
+under test pinned to CPU 1, one worker per peer, every scenario run for every path in the same
+run, interleaved over REPEATS repeats. CPU is read from /proc/PID/stat (utime+stime of the whole
+process tree), memory from VmRSS. Every run checks errors; a run with errors is marked void and
+left out of the medians.
+
+Writes raw results to $BENCH_OUT/results.json (one record per run).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORK = os.environ.get("BENCH_WORK", "/tmp/isthmus-bench")
+OUT = os.environ.get("BENCH_OUT", os.path.join(HERE, "results"))
+ISTHMUS = os.environ["ISTHMUS_BIN"]
+HARNESS = os.environ["HARNESS_BIN"]
+SECS = int(os.environ.get("BENCH_SECS", "10"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+IDLE_N = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+LOADGEN_CPU = os.environ.get("BENCH_LOADGEN_CPU", "0")
+SERVER_CPU = os.environ.get("BENCH_SERVER_CPU", "1")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Ports: origin 808x/8443, HAProxy 7xxx, HAProxy+splice 7444, nginx 9xxx, isthmus 6xxx.
+PORTS = {
+    "h1": {"direct": 8080, "haproxy": 7080, "nginx": 9080, "isthmus": 6080},
+    "h2": {"direct": 8082, "haproxy": 7082, "nginx": 9082, "isthmus": 6080},
+    "sni": {"direct": 8443, "haproxy": 7443, "haproxy-splice": 7444, "nginx": 9443, "isthmus": 6443},
+    "term": {"direct": 8443, "haproxy": 7445, "nginx": 9445, "isthmus": 6445},
+}
+PROXIES = ["haproxy", "nginx", "isthmus"]
+
+procs = {}  # name -> Popen
+results = []
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+# ---------------------------------------------------------------- process accounting
+
+def tree(pid):
+    """pid plus all descendants (nginx master + worker)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                ppid = int(st[st.rindex(")") + 2:].split()[1])
+                kids.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_secs(name):
+    """utime+stime (all threads) of the named server's process tree, in seconds."""
+    total = 0
+    for p in tree(procs[name].pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def rss_kib(name):
+    total = 0
+    for p in tree(procs[name].pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def sockstat_mem_pages():
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                parts = line.split()
+                return int(parts[parts.index("mem") + 1])
+    return 0
+
+
+# ---------------------------------------------------------------- setup
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+def setup_files():
+    os.makedirs(f"{WORK}/www", exist_ok=True)
+    os.makedirs(f"{WORK}/logs", exist_ok=True)
+    os.makedirs(f"{WORK}/tmp", exist_ok=True)
+    with open(f"{WORK}/www/small.txt", "w") as f:
+        f.write("hello from origin!!\n")  # 20 bytes
+    with open(f"{WORK}/www/1k.txt", "w") as f:
+        f.write(("x" * 63 + "\n") * 16)
+    big = f"{WORK}/www/big.bin"
+    if not os.path.exists(big) or os.path.getsize(big) != 1 << 30:
+        sh(f"head -c {1 << 30} /dev/urandom > {big}")
+    sh(f"cat {big} > /dev/null")  # warm the page cache
+    if not os.path.exists(f"{WORK}/ec.crt"):
+        sh(
+            f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+            f"-keyout {WORK}/ec.key -out {WORK}/ec.crt -days 30 -subj /CN=backend.test "
+            f"-addext subjectAltName=DNS:backend.test 2>/dev/null"
+        )
+        sh(f"cat {WORK}/ec.crt {WORK}/ec.key > {WORK}/ec.pem")
+    render(os.path.join(HERE, "conf"), WORK)
+
+
+def render(src, dst):
+    for name in os.listdir(src):
+        with open(os.path.join(src, name)) as f:
+            text = f.read().replace("$BENCH", WORK)
+        with open(os.path.join(dst, name), "w") as f:
+            f.write(text)
+
+
+def wait_port(port, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def start(name, cmd, port):
+    log("start", name, cmd)
+    out = open(f"{WORK}/logs/{name}.out", "w")
+    procs[name] = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU] + cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    wait_port(port)
+
+
+def start_all():
+    nginx_base = ["nginx", "-p", WORK, "-e", f"{WORK}/logs/nginx-err.log", "-g", "daemon off;"]
+    start("origin", nginx_base + ["-c", f"{WORK}/origin.conf"], 8080)
+    wait_port(8443)
+    wait_port(8082)
+    start("haproxy", ["haproxy", "-db", "-f", f"{WORK}/haproxy.cfg"], 7080)
+    start("haproxy-splice", ["haproxy", "-db", "-f", f"{WORK}/haproxy-splice.cfg"], 7444)
+    start("nginx", nginx_base + ["-c", f"{WORK}/nginx-proxy.conf"], 9080)
+    start(
+        "isthmus",
+        [ISTHMUS, "proxy", "--config", f"{WORK}/isthmus.json", "--admin-address", "127.0.0.1:6900"],
+        6080,
+    )
+    wait_port(6443)
+    wait_port(6445)
+
+
+def stop_all():
+    for name, p in list(procs.items()):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for name, p in list(procs.items()):
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def check_paths():
+    """Correctness first: every path returns 200 and the right body; unknown SNI is refused."""
+    ctx = ssl.create_default_context(cafile=f"{WORK}/ec.crt")
+    for kind, ports in PORTS.items():
+        for who, port in ports.items():
+            if kind == "h2":
+                r = subprocess.run(
+                    ["h2load", "-n", "20", "-c", "2", f"http://127.0.0.1:{port}/1k.txt"],
+                    capture_output=True, text=True, timeout=30,
+                )
+                if "20 succeeded" not in r.stdout:
+                    raise RuntimeError(f"h2 check failed for {who}:{port}: {r.stdout}{r.stderr}")
+                continue
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if kind in ("sni", "term"):
+                s = ctx.wrap_socket(s, server_hostname="backend.test")
+            s.sendall(b"GET /1k.txt HTTP/1.1\r\nHost: backend.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            head, _, body = data.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200") or len(body) != 1024:
+                raise RuntimeError(f"check failed for {kind} {who}:{port}: {head[:200]!r} body={len(body)}")
+    # Unknown SNI must not reach the origin through any passthrough listener.
+    bad = ssl.create_default_context()
+    bad.check_hostname = False
+    bad.verify_mode = ssl.CERT_NONE
+    for who in ("haproxy", "nginx", "isthmus"):
+        port = PORTS["sni"][who]
+        try:
+            s = bad.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="wrong.test")
+            s.close()
+            raise RuntimeError(f"{who} passthrough accepted unknown SNI wrong.test")
+        except (ssl.SSLError, ConnectionError, OSError) as e:
+            if isinstance(e, RuntimeError):
+                raise
+    log("all paths checked: 200 + 1024-byte body; unknown SNI refused")
+
+
+# ---------------------------------------------------------------- load runners
+
+def loadgen(cmd, timeout):
+    r = subprocess.run(["taskset", "-c", LOADGEN_CPU] + cmd, capture_output=True, text=True, timeout=timeout)
+    return r.stdout, r.stderr, r.returncode
+
+
+def measured(scenario, who, repeat, cmd, parse, server, extra=None, timeout=None):
+    """Runs cmd with CPU accounting of `server` (the proxy) and of the origin."""
+    la = loadavg()
+    c0, o0 = cpu_secs(server), cpu_secs("origin")
+    t0 = time.time()
+    out, err, rc = loadgen(cmd, timeout or SECS + 60)
+    wall = time.time() - t0
+    c1, o1 = cpu_secs(server), cpu_secs("origin")
+    rec = {"scenario": scenario, "who": who, "repeat": repeat, "loadavg": la, "wall": round(wall, 3),
+           "proxy_cpu_s": round(c1 - c0, 3), "origin_cpu_s": round(o1 - o0, 3), "rc": rc}
+    if extra:
+        rec.update(extra)
+    try:
+        rec.update(parse(out))
+    except Exception as e:  # noqa: BLE001 - a parse failure voids the run, it does not stop the suite
+        rec["void"] = f"parse: {e}: {out[-400:]} {err[-400:]}"
+    if rc != 0:
+        rec["void"] = f"exit {rc}: {err[-400:]}"
+    if rec.get("errors"):
+        rec["void"] = f"{rec['errors']} errors"
+    results.append(rec)
+    log(json.dumps(rec))
+    save()
+    return rec
+
+
+def parse_wrk(out):
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    reqs = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    e = (sum(int(x) for x in errs.groups()) if errs else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    return {"rps": float(m.group(1)), "requests": int(reqs.group(1)), "errors": e}
+
+
+def parse_h2load(out):
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    st = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = int(r.group(5)) + int(r.group(6)) + (int(st.group(3)) + int(st.group(4)) if st else 0)
+    return {"rps": float(m.group(3)), "requests": int(r.group(4)), "errors": errors}
+
+
+def parse_json(out):
+    d = json.loads(out.strip().splitlines()[-1])
+    if "ok" in d:
+        d["requests"] = d["ok"]
+    return d
+
+
+def h2load_latency(logfile):
+    def parse(out):
+        base = parse_h2load(out)
+        lat = []
+        bad = 0
+        with open(logfile) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    if parts[1] != "200":
+                        bad += 1
+                    lat.append(int(parts[2]))
+        lat.sort()
+
+        def pct(p):
+            return lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] / 1000.0
+
+        base.update({"p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "p999_ms": pct(99.9),
+                     "max_ms": lat[-1] / 1000.0, "errors": base["errors"] + bad, "ok": len(lat)})
+        return base
+    return parse
+
+
+def server_for(who):
+    return "origin" if who == "direct" else who
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def peak(scenario):
+    """Weakest proxy's median saturation rate: every path can sustain a fraction of it."""
+    meds = []
+    for who in PROXIES:
+        xs = [r["rps"] for r in results if r["scenario"] == scenario and r["who"] == who and not r.get("void")]
+        if xs:
+            meds.append(median(xs))
+    return min(meds) if meds else 0
+
+
+def want(s):
+    return not ONLY or s in ONLY
+
+
+def run_all():
+    targets = ["direct"] + PROXIES
+    warm = max(2, SECS // 5)
+    if want("h1"):
+        for rep in range(REPEATS):
+            for who in targets:
+                port = PORTS["h1"][who]
+                measured("h1_sat", who, rep, ["wrk", "-t1", "-c32", f"-d{SECS}s", "--latency",
+                                              f"http://127.0.0.1:{port}/1k.txt"], parse_wrk, server_for(who))
+    if want("h2"):
+        for rep in range(REPEATS):
+            for who in targets:
+                port = PORTS["h2"][who]
+                measured("h2_sat", who, rep, ["h2load", "-c10", "-m100", "-t1", "-D", str(SECS),
+                                              f"http://127.0.0.1:{port}/1k.txt"],
+                         parse_h2load, server_for(who))
+    if want("h1"):
+        pk = peak("h1_sat")
+        for frac in (0.25, 0.5):
+            rate = max(100, int(pk * frac))
+            for rep in range(REPEATS):
+                for who in targets:
+                    port = PORTS["h1"][who]
+                    measured(f"h1_lat_{int(frac * 100)}", who, rep,
+                             [HARNESS, "h1rate", f"127.0.0.1:{port}", "/1k.txt", "32", str(SECS), str(rate)],
+                             parse_json, server_for(who), {"rate": rate})
+    if want("h2"):
+        pk = peak("h2_sat")
+        for frac in (0.25, 0.5):
+            rate = max(100, int(pk * frac))
+            for rep in range(REPEATS):
+                for who in targets:
+                    port = PORTS["h2"][who]
+                    lf = f"{WORK}/h2lat.log"
+                    if os.path.exists(lf):
+                        os.remove(lf)
+                    # 10 connections x 10 streams, each client paced at rate/10 requests/s.
+                    measured(f"h2_lat_{int(frac * 100)}", who, rep,
+                             ["h2load", "-c10", "-m10", "-t1", f"--rps={rate / 10:.1f}", "-D", str(SECS),
+                              f"--log-file={lf}", f"http://127.0.0.1:{port}/1k.txt"],
+                             h2load_latency(lf), server_for(who), {"rate": rate})
+    ca = f"{WORK}/ec.crt"
+    if want("sni"):
+        for rep in range(REPEATS):
+            for who in targets:
+                port = PORTS["sni"][who]
+                measured("sni_keepalive", who, rep,
+                         [HARNESS, "tls", "keepalive", f"127.0.0.1:{port}", "backend.test", ca, "/1k.txt", "32",
+                          str(SECS)], parse_json, server_for(who))
+        for rep in range(REPEATS):
+            for who in ["direct", "haproxy", "haproxy-splice", "nginx", "isthmus"]:
+                port = PORTS["sni"][who]
+                measured("sni_bulk", who, rep,
+                         [HARNESS, "tls", "bulk", f"127.0.0.1:{port}", "backend.test", ca, "/big.bin", "1", "1"],
+                         parse_json, server_for(who))
+        for rep in range(REPEATS):
+            for who in targets:
+                port = PORTS["sni"][who]
+                measured("sni_handshake", who, rep,
+                         [HARNESS, "tls", "new", f"127.0.0.1:{port}", "backend.test", ca, "/small.txt", "32",
+                          str(SECS)], parse_json, server_for(who))
+    if want("term"):
+        for rep in range(REPEATS):
+            for who in targets:
+                port = PORTS["term"][who]
+                measured("term_handshake", who, rep,
+                         [HARNESS, "tls", "new", f"127.0.0.1:{port}", "backend.test", ca, "/small.txt", "32",
+                          str(SECS)], parse_json, server_for(who))
+        for rep in range(REPEATS):
+            for who in targets:
+                port = PORTS["term"][who]
+                measured("term_keepalive", who, rep,
+                         [HARNESS, "tls", "keepalive", f"127.0.0.1:{port}", "backend.test", ca, "/1k.txt", "32",
+                          str(SECS)], parse_json, server_for(who))
+    if want("idle"):
+        for rep in range(REPEATS):
+            for kind, scen in (("h1", "idle_http"), ("sni", "idle_passthrough")):
+                for who in targets:
+                    idle(scen, kind, who, rep)
+
+
+def idle(scen, kind, who, rep):
+    """Opens IDLE_N connections, one request each, holds them; RSS delta of the server."""
+    server = server_for(who)
+    port = PORTS[kind][who]
+    ctx = ssl.create_default_context(cafile=f"{WORK}/ec.crt") if kind == "sni" else None
+    time.sleep(0.5)
+    before = rss_kib(server)
+    origin_before = rss_kib("origin")
+    sock_before = sockstat_mem_pages()
+    socks, errors = [], 0
+    t0 = time.time()
+    for _ in range(IDLE_N):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if ctx:
+                s = ctx.wrap_socket(s, server_hostname="backend.test")
+            s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: backend.test\r\n\r\n")
+            got = b""
+            while b"hello from origin" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed")
+                got += chunk
+            socks.append(s)
+        except (OSError, ssl.SSLError):
+            errors += 1
+    time.sleep(2)
+    during = rss_kib(server)
+    origin_during = rss_kib("origin")
+    sock_during = sockstat_mem_pages()
+    alive = len(socks)
+    for s in socks:
+        s.close()
+    rec = {"scenario": scen, "who": who, "repeat": rep, "loadavg": loadavg(), "conns": alive, "errors": errors,
+           "rss_before_kib": before, "rss_during_kib": during,
+           "kib_per_conn": round((during - before) / max(alive, 1), 3),
+           "origin_kib_per_conn": round((origin_during - origin_before) / max(alive, 1), 3),
+           "kernel_sock_kib_per_conn": round((sock_during - sock_before) * 4 / max(alive, 1), 3),
+           "open_secs": round(time.time() - t0, 2)}
+    if errors:
+        rec["void"] = f"{errors} errors"
+    results.append(rec)
+    log(json.dumps(rec))
+    save()
+    time.sleep(1)
+
+
+def save():
+    os.makedirs(OUT, exist_ok=True)
+    meta = {"secs": SECS, "repeats": REPEATS, "idle_conns": IDLE_N, "loadgen_cpu": LOADGEN_CPU,
+            "server_cpu": SERVER_CPU, "started": STARTED, "uptime_at_start": UPTIME_START}
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump({"meta": meta, "runs": results}, f, indent=1)
+
+
+STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+UPTIME_START = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    setup_files()
+    try:
+        start_all()
+        check_paths()
+        run_all()
+    finally:
+        stop_all()
+        save()
+    log("done; results in", OUT)
+
+
+if __name__ == "__main__":
+    main()
