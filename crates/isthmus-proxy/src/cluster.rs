@@ -255,6 +255,7 @@ impl ClusterRuntime {
     pub async fn connect(
         &self,
         addr: SocketAddr,
+        sni: Option<&str>,
     ) -> Result<(Box<dyn Upstream>, Option<SocketAddr>, bool), UpstreamError> {
         let sock = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -284,7 +285,7 @@ impl ClusterRuntime {
         let local = stream.local_addr().ok();
         match &self.tls {
             None => Ok((Box::new(stream), local, self.spec.http2)),
-            Some(o) => match tokio::time::timeout(timeout, o.tls.connect(stream, None)).await {
+            Some(o) => match tokio::time::timeout(timeout, o.tls.connect(stream, sni)).await {
                 Err(_) => {
                     self.inc("upstream_cx_connect_fail");
                     Err(UpstreamError::ConnectTimeout(addr, timeout))

@@ -631,6 +631,10 @@ pub struct Cluster {
     /// Speak HTTP/2 to the upstream (h2c or ALPN h2).
     #[serde(default, skip_serializing_if = "is_default")]
     pub http2: bool,
+    /// Envoy `autoSni`: with TLS origination and no `tls.sni`, send the request's host as SNI
+    /// (and, with no SAN list, verify the certificate against it).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub auto_sni: bool,
     #[serde(default, skip_serializing_if = "is_default")]
     pub service: ServiceMeta,
 }
@@ -658,6 +662,7 @@ impl Cluster {
             outlier_detection: None,
             tls: None,
             http2: false,
+            auto_sni: false,
             service: ServiceMeta::default(),
         }
     }

@@ -291,7 +291,7 @@ async fn tcp_proxy(
         };
         let res: Result<_, UpstreamError> = async {
             let addr = cluster.resolve(&host).await?;
-            let (io, local, _) = cluster.connect(addr).await?;
+            let (io, local, _) = cluster.connect(addr, None).await?;
             Ok((io, addr, local))
         }
         .await;

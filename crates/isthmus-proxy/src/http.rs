@@ -702,12 +702,15 @@ async fn upgrade_tunnel(
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
         )
     })?;
-    let (io, local, _) = cluster.connect(addr).await.map_err(|err| {
-        cluster.record_result(&host, 503);
-        e.add_flag(err.flag());
-        e.upstream_transport_failure_reason = err.transport_reason();
-        (503, CF)
-    })?;
+    let (io, local, _) = cluster
+        .connect(addr, auto_sni(cluster, authority).as_deref())
+        .await
+        .map_err(|err| {
+            cluster.record_result(&host, 503);
+            e.add_flag(err.flag());
+            e.upstream_transport_failure_reason = err.transport_reason();
+            (503, CF)
+        })?;
     e.upstream_local_address = local;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, ReqBody>(TokioIo::new(io))
         .await
@@ -761,6 +764,15 @@ async fn upgrade_tunnel(
         rp,
         rb.map_err(|err| -> BoxError { Box::new(err) }).boxed(),
     ))
+}
+
+/// Envoy `autoSni`: with TLS origination and no configured SNI, use the request's host.
+fn auto_sni(cluster: &ClusterRuntime, authority: &str) -> Option<String> {
+    (cluster.spec.auto_sni
+        && cluster.tls.is_some()
+        && cluster.spec.tls.as_ref().is_some_and(|t| t.sni.is_none()))
+    .then(|| crate::runtime::host_without_port(authority).to_string())
+    .filter(|h| !h.is_empty())
 }
 
 enum BodySrc {
@@ -839,12 +851,17 @@ async fn forward(
         let _host_rq = HostRq::new(host.clone());
         let acquired = match remaining {
             Some(r) => {
-                match tokio::time::timeout(r, pool::acquire(cluster, &host, addr, Some(r))).await {
+                match tokio::time::timeout(
+                    r,
+                    pool::acquire(cluster, &host, addr, auto_sni(cluster, authority), Some(r)),
+                )
+                .await
+                {
                     Ok(x) => x,
                     Err(_) => Err(UpstreamError::Overflow(cluster.name().to_string())),
                 }
             }
-            None => pool::acquire(cluster, &host, addr, None).await,
+            None => pool::acquire(cluster, &host, addr, auto_sni(cluster, authority), None).await,
         };
         let mut co = match acquired {
             Ok(c) => c,

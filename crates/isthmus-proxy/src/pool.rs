@@ -43,64 +43,67 @@ enum Sender {
 pub struct Checkout {
     sender: Sender,
     pub info: Arc<ConnInfo>,
-    pub addr: SocketAddr,
+    pub key: PoolKey,
 }
+
+/// Pool key: endpoint address plus the SNI used (auto SNI makes it vary per request host).
+pub type PoolKey = (SocketAddr, Option<String>);
 
 type IdleList = Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)>;
 type H2Conn = (http2::SendRequest<ReqBody>, Arc<ConnInfo>);
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, IdleList>>,
-    h2: Mutex<HashMap<SocketAddr, H2Conn>>,
+    idle: Mutex<HashMap<PoolKey, IdleList>>,
+    h2: Mutex<HashMap<PoolKey, H2Conn>>,
     /// Woken whenever a connection slot or an idle connection becomes available.
     pub notify: Notify,
     next_id: AtomicU64,
 }
 
 impl Pool {
-    fn take_idle(&self, addr: SocketAddr) -> Option<Checkout> {
+    fn take_idle(&self, key: &PoolKey) -> Option<Checkout> {
         let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = g.get_mut(&addr)?;
+        let list = g.get_mut(key)?;
         while let Some((s, info)) = list.pop() {
             if !s.is_closed() && s.is_ready() && !info.expired.load(Ordering::Acquire) {
                 return Some(Checkout {
                     sender: Sender::H1(s),
                     info,
-                    addr,
+                    key: key.clone(),
                 });
             }
         }
         None
     }
 
-    fn take_h2(&self, addr: SocketAddr) -> Option<Checkout> {
+    fn take_h2(&self, key: &PoolKey) -> Option<Checkout> {
         let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, info)) = g.get(&addr) {
+        if let Some((s, info)) = g.get(key) {
             if !s.is_closed() && !info.expired.load(Ordering::Acquire) {
                 return Some(Checkout {
                     sender: Sender::H2(s.clone()),
                     info: info.clone(),
-                    addr,
+                    key: key.clone(),
                 });
             }
-            g.remove(&addr);
+            g.remove(key);
         }
         None
     }
 
-    fn remove_conn(&self, addr: SocketAddr, id: u64) {
+    fn remove_conn(&self, key: &PoolKey, id: u64) {
         if let Some(l) = self
             .idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&addr)
+            .get_mut(key)
         {
             l.retain(|(_, i)| i.id != id);
         }
         let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        if g.get(&addr).is_some_and(|(_, i)| i.id == id) {
-            g.remove(&addr);
+        if g.get(key).is_some_and(|(_, i)| i.id == id) {
+            g.remove(key);
         }
     }
 
@@ -121,8 +124,10 @@ pub async fn acquire(
     cluster: &Arc<ClusterRuntime>,
     host: &Arc<Host>,
     addr: SocketAddr,
+    sni: Option<String>,
     wait: Option<Duration>,
 ) -> Result<Checkout, UpstreamError> {
+    let key: PoolKey = (addr, sni);
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     let mut pending = false;
     let res = loop {
@@ -131,13 +136,13 @@ pub async fn acquire(
         notified.as_mut().enable();
         if let Some(c) = cluster
             .pool
-            .take_h2(addr)
-            .or_else(|| cluster.pool.take_idle(addr))
+            .take_h2(&key)
+            .or_else(|| cluster.pool.take_idle(&key))
         {
             break Ok(c);
         }
         match cluster.try_reserve_cx(host) {
-            Ok(guard) => break open(cluster, addr, guard).await,
+            Ok(guard) => break open(cluster, key.clone(), guard).await,
             Err(UpstreamError::Overflow(_)) => {
                 if !pending {
                     let max = cluster.spec.circuit_breakers.max_pending_requests as i64;
@@ -169,10 +174,10 @@ pub async fn acquire(
 
 async fn open(
     cluster: &Arc<ClusterRuntime>,
-    addr: SocketAddr,
+    key: PoolKey,
     guard: CxGuard,
 ) -> Result<Checkout, UpstreamError> {
-    let (io, local, h2) = cluster.connect(addr).await?;
+    let (io, local, h2) = cluster.connect(key.0, key.1.as_deref()).await?;
     let id = cluster.pool.next_id.fetch_add(1, Ordering::Relaxed);
     let info = Arc::new(ConnInfo {
         id,
@@ -188,29 +193,29 @@ async fn open(
     let sender = if h2 {
         let (s, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
-            .map_err(|e| UpstreamError::Connect(addr, std::io::Error::other(e)))?;
-        spawn_driver(driver_cluster, driver_info, addr, max_dur, conn);
+            .map_err(|e| UpstreamError::Connect(key.0, std::io::Error::other(e)))?;
+        spawn_driver(driver_cluster, driver_info, key.clone(), max_dur, conn);
         cluster
             .pool
             .h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, (s.clone(), info.clone()));
+            .insert(key.clone(), (s.clone(), info.clone()));
         Sender::H2(s)
     } else {
         let (s, conn) = http1::handshake(io)
             .await
-            .map_err(|e| UpstreamError::Connect(addr, std::io::Error::other(e)))?;
-        spawn_driver(driver_cluster, driver_info, addr, max_dur, conn);
+            .map_err(|e| UpstreamError::Connect(key.0, std::io::Error::other(e)))?;
+        spawn_driver(driver_cluster, driver_info, key.clone(), max_dur, conn);
         Sender::H1(s)
     };
-    Ok(Checkout { sender, info, addr })
+    Ok(Checkout { sender, info, key })
 }
 
 fn spawn_driver<F>(
     cluster: Arc<ClusterRuntime>,
     info: Arc<ConnInfo>,
-    addr: SocketAddr,
+    key: PoolKey,
     max_dur: Option<Duration>,
     conn: F,
 ) where
@@ -226,7 +231,7 @@ fn spawn_driver<F>(
                     // last sender handle drops and the connection closes.
                     info.expired.store(true, Ordering::Release);
                     cluster.inc("upstream_cx_max_duration_reached");
-                    cluster.pool.remove_conn(addr, info.id);
+                    cluster.pool.remove_conn(&key, info.id);
                 }
             }
         }
@@ -260,7 +265,7 @@ impl Checkout {
             Sender::H2(_) => {
                 if max_rq > 0 && n >= max_rq {
                     cluster.inc("upstream_cx_max_requests");
-                    cluster.pool.remove_conn(self.addr, self.info.id);
+                    cluster.pool.remove_conn(&self.key, self.info.id);
                 }
             }
             Sender::H1(mut s) => {
@@ -270,7 +275,7 @@ impl Checkout {
                 }
                 let cluster = cluster.clone();
                 let info = self.info;
-                let addr = self.addr;
+                let key = self.key;
                 tokio::spawn(async move {
                     if s.ready().await.is_err() || info.expired.load(Ordering::Acquire) {
                         return;
@@ -281,7 +286,7 @@ impl Checkout {
                         .idle
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .entry(addr)
+                        .entry(key.clone())
                         .or_default()
                         .push((s, info));
                     cluster.pool.notify.notify_waiters();
@@ -290,13 +295,13 @@ impl Checkout {
                         .idle_timeout
                         .map(|d| d.0)
                         .unwrap_or(DEFAULT_IDLE_TIMEOUT);
-                    let requests_before = cluster.pool.requests_marker(addr, id);
+                    let requests_before = cluster.pool.requests_marker(&key, id);
                     tokio::time::sleep(idle).await;
                     // Still idle with the same request count: close it.
-                    if cluster.pool.requests_marker(addr, id) == requests_before
+                    if cluster.pool.requests_marker(&key, id) == requests_before
                         && requests_before.is_some()
                     {
-                        cluster.pool.remove_conn(addr, id);
+                        cluster.pool.remove_conn(&key, id);
                         cluster.inc("upstream_cx_idle_timeout");
                     }
                 });
@@ -307,11 +312,11 @@ impl Checkout {
 
 impl Pool {
     /// The request count of an idle connection, `None` when it is not idle.
-    fn requests_marker(&self, addr: SocketAddr, id: u64) -> Option<u32> {
+    fn requests_marker(&self, key: &PoolKey, id: u64) -> Option<u32> {
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
+            .get(key)
             .and_then(|l| {
                 l.iter()
                     .find(|(_, i)| i.id == id)

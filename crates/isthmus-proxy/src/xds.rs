@@ -577,6 +577,9 @@ impl Conv {
             max_connection_duration: common.and_then(|o| dur(&o.max_connection_duration)),
             outlier_detection,
             http2: hpo.is_some_and(|h| h.is_h2()),
+            auto_sni: hpo
+                .and_then(|h| h.upstream_http_protocol_options.as_ref())
+                .is_some_and(|u| u.auto_sni),
             tls,
             service: svc
                 .map(|s| ServiceMeta {

@@ -772,3 +772,45 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn auto_sni_uses_request_host_and_keys_the_pool() {
+    let ca = Ca::new("ext-root");
+    let backend = https_backend("ext", &ca.leaf(&["a.example", "b.example"], &[]), None).await;
+    let p = start(json!({
+        "listeners": [{"name": "http", "address": "127.0.0.1:0", "filterChains": [
+            {"action": {"http": {"routeConfig": {"virtualHosts": [{"name": "v", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "ext"}}]}]}}}}]}],
+        "clusters": [{"name": "ext", "endpoints": [ep(backend)], "autoSni": true,
+                      "tls": {"mode": "SIMPLE", "validation": "ca"}}],
+        "secrets": [ca_secret("ca", &ca)]
+    }))
+    .await;
+    let port = p.addr("http").port();
+    for host in ["a.example", "b.example", "a.example:8080"] {
+        let o = curl(&s(&[
+            "-H",
+            &format!("Host: {host}"),
+            &format!("http://127.0.0.1:{port}/"),
+        ]))
+        .await;
+        let want = host.split(':').next().unwrap();
+        assert!(
+            o.stdout.contains(&format!("sni={want} ")),
+            "{host}: {}",
+            o.stdout
+        );
+    }
+    // A host the certificate does not cover fails verification (autoSanValidation).
+    let o = curl(&s(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: c.example",
+        &format!("http://127.0.0.1:{port}/"),
+    ]))
+    .await;
+    assert_eq!(o.stdout, "503");
+}
