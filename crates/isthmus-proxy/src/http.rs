@@ -55,14 +55,21 @@ pub async fn serve(
     tokio::pin!(conn);
     // HCM idle timeout: close (gracefully) once no stream has been active for `idle`.
     let idle = idle.unwrap_or(DEFAULT_HTTP_IDLE);
+    let mut closing = false;
     let res = loop {
-        let seen = act.generation.load(Ordering::Acquire);
+        // Timed from the end of the last stream (or the connection start).
+        let last = act.base + Duration::from_millis(act.last_end_ms.load(Ordering::Acquire));
         tokio::select! {
             r = conn.as_mut() => break r,
-            _ = tokio::time::sleep(idle) => {
-                if act.active.load(Ordering::Acquire) == 0 && act.generation.load(Ordering::Acquire) == seen {
+            _ = tokio::time::sleep_until(last + idle), if !closing => {
+                let last = act.base + Duration::from_millis(act.last_end_ms.load(Ordering::Acquire));
+                if act.active.load(Ordering::Acquire) == 0 && tokio::time::Instant::now() >= last + idle {
                     tracing::debug!("downstream HTTP connection idle; closing");
                     conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else if act.active.load(Ordering::Acquire) > 0 {
+                    // Busy: look again one idle period from now.
+                    act.last_end_ms.store(act.base.elapsed().as_millis() as u64, Ordering::Release);
                 }
             }
         }
@@ -76,10 +83,20 @@ pub async fn serve(
 pub const DEFAULT_HTTP_IDLE: Duration = Duration::from_secs(3600);
 
 /// Streams in flight on one downstream connection (for the idle timeout).
-#[derive(Default)]
 pub struct Activity {
     active: std::sync::atomic::AtomicI64,
-    generation: AtomicU64,
+    base: tokio::time::Instant,
+    last_end_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            active: Default::default(),
+            base: tokio::time::Instant::now(),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 struct ActiveStream(Arc<Activity>);
@@ -87,15 +104,16 @@ struct ActiveStream(Arc<Activity>);
 impl ActiveStream {
     fn new(a: Arc<Activity>) -> Self {
         a.active.fetch_add(1, Ordering::AcqRel);
-        a.generation.fetch_add(1, Ordering::AcqRel);
         ActiveStream(a)
     }
 }
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
+        self.0
+            .last_end_ms
+            .store(self.0.base.elapsed().as_millis() as u64, Ordering::Release);
         self.0.active.fetch_sub(1, Ordering::AcqRel);
-        self.0.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -243,7 +261,13 @@ impl Finisher {
             response_code: Some(self.entry.response_code),
             flags: self.entry.flags(),
         };
-        telemetry::record_http(&self.ctx.sh.stats, &f, dur.as_secs_f64() * 1000.0);
+        telemetry::record_http(
+            &self.ctx.sh.stats,
+            &f,
+            dur.as_secs_f64() * 1000.0,
+            self.entry.bytes_received,
+            self.entry.bytes_sent,
+        );
         self.ctx.sh.log.load().write(&self.entry);
     }
 }

@@ -161,8 +161,18 @@ pub fn labels(f: &StreamFacts<'_>) -> Labels {
     l
 }
 
-pub fn record_http(stats: &Stats, f: &StreamFacts<'_>, duration_ms: f64) {
+/// Record one finished HTTP request: count, duration and body sizes (Istio's histograms use
+/// Envoy's default bucket boundaries unless a workload overrides them).
+pub fn record_http(
+    stats: &Stats,
+    f: &StreamFacts<'_>,
+    duration_ms: f64,
+    request_bytes: u64,
+    response_bytes: u64,
+) {
     let l = labels(f);
     stats.istio_inc("istio_requests_total", &l, 1);
     stats.istio_observe("istio_request_duration_milliseconds", &l, duration_ms);
+    stats.istio_observe("istio_request_bytes", &l, request_bytes as f64);
+    stats.istio_observe("istio_response_bytes", &l, response_bytes as f64);
 }

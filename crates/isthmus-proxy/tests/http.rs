@@ -247,6 +247,12 @@ async fn metrics_carry_istio_labels() {
         |l| l.starts_with("istio_request_duration_milliseconds_bucket{")
             && l.contains("le=\"+Inf\"")
     ));
+    assert!(prom
+        .lines()
+        .any(|l| l.starts_with("istio_response_bytes_count{")
+            && l.contains("response_code=\"200\"")
+            && l.ends_with(" 1")));
+    assert!(prom.contains("# TYPE istio_request_bytes histogram"));
     assert!(
         prom.contains(&format!(
             "envoy_cluster_upstream_rq_total{{cluster_name=\"{HB}\"}} 2"
