@@ -132,13 +132,17 @@ def setup_files():
     if not os.path.exists(big) or os.path.getsize(big) != 1 << 30:
         sh(f"head -c {1 << 30} /dev/urandom > {big}")
     sh(f"cat {big} > /dev/null")  # warm the page cache
-    if not os.path.exists(f"{WORK}/ec.crt"):
+    if not os.path.exists(f"{WORK}/ca.crt"):
+        # A CA and an ECDSA P-256 leaf for backend.test (webpki refuses a CA cert as end entity).
         sh(
-            f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-            f"-keyout {WORK}/ec.key -out {WORK}/ec.crt -days 30 -subj /CN=backend.test "
-            f"-addext subjectAltName=DNS:backend.test 2>/dev/null"
+            f"cd {WORK} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+            f"-keyout ca.key -out ca.crt -days 30 -subj /CN=bench-ca 2>/dev/null && "
+            f"openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ec.key -out ec.csr "
+            f"-subj /CN=backend.test 2>/dev/null && "
+            f"printf 'subjectAltName=DNS:backend.test\\nbasicConstraints=CA:FALSE\\n' > leaf.ext && "
+            f"openssl x509 -req -in ec.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
+            f"-extfile leaf.ext -out ec.crt 2>/dev/null && cat ec.crt ec.key > ec.pem"
         )
-        sh(f"cat {WORK}/ec.crt {WORK}/ec.key > {WORK}/ec.pem")
     render(os.path.join(HERE, "conf"), WORK)
 
 
@@ -203,7 +207,7 @@ def stop_all():
 
 def check_paths():
     """Correctness first: every path returns 200 and the right body; unknown SNI is refused."""
-    ctx = ssl.create_default_context(cafile=f"{WORK}/ec.crt")
+    ctx = ssl.create_default_context(cafile=f"{WORK}/ca.crt")
     for kind, ports in PORTS.items():
         for who, port in ports.items():
             if kind == "h2":
@@ -389,7 +393,7 @@ def run_all():
                              ["h2load", "-c10", "-m10", "-t1", f"--rps={rate / 10:.1f}", "-D", str(SECS),
                               f"--log-file={lf}", f"http://127.0.0.1:{port}/1k.txt"],
                              h2load_latency(lf), server_for(who), {"rate": rate})
-    ca = f"{WORK}/ec.crt"
+    ca = f"{WORK}/ca.crt"
     if want("sni"):
         for rep in range(REPEATS):
             for who in targets:
@@ -433,7 +437,7 @@ def idle(scen, kind, who, rep):
     """Opens IDLE_N connections, one request each, holds them; RSS delta of the server."""
     server = server_for(who)
     port = PORTS[kind][who]
-    ctx = ssl.create_default_context(cafile=f"{WORK}/ec.crt") if kind == "sni" else None
+    ctx = ssl.create_default_context(cafile=f"{WORK}/ca.crt") if kind == "sni" else None
     time.sleep(0.5)
     before = rss_kib(server)
     origin_before = rss_kib("origin")
@@ -488,16 +492,56 @@ STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 UPTIME_START = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+PROFILE_LOADS = {
+    # name: (load command builder, isthmus port kind)
+    "h1": lambda: ["wrk", "-t1", "-c32", f"-d{SECS}s", f"http://127.0.0.1:{PORTS['h1']['isthmus']}/1k.txt"],
+    "h2": lambda: ["h2load", "-c10", "-m100", "-t1", "-D", str(SECS), f"http://127.0.0.1:{PORTS['h2']['isthmus']}/1k.txt"],
+    "sni": lambda: [HARNESS, "tls", "keepalive", f"127.0.0.1:{PORTS['sni']['isthmus']}", "backend.test",
+                    f"{WORK}/ca.crt", "/1k.txt", "32", str(SECS)],
+    "bulk": lambda: [HARNESS, "tls", "bulk", f"127.0.0.1:{PORTS['sni']['isthmus']}", "backend.test",
+                     f"{WORK}/ca.crt", "/big.bin", "1", "1"],
+    "term": lambda: [HARNESS, "tls", "new", f"127.0.0.1:{PORTS['term']['isthmus']}", "backend.test",
+                     f"{WORK}/ca.crt", "/small.txt", "32", str(SECS)],
+}
+
+
+def profile(kinds):
+    """perf record of the isthmus process under one load; writes results/profile-KIND.txt."""
+    for kind in kinds:
+        pid = procs["isthmus"].pid
+        data = f"{WORK}/perf-{kind}.data"
+        rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", data],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        out, err, rc = loadgen(PROFILE_LOADS[kind](), SECS + 60)
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=30)
+        rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
+                              "--stdio", "-g", "none", "--percent-limit", "0.7"],
+                             capture_output=True, text=True)
+        os.makedirs(OUT, exist_ok=True)
+        with open(os.path.join(OUT, f"profile-{kind}.txt"), "w") as f:
+            f.write(f"# perf record -F 999 -g on isthmus during: {' '.join(PROFILE_LOADS[kind]())}\n")
+            f.write(f"# loadavg {loadavg()}\n# load output tail: {out[-300:]!r}\n")
+            f.write("\n".join(l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")))
+            f.write("\n")
+        log("profile written for", kind)
+
+
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     setup_files()
     try:
         start_all()
         check_paths()
+        if len(sys.argv) > 2 and sys.argv[1] == "profile":
+            profile(sys.argv[2].split(","))
+            return
         run_all()
     finally:
         stop_all()
-        save()
+        if not (len(sys.argv) > 1 and sys.argv[1] == "profile"):
+            save()
     log("done; results in", OUT)
 
 

@@ -375,6 +375,17 @@ an = os.path.join(HERE, "analysis.md")
 if os.path.exists(an):
     P(open(an).read())
 
+# ---- profiles
+profs = sorted(f for f in os.listdir(RES) if f.startswith("profile-") and f.endswith(".txt"))
+if profs:
+    P("## Profiles of isthmus (perf record -g, top symbols, self time)\n")
+    for f in profs:
+        text = open(os.path.join(RES, f)).read().splitlines()
+        P(f"**{f[8:-4]}** — `bench/results/{f}`\n")
+        P("```")
+        P("\n".join(text[:22]))
+        P("```\n")
+
 # ---- plots
 try:
     import matplotlib

@@ -5,7 +5,7 @@
 # control-plane compile benchmark, and writes docs/benchmarks.md plus docs/bench-*.png.
 #
 # Environment knobs: BENCH_SECS (10), BENCH_REPEATS (3), BENCH_IDLE_CONNS (1000),
-# BENCH_ONLY=h1,h2,sni,term,idle (subset), BENCH_SKIP_COMPILE=1, CARGO_TARGET_DIR
+# BENCH_ONLY=h1,h2,sni,term,idle (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, CARGO_TARGET_DIR
 # (default /work/target-bench), BENCH_WORK (scratch dir, default /tmp/isthmus-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -43,6 +43,12 @@ python3 "$HERE/bench.py" &
 BENCH_PID=$!
 trap 'kill -TERM $BENCH_PID 2>/dev/null || true; wait $BENCH_PID 2>/dev/null || true' EXIT INT TERM
 wait $BENCH_PID
+# Hot spots of isthmus under each load (perf from linux-perf; skipped if perf cannot count here).
+if [[ "${BENCH_PROFILE:-1}" == 1 ]] && perf stat -e instructions true >/dev/null 2>&1; then
+  python3 "$HERE/bench.py" profile h1,h2,sni,bulk,term &
+  BENCH_PID=$!
+  wait $BENCH_PID
+fi
 trap - EXIT INT TERM
 
 # --- control plane: compile time per proxy for 1k and 10k services (VS + DR each) ---

@@ -36,6 +36,13 @@ struct Counters {
     bytes: AtomicU64,
 }
 
+static FIRST_ERROR: std::sync::Once = std::sync::Once::new();
+
+/// Prints the first error of a run to stderr so a voided run says why.
+fn note_err(e: &io::Error) {
+    FIRST_ERROR.call_once(|| eprintln!("first error: {e}"));
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage:\n  harness h1rate ADDR PATH CONNS SECS RATE\n  harness tls keepalive|new|bulk ADDR SNI CAFILE PATH CONNS SECS"
@@ -196,7 +203,8 @@ async fn h1rate(addr: SocketAddr, path: String, conns: usize, secs: f64, rate: f
                             l.push(us);
                         }
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        note_err(&e);
                         counters.errors.fetch_add(1, Ordering::Relaxed);
                         // Reconnect so one failure does not stall the rest of the schedule.
                         match TcpStream::connect(addr).await {
@@ -317,7 +325,8 @@ async fn tls(
                             buf.clear();
                             match one_tls_conn(&connector, addr, &sni).await {
                                 Ok(c) => conn = Some(c),
-                                Err(_) => {
+                                Err(e) => {
+                                    note_err(&e);
                                     counters.errors.fetch_add(1, Ordering::Relaxed);
                                     tokio::time::sleep(Duration::from_millis(10)).await;
                                     continue;
@@ -330,7 +339,8 @@ async fn tls(
                                 counters.ok.fetch_add(1, Ordering::Relaxed);
                                 counters.bytes.fetch_add(n, Ordering::Relaxed);
                             }
-                            Err(_) => {
+                            Err(e) => {
+                                note_err(&e);
                                 counters.errors.fetch_add(1, Ordering::Relaxed);
                                 conn = None;
                             }
@@ -353,7 +363,8 @@ async fn tls(
                                 counters.ok.fetch_add(1, Ordering::Relaxed);
                                 counters.bytes.fetch_add(n, Ordering::Relaxed);
                             }
-                            Err(_) => {
+                            Err(e) => {
+                                note_err(&e);
                                 counters.errors.fetch_add(1, Ordering::Relaxed);
                                 tokio::time::sleep(Duration::from_millis(1)).await;
                             }
