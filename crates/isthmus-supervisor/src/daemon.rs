@@ -23,7 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::api::{ContainerInfo, ContainerTarget, MeshStatus, Phase, PodInfo, Request, Response};
-use crate::plan::{MeshPlan, PlanError, PodPlan};
+use crate::plan::{MeshPlan, PlanError, PodPlan, PodProxy};
 use crate::state::MeshDir;
 
 /// Subnet of every mesh (private to its namespaces; the model hands out 10.244.0.10+).
@@ -186,7 +186,9 @@ pub fn claim(dir: &MeshDir) -> Result<(), SupervisorError> {
         match std::fs::create_dir(&dir.dir) {
             Ok(()) => {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir.dir, std::fs::Permissions::from_mode(0o700))
+                // 0711: the sidecar (uid 1337) must reach its config under proxies/; pod
+                // directories inside stay 0700 and nothing here is listable.
+                std::fs::set_permissions(&dir.dir, std::fs::Permissions::from_mode(0o711))
                     .map_err(io_err("chmod", &dir.dir))?;
                 return Ok(());
             }
@@ -227,7 +229,9 @@ struct Shared {
     dns: Mutex<(String, String)>,
     pods: Mutex<Vec<RunningPod>>,
     plan: MeshPlan,
+    snapshot: Snapshot,
     objects: Vec<Object>,
+    notes: Mutex<Vec<String>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -305,18 +309,7 @@ impl Shared {
     fn status(&self) -> MeshStatus {
         let pods = self.pods();
         let (dns, outside) = lock(&self.dns).clone();
-        let mut notes = Vec::new();
-        let proxied = self
-            .plan
-            .pods
-            .iter()
-            .filter(|p| p.proxy != crate::plan::PodProxy::None)
-            .count();
-        if proxied > 0 {
-            notes.push(format!(
-                "{proxied} pod(s) want a sidecar/gateway proxy; this build runs them without one (no xDS→proxy conversion yet), reaching services through kube-proxy-style VIPs"
-            ));
-        }
+        let notes = lock(&self.notes).clone();
         MeshStatus {
             name: self.name.clone(),
             phase: lock(&self.phase).clone(),
@@ -368,8 +361,8 @@ impl Shared {
         let Some((spec, sup)) = chosen else {
             let c = container.unwrap_or_default();
             let names: Vec<&str> = p.containers.iter().map(|(s, _)| s.name.as_str()).collect();
-            let hint = if c == "istio-proxy" {
-                " (this build runs no proxies: the xDS→proxy conversion is not available yet)"
+            let hint = if c == crate::proxies::PROXY_CONTAINER {
+                " (this pod runs no proxy: not injected, or its config could not be compiled — see `isthmus status`)"
             } else {
                 ""
             };
@@ -487,7 +480,9 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
         dns: Mutex::new((String::new(), String::new())),
         pods: Mutex::new(Vec::new()),
         plan: loaded.plan.clone(),
+        snapshot: loaded.snapshot.clone(),
         objects: loaded.objects.clone(),
+        notes: Mutex::new(Vec::new()),
         shutdown: shutdown_tx.clone(),
     });
     {
@@ -581,11 +576,39 @@ async fn build(
         outside.local_addr().to_string(),
     );
 
+    let proxied = plan.pods.iter().any(|p| p.proxy != PodProxy::None);
+    let ca = if proxied {
+        match isthmus_ca::Ca::generate(&shared.snapshot.mesh.trust_domain) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                lock(&shared.notes).push(format!("no proxies: cannot create the mesh CA: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let exe = std::env::current_exe().map_err(io_err("locate", Path::new("/proc/self/exe")))?;
     for p in &plan.pods {
         if *shutdown.borrow() {
             return Ok((mesh_dns, outside));
         }
-        start_pod(shared, mesh, plan, p)?;
+        let proxy = match (&ca, p.proxy) {
+            (Some(ca), PodProxy::Sidecar | PodProxy::Gateway) => {
+                let dir = crate::proxies::proxy_dir(&shared.dir.dir, &p.namespace, &p.name);
+                match crate::proxies::prepare(&shared.snapshot, ca, p, &dir, &exe) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(pod = %p.key(), error = %e, "proxy left out");
+                        lock(&shared.notes)
+                            .push(format!("pod {} runs without its proxy: {e}", p.key()));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        start_pod(shared, mesh, plan, p, proxy)?;
     }
     wait_ready(shared, &node, shutdown).await;
     Ok((mesh_dns, outside))
@@ -616,6 +639,7 @@ fn start_pod(
     mesh: &MeshNet,
     plan: &MeshPlan,
     p: &PodPlan,
+    proxy: Option<process::ContainerSpec>,
 ) -> Result<(), SupervisorError> {
     let key = p.key();
     let net = mesh.add_pod_with_ip(&key, p.ip)?;
@@ -646,13 +670,19 @@ fn start_pod(
         &hosts,
         p.volumes.clone(),
     )?);
-    if !outside {
+    let sidecar = proxy.is_some() && p.proxy == PodProxy::Sidecar;
+    if sidecar {
+        // Outbound TCP → 15001, inbound → 15006; the proxy (uid 1337) is exempt.
+        isthmus_local::cmd::nft_script(Some(&net.netns), &crate::proxies::capture_ruleset())?;
+    } else if !outside {
         // kube-proxy: the pod's own connections to cluster IPs are DNATed to endpoints.
         vip::install_service_vips(&net.netns, &plan.vips, vip::VipMode::Pod)?;
     }
     let mut containers = Vec::new();
     let mut first_err = None;
-    for c in &p.containers {
+    let mut specs = p.containers.clone();
+    specs.extend(proxy);
+    for c in &specs {
         match Supervised::start(
             sandbox.clone(),
             c.clone(),

@@ -20,9 +20,11 @@
 //! connections; [`ops::down`] stops the supervisor and then *verifies* that no namespace,
 //! process or state file of the mesh is left.
 //!
-//! Not yet here: sidecar/gateway proxies and the control plane (compile → push → CA). Pods
-//! that want a proxy run without one and reach services through the VIP rules; `status`
-//! says so. See the crate README in the report for what is missing.
+//! Sidecar and gateway pods get an `istio-proxy` container ([`proxies`]): the config is
+//! compiled once at startup (isthmus-compile → `from_xds`) with a workload certificate from a
+//! per-mesh CA; sidecar pods get nftables capture (uid 1337 exempt) instead of VIP rules.
+//! Not yet here: live config push (isthmus-push) and `apply`; a proxy whose config cannot be
+//! compiled is left out and the pod falls back to VIP rules (`status` notes it).
 
 #![warn(missing_docs)]
 
@@ -30,6 +32,7 @@ pub mod api;
 pub mod daemon;
 pub mod ops;
 pub mod plan;
+pub mod proxies;
 pub mod render;
 pub mod state;
 

@@ -342,10 +342,16 @@ fn plan_pod(objects: &[Object], w: &Workload) -> Result<PodPlan, PlanError> {
     let spec = pod_spec(objects, w)
         .ok_or_else(|| err("its Pod/Deployment object is missing".to_string()))?;
     let volumes = volumes(objects, &w.namespace, spec).map_err(err)?;
+    let gateway = w.proxy == ProxyKind::Router;
     let mut containers = Vec::new();
     for c in &spec.containers {
         let mut argv = c.command.clone();
         argv.extend(c.args.iter().cloned());
+        if argv.is_empty() && gateway {
+            // A gateway's container is the proxy itself (image `auto`/proxyv2); the
+            // supervisor runs `isthmus proxy` in its place.
+            continue;
+        }
         if argv.is_empty() {
             return Err(err(format!(
                 "container `{}` has no command/args; images are informational here, so give the command to run (e.g. command: [\"isthmus\", \"echo\", \"--http-port\", \"8080\"])",
@@ -375,7 +381,7 @@ fn plan_pod(objects: &[Object], w: &Workload) -> Result<PodPlan, PlanError> {
                 .collect(),
         });
     }
-    if containers.is_empty() {
+    if containers.is_empty() && !gateway {
         return Err(err("has no containers".to_string()));
     }
     let restart_policy = match spec.restart_policy.as_deref() {
