@@ -1,1 +1,59 @@
-fn main() {}
+//! Compile time per proxy in a mesh of N services, each with a VirtualService and a
+//! DestinationRule (two subsets): one gateway binding all of them, one sidecar seeing all.
+//! `ISTHMUS_BENCH_SERVICES` overrides N (default 10000). Goal: < 100 ms per proxy, linear.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use isthmus_api::{load_str, LoadOptions, MeshConfig};
+use isthmus_compile::compile;
+use isthmus_model::Snapshot;
+use std::fmt::Write;
+
+fn mesh_yaml(n: usize) -> String {
+    let mut y = String::with_capacity(n * 1200);
+    y.push_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench, labels: {istio-injection: enabled}}\n---\n");
+    y.push_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n");
+    y.push_str("apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\nspec: {containers: [{name: p, image: x}]}\n---\n");
+    y.push_str("apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: bench, labels: {app: client}}\nspec: {containers: [{name: c, image: x}]}\n---\n");
+    y.push_str("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\n");
+    for i in 0..n {
+        let _ = write!(
+            y,
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  selector: {{app: svc-{i}}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i}, namespace: bench}}\nspec:\n  hosts: [svc-{i}]\n  gateways: [mesh, istio-system/gw]\n  http:\n  - match: [{{uri: {{prefix: /v2}}}}]\n    route: [{{destination: {{host: svc-{i}, subset: v2}}}}]\n  - route: [{{destination: {{host: svc-{i}, subset: v1}}}}]\n    timeout: 5s\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-{i}, namespace: bench}}\nspec:\n  host: svc-{i}\n  trafficPolicy:\n    connectionPool: {{tcp: {{maxConnections: 100, connectTimeout: 3s}}, http: {{http1MaxPendingRequests: 10}}}}\n    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s}}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n"
+        );
+    }
+    y
+}
+
+fn bench(c: &mut Criterion) {
+    let n: usize = std::env::var("ISTHMUS_BENCH_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let t = std::time::Instant::now();
+    let loaded = load_str("bench.yaml", &mesh_yaml(n), &LoadOptions::default());
+    assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections.first());
+    let load_time = t.elapsed();
+    let t = std::time::Instant::now();
+    let (snap, _) = Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
+    eprintln!("{n} services: load {load_time:?}, snapshot build {:?}", t.elapsed());
+    let gw = snap.resolve_proxy("gw.istio-system", None).expect("gateway");
+    let sc = snap.resolve_proxy("client.bench", None).expect("sidecar");
+    let g = compile(&snap, &gw);
+    let s = compile(&snap, &sc);
+    eprintln!(
+        "gateway: {} listeners, {} vhosts, {} clusters; sidecar: {} listeners, {} vhosts, {} clusters",
+        g.config.listeners.len(),
+        g.config.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
+        g.config.clusters.len(),
+        s.config.listeners.len(),
+        s.config.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
+        s.config.clusters.len()
+    );
+    let mut group = c.benchmark_group(format!("compile_{n}_services"));
+    group.sample_size(10);
+    group.bench_function("gateway", |b| b.iter(|| compile(&snap, &gw)));
+    group.bench_function("sidecar", |b| b.iter(|| compile(&snap, &sc)));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -156,14 +156,15 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
         }
     }
 
-    let meta = dr.map(|d| d.meta.clone());
+    let no_meta = isthmus_model::ConfigMeta::default();
+    let meta: Option<&isthmus_model::ConfigMeta> = dr.map(|d| &d.meta);
     let empty_pool = ConnectionPoolSettings::default();
     let pool = policy.connection_pool.as_ref().unwrap_or(&empty_pool);
 
     // connectTimeout and circuit breakers (always emitted, Istio's MaxUint32 defaults).
     let mut th = default_thresholds();
     if let Some(tcp) = &pool.tcp {
-        if let (Some(ct), Some(m)) = (&tcp.connect_timeout, &meta) {
+        if let (Some(ct), Some(m)) = (&tcp.connect_timeout, meta) {
             if let Some(d) = ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.connectTimeout", ct) {
                 c.connect_timeout = Some(d);
             }
@@ -195,14 +196,14 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
             if let Some(p) = k.probes.filter(|p| *p > 0) {
                 ka.keepalive_probes = Some(p);
             }
-            let m = meta.clone().unwrap_or_default();
+            let m = meta.unwrap_or(&no_meta);
             if let Some(t) = &k.time {
-                if let Some(d) = if src == "dr" { ctx.parse_duration(&m, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time", t) } else { Duration::parse_go(t).ok() } {
+                if let Some(d) = if src == "dr" { ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time", t) } else { Duration::parse_go(t).ok() } {
                     ka.keepalive_time = Some(d.as_std().as_secs() as u32);
                 }
             }
             if let Some(i) = &k.interval {
-                if let Some(d) = if src == "dr" { ctx.parse_duration(&m, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval", i) } else { Duration::parse_go(i).ok() } {
+                if let Some(d) = if src == "dr" { ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval", i) } else { Duration::parse_go(i).ok() } {
                     ka.keepalive_interval = Some(d.as_std().as_secs() as u32);
                 }
             }
@@ -213,20 +214,20 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     // HTTP protocol options.
     let mut opts = HttpProtocolOptions::default();
     let mut common = CommonHttpProtocolOptions::default();
-    let m = meta.clone().unwrap_or_default();
+    let m = meta.unwrap_or(&no_meta);
     if let Some(http) = &pool.http {
-        if let Some(d) = http.idle_timeout.as_deref().and_then(|s| ctx.parse_duration(&m, "spec.trafficPolicy.connectionPool.http.idleTimeout", s)) {
+        if let Some(d) = http.idle_timeout.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.http.idleTimeout", s)) {
             common.idle_timeout = Some(d);
         }
         common.max_requests_per_connection = clamp(http.max_requests_per_connection);
     }
     if let Some(tcp) = &pool.tcp {
         if common.idle_timeout.is_none() {
-            if let Some(d) = tcp.idle_timeout.as_deref().and_then(|s| ctx.parse_duration(&m, "spec.trafficPolicy.connectionPool.tcp.idleTimeout", s)) {
+            if let Some(d) = tcp.idle_timeout.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.idleTimeout", s)) {
                 common.idle_timeout = Some(d);
             }
         }
-        if let Some(d) = tcp.max_connection_duration.as_deref().and_then(|s| ctx.parse_duration(&m, "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration", s)) {
+        if let Some(d) = tcp.max_connection_duration.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration", s)) {
             common.max_connection_duration = Some(d);
         }
     }
@@ -260,10 +261,10 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
             o.consecutive_gateway_failure = Some(n);
             o.enforcing_consecutive_gateway_failure = Some(if n > 0 { 100 } else { 0 });
         }
-        if let Some(d) = od.interval.as_deref().and_then(|s| ctx.parse_duration(&m, "spec.trafficPolicy.outlierDetection.interval", s)) {
+        if let Some(d) = od.interval.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.outlierDetection.interval", s)) {
             o.interval = Some(d);
         }
-        if let Some(d) = od.base_ejection_time.as_deref().and_then(|s| ctx.parse_duration(&m, "spec.trafficPolicy.outlierDetection.baseEjectionTime", s)) {
+        if let Some(d) = od.base_ejection_time.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.outlierDetection.baseEjectionTime", s)) {
             o.base_ejection_time = Some(d);
         }
         o.max_ejection_percent = clamp(od.max_ejection_percent);

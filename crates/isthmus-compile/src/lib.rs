@@ -36,6 +36,7 @@ pub struct CompiledProxy {
 
 /// Compiles the configuration of one proxy (sidecar or gateway).
 pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
+    let t0 = std::time::Instant::now();
     let mut ctx = scope::Ctx::new(snapshot, proxy);
     let mut cfg = ProxyConfig {
         node: Node {
@@ -55,25 +56,61 @@ pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
         },
         ..Default::default()
     };
+    let timing = std::env::var_os("ISTHMUS_COMPILE_TIMING").is_some();
+    let t = std::time::Instant::now();
     cluster::build_clusters(&mut ctx, &mut cfg);
+    let t_cds = t.elapsed();
     match proxy.kind {
         ProxyType::Router => gateway::build(&mut ctx, &mut cfg),
         ProxyType::Sidecar => sidecar::build(&mut ctx, &mut cfg),
     }
+    let t_lds = t.elapsed();
     tls::collect_secrets(&mut ctx, &mut cfg);
     ctx.unused_subset_diagnostics();
+    let t_diag = t.elapsed();
 
-    cfg.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    cfg.endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-    cfg.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    cfg.routes.sort_by(|a, b| a.name.cmp(&b.name));
-    cfg.secrets.sort_by(|a, b| a.name.cmp(&b.name));
-    cfg.version = cfg.content_hash();
+    sort_by_name(&mut cfg.clusters, |c| &c.name);
+    sort_by_name(&mut cfg.endpoints, |e| &e.cluster_name);
+    sort_by_name(&mut cfg.listeners, |l| &l.name);
+    sort_by_name(&mut cfg.routes, |r| &r.name);
+    sort_by_name(&mut cfg.secrets, |s| &s.name);
+    let t_sort = t.elapsed();
+    // The snapshot fingerprint plus the proxy identity determine the output (compile is pure),
+    // so they version it without serialising the whole config.
+    cfg.version = version_of(&snapshot.fingerprint, &cfg.node.id, &proxy.labels);
+    if timing {
+        eprintln!("compile {}: scope {:?} cds {t_cds:?} lds+rds {:?} diag {:?} sort {:?} hash {:?}", proxy.name, t0.elapsed() - t.elapsed(), t_lds - t_cds, t_diag - t_lds, t_sort - t_diag, t.elapsed() - t_sort);
+    }
 
     let mut diagnostics = std::mem::take(&mut ctx.diags);
     diagnostics.sort_by(|a, b| (&a.file, a.line, &a.code, &a.message).cmp(&(&b.file, b.line, &b.code, &b.message)));
     diagnostics.dedup();
     CompiledProxy { config: cfg, diagnostics }
+}
+
+/// Stable sort by a name key that moves each (large) element once.
+fn sort_by_name<T>(v: &mut Vec<T>, key: impl Fn(&T) -> &str) {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| key(&v[a]).cmp(key(&v[b])));
+    let mut slots: Vec<Option<T>> = std::mem::take(v).into_iter().map(Some).collect();
+    v.extend(order.into_iter().filter_map(|i| slots[i].take()));
+}
+
+fn version_of(fingerprint: &str, node_id: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut feed = |s: &str| {
+        for b in s.bytes().chain(std::iter::once(0)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    feed(fingerprint);
+    feed(node_id);
+    for (k, v) in labels {
+        feed(k);
+        feed(v);
+    }
+    format!("{h:016x}")
 }
 
 pub(crate) fn diag(meta: &ConfigMeta, severity: Severity, code: &str, field: Option<&str>, message: impl Into<String>) -> Diagnostic {

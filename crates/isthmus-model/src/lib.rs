@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// (namespace, name) → decoded data.
     pub secrets: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
     pub dr_index: DestinationRuleIndex,
+    /// Hash of every input (objects, mesh config, domain): equal fingerprints compile to equal
+    /// configs, so it versions every proxy's config without hashing the output.
+    pub fingerprint: String,
     by_host: HashMap<String, Vec<usize>>,
 }
 
@@ -144,6 +147,30 @@ fn allocate_se_vips(keys: &[(String, String)]) -> BTreeMap<(String, String), Str
         out.insert(k.clone(), format!("240.240.{}.{}", x / 255, x % 255));
     }
     out
+}
+
+/// FNV-1a 64 over the inputs, streamed through serde_json.
+fn fingerprint(objects: &[Object], mesh: &MeshConfig, domain: &str) -> String {
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            for b in buf {
+                self.0 ^= *b as u64;
+                self.0 = self.0.wrapping_mul(0x100000001b3);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Fnv(0xcbf29ce484222325);
+    let _ = std::io::Write::write_all(&mut h, domain.as_bytes());
+    let _ = serde_json::to_writer(&mut h, mesh);
+    for o in objects {
+        let _ = serde_json::to_writer(&mut h, &(o.kind, &o.meta, &o.raw, o.seq));
+    }
+    format!("{:016x}", h.0)
 }
 
 /// `./name` / `name` → `<ns>/name`; legacy `name.ns.svc.<domain>` → `ns/name`; `mesh` kept.
@@ -712,7 +739,9 @@ impl Snapshot {
             }
         }
 
+        let fingerprint = fingerprint(objects, &mesh, &domain);
         let snap = Snapshot {
+            fingerprint,
             domain_suffix: domain,
             mesh,
             namespaces,

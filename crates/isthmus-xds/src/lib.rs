@@ -125,17 +125,25 @@ impl ProxyConfig {
             _ => cluster.load_assignment.as_ref(),
         }
     }
-    /// Computes a content hash for `version` (FNV-1a over the canonical JSON, hex).
+    /// A content hash (FNV-1a over the canonical JSON of everything but `version`, hex).
+    /// Streams the serialisation: no copy of the config is made.
     pub fn content_hash(&self) -> String {
-        let mut copy = self.clone();
-        copy.version.clear();
-        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
+        struct Fnv(u64);
+        impl std::io::Write for Fnv {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                for b in buf {
+                    self.0 ^= *b as u64;
+                    self.0 = self.0.wrapping_mul(0x100000001b3);
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        format!("{h:016x}")
+        let mut h = Fnv(0xcbf29ce484222325);
+        let _ = serde_json::to_writer(&mut h, &(&self.node, &self.listeners, &self.routes, &self.clusters, &self.endpoints, &self.secrets));
+        format!("{:016x}", h.0)
     }
 }
 
