@@ -77,7 +77,10 @@ pub struct MeshStatus {
     pub outside_dns: String,
     /// Seconds since start.
     pub uptime_secs: u64,
-    /// Why proxies are not running, when they are not.
+    /// Host loopback addresses published for ingress gateways (`127.0.0.1:P -> ns/svc:port`).
+    #[serde(default)]
+    pub published: Vec<String>,
+    /// Problems worth knowing (proxies left out, ports not published).
     pub notes: Vec<String>,
 }
 

@@ -232,6 +232,7 @@ struct Shared {
     snapshot: Snapshot,
     objects: Vec<Object>,
     notes: Mutex<Vec<String>>,
+    published: Mutex<Vec<String>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -322,6 +323,7 @@ impl Shared {
             dns,
             outside_dns: outside,
             uptime_secs: self.started.elapsed().as_secs(),
+            published: lock(&self.published).clone(),
             notes,
         }
     }
@@ -483,6 +485,7 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
         snapshot: loaded.snapshot.clone(),
         objects: loaded.objects.clone(),
         notes: Mutex::new(Vec::new()),
+        published: Mutex::new(Vec::new()),
         shutdown: shutdown_tx.clone(),
     });
     {
@@ -552,7 +555,7 @@ async fn build(
     mesh: &MeshNet,
     plan: &MeshPlan,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(DnsServer, DnsServer), SupervisorError> {
+) -> Result<Servers, SupervisorError> {
     let node = mesh.node_netns().to_string();
     let outside_table = DnsTable::from_entries(plan.outside_dns.clone());
     let mesh_table = DnsTable::from_entries(plan.mesh_dns.clone());
@@ -591,7 +594,11 @@ async fn build(
     let exe = std::env::current_exe().map_err(io_err("locate", Path::new("/proc/self/exe")))?;
     for p in &plan.pods {
         if *shutdown.borrow() {
-            return Ok((mesh_dns, outside));
+            return Ok(Servers {
+                _dns: mesh_dns,
+                _outside: outside,
+                _relays: Vec::new(),
+            });
         }
         let proxy = match (&ca, p.proxy) {
             (Some(ca), PodProxy::Sidecar | PodProxy::Gateway) => {
@@ -610,8 +617,69 @@ async fn build(
         };
         start_pod(shared, mesh, plan, p, proxy)?;
     }
+    let relays = publish_ingress(shared, mesh).await;
     wait_ready(shared, &node, shutdown).await;
-    Ok((mesh_dns, outside))
+    Ok(Servers {
+        _dns: mesh_dns,
+        _outside: outside,
+        _relays: relays,
+    })
+}
+
+/// What runs in the supervisor itself for the mesh's lifetime (dropping stops it).
+struct Servers {
+    _dns: DnsServer,
+    _outside: DnsServer,
+    _relays: Vec<isthmus_local::relay::PortRelay>,
+}
+
+/// Publishes every port of Services that select an ingress gateway (`istio: ingressgateway`)
+/// on host loopback (a free port each), so the host reaches the gateway as through a
+/// LoadBalancer: `curl --resolve HOST:PORT:127.0.0.1 http://HOST:PORT/`.
+async fn publish_ingress(
+    shared: &Arc<Shared>,
+    mesh: &MeshNet,
+) -> Vec<isthmus_local::relay::PortRelay> {
+    let mut relays = Vec::new();
+    for svc in &shared.snapshot.services {
+        if svc.registry != isthmus_model::Registry::Kubernetes
+            || svc.selector.get("istio").map(String::as_str) != Some("ingressgateway")
+        {
+            continue;
+        }
+        for port in &svc.ports {
+            let Some(ep) = svc.endpoints_for_port(port.port).next() else {
+                continue;
+            };
+            let (Ok(ip), Ok(p)) = (ep.address.parse::<Ipv4Addr>(), u16::try_from(ep.port)) else {
+                continue;
+            };
+            let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+            match isthmus_local::relay::PortRelay::start(
+                listen,
+                mesh.node_netns(),
+                SocketAddr::from((ip, p)),
+            )
+            .await
+            {
+                Ok(r) => {
+                    lock(&shared.published).push(format!(
+                        "{} -> {}/{}:{}",
+                        r.local_addr(),
+                        svc.namespace,
+                        svc.name,
+                        port.port
+                    ));
+                    relays.push(r);
+                }
+                Err(e) => lock(&shared.notes).push(format!(
+                    "cannot publish {}/{}:{} on host loopback: {e}",
+                    svc.namespace, svc.name, port.port
+                )),
+            }
+        }
+    }
+    relays
 }
 
 fn hostname_of(name: &str) -> String {

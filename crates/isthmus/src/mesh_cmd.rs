@@ -197,6 +197,9 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         "mesh DNS {} · outside-world resolver {}",
         r.status.dns, r.status.outside_dns
     );
+    for p in &r.status.published {
+        println!("ingress published on host loopback: {p}");
+    }
     for note in &r.status.notes {
         println!("note: {note}");
     }
