@@ -540,3 +540,255 @@ fn bad_manifests_and_non_root_fail_clearly_before_touching_the_system() {
     }
     assert!(m.netns().is_empty());
 }
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "8080", --name, web]
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: demo, labels: {app: sleep}}
+spec:
+  containers:
+  - {name: sleep, command: [sleep, infinity]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: default}
+spec:
+  containers:
+  - {name: sleep, command: [sleep, infinity]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  template:
+    metadata: {labels: {istio: ingressgateway, app: istio-ingressgateway}}
+    spec:
+      containers:
+      - {name: istio-proxy, image: auto, ports: [{containerPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: ["web.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: web.demo.svc.cluster.local, port: {number: 80}}
+"#;
+
+fn stats(m: &Mesh, ns: &str, pod: &str) -> String {
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            ns,
+            pod,
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "3",
+            "http://127.0.0.1:15000/stats",
+        ],
+    );
+    assert!(out.status.success(), "stats: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn sidecars_capture_with_mtls_and_the_ingress_gateway_is_published() {
+    if !isthmus_local::testing::namespaces_available(
+        "sidecars_capture_with_mtls_and_the_ingress_gateway_is_published",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("d", MESH);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let published = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ingress published on host loopback: 127.0.0.1:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no published ingress port:\n{stdout}"));
+    let web = m.pod("web");
+    assert_eq!(web["containers"][1]["name"], "istio-proxy", "{web}");
+    assert_eq!(web["status"], "Running", "{web}");
+
+    // Sidecar to sidecar, through capture: ISTIO_MUTUAL with the client's SPIFFE identity.
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "demo",
+            "sleep",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "http://web/from-sidecar",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("echo json");
+    assert_eq!(json["server"], "web");
+    assert_eq!(json["headers"]["x-forwarded-proto"], "https", "{json}");
+    let s = stats(&m, "demo", "sleep");
+    assert!(
+        s.contains("cluster.outbound|80||web.demo.svc.cluster.local.upstream_rq_200: 1"),
+        "{s}"
+    );
+    let s = stats(&m, "demo", "web");
+    assert!(
+        s.lines().any(|l| l.contains("reporter.destination")
+            && l.contains("source_principal.spiffe://cluster.local/ns/demo/sa/default")
+            && l.contains("connection_security_policy.mutual_tls")),
+        "{s}"
+    );
+
+    // Through the ingress gateway, from a pod without sidecar and from the host.
+    let out = m.cmd(
+        "exec",
+        &[
+            "plain",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-H",
+            "Host: web.example.com",
+            "http://istio-ingressgateway.istio-system/gw",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("echo json");
+    assert_eq!(
+        (json["server"].as_str(), json["path"].as_str()),
+        (Some("web"), Some("/gw"))
+    );
+    let host = Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+        ])
+        .arg(format!("web.example.com:{published}:127.0.0.1"))
+        .arg(format!("http://web.example.com:{published}/from-host"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&host.stdout),
+        "200",
+        "{}",
+        text(&host)
+    );
+    let s = stats(&m, "demo", "web");
+    assert!(
+        s.lines().any(|l| l
+            .contains("source_principal.spiffe://cluster.local/ns/istio-system/sa/default")
+            && l.contains("connection_security_policy.mutual_tls")),
+        "gateway -> sidecar was not mTLS: {s}"
+    );
+
+    // The proxy is a supervised container: killed, it restarts and traffic flows again.
+    let out = m.cmd("logs", &["-n", "demo", "web", "-c", "istio-proxy"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("config applied"),
+        "{}",
+        text(&out)
+    );
+    let pid = web["containers"][1]["pid"].as_u64().expect("proxy pid");
+    nix_kill(pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = m.pod("web")["containers"][1].clone();
+        if c["restarts"].as_u64() == Some(1) && c["state"] == "Running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "proxy not restarted: {c}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = m.cmd(
+            "exec",
+            &[
+                "-n",
+                "demo",
+                "sleep",
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "2",
+                "-w",
+                "%{http_code}",
+                "http://web/again",
+            ],
+        );
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no traffic after proxy restart: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+    assert_eq!(m.netns(), Vec::<String>::new());
+    let refused = std::net::TcpStream::connect(("127.0.0.1", published));
+    assert!(refused.is_err(), "published port still open after down");
+}
