@@ -27,15 +27,27 @@ apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-
 }
 
 fn bench(c: &mut Criterion) {
-    let n: usize = std::env::var("ISTHMUS_BENCH_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("ISTHMUS_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let t = std::time::Instant::now();
     let loaded = load_str("bench.yaml", &mesh_yaml(n), &LoadOptions::default());
-    assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections.first());
+    assert!(
+        loaded.rejections.is_empty(),
+        "{:?}",
+        loaded.rejections.first()
+    );
     let load_time = t.elapsed();
     let t = std::time::Instant::now();
     let (snap, _) = Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
-    eprintln!("{n} services: load {load_time:?}, snapshot build {:?}", t.elapsed());
-    let gw = snap.resolve_proxy("gw.istio-system", None).expect("gateway");
+    eprintln!(
+        "{n} services: load {load_time:?}, snapshot build {:?}",
+        t.elapsed()
+    );
+    let gw = snap
+        .resolve_proxy("gw.istio-system", None)
+        .expect("gateway");
     let sc = snap.resolve_proxy("client.bench", None).expect("sidecar");
     let g = compile(&snap, &gw);
     let s = compile(&snap, &sc);

@@ -4,14 +4,18 @@ use isthmus_api::{load_str, LoadOptions, MeshConfig};
 use std::fmt::Write;
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
     let mut y = String::new();
     y.push_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\nspec: {containers: [{name: p, image: x}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: bench}\nspec: {containers: [{name: c, image: x}]}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\n");
     for i in 0..n {
         let _ = write!(y, "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i}, namespace: bench}}\nspec:\n  hosts: [svc-{i}]\n  gateways: [mesh, istio-system/gw]\n  http:\n  - match: [{{uri: {{prefix: /v2}}}}]\n    route: [{{destination: {{host: svc-{i}, subset: v2}}}}]\n  - route: [{{destination: {{host: svc-{i}, subset: v1}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-{i}, namespace: bench}}\nspec:\n  host: svc-{i}\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 100}}}}}}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\n");
     }
     let loaded = load_str("x.yaml", &y, &LoadOptions::default());
-    let (snap, _) = isthmus_model::Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
+    let (snap, _) =
+        isthmus_model::Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
     std::env::set_var("ISTHMUS_COMPILE_TIMING", "1");
     for t in ["gw.istio-system", "client.bench"] {
         let p = snap.resolve_proxy(t, None).unwrap();

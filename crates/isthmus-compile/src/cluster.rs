@@ -6,7 +6,7 @@ use crate::scope::Ctx;
 use crate::tls;
 use isthmus_api::istio::ConnectionPoolSettings;
 use isthmus_model::{MergedDestinationRule, Protocol, Resolution, Service, ServicePort};
-use isthmus_xds::cluster::{ClusterFilter, KeepaliveSettings, UseDownstreamProtocolConfig};
+use isthmus_xds::cluster::{ClusterFilter, UseDownstreamProtocolConfig};
 use isthmus_xds::core::Empty;
 use isthmus_xds::*;
 use std::collections::BTreeMap;
@@ -15,18 +15,28 @@ const MAX: u32 = u32::MAX;
 
 fn default_thresholds() -> CircuitBreakers {
     CircuitBreakers {
-        thresholds: vec![Thresholds { priority: None, max_connections: Some(MAX), max_pending_requests: Some(MAX), max_requests: Some(MAX), max_retries: Some(MAX), track_remaining: true }],
+        thresholds: vec![Thresholds {
+            priority: None,
+            max_connections: Some(MAX),
+            max_pending_requests: Some(MAX),
+            max_requests: Some(MAX),
+            max_retries: Some(MAX),
+            track_remaining: true,
+        }],
     }
 }
 
 fn clamp(v: Option<i64>) -> Option<u32> {
-    v.filter(|x| *x > 0).map(|x| u32::try_from(x).unwrap_or(MAX))
+    v.filter(|x| *x > 0)
+        .map(|x| u32::try_from(x).unwrap_or(MAX))
 }
 
 pub fn build_clusters(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
     let services = ctx.services.clone();
     for svc in services {
-        let dr = ctx.snap.destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc);
+        let dr = ctx
+            .snap
+            .destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc);
         if let Some(d) = dr {
             ctx.applied_drs.insert(d.meta.label(), d);
         }
@@ -57,7 +67,12 @@ pub const PASSTHROUGH: &str = names::PASSTHROUGH_CLUSTER;
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
 fn blackhole(ctx: &Ctx) -> Cluster {
-    Cluster { name: names::BLACKHOLE_CLUSTER.into(), r#type: DiscoveryType::Static, connect_timeout: Some(ctx.connect_timeout), ..Default::default() }
+    Cluster {
+        name: names::BLACKHOLE_CLUSTER.into(),
+        r#type: DiscoveryType::Static,
+        connect_timeout: Some(ctx.connect_timeout),
+        ..Default::default()
+    }
 }
 
 fn passthrough(ctx: &Ctx, name: &str) -> Cluster {
@@ -71,7 +86,13 @@ fn passthrough(ctx: &Ctx, name: &str) -> Cluster {
     };
     c.typed_extension_protocol_options.insert(
         HTTP_PROTOCOL_OPTIONS_KEY.into(),
-        HttpProtocolOptions { use_downstream_protocol_config: Some(UseDownstreamProtocolConfig { http_protocol_options: Some(Empty {}), http2_protocol_options: Some(Default::default()) }), ..Default::default() },
+        HttpProtocolOptions {
+            use_downstream_protocol_config: Some(UseDownstreamProtocolConfig {
+                http_protocol_options: Some(Empty {}),
+                http2_protocol_options: Some(Default::default()),
+            }),
+            ..Default::default()
+        },
     );
     c
 }
@@ -79,40 +100,84 @@ fn passthrough(ctx: &Ctx, name: &str) -> Cluster {
 fn endpoint_metadata(e: &isthmus_model::ServiceEndpoint) -> Metadata {
     let mut m = Metadata::default();
     if e.tls_mode == "istio" {
-        m.filter_metadata.transport_socket_match.insert("tlsMode".into(), "istio".into());
+        m.filter_metadata
+            .transport_socket_match
+            .insert("tlsMode".into(), "istio".into());
     }
     if !e.workload.is_empty() {
         let app = e.labels.get("app").map(String::as_str).unwrap_or("");
         let version = e.labels.get("version").map(String::as_str).unwrap_or("");
-        m.filter_metadata.istio = Some(IstioMetadata { workload: Some(format!("{};{};{app};{version};Kubernetes", e.workload, e.namespace)), ..Default::default() });
+        m.filter_metadata.istio = Some(IstioMetadata {
+            workload: Some(format!(
+                "{};{};{app};{version};Kubernetes",
+                e.workload, e.namespace
+            )),
+            ..Default::default()
+        });
     }
     m
 }
 
-fn load_assignment(name: &str, svc: &Service, port: u32, subset_labels: Option<&BTreeMap<String, String>>, dns: bool) -> ClusterLoadAssignment {
+fn load_assignment(
+    name: &str,
+    svc: &Service,
+    port: u32,
+    subset_labels: Option<&BTreeMap<String, String>>,
+    dns: bool,
+) -> ClusterLoadAssignment {
     let eps: Vec<LbEndpoint> = svc
         .endpoints_for_port(port)
         .filter(|e| subset_labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
         .map(|e| LbEndpoint {
-            endpoint: Endpoint { address: Address::new(e.address.clone(), e.port), hostname: if dns { e.address.clone() } else { String::new() } },
+            endpoint: Endpoint {
+                address: Address::new(e.address.clone(), e.port),
+                hostname: if dns {
+                    e.address.clone()
+                } else {
+                    String::new()
+                },
+            },
             health_status: None,
-            metadata: if dns { Metadata::default() } else { endpoint_metadata(e) },
+            metadata: if dns {
+                Metadata::default()
+            } else {
+                endpoint_metadata(e)
+            },
             load_balancing_weight: e.weight.filter(|w| *w > 0),
         })
         .collect();
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: if eps.is_empty() { vec![] } else { vec![LocalityLbEndpoints { lb_endpoints: eps, ..Default::default() }] },
+        endpoints: if eps.is_empty() {
+            vec![]
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints: eps,
+                ..Default::default()
+            }]
+        },
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &ServicePort, subset: Option<&isthmus_api::istio::Subset>, policy: Option<Policy>, dr: Option<&MergedDestinationRule>) {
+fn build_one(
+    ctx: &mut Ctx,
+    cfg: &mut ProxyConfig,
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&isthmus_api::istio::Subset>,
+    policy: Option<Policy>,
+    dr: Option<&MergedDestinationRule>,
+) {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
     let name = format!("outbound|{}|{}|{}", port.port, subset_name, svc.hostname);
     let policy = policy.unwrap_or_default();
     let gateway = ctx.proxy.is_gateway();
-    let mut c = Cluster { name: name.clone(), connect_timeout: Some(ctx.connect_timeout), ..Default::default() };
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(ctx.connect_timeout),
+        ..Default::default()
+    };
 
     // Discovery type and load balancing.
     let lb_simple = policy.load_balancer.as_ref().and_then(|l| l.simple.clone());
@@ -120,23 +185,43 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     if resolution == Resolution::Passthrough && gateway {
         resolution = Resolution::ClientSideLb; // gateways cannot use the original destination
     }
-    let orig_dst = resolution == Resolution::Passthrough || lb_simple.as_deref() == Some("PASSTHROUGH");
+    let orig_dst =
+        resolution == Resolution::Passthrough || lb_simple.as_deref() == Some("PASSTHROUGH");
     if orig_dst {
         c.r#type = DiscoveryType::OriginalDst;
         c.lb_policy = "CLUSTER_PROVIDED".into();
     } else {
         match resolution {
             Resolution::Dns | Resolution::DnsRoundRobin => {
-                c.r#type = if resolution == Resolution::Dns { DiscoveryType::StrictDns } else { DiscoveryType::LogicalDns };
+                c.r#type = if resolution == Resolution::Dns {
+                    DiscoveryType::StrictDns
+                } else {
+                    DiscoveryType::LogicalDns
+                };
                 c.dns_lookup_family = "V4_ONLY".into();
                 c.respect_dns_ttl = true;
                 c.dns_refresh_rate = Duration::parse_go(&ctx.snap.mesh.dns_refresh_rate).ok();
-                c.load_assignment = Some(load_assignment(&name, svc, port.port, subset.map(|s| &s.labels), true));
+                c.load_assignment = Some(load_assignment(
+                    &name,
+                    svc,
+                    port.port,
+                    subset.map(|s| &s.labels),
+                    true,
+                ));
             }
             _ => {
                 c.r#type = DiscoveryType::Eds;
-                c.eds_cluster_config = Some(EdsClusterConfig { eds_config: ConfigSource::ads(), service_name: name.clone() });
-                cfg.endpoints.push(load_assignment(&name, svc, port.port, subset.map(|s| &s.labels), false));
+                c.eds_cluster_config = Some(EdsClusterConfig {
+                    eds_config: ConfigSource::ads(),
+                    service_name: name.clone(),
+                });
+                cfg.endpoints.push(load_assignment(
+                    &name,
+                    svc,
+                    port.port,
+                    subset.map(|s| &s.labels),
+                    false,
+                ));
             }
         }
         c.lb_policy = match lb_simple.as_deref() {
@@ -144,13 +229,22 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
             Some("RANDOM") => "RANDOM".into(),
             _ => "LEAST_REQUEST".into(),
         };
-        if let Some(ch) = policy.load_balancer.as_ref().and_then(|l| l.consistent_hash.as_ref()) {
+        if let Some(ch) = policy
+            .load_balancer
+            .as_ref()
+            .and_then(|l| l.consistent_hash.as_ref())
+        {
             if ch.get("maglev").is_some() {
                 c.lb_policy = "MAGLEV".into();
             } else {
                 c.lb_policy = "RING_HASH".into();
-                if let Some(min) = ch.get("ringHash").and_then(|r| r.get("minimumRingSize")).or_else(|| ch.get("minimumRingSize")) {
-                    c.ring_hash_lb_config = Some(serde_json::json!({"minimumRingSize": min.clone()}));
+                if let Some(min) = ch
+                    .get("ringHash")
+                    .and_then(|r| r.get("minimumRingSize"))
+                    .or_else(|| ch.get("minimumRingSize"))
+                {
+                    c.ring_hash_lb_config =
+                        Some(serde_json::json!({"minimumRingSize": min.clone()}));
                 }
             }
         }
@@ -165,7 +259,11 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     let mut th = default_thresholds();
     if let Some(tcp) = &pool.tcp {
         if let (Some(ct), Some(m)) = (&tcp.connect_timeout, meta) {
-            if let Some(d) = ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.connectTimeout", ct) {
+            if let Some(d) = ctx.parse_duration(
+                m,
+                "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+                ct,
+            ) {
                 c.connect_timeout = Some(d);
             }
         }
@@ -198,17 +296,35 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
             }
             let m = meta.unwrap_or(&no_meta);
             if let Some(t) = &k.time {
-                if let Some(d) = if src == "dr" { ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time", t) } else { Duration::parse_go(t).ok() } {
+                if let Some(d) = if src == "dr" {
+                    ctx.parse_duration(
+                        m,
+                        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+                        t,
+                    )
+                } else {
+                    Duration::parse_go(t).ok()
+                } {
                     ka.keepalive_time = Some(d.as_std().as_secs() as u32);
                 }
             }
             if let Some(i) = &k.interval {
-                if let Some(d) = if src == "dr" { ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval", i) } else { Duration::parse_go(i).ok() } {
+                if let Some(d) = if src == "dr" {
+                    ctx.parse_duration(
+                        m,
+                        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval",
+                        i,
+                    )
+                } else {
+                    Duration::parse_go(i).ok()
+                } {
                     ka.keepalive_interval = Some(d.as_std().as_secs() as u32);
                 }
             }
         }
-        c.upstream_connection_options = Some(UpstreamConnectionOptions { tcp_keepalive: Some(ka) });
+        c.upstream_connection_options = Some(UpstreamConnectionOptions {
+            tcp_keepalive: Some(ka),
+        });
     }
 
     // HTTP protocol options.
@@ -216,32 +332,56 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     let mut common = CommonHttpProtocolOptions::default();
     let m = meta.unwrap_or(&no_meta);
     if let Some(http) = &pool.http {
-        if let Some(d) = http.idle_timeout.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.http.idleTimeout", s)) {
+        if let Some(d) = http.idle_timeout.as_deref().and_then(|s| {
+            ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.http.idleTimeout", s)
+        }) {
             common.idle_timeout = Some(d);
         }
         common.max_requests_per_connection = clamp(http.max_requests_per_connection);
     }
     if let Some(tcp) = &pool.tcp {
         if common.idle_timeout.is_none() {
-            if let Some(d) = tcp.idle_timeout.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.idleTimeout", s)) {
+            if let Some(d) = tcp.idle_timeout.as_deref().and_then(|s| {
+                ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.idleTimeout", s)
+            }) {
                 common.idle_timeout = Some(d);
             }
         }
-        if let Some(d) = tcp.max_connection_duration.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration", s)) {
+        if let Some(d) = tcp.max_connection_duration.as_deref().and_then(|s| {
+            ctx.parse_duration(
+                m,
+                "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+                s,
+            )
+        }) {
             common.max_connection_duration = Some(d);
         }
     }
-    let h2_upgrade = pool.http.as_ref().and_then(|h| h.h2_upgrade_policy.as_deref()).or(ctx.snap.mesh.h2_upgrade_policy.as_deref()) == Some("UPGRADE") && port.protocol.is_http();
+    let h2_upgrade = pool
+        .http
+        .as_ref()
+        .and_then(|h| h.h2_upgrade_policy.as_deref())
+        .or(ctx.snap.mesh.h2_upgrade_policy.as_deref())
+        == Some("UPGRADE")
+        && port.protocol.is_http();
     let use_client = pool.http.as_ref().and_then(|h| h.use_client_protocol) == Some(true);
     let h2 = port.protocol.is_http2() || h2_upgrade;
     if use_client || (!gateway && port.protocol == Protocol::Unsupported) {
-        opts.use_downstream_protocol_config = Some(UseDownstreamProtocolConfig { http_protocol_options: Some(Empty {}), http2_protocol_options: Some(Default::default()) });
+        opts.use_downstream_protocol_config = Some(UseDownstreamProtocolConfig {
+            http_protocol_options: Some(Empty {}),
+            http2_protocol_options: Some(Default::default()),
+        });
     } else if h2 {
-        let mut h2o = Http2ProtocolOptions { max_concurrent_streams: clamp(pool.http.as_ref().and_then(|h| h.max_concurrent_streams)), connection_keepalive: None };
-        if let Some(ka) = pool.http.as_ref().and_then(|_| None::<KeepaliveSettings>) {
-            h2o.connection_keepalive = Some(ka);
-        }
-        opts.explicit_http_config = Some(ExplicitHttpConfig { http_protocol_options: None, http2_protocol_options: Some(h2o) });
+        let h2o = Http2ProtocolOptions {
+            max_concurrent_streams: clamp(
+                pool.http.as_ref().and_then(|h| h.max_concurrent_streams),
+            ),
+            connection_keepalive: None,
+        };
+        opts.explicit_http_config = Some(ExplicitHttpConfig {
+            http_protocol_options: None,
+            http2_protocol_options: Some(h2o),
+        });
     }
     if common != CommonHttpProtocolOptions::default() {
         opts.common_http_protocol_options = Some(common);
@@ -250,7 +390,10 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     // Outlier detection (only when the DR sets it) and the panic threshold.
     let mut lb_common = CommonLbConfig::default();
     if let Some(od) = &policy.outlier_detection {
-        let mut o = isthmus_xds::OutlierDetection { enforcing_success_rate: Some(0), ..Default::default() };
+        let mut o = isthmus_xds::OutlierDetection {
+            enforcing_success_rate: Some(0),
+            ..Default::default()
+        };
         if let Some(n) = od.consecutive_5xx_errors {
             let n = u32::try_from(n.max(0)).unwrap_or(MAX);
             o.consecutive_5xx = Some(n);
@@ -261,10 +404,16 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
             o.consecutive_gateway_failure = Some(n);
             o.enforcing_consecutive_gateway_failure = Some(if n > 0 { 100 } else { 0 });
         }
-        if let Some(d) = od.interval.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.outlierDetection.interval", s)) {
+        if let Some(d) = od
+            .interval
+            .as_deref()
+            .and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.outlierDetection.interval", s))
+        {
             o.interval = Some(d);
         }
-        if let Some(d) = od.base_ejection_time.as_deref().and_then(|s| ctx.parse_duration(m, "spec.trafficPolicy.outlierDetection.baseEjectionTime", s)) {
+        if let Some(d) = od.base_ejection_time.as_deref().and_then(|s| {
+            ctx.parse_duration(m, "spec.trafficPolicy.outlierDetection.baseEjectionTime", s)
+        }) {
             o.base_ejection_time = Some(d);
         }
         o.max_ejection_percent = clamp(od.max_ejection_percent);
@@ -276,7 +425,9 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
                 o.enforcing_consecutive_local_origin_failure = Some(100);
             }
         }
-        lb_common.healthy_panic_threshold = Some(Percent { value: od.min_health_percent.unwrap_or(0).max(0) as f64 });
+        lb_common.healthy_panic_threshold = Some(Percent {
+            value: od.min_health_percent.unwrap_or(0).max(0) as f64,
+        });
         c.outlier_detection = Some(o);
     }
     c.common_lb_config = Some(lb_common);
@@ -285,10 +436,22 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     let mut istio_md = IstioMetadata::default();
     match (&policy.tls, dr) {
         (Some(t), Some(d)) if t.mode() != "DISABLE" => {
-            let up = tls::upstream(ctx, &d.meta, d.selector.is_some(), t, svc, port.port, subset_name, h2);
+            let up = tls::upstream(
+                ctx,
+                &d.meta,
+                d.selector.is_some(),
+                t,
+                svc,
+                port.port,
+                subset_name,
+                h2,
+            );
             c.transport_socket = up.socket;
             if up.auto_sni {
-                opts.upstream_http_protocol_options = Some(UpstreamHttpProtocolOptions { auto_sni: true, auto_san_validation: up.auto_san_validation });
+                opts.upstream_http_protocol_options = Some(UpstreamHttpProtocolOptions {
+                    auto_sni: true,
+                    auto_san_validation: up.auto_san_validation,
+                });
             }
             if up.alpn_override_false {
                 istio_md.alpn_override = Some("false".into());
@@ -296,22 +459,41 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
         }
         (Some(_), _) => {}
         (None, _) => {
-            if ctx.snap.mesh.enable_auto_mtls && !svc.mesh_external && c.r#type != DiscoveryType::OriginalDst {
+            if ctx.snap.mesh.enable_auto_mtls
+                && !svc.mesh_external
+                && c.r#type != DiscoveryType::OriginalDst
+            {
                 let sni = format!("outbound_.{}_.{subset_name}_.{}", port.port, svc.hostname);
                 let ctxt = tls::istio_mutual_upstream(sni, &svc.service_accounts, h2);
                 c.transport_socket_matches = vec![
-                    TransportSocketMatch { name: "tlsMode-istio".into(), r#match: BTreeMap::from([("tlsMode".to_string(), "istio".to_string())]), transport_socket: TransportSocket::upstream_tls(ctxt) },
-                    TransportSocketMatch { name: "tlsMode-disabled".into(), r#match: BTreeMap::new(), transport_socket: TransportSocket::raw_buffer() },
+                    TransportSocketMatch {
+                        name: "tlsMode-istio".into(),
+                        r#match: BTreeMap::from([("tlsMode".to_string(), "istio".to_string())]),
+                        transport_socket: TransportSocket::upstream_tls(ctxt),
+                    },
+                    TransportSocketMatch {
+                        name: "tlsMode-disabled".into(),
+                        r#match: BTreeMap::new(),
+                        transport_socket: TransportSocket::raw_buffer(),
+                    },
                 ];
             }
         }
     }
     // Explicit HTTP/1.1 when options exist but no protocol was chosen.
-    if (opts.common_http_protocol_options.is_some() || opts.upstream_http_protocol_options.is_some()) && opts.explicit_http_config.is_none() && opts.use_downstream_protocol_config.is_none() {
-        opts.explicit_http_config = Some(ExplicitHttpConfig { http_protocol_options: Some(Empty {}), http2_protocol_options: None });
+    if (opts.common_http_protocol_options.is_some()
+        || opts.upstream_http_protocol_options.is_some())
+        && opts.explicit_http_config.is_none()
+        && opts.use_downstream_protocol_config.is_none()
+    {
+        opts.explicit_http_config = Some(ExplicitHttpConfig {
+            http_protocol_options: Some(Empty {}),
+            http2_protocol_options: None,
+        });
     }
     if opts != HttpProtocolOptions::default() {
-        c.typed_extension_protocol_options.insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), opts);
+        c.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), opts);
     }
 
     // Metadata.
@@ -323,7 +505,11 @@ fn build_one(ctx: &mut Ctx, cfg: &mut ProxyConfig, svc: &Service, port: &Service
     if subset.is_some() {
         istio_md.subset = Some(subset_name.to_string());
     }
-    istio_md.services = vec![ServiceMetadata { host: svc.hostname.clone(), name: svc.name.clone(), namespace: svc.namespace.clone() }];
+    istio_md.services = vec![ServiceMetadata {
+        host: svc.hostname.clone(),
+        name: svc.name.clone(),
+        namespace: svc.namespace.clone(),
+    }];
     if svc.mesh_external {
         istio_md.external = Some(true);
     } else {
@@ -346,13 +532,32 @@ fn build_inbound(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
         if cfg.clusters.iter().any(|c| c.name == name) {
             continue;
         }
-        let mut c = Cluster { name: name.clone(), r#type: DiscoveryType::Static, connect_timeout: Some(ctx.connect_timeout), lb_policy: String::new(), ..Default::default() };
-        let cands = ctx.snap.dr_index.lookup(&ctx.proxy.namespace, &svc.namespace, &svc.hostname);
-        let dr = isthmus_model::DestinationRuleIndex::select(&cands, &ctx.proxy.namespace, &ctx.proxy.labels, false);
+        let mut c = Cluster {
+            name: name.clone(),
+            r#type: DiscoveryType::Static,
+            connect_timeout: Some(ctx.connect_timeout),
+            lb_policy: String::new(),
+            ..Default::default()
+        };
+        let cands = ctx
+            .snap
+            .dr_index
+            .lookup(&ctx.proxy.namespace, &svc.namespace, &svc.hostname);
+        let dr = isthmus_model::DestinationRuleIndex::select(
+            &cands,
+            &ctx.proxy.namespace,
+            &ctx.proxy.labels,
+            false,
+        );
         let (pol, _) = port_level(dr.and_then(|d| d.spec.traffic_policy.as_ref()), svc_port);
         let mut pool = pol.and_then(|p| p.connection_pool);
         if let Some(sc) = ctx.sidecar {
-            if let Some(ing) = sc.spec.ingress.iter().find(|i| i.port.as_ref().is_some_and(|p| p.number == target)) {
+            if let Some(ing) = sc
+                .spec
+                .ingress
+                .iter()
+                .find(|i| i.port.as_ref().is_some_and(|p| p.number == target))
+            {
                 if ing.connection_pool.is_some() {
                     pool = ing.connection_pool.clone();
                 }
@@ -365,20 +570,36 @@ fn build_inbound(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
             if let Some(v) = p.tcp.as_ref().and_then(|t| clamp(t.max_connections)) {
                 th.thresholds[0].max_connections = Some(v);
             }
-            if let Some(v) = p.http.as_ref().and_then(|h| clamp(h.http1_max_pending_requests)) {
+            if let Some(v) = p
+                .http
+                .as_ref()
+                .and_then(|h| clamp(h.http1_max_pending_requests))
+            {
                 th.thresholds[0].max_pending_requests = Some(v);
             }
             if let Some(v) = p.http.as_ref().and_then(|h| clamp(h.http2_max_requests)) {
                 th.thresholds[0].max_requests = Some(v);
             }
             if let Some(d) = dr {
-                c.metadata.filter_metadata.istio = Some(IstioMetadata { config: Some(d.meta.config_path()), ..Default::default() });
+                c.metadata.filter_metadata.istio = Some(IstioMetadata {
+                    config: Some(d.meta.config_path()),
+                    ..Default::default()
+                });
             }
         }
         c.circuit_breakers = Some(th);
         c.load_assignment = Some(ClusterLoadAssignment {
             cluster_name: name.clone(),
-            endpoints: vec![LocalityLbEndpoints { lb_endpoints: vec![LbEndpoint { endpoint: Endpoint { address: Address::new("127.0.0.1", target), hostname: String::new() }, ..Default::default() }], ..Default::default() }],
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    endpoint: Endpoint {
+                        address: Address::new("127.0.0.1", target),
+                        hostname: String::new(),
+                    },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
         });
         cfg.clusters.push(c);
     }

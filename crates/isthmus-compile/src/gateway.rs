@@ -33,10 +33,16 @@ impl Entry<'_> {
         self.server.tls.as_ref().map(|t| t.mode())
     }
     fn is_plain_http(&self) -> bool {
-        self.protocol.is_http() && self.server.tls.as_ref().is_none_or(|t| t.https_redirect && t.mode.is_none())
+        self.protocol.is_http()
+            && self
+                .server
+                .tls
+                .as_ref()
+                .is_none_or(|t| t.https_redirect && t.mode.is_none())
     }
     fn is_passthrough(&self) -> bool {
-        matches!(self.mode(), Some("PASSTHROUGH") | Some("AUTO_PASSTHROUGH")) && !self.is_plain_http()
+        matches!(self.mode(), Some("PASSTHROUGH") | Some("AUTO_PASSTHROUGH"))
+            && !self.is_plain_http()
     }
     fn field(&self) -> String {
         format!("spec.servers[{}]", self.index)
@@ -81,16 +87,31 @@ impl Entry<'_> {
 /// host is the broader wildcard).
 fn bound_hosts(e: &Entry, vs: &VirtualServiceConfig) -> Vec<String> {
     let gw = e.gw_name();
-    let bound = vs.spec.gateways.iter().any(|g| *g == gw)
-        || vs.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)))
-        || vs.spec.tcp.iter().any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)))
-        || vs.spec.tls.iter().any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)));
+    let bound = vs.spec.gateways.contains(&gw)
+        || vs
+            .spec
+            .http
+            .iter()
+            .any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)))
+        || vs
+            .spec
+            .tcp
+            .iter()
+            .any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)))
+        || vs
+            .spec
+            .tls
+            .iter()
+            .any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)));
     if !bound {
         return vec![];
     }
     let mut out = Vec::new();
     for (ns, sh) in e.host_pairs() {
-        if ns.as_deref().is_some_and(|n| n != "*" && n != vs.meta.namespace) {
+        if ns
+            .as_deref()
+            .is_some_and(|n| n != "*" && n != vs.meta.namespace)
+        {
             continue;
         }
         for vh in &vs.spec.hosts {
@@ -112,8 +133,13 @@ fn bound_hosts(e: &Entry, vs: &VirtualServiceConfig) -> Vec<String> {
 pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
     let snap = ctx.snap;
     let gws = snap.gateways_for(&ctx.proxy.labels);
-    let workload = snap.workloads.iter().find(|w| w.namespace == ctx.proxy.namespace && w.name == ctx.proxy.name);
-    let svcs = workload.map(|w| snap.services_selecting(w)).unwrap_or_default();
+    let workload = snap
+        .workloads
+        .iter()
+        .find(|w| w.namespace == ctx.proxy.namespace && w.name == ctx.proxy.name);
+    let svcs = workload
+        .map(|w| snap.services_selecting(w))
+        .unwrap_or_default();
     let mut groups: BTreeMap<(u32, String), Vec<Entry>> = BTreeMap::new();
     let mut tls_hosts: BTreeMap<(u32, String), BTreeSet<String>> = BTreeMap::new();
     for gw in gws {
@@ -125,20 +151,32 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
                     if sp.port == p.number {
                         target = match &sp.target_port {
                             Some(TargetPort::Number(n)) if *n > 0 => *n,
-                            Some(TargetPort::Name(n)) => workload.and_then(|w| w.container_ports.get(n).copied()).unwrap_or(p.number),
+                            Some(TargetPort::Name(n)) => workload
+                                .and_then(|w| w.container_ports.get(n).copied())
+                                .unwrap_or(p.number),
                             _ => p.number,
                         };
                         break 'svc;
                     }
                 }
             }
-            let e = Entry { gw, index: i, server: s, port: p.number, port_name: p.name.clone(), protocol: Protocol::parse(&p.protocol), target, bind: s.bind.clone().unwrap_or_else(|| "0.0.0.0".into()) };
+            let e = Entry {
+                gw,
+                index: i,
+                server: s,
+                port: p.number,
+                port_name: p.name.clone(),
+                protocol: Protocol::parse(&p.protocol),
+                target,
+                bind: s.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
+            };
             let key = (target, e.bind.clone());
             if let Some(first) = groups.get(&key).and_then(|v| v.first()) {
                 // Only plain-text HTTP servers merge with each other, and TLS servers with TLS
                 // servers; anything else on an occupied port is dropped (canMergeProtocols).
                 let tls_server = |x: &Entry| x.server.tls.is_some() && !x.is_plain_http();
-                let mergeable = (first.is_plain_http() && e.is_plain_http()) || (tls_server(first) && tls_server(&e));
+                let mergeable = (first.is_plain_http() && e.is_plain_http())
+                    || (tls_server(first) && tls_server(&e));
                 if !mergeable {
                     ctx.diags.push(diag(&gw.meta, Severity::Warning, "GatewayPortConflict", Some(&e.field()), format!("skipping server on gateway {} port {}.{}.{}: conflict with existing server {}.{} (plain-text HTTP and {} cannot share a port)", gw.meta.name, p.name, p.number, p.protocol, first.port, first.port_name, if e.is_plain_http() { first.protocol.as_str() } else { e.protocol.as_str() })));
                     continue;
@@ -159,10 +197,20 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
 
     for ((target, bind), entries) in &groups {
         let lname = format!("{bind}_{target}");
-        let mut listener = Listener { name: lname.clone(), address: Address::new(bind.clone(), *target), ..Default::default() };
+        let mut listener = Listener {
+            name: lname.clone(),
+            address: Address::new(bind.clone(), *target),
+            ..Default::default()
+        };
         if entries.iter().all(|e| e.is_plain_http()) {
             let rds = format!("http.{target}");
-            listener.filter_chains.push(FilterChain { filters: vec![Filter::http_connection_manager(hcm(&format!("outbound_{bind}_{target}"), &rds))], ..Default::default() });
+            listener.filter_chains.push(FilterChain {
+                filters: vec![Filter::http_connection_manager(hcm(
+                    &format!("outbound_{bind}_{target}"),
+                    &rds,
+                ))],
+                ..Default::default()
+            });
             let rc = route_config(ctx, &rds, entries.iter().collect());
             cfg.routes.push(rc);
         } else {
@@ -178,8 +226,14 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
             }
             continue;
         }
-        if listener.filter_chains.iter().any(|c| !c.server_names().is_empty() || c.transport_socket.is_some()) {
-            listener.listener_filters.push(ListenerFilter::tls_inspector());
+        if listener
+            .filter_chains
+            .iter()
+            .any(|c| !c.server_names().is_empty() || c.transport_socket.is_some())
+        {
+            listener
+                .listener_filters
+                .push(ListenerFilter::tls_inspector());
         }
         cfg.listeners.push(listener);
     }
@@ -188,7 +242,10 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
 fn hcm(stat: &str, rds: &str) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat.to_string(),
-        rds: Some(Rds { config_source: ConfigSource::ads(), route_config_name: rds.to_string() }),
+        rds: Some(Rds {
+            config_source: ConfigSource::ads(),
+            route_config_name: rds.to_string(),
+        }),
         http_filters: vec![HttpFilter::router()],
         use_remote_address: Some(true),
         forward_client_cert_details: "SANITIZE_SET".into(),
@@ -198,12 +255,22 @@ fn hcm(stat: &str, rds: &str) -> HttpConnectionManager {
     }
 }
 
-fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, bind: &str, passthrough_sni: &mut BTreeSet<String>) -> Vec<FilterChain> {
+fn server_chains(
+    ctx: &mut Ctx,
+    cfg: &mut ProxyConfig,
+    e: &Entry,
+    target: u32,
+    bind: &str,
+    passthrough_sni: &mut BTreeSet<String>,
+) -> Vec<FilterChain> {
     let mut out = Vec::new();
     let Some(tls) = &e.server.tls else {
         // Plain TCP server: VS tcp routes.
         if let Some(t) = tcp_route(ctx, e) {
-            out.push(FilterChain { filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+            out.push(FilterChain {
+                filters: vec![Filter::tcp_proxy(t)],
+                ..Default::default()
+            });
         } else {
             missed(ctx, e, "tcp");
         }
@@ -214,7 +281,12 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
             // SNI-DNAT: one chain per visible service port whose host the server covers.
             let services = ctx.services.clone();
             for svc in services {
-                if svc.mesh_external || !e.host_pairs().iter().any(|(_, h)| host_matches(h, &svc.hostname)) {
+                if svc.mesh_external
+                    || !e
+                        .host_pairs()
+                        .iter()
+                        .any(|(_, h)| host_matches(h, &svc.hostname))
+                {
                     continue;
                 }
                 for p in &svc.ports {
@@ -224,8 +296,23 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
                     let sni = format!("outbound_.{}_._.{}", p.port, svc.hostname);
                     let cluster = format!("outbound|{}||{}", p.port, svc.hostname);
                     out.push(FilterChain {
-                        filter_chain_match: Some(FilterChainMatch { server_names: vec![sni], application_protocols: tls::ALPN_MESH.iter().map(|s| s.to_string()).chain(["istio-http/1.0", "istio-http/1.1", "istio-h2"].map(String::from)).collect(), ..Default::default() }),
-                        filters: vec![Filter::tcp_proxy(TcpProxy { stat_prefix: cluster.clone(), cluster: Some(cluster), ..Default::default() })],
+                        filter_chain_match: Some(FilterChainMatch {
+                            server_names: vec![sni],
+                            application_protocols: tls::ALPN_MESH
+                                .iter()
+                                .map(|s| s.to_string())
+                                .chain(
+                                    ["istio-http/1.0", "istio-http/1.1", "istio-h2"]
+                                        .map(String::from),
+                                )
+                                .collect(),
+                            ..Default::default()
+                        }),
+                        filters: vec![Filter::tcp_proxy(TcpProxy {
+                            stat_prefix: cluster.clone(),
+                            cluster: Some(cluster),
+                            ..Default::default()
+                        })],
                         ..Default::default()
                     });
                 }
@@ -233,7 +320,10 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
             return out;
         }
         let gw_set: BTreeSet<String> = BTreeSet::from([e.gw_name()]);
-        let rc = RouteCtx { port: e.port, gateways: &gw_set };
+        let rc = RouteCtx {
+            port: e.port,
+            gateways: &gw_set,
+        };
         let vss = ctx.virtual_services.clone();
         for vs in vss {
             let hosts = bound_hosts(e, vs);
@@ -242,11 +332,28 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
             }
             for (ri, r) in vs.spec.tls.iter().enumerate() {
                 for m in &r.matches {
-                    if !l4_applies(ctx, vs, m.port, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), &rc) {
+                    if !l4_applies(
+                        ctx,
+                        vs,
+                        m.port,
+                        &m.gateways,
+                        &m.source_labels,
+                        m.source_namespace.as_deref(),
+                        &rc,
+                    ) {
                         continue;
                     }
-                    let sni: Vec<String> = m.sni_hosts.iter().filter(|s| e.host_pairs().iter().any(|(_, h)| hosts_intersect(h, s))).cloned().collect();
-                    let dup: Vec<String> = sni.iter().filter(|s| passthrough_sni.contains(*s)).cloned().collect();
+                    let sni: Vec<String> = m
+                        .sni_hosts
+                        .iter()
+                        .filter(|s| e.host_pairs().iter().any(|(_, h)| hosts_intersect(h, s)))
+                        .cloned()
+                        .collect();
+                    let dup: Vec<String> = sni
+                        .iter()
+                        .filter(|s| passthrough_sni.contains(*s))
+                        .cloned()
+                        .collect();
                     if !dup.is_empty() {
                         ctx.diags.push(diag(&vs.meta, Severity::Warning, "DuplicateSniHost", Some(&format!("spec.tls[{ri}].match.sniHosts")), format!("skipping VirtualService {} rule #{ri} on server port {} of gateway {}, duplicate SNI host names: {dup:?}", vs.meta.name, e.port, e.gw.meta.name)));
                         continue;
@@ -258,7 +365,14 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
                     let mut names = sni.clone();
                     names.sort();
                     let t = tcp_proxy_for(ctx, vs, &r.route, e.port, &format!("{bind}_{target}"));
-                    out.push(FilterChain { filter_chain_match: Some(FilterChainMatch { server_names: names, ..Default::default() }), filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+                    out.push(FilterChain {
+                        filter_chain_match: Some(FilterChainMatch {
+                            server_names: names,
+                            ..Default::default()
+                        }),
+                        filters: vec![Filter::tcp_proxy(t)],
+                        ..Default::default()
+                    });
                 }
             }
         }
@@ -269,24 +383,48 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
     }
     // Terminating servers.
     let http = e.protocol == Protocol::Https || e.protocol.is_http();
-    let Some(ds) = tls::downstream(ctx, &e.gw.meta, tls, http) else { return out };
+    let Some(ds) = tls::downstream(ctx, &e.gw.meta, tls, http) else {
+        return out;
+    };
     let names = e.server_names();
-    let fcm = if names.is_empty() { None } else { Some(FilterChainMatch { server_names: names, ..Default::default() }) };
+    let fcm = if names.is_empty() {
+        None
+    } else {
+        Some(FilterChainMatch {
+            server_names: names,
+            ..Default::default()
+        })
+    };
     if http {
-        let mut rds = format!("https.{}.{}.{}.{}", e.port, e.port_name, e.gw.meta.name, e.gw.meta.namespace);
+        let mut rds = format!(
+            "https.{}.{}.{}.{}",
+            e.port, e.port_name, e.gw.meta.name, e.gw.meta.namespace
+        );
         if bind != "0.0.0.0" {
             rds.push('.');
             rds.push_str(bind);
         }
         if cfg.routes.iter().any(|r| r.name == rds) {
-            ctx.diags.push(diag(&e.gw.meta, Severity::Warning, "NonUniquePortName", Some(&e.field()), format!("non unique port name for HTTPS port: {:?}; servers need distinct port names", e.port_name)));
+            ctx.diags.push(diag(
+                &e.gw.meta,
+                Severity::Warning,
+                "NonUniquePortName",
+                Some(&e.field()),
+                format!(
+                    "non unique port name for HTTPS port: {:?}; servers need distinct port names",
+                    e.port_name
+                ),
+            ));
         } else {
             let rc = route_config(ctx, &rds, vec![e]);
             cfg.routes.push(rc);
         }
         out.push(FilterChain {
             filter_chain_match: fcm,
-            filters: vec![Filter::http_connection_manager(hcm(&format!("outbound_{bind}_{target}"), &rds))],
+            filters: vec![Filter::http_connection_manager(hcm(
+                &format!("outbound_{bind}_{target}"),
+                &rds,
+            ))],
             transport_socket: Some(TransportSocket::downstream_tls(ds)),
             transport_socket_connect_timeout: Some(Duration::from_secs(15)),
             name: String::new(),
@@ -310,16 +448,37 @@ fn server_chains(ctx: &mut Ctx, cfg: &mut ProxyConfig, e: &Entry, target: u32, b
 /// First VS `tcp` route bound to this server whose L4 match applies.
 fn tcp_route(ctx: &mut Ctx, e: &Entry) -> Option<TcpProxy> {
     let gw_set: BTreeSet<String> = BTreeSet::from([e.gw_name()]);
-    let rc = RouteCtx { port: e.port, gateways: &gw_set };
+    let rc = RouteCtx {
+        port: e.port,
+        gateways: &gw_set,
+    };
     let vss = ctx.virtual_services.clone();
     for vs in vss {
         if bound_hosts(e, vs).is_empty() {
             continue;
         }
         for r in &vs.spec.tcp {
-            let applies = r.matches.is_empty() && crate::route::vs_gateways(vs).contains(&e.gw_name()) || r.matches.iter().any(|m| l4_applies(ctx, vs, m.port, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), &rc));
+            let applies = r.matches.is_empty()
+                && crate::route::vs_gateways(vs).contains(&e.gw_name())
+                || r.matches.iter().any(|m| {
+                    l4_applies(
+                        ctx,
+                        vs,
+                        m.port,
+                        &m.gateways,
+                        &m.source_labels,
+                        m.source_namespace.as_deref(),
+                        &rc,
+                    )
+                });
             if applies {
-                return Some(tcp_proxy_for(ctx, vs, &r.route, e.port, &format!("{}_{}", e.bind, e.target)));
+                return Some(tcp_proxy_for(
+                    ctx,
+                    vs,
+                    &r.route,
+                    e.port,
+                    &format!("{}_{}", e.bind, e.target),
+                ));
             }
         }
     }
@@ -350,7 +509,10 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
     let vss = ctx.virtual_services.clone();
     for e in &entries {
         let gw_set: BTreeSet<String> = BTreeSet::from([e.gw_name()]);
-        let rc = RouteCtx { port: e.port, gateways: &gw_set };
+        let rc = RouteCtx {
+            port: e.port,
+            gateways: &gw_set,
+        };
         for vs in &vss {
             let hosts = bound_hosts(e, vs);
             if hosts.is_empty() {
@@ -384,17 +546,37 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
     for (h, port) in &redirect {
         vhosts.insert(h.clone(), (*port, Vec::new()));
     }
-    let mut out = RouteConfiguration { name: name.to_string(), validate_clusters: Some(false), ignore_port_in_host_matching: true, ..Default::default() };
+    let mut out = RouteConfiguration {
+        name: name.to_string(),
+        validate_clusters: Some(false),
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    };
     for (host, (port, mut routes)) in vhosts {
         // Several VSs for one host: catch-all routes move to the end (SortVHostRoutes).
-        let (mut normal, catch): (Vec<Route>, Vec<Route>) = routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
+        let (mut normal, catch): (Vec<Route>, Vec<Route>) =
+            routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
         normal.extend(catch);
-        let require_tls = if redirect.contains_key(&host) { "ALL".to_string() } else { String::new() };
-        out.virtual_hosts.push(VirtualHost { name: format!("{host}:{port}"), domains: vec![host.clone()], routes: normal, require_tls, ..Default::default() });
+        let require_tls = if redirect.contains_key(&host) {
+            "ALL".to_string()
+        } else {
+            String::new()
+        };
+        out.virtual_hosts.push(VirtualHost {
+            name: format!("{host}:{port}"),
+            domains: vec![host.clone()],
+            routes: normal,
+            require_tls,
+            ..Default::default()
+        });
     }
     if out.virtual_hosts.is_empty() {
         let port = entries.first().map(|e| e.port).unwrap_or(0);
-        out.virtual_hosts.push(VirtualHost { name: format!("blackhole:{port}"), domains: vec!["*".into()], ..Default::default() });
+        out.virtual_hosts.push(VirtualHost {
+            name: format!("blackhole:{port}"),
+            domains: vec!["*".into()],
+            ..Default::default()
+        });
     }
     out
 }

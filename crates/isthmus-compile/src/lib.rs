@@ -14,10 +14,10 @@ mod cluster;
 mod gateway;
 pub mod policy;
 pub mod render;
-pub mod simulate;
 mod route;
 mod scope;
 mod sidecar;
+pub mod simulate;
 mod tls;
 
 pub use render::{render, ConfigKind, Filter, Format, RenderError};
@@ -41,14 +41,22 @@ pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
     let mut cfg = ProxyConfig {
         node: Node {
             id: proxy.node_id(&snapshot.domain_suffix),
-            cluster: format!("{}.{}", proxy.deployment.as_deref().unwrap_or(&proxy.name), proxy.namespace),
+            cluster: format!(
+                "{}.{}",
+                proxy.deployment.as_deref().unwrap_or(&proxy.name),
+                proxy.namespace
+            ),
             metadata: NodeMetadata {
                 name: proxy.name.clone(),
                 namespace: proxy.namespace.clone(),
                 labels: proxy.labels.clone(),
                 service_account: proxy.service_account.clone(),
                 instance_ips: vec![proxy.ip.clone()],
-                proxy_type: if proxy.kind == ProxyType::Router { "router".into() } else { "sidecar".into() },
+                proxy_type: if proxy.kind == ProxyType::Router {
+                    "router".into()
+                } else {
+                    "sidecar".into()
+                },
                 trust_domain: snapshot.mesh.trust_domain.clone(),
                 cluster_id: "Kubernetes".into(),
                 spiffe_id: snapshot.spiffe_id(&proxy.namespace, &proxy.service_account),
@@ -79,13 +87,26 @@ pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
     // so they version it without serialising the whole config.
     cfg.version = version_of(&snapshot.fingerprint, &cfg.node.id, &proxy.labels);
     if timing {
-        eprintln!("compile {}: scope {:?} cds {t_cds:?} lds+rds {:?} diag {:?} sort {:?} hash {:?}", proxy.name, t0.elapsed() - t.elapsed(), t_lds - t_cds, t_diag - t_lds, t_sort - t_diag, t.elapsed() - t_sort);
+        eprintln!(
+            "compile {}: scope {:?} cds {t_cds:?} lds+rds {:?} diag {:?} sort {:?} hash {:?}",
+            proxy.name,
+            t0.elapsed() - t.elapsed(),
+            t_lds - t_cds,
+            t_diag - t_lds,
+            t_sort - t_diag,
+            t.elapsed() - t_sort
+        );
     }
 
     let mut diagnostics = std::mem::take(&mut ctx.diags);
-    diagnostics.sort_by(|a, b| (&a.file, a.line, &a.code, &a.message).cmp(&(&b.file, b.line, &b.code, &b.message)));
+    diagnostics.sort_by(|a, b| {
+        (&a.file, a.line, &a.code, &a.message).cmp(&(&b.file, b.line, &b.code, &b.message))
+    });
     diagnostics.dedup();
-    CompiledProxy { config: cfg, diagnostics }
+    CompiledProxy {
+        config: cfg,
+        diagnostics,
+    }
 }
 
 /// Stable sort by a name key that moves each (large) element once.
@@ -96,7 +117,11 @@ fn sort_by_name<T>(v: &mut Vec<T>, key: impl Fn(&T) -> &str) {
     v.extend(order.into_iter().filter_map(|i| slots[i].take()));
 }
 
-fn version_of(fingerprint: &str, node_id: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+fn version_of(
+    fingerprint: &str,
+    node_id: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     let mut feed = |s: &str| {
         for b in s.bytes().chain(std::iter::once(0)) {
@@ -113,6 +138,12 @@ fn version_of(fingerprint: &str, node_id: &str, labels: &std::collections::BTree
     format!("{h:016x}")
 }
 
-pub(crate) fn diag(meta: &ConfigMeta, severity: Severity, code: &str, field: Option<&str>, message: impl Into<String>) -> Diagnostic {
+pub(crate) fn diag(
+    meta: &ConfigMeta,
+    severity: Severity,
+    code: &str,
+    field: Option<&str>,
+    message: impl Into<String>,
+) -> Diagnostic {
     isthmus_model::diagnostic(meta, severity, code, field, message)
 }

@@ -1,7 +1,10 @@
 //! Traffic-policy layering: top level → portLevelSettings → subset → subset portLevelSettings,
 //! with istiod's wholesale replacement rules (reference §2).
 
-use isthmus_api::istio::{ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy};
+use isthmus_api::istio::{
+    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection,
+    TrafficPolicy,
+};
 
 /// The four blocks that take effect on one cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,7 +30,11 @@ impl Policy {
 /// (nothing is inherited from the top level). Returns the policy and whether a port entry matched.
 pub fn port_level(tp: Option<&TrafficPolicy>, port: u32) -> (Option<Policy>, bool) {
     let Some(tp) = tp else { return (None, false) };
-    if let Some(p) = tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|s| s.number == port)) {
+    if let Some(p) = tp
+        .port_level_settings
+        .iter()
+        .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+    {
         return (
             Some(Policy {
                 load_balancer: p.load_balancer.clone(),
@@ -43,10 +50,16 @@ pub fn port_level(tp: Option<&TrafficPolicy>, port: u32) -> (Option<Policy>, boo
 
 /// `MergeSubsetTrafficPolicy`: the subset overrides block by block; a subset port entry
 /// overrides all four blocks (even with nothing).
-pub fn merge_subset(base: Option<Policy>, subset: Option<&TrafficPolicy>, port: u32) -> Option<Policy> {
+pub fn merge_subset(
+    base: Option<Policy>,
+    subset: Option<&TrafficPolicy>,
+    port: u32,
+) -> Option<Policy> {
     let (sub, has_port) = port_level(subset, port);
     let Some(sub) = sub else { return base };
-    let Some(mut out) = base else { return Some(sub) };
+    let Some(mut out) = base else {
+        return Some(sub);
+    };
     if has_port || sub.connection_pool.is_some() {
         out.connection_pool = sub.connection_pool;
     }
@@ -68,14 +81,27 @@ mod tests {
     use isthmus_api::istio::{PortSelector, PortTrafficPolicy, TcpSettings};
 
     fn pool(n: i64) -> ConnectionPoolSettings {
-        ConnectionPoolSettings { tcp: Some(TcpSettings { max_connections: Some(n), ..Default::default() }), http: None }
+        ConnectionPoolSettings {
+            tcp: Some(TcpSettings {
+                max_connections: Some(n),
+                ..Default::default()
+            }),
+            http: None,
+        }
     }
 
     #[test]
     fn port_entry_with_only_tls_wipes_the_pool() {
         let tp = TrafficPolicy {
             connection_pool: Some(pool(10)),
-            port_level_settings: vec![PortTrafficPolicy { port: Some(PortSelector { number: 443 }), tls: Some(ClientTlsSettings { mode: Some("SIMPLE".into()), ..Default::default() }), ..Default::default() }],
+            port_level_settings: vec![PortTrafficPolicy {
+                port: Some(PortSelector { number: 443 }),
+                tls: Some(ClientTlsSettings {
+                    mode: Some("SIMPLE".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let (p443, hit) = port_level(Some(&tp), 443);
@@ -90,12 +116,29 @@ mod tests {
 
     #[test]
     fn subset_overrides_block_by_block() {
-        let top = Policy { connection_pool: Some(pool(10)), tls: Some(ClientTlsSettings { mode: Some("ISTIO_MUTUAL".into()), ..Default::default() }), ..Default::default() };
-        let sub = TrafficPolicy { connection_pool: Some(pool(5)), ..Default::default() };
+        let top = Policy {
+            connection_pool: Some(pool(10)),
+            tls: Some(ClientTlsSettings {
+                mode: Some("ISTIO_MUTUAL".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sub = TrafficPolicy {
+            connection_pool: Some(pool(5)),
+            ..Default::default()
+        };
         let m = merge_subset(Some(top.clone()), Some(&sub), 80).unwrap();
         assert_eq!(m.connection_pool, Some(pool(5)));
         assert_eq!(m.tls.unwrap().mode(), "ISTIO_MUTUAL");
-        let sub_port = TrafficPolicy { port_level_settings: vec![PortTrafficPolicy { port: Some(PortSelector { number: 80 }), connection_pool: Some(pool(1)), ..Default::default() }], ..Default::default() };
+        let sub_port = TrafficPolicy {
+            port_level_settings: vec![PortTrafficPolicy {
+                port: Some(PortSelector { number: 80 }),
+                connection_pool: Some(pool(1)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         let m = merge_subset(Some(top), Some(&sub_port), 80).unwrap();
         assert_eq!(m.connection_pool, Some(pool(1)));
         assert!(m.tls.is_none(), "a subset port entry wipes tls too");

@@ -116,7 +116,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, RenderError> {
     let mut buf = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-    v.serialize(&mut ser).map_err(|e| RenderError::Serialize(e.to_string()))?;
+    v.serialize(&mut ser)
+        .map_err(|e| RenderError::Serialize(e.to_string()))?;
     let mut s = String::from_utf8(buf).map_err(|e| RenderError::Serialize(e.to_string()))?;
     s.push('\n');
     Ok(s)
@@ -128,18 +129,44 @@ fn to_yaml<T: Serialize>(v: &T) -> Result<String, RenderError> {
 }
 
 /// Renders one kind of resource from a proxy's config.
-pub fn render(cfg: &ProxyConfig, what: ConfigKind, filter: &Filter, format: Format) -> Result<String, RenderError> {
-    let clusters: Vec<&Cluster> = cfg.clusters.iter().filter(|c| cluster_matches(&c.name, filter)).collect();
+pub fn render(
+    cfg: &ProxyConfig,
+    what: ConfigKind,
+    filter: &Filter,
+    format: Format,
+) -> Result<String, RenderError> {
+    let clusters: Vec<&Cluster> = cfg
+        .clusters
+        .iter()
+        .filter(|c| cluster_matches(&c.name, filter))
+        .collect();
     let listeners: Vec<&Listener> = cfg
         .listeners
         .iter()
         .filter(|l| filter.port.is_none_or(|p| l.port() == p))
-        .filter(|l| filter.address.as_ref().is_none_or(|a| &l.address.socket_address.address == a))
+        .filter(|l| {
+            filter
+                .address
+                .as_ref()
+                .is_none_or(|a| &l.address.socket_address.address == a)
+        })
         .filter(|l| filter.name.as_ref().is_none_or(|n| &l.name == n))
         .collect();
-    let routes: Vec<&RouteConfiguration> = cfg.routes.iter().filter(|r| filter.name.as_ref().is_none_or(|n| &r.name == n)).collect();
-    let endpoints: Vec<&ClusterLoadAssignment> = cfg.endpoints.iter().filter(|e| cluster_matches(&e.cluster_name, filter)).collect();
-    let secrets: Vec<&Secret> = cfg.secrets.iter().filter(|s| filter.name.as_ref().is_none_or(|n| &s.name == n)).collect();
+    let routes: Vec<&RouteConfiguration> = cfg
+        .routes
+        .iter()
+        .filter(|r| filter.name.as_ref().is_none_or(|n| &r.name == n))
+        .collect();
+    let endpoints: Vec<&ClusterLoadAssignment> = cfg
+        .endpoints
+        .iter()
+        .filter(|e| cluster_matches(&e.cluster_name, filter))
+        .collect();
+    let secrets: Vec<&Secret> = cfg
+        .secrets
+        .iter()
+        .filter(|s| filter.name.as_ref().is_none_or(|n| &s.name == n))
+        .collect();
     match (what, format) {
         (ConfigKind::Cluster, Format::Json) => to_json(&clusters),
         (ConfigKind::Listener, Format::Json) => to_json(&listeners),
@@ -162,7 +189,15 @@ pub fn render(cfg: &ProxyConfig, what: ConfigKind, filter: &Filter, format: Form
                 endpoints: Vec<&'a ClusterLoadAssignment>,
                 secrets: Vec<&'a Secret>,
             }
-            let all = All { version: &cfg.version, node: &cfg.node, listeners, routes, clusters, endpoints, secrets };
+            let all = All {
+                version: &cfg.version,
+                node: &cfg.node,
+                listeners,
+                routes,
+                clusters,
+                endpoints,
+                secrets,
+            };
             if format == Format::Json {
                 to_json(&all)
             } else {
@@ -174,7 +209,14 @@ pub fn render(cfg: &ProxyConfig, what: ConfigKind, filter: &Filter, format: Form
         (ConfigKind::Route, Format::Short) => Ok(route_table(&routes)),
         (ConfigKind::Endpoint, Format::Short) => Ok(endpoint_table(cfg, &endpoints, &clusters)),
         (ConfigKind::Secret, Format::Short) => Ok(secret_table(cfg, &secrets)),
-        (ConfigKind::All, Format::Short) => Ok([cluster_table(&clusters), listener_table(&listeners), route_table(&routes), endpoint_table(cfg, &endpoints, &clusters), secret_table(cfg, &secrets)].join("\n")),
+        (ConfigKind::All, Format::Short) => Ok([
+            cluster_table(&clusters),
+            listener_table(&listeners),
+            route_table(&routes),
+            endpoint_table(cfg, &endpoints, &clusters),
+            secret_table(cfg, &secrets),
+        ]
+        .join("\n")),
     }
 }
 
@@ -182,7 +224,9 @@ pub fn render(cfg: &ProxyConfig, what: ConfigKind, filter: &Filter, format: Form
 fn table(header: &[&str], rows: &[Vec<String>], pad: usize) -> String {
     let cols = header.len();
     let mut widths = vec![0usize; cols];
-    for r in std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>()).chain(rows.iter().cloned()) {
+    for r in std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .chain(rows.iter().cloned())
+    {
         for (i, c) in r.iter().enumerate().take(cols) {
             widths[i] = widths[i].max(c.chars().count());
         }
@@ -216,7 +260,10 @@ fn config_ref(md: &Metadata) -> String {
         .and_then(|i| i.config.as_ref())
         .and_then(|p| {
             let parts: Vec<&str> = p.split('/').collect();
-            let ns = parts.iter().position(|x| *x == "namespaces").and_then(|i| parts.get(i + 1))?;
+            let ns = parts
+                .iter()
+                .position(|x| *x == "namespaces")
+                .and_then(|i| parts.get(i + 1))?;
             let name = parts.last()?;
             Some(format!("{name}.{ns}"))
         })
@@ -232,20 +279,44 @@ fn cluster_table(clusters: &[&Cluster]) -> String {
                 Some((dir, port, subset, host)) => vec![
                     host.to_string(),
                     port.to_string(),
-                    if subset.is_empty() { "-".into() } else { subset.to_string() },
+                    if subset.is_empty() {
+                        "-".into()
+                    } else {
+                        subset.to_string()
+                    },
                     dir.to_string(),
                     ty,
                     config_ref(&c.metadata),
                 ],
-                None => vec![c.name.clone(), "-".into(), "-".into(), "-".into(), ty, "-".into()],
+                None => vec![
+                    c.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    ty,
+                    "-".into(),
+                ],
             }
         })
         .collect();
-    table(&["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION RULE"], &rows, 5)
+    table(
+        &[
+            "SERVICE FQDN",
+            "PORT",
+            "SUBSET",
+            "DIRECTION",
+            "TYPE",
+            "DESTINATION RULE",
+        ],
+        &rows,
+        5,
+    )
 }
 
 fn describe_match(m: Option<&FilterChainMatch>) -> String {
-    let Some(m) = m.filter(|m| !m.is_empty()) else { return "ALL".into() };
+    let Some(m) = m.filter(|m| !m.is_empty()) else {
+        return "ALL".into();
+    };
     let mut parts = Vec::new();
     if !m.server_names.is_empty() {
         parts.push(format!("SNI: {}", m.server_names.join(",")));
@@ -260,7 +331,14 @@ fn describe_match(m: Option<&FilterChainMatch>) -> String {
         parts.push(format!("Port: {p}"));
     }
     if !m.prefix_ranges.is_empty() {
-        parts.push(format!("Addr: {}", m.prefix_ranges.iter().map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.unwrap_or(32))).collect::<Vec<_>>().join(",")));
+        parts.push(format!(
+            "Addr: {}",
+            m.prefix_ranges
+                .iter()
+                .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.unwrap_or(32)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     if parts.is_empty() {
         "ALL".into()
@@ -277,7 +355,14 @@ fn describe_destination(fc: &FilterChain) -> String {
                     return format!("Cluster: {c}");
                 }
                 if let Some(w) = &t.weighted_clusters {
-                    return format!("Clusters: {}", w.clusters.iter().map(|c| format!("{}({})", c.name, c.weight)).collect::<Vec<_>>().join(", "));
+                    return format!(
+                        "Clusters: {}",
+                        w.clusters
+                            .iter()
+                            .map(|c| format!("{}({})", c.name, c.weight))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
                 }
             }
             NetworkFilterConfig::HttpConnectionManager(h) => {
@@ -299,10 +384,20 @@ fn listener_table(listeners: &[&Listener]) -> String {
         let addr = l.address.socket_address.address.clone();
         let port = l.port().to_string();
         for fc in &l.filter_chains {
-            rows.push(vec![addr.clone(), port.clone(), describe_match(fc.filter_chain_match.as_ref()), describe_destination(fc)]);
+            rows.push(vec![
+                addr.clone(),
+                port.clone(),
+                describe_match(fc.filter_chain_match.as_ref()),
+                describe_destination(fc),
+            ]);
         }
         if let Some(fc) = &l.default_filter_chain {
-            rows.push(vec![addr.clone(), port.clone(), "ALL (default)".into(), describe_destination(fc)]);
+            rows.push(vec![
+                addr.clone(),
+                port.clone(),
+                "ALL (default)".into(),
+                describe_destination(fc),
+            ]);
         }
     }
     table(&["ADDRESSES", "PORT", "MATCH", "DESTINATION"], &rows, 1)
@@ -319,7 +414,14 @@ fn describe_route_match(m: &RouteMatch) -> String {
         "/*".into()
     };
     if !m.headers.is_empty() {
-        s.push_str(&format!(" ({})", m.headers.iter().map(|h| h.name.clone()).collect::<Vec<_>>().join(",")));
+        s.push_str(&format!(
+            " ({})",
+            m.headers
+                .iter()
+                .map(|h| h.name.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     s
 }
@@ -328,25 +430,62 @@ fn route_table(routes: &[&RouteConfiguration]) -> String {
     let mut rows = Vec::new();
     for rc in routes {
         for vh in &rc.virtual_hosts {
-            let domains = if vh.domains.len() > 2 { format!("{} +{} more...", vh.domains[..1].join(", "), vh.domains.len() - 1) } else { vh.domains.join(", ") };
+            let domains = if vh.domains.len() > 2 {
+                format!(
+                    "{} +{} more...",
+                    vh.domains[..1].join(", "),
+                    vh.domains.len() - 1
+                )
+            } else {
+                vh.domains.join(", ")
+            };
             if vh.routes.is_empty() {
-                rows.push(vec![rc.name.clone(), vh.name.clone(), domains.clone(), "/*".into(), "404".into()]);
+                rows.push(vec![
+                    rc.name.clone(),
+                    vh.name.clone(),
+                    domains.clone(),
+                    "/*".into(),
+                    "404".into(),
+                ]);
             }
             for r in &vh.routes {
-                let vs = if let Some(d) = &r.direct_response { format!("{}", d.status) } else { config_ref(&r.metadata) };
-                rows.push(vec![rc.name.clone(), vh.name.clone(), domains.clone(), describe_route_match(&r.r#match), vs]);
+                let vs = if let Some(d) = &r.direct_response {
+                    format!("{}", d.status)
+                } else {
+                    config_ref(&r.metadata)
+                };
+                rows.push(vec![
+                    rc.name.clone(),
+                    vh.name.clone(),
+                    domains.clone(),
+                    describe_route_match(&r.r#match),
+                    vs,
+                ]);
             }
         }
     }
-    table(&["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"], &rows, 5)
+    table(
+        &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"],
+        &rows,
+        5,
+    )
 }
 
-fn endpoint_table(cfg: &ProxyConfig, eps: &[&ClusterLoadAssignment], clusters: &[&Cluster]) -> String {
+fn endpoint_table(
+    cfg: &ProxyConfig,
+    eps: &[&ClusterLoadAssignment],
+    clusters: &[&Cluster],
+) -> String {
     let mut rows = Vec::new();
     let mut push = |cla: &ClusterLoadAssignment| {
         for e in cla.lb_endpoints() {
             let a = &e.endpoint.address.socket_address;
-            rows.push(vec![format!("{}:{}", a.address, a.port_value), e.health_status.clone().unwrap_or_else(|| "HEALTHY".into()), "OK".into(), cla.cluster_name.clone()]);
+            rows.push(vec![
+                format!("{}:{}", a.address, a.port_value),
+                e.health_status.clone().unwrap_or_else(|| "HEALTHY".into()),
+                "OK".into(),
+                cla.cluster_name.clone(),
+            ]);
         }
     };
     for cla in eps {
@@ -362,14 +501,22 @@ fn endpoint_table(cfg: &ProxyConfig, eps: &[&ClusterLoadAssignment], clusters: &
     }
     let _ = cfg;
     rows.sort();
-    table(&["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"], &rows, 5)
+    table(
+        &["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"],
+        &rows,
+        5,
+    )
 }
 
 fn secret_table(cfg: &ProxyConfig, secrets: &[&Secret]) -> String {
     let mut rows: Vec<Vec<String>> = secrets
         .iter()
         .map(|s| {
-            let ty = if s.tls_certificate.is_some() { "Cert Chain" } else { "CA" };
+            let ty = if s.tls_certificate.is_some() {
+                "Cert Chain"
+            } else {
+                "CA"
+            };
             vec![s.name.clone(), ty.into(), "ACTIVE".into()]
         })
         .collect();
@@ -383,7 +530,11 @@ fn secret_table(cfg: &ProxyConfig, secrets: &[&Secret]) -> String {
         }
     };
     for c in &cfg.clusters {
-        if let Some(t) = c.transport_socket.as_ref().and_then(|t| t.as_upstream_tls()) {
+        if let Some(t) = c
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.as_upstream_tls())
+        {
             add(&t.common_tls_context);
         }
         for m in &c.transport_socket_matches {
@@ -394,14 +545,22 @@ fn secret_table(cfg: &ProxyConfig, secrets: &[&Secret]) -> String {
     }
     for l in &cfg.listeners {
         for fc in &l.filter_chains {
-            if let Some(t) = fc.transport_socket.as_ref().and_then(|t| t.as_downstream_tls()) {
+            if let Some(t) = fc
+                .transport_socket
+                .as_ref()
+                .and_then(|t| t.as_downstream_tls())
+            {
                 add(&t.common_tls_context);
             }
         }
     }
     runtime.sort();
     for n in runtime {
-        let ty = if n == "ROOTCA" || n.starts_with("file-root:") { "CA" } else { "Cert Chain" };
+        let ty = if n == "ROOTCA" || n.starts_with("file-root:") {
+            "CA"
+        } else {
+            "Cert Chain"
+        };
         rows.push(vec![n, ty.into(), "ISSUED AT RUN TIME".into()]);
     }
     table(&["RESOURCE NAME", "TYPE", "STATUS"], &rows, 5)

@@ -10,7 +10,8 @@ use isthmus_model::VirtualServiceConfig;
 use isthmus_xds::core::{DataSource, RegexMatcher};
 use isthmus_xds::listener::{TcpClusterWeight, TcpWeightedClusters};
 use isthmus_xds::route::{
-    ClusterWeight, Decorator, HeaderMatcher, HeaderValue, HeaderValueOption, MaxStreamDuration, QueryParameterMatcher, RedirectAction, RequestMirrorPolicy, RetryPolicy,
+    ClusterWeight, Decorator, HeaderMatcher, HeaderValue, HeaderValueOption, MaxStreamDuration,
+    QueryParameterMatcher, RedirectAction, RequestMirrorPolicy, RetryPolicy,
 };
 use isthmus_xds::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,14 +34,26 @@ pub fn vs_gateways(vs: &VirtualServiceConfig) -> Vec<String> {
 }
 
 fn source_matches(ctx: &Ctx, labels: &BTreeMap<String, String>, ns: Option<&str>) -> bool {
-    labels.iter().all(|(k, v)| ctx.proxy.labels.get(k) == Some(v)) && ns.is_none_or(|n| n == ctx.proxy.namespace)
+    labels
+        .iter()
+        .all(|(k, v)| ctx.proxy.labels.get(k) == Some(v))
+        && ns.is_none_or(|n| n == ctx.proxy.namespace)
 }
 
-fn match_applies(ctx: &Ctx, vs: &VirtualServiceConfig, m: &HttpMatchRequest, rc: &RouteCtx) -> bool {
+fn match_applies(
+    ctx: &Ctx,
+    vs: &VirtualServiceConfig,
+    m: &HttpMatchRequest,
+    rc: &RouteCtx,
+) -> bool {
     if m.port.is_some_and(|p| p != rc.port) {
         return false;
     }
-    let gws = if m.gateways.is_empty() { vs_gateways(vs) } else { m.gateways.clone() };
+    let gws = if m.gateways.is_empty() {
+        vs_gateways(vs)
+    } else {
+        m.gateways.clone()
+    };
     if !gws.iter().any(|g| rc.gateways.contains(g)) {
         return false;
     }
@@ -73,7 +86,10 @@ fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> HeaderMatcher {
 }
 
 fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
-    let mut out = RouteMatch { case_sensitive: Some(true), ..Default::default() };
+    let mut out = RouteMatch {
+        case_sensitive: Some(true),
+        ..Default::default()
+    };
     let Some(m) = m else {
         out.prefix = Some("/".into());
         return out;
@@ -81,7 +97,11 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
     match &m.uri {
         Some(u) if u.exact.is_some() => out.path = u.exact.clone(),
         Some(u) if u.prefix.is_some() => out.prefix = u.prefix.clone(),
-        Some(u) if u.regex.is_some() => out.safe_regex = Some(RegexMatcher { regex: u.regex.clone().unwrap_or_default() }),
+        Some(u) if u.regex.is_some() => {
+            out.safe_regex = Some(RegexMatcher {
+                regex: u.regex.clone().unwrap_or_default(),
+            })
+        }
         _ => out.prefix = Some("/".into()),
     }
     if m.ignore_uri_case {
@@ -110,7 +130,11 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
         .iter()
         .map(|(k, v)| {
             let sm = string_matcher(v);
-            QueryParameterMatcher { name: k.clone(), present_match: if sm.is_none() { Some(true) } else { None }, string_match: sm }
+            QueryParameterMatcher {
+                name: k.clone(),
+                present_match: if sm.is_none() { Some(true) } else { None },
+                string_match: sm,
+            }
         })
         .collect();
     out
@@ -118,14 +142,28 @@ fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
 
 /// `IsCatchAllRoute`: matches every request (prefix `/` or regex `.*`, nothing else).
 pub fn is_catch_all(m: &RouteMatch) -> bool {
-    let path_all = m.prefix.as_deref() == Some("/") || m.safe_regex.as_ref().is_some_and(|r| r.regex == "*" || r.regex == ".*");
+    let path_all = m.prefix.as_deref() == Some("/")
+        || m.safe_regex
+            .as_ref()
+            .is_some_and(|r| r.regex == "*" || r.regex == ".*");
     path_all && m.headers.is_empty() && m.query_parameters.is_empty()
 }
 
 /// The cluster a destination maps to: `outbound|PORT|SUBSET|HOST`.
-pub fn destination_cluster(ctx: &mut Ctx, vs: &VirtualServiceConfig, d: &Destination, default_port: u32) -> String {
+pub fn destination_cluster(
+    ctx: &mut Ctx,
+    vs: &VirtualServiceConfig,
+    d: &Destination,
+    default_port: u32,
+) -> String {
     let svc = ctx.service(&d.host);
-    let port = d.port.as_ref().map(|p| p.number).filter(|p| *p > 0).or_else(|| svc.filter(|s| s.ports.len() == 1).map(|s| s.ports[0].port)).unwrap_or(default_port);
+    let port = d
+        .port
+        .as_ref()
+        .map(|p| p.number)
+        .filter(|p| *p > 0)
+        .or_else(|| svc.filter(|s| s.ports.len() == 1).map(|s| s.ports[0].port))
+        .unwrap_or(default_port);
     let subset = d.subset.clone().unwrap_or_default();
     match svc {
         None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "DestinationHostNotFound", Some("spec.route.destination.host"), format!("destination host {:?} is not a service visible to {}/{}; requests routed to it fail with 503 NC (no cluster)", d.host, ctx.proxy.namespace, ctx.proxy.name))),
@@ -147,26 +185,55 @@ pub fn destination_cluster(ctx: &mut Ctx, vs: &VirtualServiceConfig, d: &Destina
 
 fn default_retry() -> RetryPolicy {
     RetryPolicy {
-        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into(),
+        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            .into(),
         num_retries: Some(2),
         per_try_timeout: None,
-        retry_host_predicate: vec![serde_json::json!({"name": "envoy.retry_host_predicates.previous_hosts", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}})],
+        retry_host_predicate: vec![
+            serde_json::json!({"name": "envoy.retry_host_predicates.previous_hosts", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}),
+        ],
         host_selection_retry_max_attempts: "5".into(),
         retriable_status_codes: vec![503],
     }
 }
 
 fn headers_to_add(ops: &isthmus_api::istio::HeaderOperations) -> Vec<HeaderValueOption> {
-    let mut v: Vec<HeaderValueOption> = ops.set.iter().map(|(k, val)| HeaderValueOption { header: HeaderValue { key: k.clone(), value: val.clone() }, append_action: "OVERWRITE_IF_EXISTS_OR_ADD".into() }).collect();
-    v.extend(ops.add.iter().map(|(k, val)| HeaderValueOption { header: HeaderValue { key: k.clone(), value: val.clone() }, append_action: String::new() }));
+    let mut v: Vec<HeaderValueOption> = ops
+        .set
+        .iter()
+        .map(|(k, val)| HeaderValueOption {
+            header: HeaderValue {
+                key: k.clone(),
+                value: val.clone(),
+            },
+            append_action: "OVERWRITE_IF_EXISTS_OR_ADD".into(),
+        })
+        .collect();
+    v.extend(ops.add.iter().map(|(k, val)| HeaderValueOption {
+        header: HeaderValue {
+            key: k.clone(),
+            value: val.clone(),
+        },
+        append_action: String::new(),
+    }));
     v
 }
 
-fn action(ctx: &mut Ctx, vs: &VirtualServiceConfig, h: &HttpRoute, default_port: u32, route: &mut Route) {
+fn action(
+    ctx: &mut Ctx,
+    vs: &VirtualServiceConfig,
+    h: &HttpRoute,
+    default_port: u32,
+    route: &mut Route,
+) {
     if let Some(dr) = &h.direct_response {
         route.direct_response = Some(DirectResponseAction {
             status: dr.status,
-            body: dr.body.as_ref().map(|b| DataSource { inline_string: b.string.clone(), inline_bytes: b.bytes.clone(), filename: None }),
+            body: dr.body.as_ref().map(|b| DataSource {
+                inline_string: b.string.clone(),
+                inline_bytes: b.bytes.clone(),
+                filename: None,
+            }),
         });
         return;
     }
@@ -188,9 +255,16 @@ fn action(ctx: &mut Ctx, vs: &VirtualServiceConfig, h: &HttpRoute, default_port:
         return;
     }
     let mut a = RouteAction::default();
-    let timeout = h.timeout.as_deref().and_then(|t| ctx.parse_duration(&vs.meta, "spec.http.timeout", t)).unwrap_or(Duration::ZERO);
+    let timeout = h
+        .timeout
+        .as_deref()
+        .and_then(|t| ctx.parse_duration(&vs.meta, "spec.http.timeout", t))
+        .unwrap_or(Duration::ZERO);
     a.timeout = Some(timeout);
-    a.max_stream_duration = Some(MaxStreamDuration { max_stream_duration: Some(timeout), grpc_timeout_header_max: Some(timeout) });
+    a.max_stream_duration = Some(MaxStreamDuration {
+        max_stream_duration: Some(timeout),
+        grpc_timeout_header_max: Some(timeout),
+    });
     a.retry_policy = match &h.retries {
         None => Some(default_retry()),
         Some(r) if r.attempts <= 0 => None,
@@ -199,9 +273,15 @@ fn action(ctx: &mut Ctx, vs: &VirtualServiceConfig, h: &HttpRoute, default_port:
             p.num_retries = Some(u32::try_from(r.attempts).unwrap_or(u32::MAX));
             if let Some(on) = &r.retry_on {
                 p.retry_on = on.clone();
-                p.retriable_status_codes = on.split(',').filter_map(|c| c.trim().parse().ok()).collect();
+                p.retriable_status_codes = on
+                    .split(',')
+                    .filter_map(|c| c.trim().parse().ok())
+                    .collect();
             }
-            p.per_try_timeout = r.per_try_timeout.as_deref().and_then(|t| ctx.parse_duration(&vs.meta, "spec.http.retries.perTryTimeout", t));
+            p.per_try_timeout = r
+                .per_try_timeout
+                .as_deref()
+                .and_then(|t| ctx.parse_duration(&vs.meta, "spec.http.retries.perTryTimeout", t));
             Some(p)
         }
     };
@@ -213,21 +293,49 @@ fn action(ctx: &mut Ctx, vs: &VirtualServiceConfig, h: &HttpRoute, default_port:
         let c = destination_cluster(ctx, vs, m, default_port);
         a.request_mirror_policies = vec![RequestMirrorPolicy { cluster: c, runtime_fraction: h.mirror_percentage.as_ref().map(|p| serde_json::json!({"defaultValue": {"numerator": (p.value * 10000.0) as u64, "denominator": "MILLION"}})) }];
     }
-    let dests: Vec<(String, i64)> = h.route.iter().map(|d| (destination_cluster(ctx, vs, &d.destination, default_port), d.weight)).collect();
+    let dests: Vec<(String, i64)> = h
+        .route
+        .iter()
+        .map(|d| {
+            (
+                destination_cluster(ctx, vs, &d.destination, default_port),
+                d.weight,
+            )
+        })
+        .collect();
     if let Some(first) = h.route.first() {
-        let port = first.destination.port.as_ref().map(|p| p.number).unwrap_or(default_port);
-        route.decorator = Some(Decorator { operation: format!("{}:{port}/*", first.destination.host) });
+        let port = first
+            .destination
+            .port
+            .as_ref()
+            .map(|p| p.number)
+            .unwrap_or(default_port);
+        route.decorator = Some(Decorator {
+            operation: format!("{}:{port}/*", first.destination.host),
+        });
     }
     if dests.len() == 1 {
         a.cluster = Some(dests[0].0.clone());
     } else if dests.len() > 1 {
-        a.weighted_clusters = Some(WeightedCluster { clusters: dests.iter().filter(|(_, w)| *w > 0).map(|(n, w)| ClusterWeight { name: n.clone(), weight: u32::try_from(*w).unwrap_or(0) }).collect(), total_weight: None });
+        a.weighted_clusters = Some(WeightedCluster {
+            clusters: dests
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(n, w)| ClusterWeight {
+                    name: n.clone(),
+                    weight: u32::try_from(*w).unwrap_or(0),
+                })
+                .collect(),
+            total_weight: None,
+        });
     }
     for rd in &h.route {
         if let Some(hd) = &rd.headers {
             if let Some(req) = &hd.request {
                 route.request_headers_to_add.extend(headers_to_add(req));
-                route.request_headers_to_remove.extend(req.remove.iter().cloned());
+                route
+                    .request_headers_to_remove
+                    .extend(req.remove.iter().cloned());
             }
         }
     }
@@ -236,7 +344,12 @@ fn action(ctx: &mut Ctx, vs: &VirtualServiceConfig, h: &HttpRoute, default_port:
 
 /// Translates one VirtualService's `http` routes for one listener/server port. Returns the
 /// routes and whether a catch-all route ended the list.
-pub fn translate_http(ctx: &mut Ctx, vs: &VirtualServiceConfig, rc: &RouteCtx, default_port: u32) -> (Vec<Route>, bool) {
+pub fn translate_http(
+    ctx: &mut Ctx,
+    vs: &VirtualServiceConfig,
+    rc: &RouteCtx,
+    default_port: u32,
+) -> (Vec<Route>, bool) {
     let mut out = Vec::new();
     for (i, h) in vs.spec.http.iter().enumerate() {
         if h.delegate.is_some() {
@@ -251,38 +364,53 @@ pub fn translate_http(ctx: &mut Ctx, vs: &VirtualServiceConfig, rc: &RouteCtx, d
                 vec![]
             }
         } else {
-            h.matches.iter().filter(|m| match_applies(ctx, vs, m, rc)).map(Some).collect()
+            h.matches
+                .iter()
+                .filter(|m| match_applies(ctx, vs, m, rc))
+                .map(Some)
+                .collect()
         };
         for m in blocks {
-            let mut r = Route { r#match: route_match(m), ..Default::default() };
+            let mut r = Route {
+                r#match: route_match(m),
+                ..Default::default()
+            };
             r.name = match (h.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
                 (Some(a), Some(b)) => format!("{a}.{b}"),
                 (Some(a), None) => a.to_string(),
                 (None, Some(b)) => b.to_string(),
                 (None, None) => String::new(),
             };
-            r.metadata.filter_metadata.istio = Some(IstioMetadata { config: Some(vs.meta.config_path()), ..Default::default() });
+            r.metadata.filter_metadata.istio = Some(IstioMetadata {
+                config: Some(vs.meta.config_path()),
+                ..Default::default()
+            });
             action(ctx, vs, h, default_port, &mut r);
             if let Some(hd) = &h.headers {
                 if let Some(req) = &hd.request {
                     r.request_headers_to_add.extend(headers_to_add(req));
-                    r.request_headers_to_remove.extend(req.remove.iter().cloned());
+                    r.request_headers_to_remove
+                        .extend(req.remove.iter().cloned());
                 }
                 if let Some(resp) = &hd.response {
                     r.response_headers_to_add.extend(headers_to_add(resp));
-                    r.response_headers_to_remove.extend(resp.remove.iter().cloned());
+                    r.response_headers_to_remove
+                        .extend(resp.remove.iter().cloned());
                 }
             }
             let catch_all = is_catch_all(&r.r#match);
             out.push(r);
             if catch_all {
-                let shadowed = vs.spec.http[i + 1..].iter().filter(|later| {
-                    if later.matches.is_empty() {
-                        vs_gateways(vs).iter().any(|g| rc.gateways.contains(g))
-                    } else {
-                        later.matches.iter().any(|m| match_applies(ctx, vs, m, rc))
-                    }
-                }).count();
+                let shadowed = vs.spec.http[i + 1..]
+                    .iter()
+                    .filter(|later| {
+                        if later.matches.is_empty() {
+                            vs_gateways(vs).iter().any(|g| rc.gateways.contains(g))
+                        } else {
+                            later.matches.iter().any(|m| match_applies(ctx, vs, m, rc))
+                        }
+                    })
+                    .count();
                 if shadowed > 0 {
                     ctx.diags.push(diag(&vs.meta, Severity::Info, "RoutesAfterCatchAll", Some("spec.http"), format!("http[{i}] matches every request; the {shadowed} route(s) after it that apply here (port {}) are never used", rc.port)));
                 }
@@ -297,37 +425,84 @@ pub fn translate_http(ctx: &mut Ctx, vs: &VirtualServiceConfig, rc: &RouteCtx, d
 pub fn default_route(cluster: &str, host: &str, port: u32) -> Route {
     Route {
         name: "default".into(),
-        r#match: RouteMatch { prefix: Some("/".into()), case_sensitive: None, ..Default::default() },
+        r#match: RouteMatch {
+            prefix: Some("/".into()),
+            case_sensitive: None,
+            ..Default::default()
+        },
         route: Some(RouteAction {
             cluster: Some(cluster.to_string()),
             timeout: Some(Duration::ZERO),
             retry_policy: Some(default_retry()),
-            max_stream_duration: Some(MaxStreamDuration { max_stream_duration: Some(Duration::ZERO), grpc_timeout_header_max: Some(Duration::ZERO) }),
+            max_stream_duration: Some(MaxStreamDuration {
+                max_stream_duration: Some(Duration::ZERO),
+                grpc_timeout_header_max: Some(Duration::ZERO),
+            }),
             ..Default::default()
         }),
-        decorator: Some(Decorator { operation: format!("{host}:{port}/*") }),
+        decorator: Some(Decorator {
+            operation: format!("{host}:{port}/*"),
+        }),
         ..Default::default()
     }
 }
 
 /// tcp_proxy for a list of L4 route destinations.
-pub fn tcp_proxy_for(ctx: &mut Ctx, vs: &VirtualServiceConfig, route: &[RouteDestination], default_port: u32, stat_prefix_fallback: &str) -> TcpProxy {
-    let dests: Vec<(String, i64)> = route.iter().map(|d| (destination_cluster(ctx, vs, &d.destination, default_port), d.weight)).collect();
-    let mut t = TcpProxy { stat_prefix: stat_prefix_fallback.to_string(), ..Default::default() };
+pub fn tcp_proxy_for(
+    ctx: &mut Ctx,
+    vs: &VirtualServiceConfig,
+    route: &[RouteDestination],
+    default_port: u32,
+    stat_prefix_fallback: &str,
+) -> TcpProxy {
+    let dests: Vec<(String, i64)> = route
+        .iter()
+        .map(|d| {
+            (
+                destination_cluster(ctx, vs, &d.destination, default_port),
+                d.weight,
+            )
+        })
+        .collect();
+    let mut t = TcpProxy {
+        stat_prefix: stat_prefix_fallback.to_string(),
+        ..Default::default()
+    };
     if dests.len() == 1 {
         t.stat_prefix = dests[0].0.clone();
         t.cluster = Some(dests[0].0.clone());
     } else {
-        t.weighted_clusters = Some(TcpWeightedClusters { clusters: dests.iter().filter(|(_, w)| *w > 0).map(|(n, w)| TcpClusterWeight { name: n.clone(), weight: u32::try_from(*w).unwrap_or(0) }).collect() });
+        t.weighted_clusters = Some(TcpWeightedClusters {
+            clusters: dests
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(n, w)| TcpClusterWeight {
+                    name: n.clone(),
+                    weight: u32::try_from(*w).unwrap_or(0),
+                })
+                .collect(),
+        });
     }
     t
 }
 
 /// Whether a L4 (tcp/tls) match block applies here.
-pub fn l4_applies(ctx: &Ctx, vs: &VirtualServiceConfig, port: Option<u32>, gateways: &[String], source_labels: &BTreeMap<String, String>, source_ns: Option<&str>, rc: &RouteCtx) -> bool {
+pub fn l4_applies(
+    ctx: &Ctx,
+    vs: &VirtualServiceConfig,
+    port: Option<u32>,
+    gateways: &[String],
+    source_labels: &BTreeMap<String, String>,
+    source_ns: Option<&str>,
+    rc: &RouteCtx,
+) -> bool {
     if port.is_some_and(|p| p != rc.port) {
         return false;
     }
-    let gws = if gateways.is_empty() { vs_gateways(vs) } else { gateways.to_vec() };
+    let gws = if gateways.is_empty() {
+        vs_gateways(vs)
+    } else {
+        gateways.to_vec()
+    };
     gws.iter().any(|g| rc.gateways.contains(g)) && source_matches(ctx, source_labels, source_ns)
 }

@@ -4,7 +4,10 @@
 use crate::diag;
 use isthmus_api::{Diagnostic, Severity};
 use isthmus_model::host::host_matches;
-use isthmus_model::{export_visible, MergedDestinationRule, ProxyNode, Service, SidecarConfig, Snapshot, VirtualServiceConfig};
+use isthmus_model::{
+    export_visible, MergedDestinationRule, ProxyNode, Service, SidecarConfig, Snapshot,
+    VirtualServiceConfig,
+};
 use isthmus_xds::Duration;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -39,7 +42,14 @@ pub struct Ctx<'a> {
 
 fn parse_egress(h: &str, sidecar_ns: &str) -> (String, String) {
     match h.split_once('/') {
-        Some((ns, host)) => (if ns == "." { sidecar_ns.to_string() } else { ns.to_string() }, host.to_string()),
+        Some((ns, host)) => (
+            if ns == "." {
+                sidecar_ns.to_string()
+            } else {
+                ns.to_string()
+            },
+            host.to_string(),
+        ),
         None => ("*".to_string(), h.to_string()),
     }
 }
@@ -48,18 +58,30 @@ impl<'a> Ctx<'a> {
     pub fn new(snap: &'a Snapshot, proxy: &'a ProxyNode) -> Ctx<'a> {
         let mut diags = Vec::new();
         let ns = proxy.namespace.as_str();
-        let sidecar = if proxy.is_gateway() { None } else { select_sidecar(snap, proxy) };
+        let sidecar = if proxy.is_gateway() {
+            None
+        } else {
+            select_sidecar(snap, proxy)
+        };
         let egress: Option<Vec<(String, String)>> = sidecar.and_then(|s| {
             if s.spec.egress.is_empty() {
                 None
             } else {
-                Some(s.spec.egress.iter().flat_map(|e| e.hosts.iter().map(|h| parse_egress(h, &s.meta.namespace))).collect())
+                Some(
+                    s.spec
+                        .egress
+                        .iter()
+                        .flat_map(|e| e.hosts.iter().map(|h| parse_egress(h, &s.meta.namespace)))
+                        .collect(),
+                )
             }
         });
         let imported = |svc_ns: &str, host: &str| -> bool {
             match &egress {
                 None => true,
-                Some(list) => list.iter().any(|(ens, eh)| ens != "~" && (ens == "*" || ens == svc_ns) && host_matches(eh, host)),
+                Some(list) => list.iter().any(|(ens, eh)| {
+                    ens != "~" && (ens == "*" || ens == svc_ns) && host_matches(eh, host)
+                }),
             }
         };
         let mut by_host: HashMap<&str, &Service> = HashMap::new();
@@ -78,13 +100,35 @@ impl<'a> Ctx<'a> {
             .virtual_services
             .iter()
             .filter(|v| export_visible(&v.spec.export_to, &v.meta.namespace, ns))
-            .filter(|v| egress.is_none() || v.spec.hosts.iter().any(|h| imported_vs(&egress, &v.meta.namespace, h)))
+            .filter(|v| {
+                egress.is_none()
+                    || v.spec
+                        .hosts
+                        .iter()
+                        .any(|h| imported_vs(&egress, &v.meta.namespace, h))
+            })
             .collect();
         // Services referenced by imported VS destinations are imported too (istiod does this so
         // that routes never point at clusters the scope lacks).
         if egress.is_some() {
             for v in &virtual_services {
-                let dests = v.spec.http.iter().flat_map(|h| h.route.iter().map(|d| &d.destination.host)).chain(v.spec.tcp.iter().flat_map(|t| t.route.iter().map(|d| &d.destination.host))).chain(v.spec.tls.iter().flat_map(|t| t.route.iter().map(|d| &d.destination.host)));
+                let dests = v
+                    .spec
+                    .http
+                    .iter()
+                    .flat_map(|h| h.route.iter().map(|d| &d.destination.host))
+                    .chain(
+                        v.spec
+                            .tcp
+                            .iter()
+                            .flat_map(|t| t.route.iter().map(|d| &d.destination.host)),
+                    )
+                    .chain(
+                        v.spec
+                            .tls
+                            .iter()
+                            .flat_map(|t| t.route.iter().map(|d| &d.destination.host)),
+                    );
                 for d in dests {
                     if by_host.contains_key(d.as_str()) {
                         continue;
@@ -98,7 +142,13 @@ impl<'a> Ctx<'a> {
         let mut mesh_vs_exact: HashMap<String, Vec<&VirtualServiceConfig>> = HashMap::new();
         let mut mesh_vs_wild: Vec<(String, &VirtualServiceConfig)> = Vec::new();
         for v in &virtual_services {
-            let mesh = v.spec.gateways.is_empty() || v.spec.gateways.iter().any(|g| g == "mesh") || v.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.iter().any(|g| g == "mesh")));
+            let mesh = v.spec.gateways.is_empty()
+                || v.spec.gateways.iter().any(|g| g == "mesh")
+                || v.spec.http.iter().any(|h| {
+                    h.matches
+                        .iter()
+                        .any(|m| m.gateways.iter().any(|g| g == "mesh"))
+                });
             if !mesh {
                 continue;
             }
@@ -117,7 +167,11 @@ impl<'a> Ctx<'a> {
             Some(p) => p.mode.clone().unwrap_or_else(|| "REGISTRY_ONLY".into()),
             None => snap.mesh.outbound_mode().to_string(),
         };
-        let mode = if mode_str == "REGISTRY_ONLY" { OutboundMode::RegistryOnly } else { OutboundMode::AllowAny };
+        let mode = if mode_str == "REGISTRY_ONLY" {
+            OutboundMode::RegistryOnly
+        } else {
+            OutboundMode::AllowAny
+        };
         let connect_timeout = match Duration::parse_go(&snap.mesh.connect_timeout) {
             Ok(d) => d,
             Err(e) => {
@@ -161,7 +215,10 @@ impl<'a> Ctx<'a> {
         if let Some(v) = self.mesh_vs_exact.get(host).and_then(|v| v.first()) {
             return Some(v);
         }
-        self.mesh_vs_wild.iter().find(|(h, _)| host_matches(h, host)).map(|(_, v)| *v)
+        self.mesh_vs_wild
+            .iter()
+            .find(|(h, _)| host_matches(h, host))
+            .map(|(_, v)| *v)
     }
 
     pub fn service(&self, host: &str) -> Option<&'a Service> {
@@ -169,11 +226,22 @@ impl<'a> Ctx<'a> {
     }
 
     /// Parses an API duration; a bad one is reported on `meta` and ignored.
-    pub fn parse_duration(&mut self, meta: &isthmus_model::ConfigMeta, field: &str, s: &str) -> Option<Duration> {
+    pub fn parse_duration(
+        &mut self,
+        meta: &isthmus_model::ConfigMeta,
+        field: &str,
+        s: &str,
+    ) -> Option<Duration> {
         match Duration::parse_go(s) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.diags.push(diag(meta, Severity::Warning, "InvalidDuration", Some(field), format!("{e}; the setting is ignored")));
+                self.diags.push(diag(
+                    meta,
+                    Severity::Warning,
+                    "InvalidDuration",
+                    Some(field),
+                    format!("{e}; the setting is ignored"),
+                ));
                 None
             }
         }
@@ -185,7 +253,23 @@ impl<'a> Ctx<'a> {
         // consumed by other proxies' routes too, so look at all VSs, not only this proxy's.
         let mut used: BTreeSet<(String, String)> = self.used_subsets.clone();
         for v in &self.snap.virtual_services {
-            let dests = v.spec.http.iter().flat_map(|h| h.route.iter().map(|d| &d.destination)).chain(v.spec.tcp.iter().flat_map(|t| t.route.iter().map(|d| &d.destination))).chain(v.spec.tls.iter().flat_map(|t| t.route.iter().map(|d| &d.destination)));
+            let dests = v
+                .spec
+                .http
+                .iter()
+                .flat_map(|h| h.route.iter().map(|d| &d.destination))
+                .chain(
+                    v.spec
+                        .tcp
+                        .iter()
+                        .flat_map(|t| t.route.iter().map(|d| &d.destination)),
+                )
+                .chain(
+                    v.spec
+                        .tls
+                        .iter()
+                        .flat_map(|t| t.route.iter().map(|d| &d.destination)),
+                );
             for d in dests {
                 if let Some(s) = &d.subset {
                     used.insert((d.host.clone(), s.clone()));
@@ -209,7 +293,11 @@ impl<'a> Ctx<'a> {
 fn imported_vs(egress: &Option<Vec<(String, String)>>, vs_ns: &str, host: &str) -> bool {
     match egress {
         None => true,
-        Some(list) => list.iter().any(|(ens, eh)| ens != "~" && (ens == "*" || ens == vs_ns) && isthmus_model::host::hosts_intersect(eh, host)),
+        Some(list) => list.iter().any(|(ens, eh)| {
+            ens != "~"
+                && (ens == "*" || ens == vs_ns)
+                && isthmus_model::host::hosts_intersect(eh, host)
+        }),
     }
 }
 
@@ -218,9 +306,31 @@ fn imported_vs(egress: &Option<Vec<(String, String)>>, vs_ns: &str, host: &str) 
 fn select_sidecar<'a>(snap: &'a Snapshot, proxy: &ProxyNode) -> Option<&'a SidecarConfig> {
     let ns = proxy.namespace.as_str();
     let with_sel = snap.sidecars.iter().find(|s| {
-        s.meta.namespace == ns && s.spec.workload_selector.as_ref().is_some_and(|w| !w.match_labels.is_empty() && w.match_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)))
+        s.meta.namespace == ns
+            && s.spec.workload_selector.as_ref().is_some_and(|w| {
+                !w.match_labels.is_empty()
+                    && w.match_labels
+                        .iter()
+                        .all(|(k, v)| proxy.labels.get(k) == Some(v))
+            })
     });
     with_sel
-        .or_else(|| snap.sidecars.iter().find(|s| s.meta.namespace == ns && s.spec.workload_selector.as_ref().is_none_or(|w| w.match_labels.is_empty())))
-        .or_else(|| snap.sidecars.iter().find(|s| s.meta.namespace == snap.mesh.root_namespace && s.spec.workload_selector.as_ref().is_none_or(|w| w.match_labels.is_empty())))
+        .or_else(|| {
+            snap.sidecars.iter().find(|s| {
+                s.meta.namespace == ns
+                    && s.spec
+                        .workload_selector
+                        .as_ref()
+                        .is_none_or(|w| w.match_labels.is_empty())
+            })
+        })
+        .or_else(|| {
+            snap.sidecars.iter().find(|s| {
+                s.meta.namespace == snap.mesh.root_namespace
+                    && s.spec
+                        .workload_selector
+                        .as_ref()
+                        .is_none_or(|w| w.match_labels.is_empty())
+            })
+        })
 }

@@ -22,13 +22,23 @@ fn catch_all_cluster(ctx: &Ctx) -> &'static str {
 }
 
 fn tcp(cluster: &str) -> Filter {
-    Filter::tcp_proxy(TcpProxy { stat_prefix: cluster.to_string(), cluster: Some(cluster.to_string()), ..Default::default() })
+    Filter::tcp_proxy(TcpProxy {
+        stat_prefix: cluster.to_string(),
+        cluster: Some(cluster.to_string()),
+        ..Default::default()
+    })
 }
 
 /// Inbound ports: (targetPort, service port, service) for Services selecting this workload.
 pub fn inbound_ports<'a>(ctx: &Ctx<'a>) -> Vec<(u32, u32, &'a Service)> {
     let snap = ctx.snap;
-    let Some(w) = snap.workloads.iter().find(|w| w.namespace == ctx.proxy.namespace && w.name == ctx.proxy.name) else { return vec![] };
+    let Some(w) = snap
+        .workloads
+        .iter()
+        .find(|w| w.namespace == ctx.proxy.namespace && w.name == ctx.proxy.name)
+    else {
+        return vec![];
+    };
     let mut out: Vec<(u32, u32, &Service)> = Vec::new();
     for svc in snap.services_selecting(w) {
         for p in &svc.ports {
@@ -56,7 +66,6 @@ fn mesh_set() -> BTreeSet<String> {
     BTreeSet::from(["mesh".to_string()])
 }
 
-
 /// Mesh routing that silently does nothing on this sidecar: a second VS for a host, or a route
 /// matching a port the host's service does not declare (seed 001 trap 3: traffic then bypasses
 /// the intended path via allow_any).
@@ -74,8 +83,14 @@ fn mesh_vs_diagnostics(ctx: &mut Ctx) {
         for (i, r) in vs.spec.http.iter().enumerate() {
             for m in &r.matches {
                 if let Some(p) = m.port {
-                    let gws = if m.gateways.is_empty() { crate::route::vs_gateways(vs) } else { m.gateways.clone() };
-                    if gws.iter().any(|g| g == "mesh") && !svc.port(p).is_some_and(|sp| sp.protocol.is_http()) {
+                    let gws = if m.gateways.is_empty() {
+                        crate::route::vs_gateways(vs)
+                    } else {
+                        m.gateways.clone()
+                    };
+                    if gws.iter().any(|g| g == "mesh")
+                        && !svc.port(p).is_some_and(|sp| sp.protocol.is_http())
+                    {
                         out.push(diag(&vs.meta, Severity::Warning, "RoutePortNotDeclared", Some(&format!("spec.http[{i}].match.port")), format!("mesh route for {h} matches port {p}, but {h} declares no HTTP port {p}; sidecars install no route for it and the traffic falls through to {}", if ctx.mode == OutboundMode::AllowAny { "PassthroughCluster (allow_any): it bypasses this VirtualService" } else { "block_all (502)" })));
                     }
                 }
@@ -124,7 +139,10 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
         l.filter_chains.push(FilterChain {
             filters: vec![Filter::http_connection_manager(HttpConnectionManager {
                 stat_prefix: format!("outbound_0.0.0.0_{port}"),
-                rds: Some(Rds { config_source: ConfigSource::ads(), route_config_name: port.to_string() }),
+                rds: Some(Rds {
+                    config_source: ConfigSource::ads(),
+                    route_config_name: port.to_string(),
+                }),
                 http_filters: vec![HttpFilter::router()],
                 use_remote_address: Some(false),
                 forward_client_cert_details: "APPEND_FORWARD".into(),
@@ -150,7 +168,11 @@ fn outbound_listener(ctx: &Ctx, name: &str, addr: &str, port: u32) -> Listener {
         address: Address::new(addr, port),
         bind_to_port: Some(false),
         traffic_direction: "OUTBOUND".into(),
-        default_filter_chain: Some(FilterChain { filters: vec![tcp(catch_all_cluster(ctx))], name: names::PASSTHROUGH_FILTER_CHAIN.into(), ..Default::default() }),
+        default_filter_chain: Some(FilterChain {
+            filters: vec![tcp(catch_all_cluster(ctx))],
+            name: names::PASSTHROUGH_FILTER_CHAIN.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -161,43 +183,101 @@ fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain>
     let mut out = Vec::new();
     let own = format!("outbound|{}||{}", p.port, svc.hostname);
     let mesh = mesh_set();
-    let rc = RouteCtx { port: p.port, gateways: &mesh };
+    let rc = RouteCtx {
+        port: p.port,
+        gateways: &mesh,
+    };
     if let Some(vs) = ctx.mesh_vs_for(&svc.hostname) {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         for r in &vs.spec.tls {
             for m in &r.matches {
-                if !l4_applies(ctx, vs, m.port, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), &rc) {
+                if !l4_applies(
+                    ctx,
+                    vs,
+                    m.port,
+                    &m.gateways,
+                    &m.source_labels,
+                    m.source_namespace.as_deref(),
+                    &rc,
+                ) {
                     continue;
                 }
-                let mut sni: Vec<String> = m.sni_hosts.iter().filter(|s| !seen.contains(*s)).cloned().collect();
+                let mut sni: Vec<String> = m
+                    .sni_hosts
+                    .iter()
+                    .filter(|s| !seen.contains(*s))
+                    .cloned()
+                    .collect();
                 if sni.is_empty() {
                     continue;
                 }
                 sni.sort();
                 seen.extend(sni.iter().cloned());
                 let t = tcp_proxy_for(ctx, vs, &r.route, p.port, &own);
-                out.push(FilterChain { filter_chain_match: Some(FilterChainMatch { server_names: sni, ..Default::default() }), filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+                out.push(FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: sni,
+                        ..Default::default()
+                    }),
+                    filters: vec![Filter::tcp_proxy(t)],
+                    ..Default::default()
+                });
             }
         }
         for r in &vs.spec.tcp {
-            let applies = if r.matches.is_empty() { true } else { r.matches.iter().any(|m| l4_applies(ctx, vs, m.port, &m.gateways, &m.source_labels, m.source_namespace.as_deref(), &rc)) };
+            let applies = if r.matches.is_empty() {
+                true
+            } else {
+                r.matches.iter().any(|m| {
+                    l4_applies(
+                        ctx,
+                        vs,
+                        m.port,
+                        &m.gateways,
+                        &m.source_labels,
+                        m.source_namespace.as_deref(),
+                        &rc,
+                    )
+                })
+            };
             if applies {
                 let t = tcp_proxy_for(ctx, vs, &r.route, p.port, &own);
-                out.push(FilterChain { filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+                out.push(FilterChain {
+                    filters: vec![Filter::tcp_proxy(t)],
+                    ..Default::default()
+                });
                 return out;
             }
         }
     }
     // Idle timeout from the DR's tcp.idleTimeout applies to the tcp_proxy.
-    let mut t = TcpProxy { stat_prefix: own.clone(), cluster: Some(own.clone()), ..Default::default() };
-    if let Some(dr) = ctx.snap.destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc) {
+    let mut t = TcpProxy {
+        stat_prefix: own.clone(),
+        cluster: Some(own.clone()),
+        ..Default::default()
+    };
+    if let Some(dr) = ctx
+        .snap
+        .destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc)
+    {
         let (pol, _) = crate::policy::port_level(dr.spec.traffic_policy.as_ref(), p.port);
-        if let Some(it) = pol.and_then(|p| p.connection_pool).and_then(|c| c.tcp).and_then(|t| t.idle_timeout) {
+        if let Some(it) = pol
+            .and_then(|p| p.connection_pool)
+            .and_then(|c| c.tcp)
+            .and_then(|t| t.idle_timeout)
+        {
             let meta = dr.meta.clone();
-            t.idle_timeout = ctx.parse_duration(&meta, "spec.trafficPolicy.connectionPool.tcp.idleTimeout", &it);
+            t.idle_timeout = ctx.parse_duration(
+                &meta,
+                "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
+                &it,
+            );
         }
     }
-    out.push(FilterChain { filters: vec![Filter::tcp_proxy(t)], ..Default::default() });
+    out.push(FilterChain {
+        filters: vec![Filter::tcp_proxy(t)],
+        ..Default::default()
+    });
     out
 }
 
@@ -224,9 +304,17 @@ fn domains_for(ctx: &Ctx, svc: &Service) -> Vec<String> {
 }
 
 fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
-    let mut rc = RouteConfiguration { name: port.to_string(), validate_clusters: Some(false), ignore_port_in_host_matching: true, ..Default::default() };
+    let mut rc = RouteConfiguration {
+        name: port.to_string(),
+        validate_clusters: Some(false),
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    };
     let mesh = mesh_set();
-    let rctx = RouteCtx { port, gateways: &mesh };
+    let rctx = RouteCtx {
+        port,
+        gateways: &mesh,
+    };
     // Services with this HTTP port: the owning VS's routes (exact host beats wildcard, then
     // oldest), else the default route.
     let services = ctx.services.clone();
@@ -235,19 +323,44 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
         if !p.protocol.is_http() {
             continue;
         }
-        let routes = match ctx.mesh_vs_for(&svc.hostname).filter(|v| !v.spec.http.is_empty()) {
+        let routes = match ctx
+            .mesh_vs_for(&svc.hostname)
+            .filter(|v| !v.spec.http.is_empty())
+        {
             Some(vs) => translate_http(ctx, vs, &rctx, port).0,
-            None => vec![default_route(&format!("outbound|{port}||{}", svc.hostname), &svc.hostname, port)],
+            None => vec![default_route(
+                &format!("outbound|{port}||{}", svc.hostname),
+                &svc.hostname,
+                port,
+            )],
         };
-        rc.virtual_hosts.push(VirtualHost { name: format!("{}:{port}", svc.hostname), domains: domains_for(ctx, svc), routes, include_request_attempt_count_in_response: true, ..Default::default() });
+        rc.virtual_hosts.push(VirtualHost {
+            name: format!("{}:{port}", svc.hostname),
+            domains: domains_for(ctx, svc),
+            routes,
+            include_request_attempt_count_in_response: true,
+            ..Default::default()
+        });
     }
     // Hosts that are not services get a vhost on port 80 only (istiod's defaulting for unknown
     // hosts); a wildcard that covers a known service has already been applied to it.
     if port == 80 {
         let mut claimed: BTreeSet<String> = BTreeSet::new();
-        let vss: Vec<&VirtualServiceConfig> = ctx.virtual_services.iter().copied().filter(|v| !v.spec.http.is_empty()).collect();
+        let vss: Vec<&VirtualServiceConfig> = ctx
+            .virtual_services
+            .iter()
+            .copied()
+            .filter(|v| !v.spec.http.is_empty())
+            .collect();
         for vs in vss {
-            if !(vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh") || vs.spec.http.iter().any(|h| h.matches.iter().any(|m| m.gateways.iter().any(|g| g == "mesh")))) {
+            if !(vs.spec.gateways.is_empty()
+                || vs.spec.gateways.iter().any(|g| g == "mesh")
+                || vs.spec.http.iter().any(|h| {
+                    h.matches
+                        .iter()
+                        .any(|m| m.gateways.iter().any(|g| g == "mesh"))
+                }))
+            {
                 continue;
             }
             for h in &vs.spec.hosts {
@@ -262,7 +375,13 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
                     continue;
                 }
                 let (routes, _) = translate_http(ctx, vs, &rctx, port);
-                rc.virtual_hosts.push(VirtualHost { name: format!("{h}:{port}"), domains: vec![h.clone()], routes, include_request_attempt_count_in_response: true, ..Default::default() });
+                rc.virtual_hosts.push(VirtualHost {
+                    name: format!("{h}:{port}"),
+                    domains: vec![h.clone()],
+                    routes,
+                    include_request_attempt_count_in_response: true,
+                    ..Default::default()
+                });
             }
         }
     }
@@ -272,8 +391,19 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
             domains: vec!["*".into()],
             routes: vec![Route {
                 name: names::ALLOW_ANY.into(),
-                r#match: RouteMatch { prefix: Some("/".into()), ..Default::default() },
-                route: Some(RouteAction { cluster: Some(names::PASSTHROUGH_CLUSTER.into()), timeout: Some(Duration::ZERO), max_stream_duration: Some(MaxStreamDuration { max_stream_duration: None, grpc_timeout_header_max: Some(Duration::ZERO) }), ..Default::default() }),
+                r#match: RouteMatch {
+                    prefix: Some("/".into()),
+                    ..Default::default()
+                },
+                route: Some(RouteAction {
+                    cluster: Some(names::PASSTHROUGH_CLUSTER.into()),
+                    timeout: Some(Duration::ZERO),
+                    max_stream_duration: Some(MaxStreamDuration {
+                        max_stream_duration: None,
+                        grpc_timeout_header_max: Some(Duration::ZERO),
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             include_request_attempt_count_in_response: true,
@@ -282,7 +412,18 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
         OutboundMode::RegistryOnly => VirtualHost {
             name: names::BLOCK_ALL.into(),
             domains: vec!["*".into()],
-            routes: vec![Route { name: names::BLOCK_ALL.into(), r#match: RouteMatch { prefix: Some("/".into()), ..Default::default() }, direct_response: Some(DirectResponseAction { status: 502, body: None }), ..Default::default() }],
+            routes: vec![Route {
+                name: names::BLOCK_ALL.into(),
+                r#match: RouteMatch {
+                    prefix: Some("/".into()),
+                    ..Default::default()
+                },
+                direct_response: Some(DirectResponseAction {
+                    status: 502,
+                    body: None,
+                }),
+                ..Default::default()
+            }],
             include_request_attempt_count_in_response: true,
             ..Default::default()
         },
@@ -299,12 +440,19 @@ fn virtual_outbound(ctx: &Ctx) -> Listener {
         traffic_direction: "OUTBOUND".into(),
         filter_chains: vec![
             FilterChain {
-                filter_chain_match: Some(FilterChainMatch { destination_port: Some(names::VIRTUAL_OUTBOUND_PORT), ..Default::default() }),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(names::VIRTUAL_OUTBOUND_PORT),
+                    ..Default::default()
+                }),
                 filters: vec![tcp(names::BLACKHOLE_CLUSTER)],
                 name: names::VIRTUAL_OUTBOUND_BLACKHOLE.into(),
                 ..Default::default()
             },
-            FilterChain { filters: vec![tcp(catch_all_cluster(ctx))], name: names::VIRTUAL_OUTBOUND_CATCHALL_TCP.into(), ..Default::default() },
+            FilterChain {
+                filters: vec![tcp(catch_all_cluster(ctx))],
+                name: names::VIRTUAL_OUTBOUND_CATCHALL_TCP.into(),
+                ..Default::default()
+            },
         ],
         ..Default::default()
     }
@@ -322,8 +470,19 @@ fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
             domains: vec!["*".into()],
             routes: vec![Route {
                 name: "default".into(),
-                r#match: RouteMatch { prefix: Some("/".into()), ..Default::default() },
-                route: Some(RouteAction { cluster: Some(cfg_name.to_string()), timeout: Some(Duration::ZERO), max_stream_duration: Some(MaxStreamDuration { max_stream_duration: Some(Duration::ZERO), grpc_timeout_header_max: Some(Duration::ZERO) }), ..Default::default() }),
+                r#match: RouteMatch {
+                    prefix: Some("/".into()),
+                    ..Default::default()
+                },
+                route: Some(RouteAction {
+                    cluster: Some(cfg_name.to_string()),
+                    timeout: Some(Duration::ZERO),
+                    max_stream_duration: Some(MaxStreamDuration {
+                        max_stream_duration: Some(Duration::ZERO),
+                        grpc_timeout_header_max: Some(Duration::ZERO),
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -336,7 +495,9 @@ fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
         http_filters: vec![HttpFilter::router()],
         use_remote_address: Some(false),
         forward_client_cert_details: "APPEND_FORWARD".into(),
-        set_current_client_cert_details: Some(serde_json::json!({"subject": true, "dns": true, "uri": true})),
+        set_current_client_cert_details: Some(
+            serde_json::json!({"subject": true, "dns": true, "uri": true}),
+        ),
         normalize_path: Some(true),
         path_with_escaped_slashes_action: "KEEP_UNCHANGED".into(),
         ..Default::default()
@@ -344,7 +505,11 @@ fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
 }
 
 fn mesh_alpn() -> Vec<String> {
-    tls::ALPN_MESH.iter().map(|s| s.to_string()).chain(["istio-http/1.0", "istio-http/1.1", "istio-h2"].map(String::from)).collect()
+    tls::ALPN_MESH
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["istio-http/1.0", "istio-http/1.1", "istio-h2"].map(String::from))
+        .collect()
 }
 
 fn virtual_inbound(ctx: &Ctx, _cfg: &ProxyConfig) -> Listener {
@@ -354,38 +519,63 @@ fn virtual_inbound(ctx: &Ctx, _cfg: &ProxyConfig) -> Listener {
         let cluster = format!("inbound|{target}||");
         let name = format!("inbound_0.0.0.0_{target}");
         chains.push(FilterChain {
-            filter_chain_match: Some(FilterChainMatch { destination_port: Some(target), transport_protocol: "tls".into(), application_protocols: mesh_alpn(), ..Default::default() }),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(target),
+                transport_protocol: "tls".into(),
+                application_protocols: mesh_alpn(),
+                ..Default::default()
+            }),
             filters: inbound_filters(target, http, &cluster),
             transport_socket: Some(TransportSocket::downstream_tls(tls::inbound_mtls())),
             name: name.clone(),
             ..Default::default()
         });
         chains.push(FilterChain {
-            filter_chain_match: Some(FilterChainMatch { destination_port: Some(target), transport_protocol: "tls".into(), ..Default::default() }),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(target),
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
             filters: vec![tcp(&cluster)],
             name: name.clone(),
             ..Default::default()
         });
         chains.push(FilterChain {
-            filter_chain_match: Some(FilterChainMatch { destination_port: Some(target), transport_protocol: "raw_buffer".into(), ..Default::default() }),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(target),
+                transport_protocol: "raw_buffer".into(),
+                ..Default::default()
+            }),
             filters: inbound_filters(target, http, &cluster),
             name,
             ..Default::default()
         });
     }
     chains.push(FilterChain {
-        filter_chain_match: Some(FilterChainMatch { transport_protocol: "tls".into(), application_protocols: mesh_alpn(), ..Default::default() }),
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: "tls".into(),
+            application_protocols: mesh_alpn(),
+            ..Default::default()
+        }),
         filters: vec![tcp(crate::cluster::INBOUND_PASSTHROUGH)],
         transport_socket: Some(TransportSocket::downstream_tls(tls::inbound_mtls())),
         name: "virtualInbound-catchall-tls".into(),
         ..Default::default()
     });
-    chains.push(FilterChain { filters: vec![tcp(crate::cluster::INBOUND_PASSTHROUGH)], name: "virtualInbound".into(), ..Default::default() });
+    chains.push(FilterChain {
+        filters: vec![tcp(crate::cluster::INBOUND_PASSTHROUGH)],
+        name: "virtualInbound".into(),
+        ..Default::default()
+    });
     Listener {
         name: names::VIRTUAL_INBOUND.into(),
         address: Address::new("0.0.0.0", names::VIRTUAL_INBOUND_PORT),
         filter_chains: chains,
-        listener_filters: vec![ListenerFilter::original_dst(), ListenerFilter::tls_inspector(), ListenerFilter::http_inspector()],
+        listener_filters: vec![
+            ListenerFilter::original_dst(),
+            ListenerFilter::tls_inspector(),
+            ListenerFilter::http_inspector(),
+        ],
         traffic_direction: "INBOUND".into(),
         ..Default::default()
     }

@@ -27,16 +27,37 @@ pub struct Call {
 
 impl Call {
     pub fn http(port: u32, host: &str, path: &str) -> Call {
-        Call { port, http: true, host: host.into(), path: if path.is_empty() { "/".into() } else { path.into() }, method: "GET".into(), ..Default::default() }
+        Call {
+            port,
+            http: true,
+            host: host.into(),
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.into()
+            },
+            method: "GET".into(),
+            ..Default::default()
+        }
     }
     pub fn https(port: u32, host: &str, path: &str) -> Call {
-        Call { tls_sni: Some(host.into()), ..Call::http(port, host, path) }
+        Call {
+            tls_sni: Some(host.into()),
+            ..Call::http(port, host, path)
+        }
     }
     pub fn tcp(port: u32) -> Call {
-        Call { port, ..Default::default() }
+        Call {
+            port,
+            ..Default::default()
+        }
     }
     pub fn tls(port: u32, sni: &str) -> Call {
-        Call { port, tls_sni: Some(sni.into()), ..Default::default() }
+        Call {
+            port,
+            tls_sni: Some(sni.into()),
+            ..Default::default()
+        }
     }
 }
 
@@ -68,7 +89,11 @@ pub struct SimResult {
 }
 
 fn pick_listener<'a>(cfg: &'a ProxyConfig, call: &Call) -> Option<&'a Listener> {
-    let by_addr = |addr: &str| cfg.listeners.iter().find(|l| l.port() == call.port && l.address.socket_address.address == addr);
+    let by_addr = |addr: &str| {
+        cfg.listeners
+            .iter()
+            .find(|l| l.port() == call.port && l.address.socket_address.address == addr)
+    };
     if let Some(a) = &call.address {
         if let Some(l) = by_addr(a) {
             return Some(l);
@@ -78,16 +103,33 @@ fn pick_listener<'a>(cfg: &'a ProxyConfig, call: &Call) -> Option<&'a Listener> 
         return Some(l);
     }
     // Sidecars: captured traffic without a dedicated listener stays on virtualOutbound.
-    cfg.listeners.iter().find(|l| l.use_original_dst == Some(true))
+    cfg.listeners
+        .iter()
+        .find(|l| l.use_original_dst == Some(true))
 }
 
-fn narrow<'a>(chains: Vec<(usize, &'a FilterChain)>, pred_specific: impl Fn(&FilterChainMatch) -> Option<bool>) -> Vec<(usize, &'a FilterChain)> {
+fn narrow(
+    chains: Vec<(usize, &FilterChain)>,
+    pred_specific: impl Fn(&FilterChainMatch) -> Option<bool>,
+) -> Vec<(usize, &FilterChain)> {
     // pred_specific: None = criterion unset on this chain; Some(true) = set and matches; Some(false) = set, no match.
-    let matching: Vec<_> = chains.iter().copied().filter(|(_, c)| c.filter_chain_match.as_ref().and_then(&pred_specific) == Some(true)).collect();
+    let matching: Vec<_> = chains
+        .iter()
+        .copied()
+        .filter(|(_, c)| c.filter_chain_match.as_ref().and_then(&pred_specific) == Some(true))
+        .collect();
     if !matching.is_empty() {
         return matching;
     }
-    chains.into_iter().filter(|(_, c)| c.filter_chain_match.as_ref().and_then(&pred_specific).is_none()).collect()
+    chains
+        .into_iter()
+        .filter(|(_, c)| {
+            c.filter_chain_match
+                .as_ref()
+                .and_then(&pred_specific)
+                .is_none()
+        })
+        .collect()
 }
 
 fn sni_rank(names: &[String], sni: &str) -> Option<usize> {
@@ -97,7 +139,9 @@ fn sni_rank(names: &[String], sni: &str) -> Option<usize> {
             if n.eq_ignore_ascii_case(sni) {
                 Some(usize::MAX)
             } else if let Some(suffix) = n.strip_prefix('*') {
-                sni.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()).then_some(suffix.len())
+                sni.to_ascii_lowercase()
+                    .ends_with(&suffix.to_ascii_lowercase())
+                    .then_some(suffix.len())
             } else {
                 None
             }
@@ -108,20 +152,56 @@ fn sni_rank(names: &[String], sni: &str) -> Option<usize> {
 /// Envoy's filter-chain selection: destination port, server names (exact, then longest
 /// wildcard), transport protocol, application protocols; at each step chains that set the
 /// criterion and match beat chains that leave it unset.
-pub fn match_filter_chain<'a>(l: &'a Listener, call: &Call) -> Result<(usize, &'a FilterChain), SimError> {
+pub fn match_filter_chain<'a>(
+    l: &'a Listener,
+    call: &Call,
+) -> Result<(usize, &'a FilterChain), SimError> {
     let mut chains: Vec<(usize, &FilterChain)> = l.filter_chains.iter().enumerate().collect();
     chains = narrow(chains, |m| m.destination_port.map(|p| p == call.port));
     // Server names: most specific match wins.
     let sni = call.tls_sni.as_deref().unwrap_or("");
-    let ranked: Vec<(usize, &FilterChain, usize)> = chains.iter().filter_map(|(i, c)| c.filter_chain_match.as_ref().filter(|m| !m.server_names.is_empty()).and_then(|m| sni_rank(&m.server_names, sni)).map(|r| (*i, *c, r))).collect();
+    let ranked: Vec<(usize, &FilterChain, usize)> = chains
+        .iter()
+        .filter_map(|(i, c)| {
+            c.filter_chain_match
+                .as_ref()
+                .filter(|m| !m.server_names.is_empty())
+                .and_then(|m| sni_rank(&m.server_names, sni))
+                .map(|r| (*i, *c, r))
+        })
+        .collect();
     if let Some(best) = ranked.iter().map(|(_, _, r)| *r).max() {
-        chains = ranked.into_iter().filter(|(_, _, r)| *r == best).map(|(i, c, _)| (i, c)).collect();
+        chains = ranked
+            .into_iter()
+            .filter(|(_, _, r)| *r == best)
+            .map(|(i, c, _)| (i, c))
+            .collect();
     } else {
         chains.retain(|(_, c)| c.server_names().is_empty());
     }
-    let tp = if call.tls_sni.is_some() { "tls" } else { "raw_buffer" };
-    chains = narrow(chains, |m| if m.transport_protocol.is_empty() { None } else { Some(m.transport_protocol == tp) });
-    chains = narrow(chains, |m| if m.application_protocols.is_empty() { None } else { Some(m.application_protocols.iter().any(|a| call.alpn.contains(a))) });
+    let tp = if call.tls_sni.is_some() {
+        "tls"
+    } else {
+        "raw_buffer"
+    };
+    chains = narrow(chains, |m| {
+        if m.transport_protocol.is_empty() {
+            None
+        } else {
+            Some(m.transport_protocol == tp)
+        }
+    });
+    chains = narrow(chains, |m| {
+        if m.application_protocols.is_empty() {
+            None
+        } else {
+            Some(
+                m.application_protocols
+                    .iter()
+                    .any(|a| call.alpn.contains(a)),
+            )
+        }
+    });
     match chains.len() {
         0 => match &l.default_filter_chain {
             Some(d) => Ok((usize::MAX, d)),
@@ -137,14 +217,32 @@ fn header_value<'a>(call: &'a Call, name: &str) -> Option<&'a str> {
         ":authority" => Some(&call.host),
         ":method" => Some(&call.method),
         ":path" => Some(&call.path),
-        ":scheme" => Some(if call.tls_sni.is_some() { "https" } else { "http" }),
-        _ => call.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()),
+        ":scheme" => Some(if call.tls_sni.is_some() {
+            "https"
+        } else {
+            "http"
+        }),
+        _ => call
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str()),
     }
 }
 
 fn string_match(m: &StringMatcher, v: &str) -> bool {
-    let (v, cmp) = if m.ignore_case { (v.to_ascii_lowercase(), true) } else { (v.to_string(), false) };
-    let norm = |s: &str| if cmp { s.to_ascii_lowercase() } else { s.to_string() };
+    let (v, cmp) = if m.ignore_case {
+        (v.to_ascii_lowercase(), true)
+    } else {
+        (v.to_string(), false)
+    };
+    let norm = |s: &str| {
+        if cmp {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
     if let Some(e) = &m.exact {
         return v == norm(e);
     }
@@ -182,8 +280,18 @@ fn header_matches(h: &HeaderMatcher, call: &Call) -> bool {
 pub fn route_matches(m: &RouteMatch, call: &Call) -> bool {
     let path = call.path.split('?').next().unwrap_or("");
     let cs = m.case_sensitive.unwrap_or(true);
-    let (p, lower) = if cs { (path.to_string(), false) } else { (path.to_ascii_lowercase(), true) };
-    let fix = |s: &str| if lower { s.to_ascii_lowercase() } else { s.to_string() };
+    let (p, lower) = if cs {
+        (path.to_string(), false)
+    } else {
+        (path.to_ascii_lowercase(), true)
+    };
+    let fix = |s: &str| {
+        if lower {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
     let path_ok = if let Some(pre) = &m.prefix {
         p.starts_with(&fix(pre))
     } else if let Some(exact) = &m.path {
@@ -213,12 +321,25 @@ pub fn simulate(cfg: &ProxyConfig, call: &Call) -> SimResult {
             return r;
         }
     };
-    r.filter_chain = Some(if !fc.name.is_empty() { fc.name.clone() } else if idx == usize::MAX { "default".into() } else { format!("#{idx}") });
-    r.tls_terminated = fc.transport_socket.as_ref().is_some_and(|t| t.as_downstream_tls().is_some());
-    for f in &fc.filters {
+    r.filter_chain = Some(if !fc.name.is_empty() {
+        fc.name.clone()
+    } else if idx == usize::MAX {
+        "default".into()
+    } else {
+        format!("#{idx}")
+    });
+    r.tls_terminated = fc
+        .transport_socket
+        .as_ref()
+        .is_some_and(|t| t.as_downstream_tls().is_some());
+    if let Some(f) = fc.filters.first() {
         match &f.typed_config {
             NetworkFilterConfig::TcpProxy(t) => {
-                r.cluster = t.cluster.clone().or_else(|| t.weighted_clusters.as_ref().and_then(|w| w.clusters.first().map(|c| c.name.clone())));
+                r.cluster = t.cluster.clone().or_else(|| {
+                    t.weighted_clusters
+                        .as_ref()
+                        .and_then(|w| w.clusters.first().map(|c| c.name.clone()))
+                });
                 return r;
             }
             NetworkFilterConfig::HttpConnectionManager(h) => {
@@ -246,7 +367,8 @@ pub fn simulate(cfg: &ProxyConfig, call: &Call) -> SimResult {
                     r.error = Some(SimError::TlsRedirect);
                     return r;
                 }
-                let Some(route) = vh.routes.iter().find(|rt| route_matches(&rt.r#match, call)) else {
+                let Some(route) = vh.routes.iter().find(|rt| route_matches(&rt.r#match, call))
+                else {
                     r.error = Some(SimError::NoRoute);
                     return r;
                 };
@@ -255,7 +377,11 @@ pub fn simulate(cfg: &ProxyConfig, call: &Call) -> SimResult {
                     r.direct_response = Some(d.status);
                 }
                 if let Some(a) = &route.route {
-                    r.cluster = a.cluster.clone().or_else(|| a.weighted_clusters.as_ref().and_then(|w| w.clusters.first().map(|c| c.name.clone())));
+                    r.cluster = a.cluster.clone().or_else(|| {
+                        a.weighted_clusters
+                            .as_ref()
+                            .and_then(|w| w.clusters.first().map(|c| c.name.clone()))
+                    });
                 }
                 return r;
             }

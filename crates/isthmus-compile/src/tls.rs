@@ -1,20 +1,29 @@
 //! TLS contexts: upstream (DestinationRule `tls`, auto-mTLS) and downstream (Gateway servers),
 //! plus the SDS secrets credentialName references resolve to (reference §3.9, §4.3).
 
-use crate::scope::Ctx;
 use crate::diag;
+use crate::scope::Ctx;
 use isthmus_api::istio::{ClientTlsSettings, ServerTlsSettings};
 use isthmus_api::Severity;
 use isthmus_model::{ConfigMeta, Service};
 use isthmus_xds::core::{DataSource, StringMatcher};
-use isthmus_xds::tls::{CertificateValidationContext, CombinedValidationContext, TlsCertificate, TlsParameters};
-use isthmus_xds::{CommonTlsContext, DownstreamTlsContext, ProxyConfig, SdsSecretConfig, Secret, TransportSocket, UpstreamTlsContext};
+use isthmus_xds::tls::{
+    CertificateValidationContext, CombinedValidationContext, TlsCertificate, TlsParameters,
+};
+use isthmus_xds::{
+    CommonTlsContext, DownstreamTlsContext, ProxyConfig, SdsSecretConfig, Secret, TransportSocket,
+    UpstreamTlsContext,
+};
 
 pub const ALPN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
 pub const ALPN_MESH_H2: [&str; 3] = ["istio-peer-exchange", "istio", "h2"];
 
 fn tls_params() -> Option<TlsParameters> {
-    Some(TlsParameters { tls_minimum_protocol_version: "TLSv1_2".into(), tls_maximum_protocol_version: "TLSv1_3".into(), ..Default::default() })
+    Some(TlsParameters {
+        tls_minimum_protocol_version: "TLSv1_2".into(),
+        tls_maximum_protocol_version: "TLSv1_3".into(),
+        ..Default::default()
+    })
 }
 
 /// `kubernetes://NAME` for a bare credentialName; prefixed names are kept.
@@ -28,14 +37,21 @@ pub fn credential_resource(name: &str) -> String {
 
 /// The mesh mTLS client context (ISTIO_MUTUAL, explicit or auto).
 pub fn istio_mutual_upstream(sni: String, sans: &[String], h2: bool) -> UpstreamTlsContext {
-    let alpn: Vec<String> = if h2 { ALPN_MESH_H2.iter().map(|s| s.to_string()).collect() } else { ALPN_MESH.iter().map(|s| s.to_string()).collect() };
+    let alpn: Vec<String> = if h2 {
+        ALPN_MESH_H2.iter().map(|s| s.to_string()).collect()
+    } else {
+        ALPN_MESH.iter().map(|s| s.to_string()).collect()
+    };
     UpstreamTlsContext {
         sni,
         common_tls_context: CommonTlsContext {
             tls_params: tls_params(),
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig::named("default")],
             combined_validation_context: Some(CombinedValidationContext {
-                default_validation_context: CertificateValidationContext { match_subject_alt_names: sans.iter().map(StringMatcher::exact).collect(), ..Default::default() },
+                default_validation_context: CertificateValidationContext {
+                    match_subject_alt_names: sans.iter().map(StringMatcher::exact).collect(),
+                    ..Default::default()
+                },
                 validation_context_sds_secret_config: SdsSecretConfig::named("ROOTCA"),
             }),
             alpn_protocols: alpn,
@@ -57,25 +73,62 @@ pub struct UpstreamTls {
 /// `buildUpstreamClusterTLSContext` for one cluster. `dr_has_selector` decides whether a
 /// sidecar may use credentialName.
 #[allow(clippy::too_many_arguments)]
-pub fn upstream(ctx: &mut Ctx, dr_meta: &ConfigMeta, dr_has_selector: bool, tls: &ClientTlsSettings, svc: &Service, port: u32, subset: &str, h2: bool) -> UpstreamTls {
-    let none = UpstreamTls { socket: None, auto_sni: false, auto_san_validation: false, alpn_override_false: false };
+pub fn upstream(
+    ctx: &mut Ctx,
+    dr_meta: &ConfigMeta,
+    dr_has_selector: bool,
+    tls: &ClientTlsSettings,
+    svc: &Service,
+    port: u32,
+    subset: &str,
+    h2: bool,
+) -> UpstreamTls {
+    let none = UpstreamTls {
+        socket: None,
+        auto_sni: false,
+        auto_san_validation: false,
+        alpn_override_false: false,
+    };
     let mode = tls.mode();
     match mode {
         "ISTIO_MUTUAL" => {
-            let sni = tls.sni.clone().unwrap_or_else(|| format!("outbound_.{port}_.{subset}_.{}", svc.hostname));
-            let sans = if tls.subject_alt_names.is_empty() { svc.service_accounts.clone() } else { tls.subject_alt_names.clone() };
-            UpstreamTls { socket: Some(TransportSocket::upstream_tls(istio_mutual_upstream(sni, &sans, h2))), ..none }
+            let sni = tls
+                .sni
+                .clone()
+                .unwrap_or_else(|| format!("outbound_.{port}_.{subset}_.{}", svc.hostname));
+            let sans = if tls.subject_alt_names.is_empty() {
+                svc.service_accounts.clone()
+            } else {
+                tls.subject_alt_names.clone()
+            };
+            UpstreamTls {
+                socket: Some(TransportSocket::upstream_tls(istio_mutual_upstream(
+                    sni, &sans, h2,
+                ))),
+                ..none
+            }
         }
         "SIMPLE" | "MUTUAL" => {
             let gateway = ctx.proxy.is_gateway();
-            let mut common = CommonTlsContext { tls_params: tls_params(), ..Default::default() };
+            let mut common = CommonTlsContext {
+                tls_params: tls_params(),
+                ..Default::default()
+            };
             if h2 {
                 common.alpn_protocols = vec!["h2".into()];
             }
-            let sans: Vec<StringMatcher> = if tls.subject_alt_names.is_empty() && svc.registry == isthmus_model::Registry::ServiceEntry {
-                svc.service_accounts.iter().map(StringMatcher::exact).collect()
+            let sans: Vec<StringMatcher> = if tls.subject_alt_names.is_empty()
+                && svc.registry == isthmus_model::Registry::ServiceEntry
+            {
+                svc.service_accounts
+                    .iter()
+                    .map(StringMatcher::exact)
+                    .collect()
             } else {
-                tls.subject_alt_names.iter().map(StringMatcher::exact).collect()
+                tls.subject_alt_names
+                    .iter()
+                    .map(StringMatcher::exact)
+                    .collect()
             };
             let validation_name: Option<String>;
             if let Some(cred) = tls.credential_name.as_deref().filter(|c| !c.is_empty()) {
@@ -85,15 +138,24 @@ pub fn upstream(ctx: &mut Ctx, dr_meta: &ConfigMeta, dr_has_selector: bool, tls:
                 }
                 let res = credential_resource(cred);
                 if mode == "MUTUAL" {
-                    common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::named(res.clone())];
+                    common.tls_certificate_sds_secret_configs =
+                        vec![SdsSecretConfig::named(res.clone())];
                     ctx.sds_refs.insert(res.clone(), dr_meta.clone());
                 }
-                validation_name = if tls.insecure_skip_verify == Some(true) { None } else { Some(format!("{res}-cacert")) };
+                validation_name = if tls.insecure_skip_verify == Some(true) {
+                    None
+                } else {
+                    Some(format!("{res}-cacert"))
+                };
             } else {
                 if mode == "MUTUAL" {
-                    match (tls.client_certificate.as_deref(), tls.private_key.as_deref()) {
+                    match (
+                        tls.client_certificate.as_deref(),
+                        tls.private_key.as_deref(),
+                    ) {
                         (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
-                            common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::named(format!("file-cert:{c}~{k}"))];
+                            common.tls_certificate_sds_secret_configs =
+                                vec![SdsSecretConfig::named(format!("file-cert:{c}~{k}"))];
                         }
                         _ => {
                             ctx.diags.push(diag(dr_meta, Severity::Error, "MutualTlsWithoutCertificate", Some("spec.trafficPolicy.tls"), format!("failed to apply tls setting for {}: client certificate and private key must not be empty", svc.hostname)));
@@ -101,23 +163,41 @@ pub fn upstream(ctx: &mut Ctx, dr_meta: &ConfigMeta, dr_has_selector: bool, tls:
                         }
                     }
                 }
-                validation_name = if tls.insecure_skip_verify == Some(true) { None } else { Some(format!("file-root:{}", tls.ca_certificates.as_deref().filter(|c| !c.is_empty()).unwrap_or("system"))) };
+                validation_name = if tls.insecure_skip_verify == Some(true) {
+                    None
+                } else {
+                    Some(format!(
+                        "file-root:{}",
+                        tls.ca_certificates
+                            .as_deref()
+                            .filter(|c| !c.is_empty())
+                            .unwrap_or("system")
+                    ))
+                };
             }
             if let Some(v) = validation_name {
                 if v.starts_with("kubernetes://") {
                     ctx.sds_refs.insert(v.clone(), dr_meta.clone());
                 }
                 common.combined_validation_context = Some(CombinedValidationContext {
-                    default_validation_context: CertificateValidationContext { match_subject_alt_names: sans.clone(), ..Default::default() },
+                    default_validation_context: CertificateValidationContext {
+                        match_subject_alt_names: sans.clone(),
+                        ..Default::default()
+                    },
                     validation_context_sds_secret_config: SdsSecretConfig::named(v),
                 });
             }
             let sni = tls.sni.clone().unwrap_or_default();
             let auto_sni = sni.is_empty();
             UpstreamTls {
-                socket: Some(TransportSocket::upstream_tls(UpstreamTlsContext { common_tls_context: common, sni })),
+                socket: Some(TransportSocket::upstream_tls(UpstreamTlsContext {
+                    common_tls_context: common,
+                    sni,
+                })),
                 auto_sni,
-                auto_san_validation: auto_sni && sans.is_empty() && tls.insecure_skip_verify != Some(true),
+                auto_san_validation: auto_sni
+                    && sans.is_empty()
+                    && tls.insecure_skip_verify != Some(true),
                 alpn_override_false: true,
             }
         }
@@ -126,12 +206,23 @@ pub fn upstream(ctx: &mut Ctx, dr_meta: &ConfigMeta, dr_has_selector: bool, tls:
 }
 
 /// `BuildListenerTLSContext` for a gateway server.
-pub fn downstream(ctx: &mut Ctx, gw_meta: &ConfigMeta, tls: &ServerTlsSettings, http: bool) -> Option<DownstreamTlsContext> {
+pub fn downstream(
+    ctx: &mut Ctx,
+    gw_meta: &ConfigMeta,
+    tls: &ServerTlsSettings,
+    http: bool,
+) -> Option<DownstreamTlsContext> {
     let mode = tls.mode();
     let mut common = CommonTlsContext {
         tls_params: Some(TlsParameters {
-            tls_minimum_protocol_version: tls.min_protocol_version.clone().unwrap_or_else(|| "TLSv1_2".into()),
-            tls_maximum_protocol_version: tls.max_protocol_version.clone().unwrap_or_else(|| "TLSv1_3".into()),
+            tls_minimum_protocol_version: tls
+                .min_protocol_version
+                .clone()
+                .unwrap_or_else(|| "TLSv1_2".into()),
+            tls_maximum_protocol_version: tls
+                .max_protocol_version
+                .clone()
+                .unwrap_or_else(|| "TLSv1_3".into()),
             cipher_suites: tls.cipher_suites.clone(),
             ..Default::default()
         }),
@@ -144,24 +235,40 @@ pub fn downstream(ctx: &mut Ctx, gw_meta: &ConfigMeta, tls: &ServerTlsSettings, 
     } else {
         vec![]
     };
-    let sans: Vec<StringMatcher> = tls.subject_alt_names.iter().map(StringMatcher::exact).collect();
+    let sans: Vec<StringMatcher> = tls
+        .subject_alt_names
+        .iter()
+        .map(StringMatcher::exact)
+        .collect();
     let require = match mode {
         "ISTIO_MUTUAL" => {
             common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::named("default")];
             common.combined_validation_context = Some(CombinedValidationContext {
-                default_validation_context: CertificateValidationContext { match_subject_alt_names: sans, ..Default::default() },
+                default_validation_context: CertificateValidationContext {
+                    match_subject_alt_names: sans,
+                    ..Default::default()
+                },
                 validation_context_sds_secret_config: SdsSecretConfig::named("ROOTCA"),
             });
             true
         }
         "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => {
-            let cred = tls.credential_name.clone().filter(|c| !c.is_empty()).or_else(|| tls.credential_names.first().cloned());
+            let cred = tls
+                .credential_name
+                .clone()
+                .filter(|c| !c.is_empty())
+                .or_else(|| tls.credential_names.first().cloned());
             if let Some(cred) = cred {
                 let res = credential_resource(&cred);
-                common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::named(res.clone())];
+                common.tls_certificate_sds_secret_configs =
+                    vec![SdsSecretConfig::named(res.clone())];
                 ctx.sds_refs.insert(res.clone(), gw_meta.clone());
                 if mode != "SIMPLE" {
-                    let ca = tls.ca_cert_credential_name.as_deref().map(credential_resource).unwrap_or_else(|| format!("{res}-cacert"));
+                    let ca = tls
+                        .ca_cert_credential_name
+                        .as_deref()
+                        .map(credential_resource)
+                        .unwrap_or_else(|| format!("{res}-cacert"));
                     ctx.sds_refs.insert(ca.clone(), gw_meta.clone());
                     common.combined_validation_context = Some(CombinedValidationContext {
                         default_validation_context: CertificateValidationContext {
@@ -173,13 +280,25 @@ pub fn downstream(ctx: &mut Ctx, gw_meta: &ConfigMeta, tls: &ServerTlsSettings, 
                         validation_context_sds_secret_config: SdsSecretConfig::named(ca),
                     });
                 }
-            } else if let (Some(c), Some(k)) = (tls.server_certificate.as_deref(), tls.private_key.as_deref()) {
-                common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::named(format!("file-cert:{c}~{k}"))];
+            } else if let (Some(c), Some(k)) = (
+                tls.server_certificate.as_deref(),
+                tls.private_key.as_deref(),
+            ) {
+                common.tls_certificate_sds_secret_configs =
+                    vec![SdsSecretConfig::named(format!("file-cert:{c}~{k}"))];
                 if mode != "SIMPLE" {
-                    let ca = tls.ca_certificates.clone().unwrap_or_else(|| "system".into());
+                    let ca = tls
+                        .ca_certificates
+                        .clone()
+                        .unwrap_or_else(|| "system".into());
                     common.combined_validation_context = Some(CombinedValidationContext {
-                        default_validation_context: CertificateValidationContext { match_subject_alt_names: sans, ..Default::default() },
-                        validation_context_sds_secret_config: SdsSecretConfig::named(format!("file-root:{ca}")),
+                        default_validation_context: CertificateValidationContext {
+                            match_subject_alt_names: sans,
+                            ..Default::default()
+                        },
+                        validation_context_sds_secret_config: SdsSecretConfig::named(format!(
+                            "file-root:{ca}"
+                        )),
                     });
                 }
             } else {
@@ -190,7 +309,10 @@ pub fn downstream(ctx: &mut Ctx, gw_meta: &ConfigMeta, tls: &ServerTlsSettings, 
         }
         _ => return None,
     };
-    Some(DownstreamTlsContext { common_tls_context: common, require_client_certificate: Some(require) })
+    Some(DownstreamTlsContext {
+        common_tls_context: common,
+        require_client_certificate: Some(require),
+    })
 }
 
 /// The mesh mTLS server context used on sidecar inbound chains.
@@ -220,14 +342,20 @@ fn b64(bytes: &[u8]) -> String {
 pub fn collect_secrets(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
     let refs = std::mem::take(&mut ctx.sds_refs);
     for (name, meta) in refs {
-        let Some(rest) = name.strip_prefix("kubernetes://") else { continue };
+        let Some(rest) = name.strip_prefix("kubernetes://") else {
+            continue;
+        };
         let (secret_name, ca_only) = match rest.strip_suffix("-cacert") {
             Some(base) => (base, true),
             None => (rest, false),
         };
         let ns = ctx.proxy.namespace.clone();
         // `NAME-cacert` may also be a Secret of its own (istiod checks that first).
-        let direct = if ca_only { ctx.snap.secret(&ns, rest) } else { None };
+        let direct = if ca_only {
+            ctx.snap.secret(&ns, rest)
+        } else {
+            None
+        };
         let data = direct.or_else(|| ctx.snap.secret(&ns, secret_name));
         let Some(data) = data else {
             ctx.diags.push(diag(&meta, Severity::Error, "SecretNotFound", None, format!("secret {secret_name:?} not found in namespace {ns:?} (credentialName secrets must live in the proxy's own namespace); SDS resource {name:?} is not supplied and TLS handshakes on it fail")));
@@ -246,10 +374,28 @@ pub fn collect_secrets(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
             match (get(&["tls.crt", "cert"]), get(&["tls.key", "key"])) {
                 (Some(c), Some(k)) => cfg.secrets.push(Secret {
                     name: name.clone(),
-                    tls_certificate: Some(TlsCertificate { certificate_chain: Some(DataSource { inline_bytes: Some(b64(&c)), ..Default::default() }), private_key: Some(DataSource { inline_bytes: Some(b64(&k)), ..Default::default() }) }),
+                    tls_certificate: Some(TlsCertificate {
+                        certificate_chain: Some(DataSource {
+                            inline_bytes: Some(b64(&c)),
+                            ..Default::default()
+                        }),
+                        private_key: Some(DataSource {
+                            inline_bytes: Some(b64(&k)),
+                            ..Default::default()
+                        }),
+                    }),
                     validation_context: None,
                 }),
-                _ => ctx.diags.push(diag(&meta, Severity::Error, "SecretKeyMissing", None, format!("secret {ns}/{secret_name} needs keys tls.crt and tls.key (found: {})", data.keys().cloned().collect::<Vec<_>>().join(", ")))),
+                _ => ctx.diags.push(diag(
+                    &meta,
+                    Severity::Error,
+                    "SecretKeyMissing",
+                    None,
+                    format!(
+                        "secret {ns}/{secret_name} needs keys tls.crt and tls.key (found: {})",
+                        data.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )),
             }
         }
     }

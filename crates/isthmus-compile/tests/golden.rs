@@ -11,20 +11,42 @@ fn check(case: &str) {
     let dir = common::case_dir(case);
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     for (label, compiled) in &c.proxies {
-        let json = render(&compiled.config, ConfigKind::All, &Filter::default(), Format::Json).unwrap();
-        let mut diags: Vec<String> = c.build_diagnostics.iter().map(|d| format!("[build] {d}")).collect();
+        let json = render(
+            &compiled.config,
+            ConfigKind::All,
+            &Filter::default(),
+            Format::Json,
+        )
+        .unwrap();
+        let mut diags: Vec<String> = c
+            .build_diagnostics
+            .iter()
+            .map(|d| format!("[build] {d}"))
+            .collect();
         diags.extend(compiled.diagnostics.iter().map(|d| d.to_string()));
         let root = format!("{}/", env!("CARGO_MANIFEST_DIR"));
         let diag_text = diags.join("\n").replace(&root, "") + "\n";
-        for (file, actual) in [(format!("{label}.json"), json), (format!("{label}.diagnostics.txt"), diag_text)] {
+        for (file, actual) in [
+            (format!("{label}.json"), json),
+            (format!("{label}.diagnostics.txt"), diag_text),
+        ] {
             let path = dir.join(&file);
             if update {
                 std::fs::write(&path, &actual).unwrap();
                 continue;
             }
-            let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing golden {} (run with UPDATE_GOLDEN=1)", path.display()));
+            let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+                panic!(
+                    "missing golden {} (run with UPDATE_GOLDEN=1)",
+                    path.display()
+                )
+            });
             if expected != actual {
-                let diff_line = expected.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(expected.lines().count().min(actual.lines().count()));
+                let diff_line = expected
+                    .lines()
+                    .zip(actual.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(expected.lines().count().min(actual.lines().count()));
                 panic!(
                     "{case}/{file} differs from golden at line {}:\n expected: {}\n   actual: {}\n(re-run with UPDATE_GOLDEN=1 after checking the change is intended)",
                     diff_line + 1,
@@ -66,6 +88,10 @@ fn compilation_is_deterministic() {
     let a = common::load_case("double-mtls");
     let b = common::load_case("double-mtls");
     for ((la, ca), (_, cb)) in a.proxies.iter().zip(b.proxies.iter()) {
-        assert_eq!(serde_json::to_string(&ca.config).unwrap(), serde_json::to_string(&cb.config).unwrap(), "{la}");
+        assert_eq!(
+            serde_json::to_string(&ca.config).unwrap(),
+            serde_json::to_string(&cb.config).unwrap(),
+            "{la}"
+        );
     }
 }

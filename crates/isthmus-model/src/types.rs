@@ -27,7 +27,12 @@ impl ConfigMeta {
     /// namespace (objects applied together share a timestamp second, so the name decides), then
     /// load order. An object without a timestamp counts as created with the others.
     pub fn age_key(&self) -> (&str, &str, &str, usize) {
-        (self.creation_timestamp.as_deref().unwrap_or(""), &self.name, &self.namespace, self.seq)
+        (
+            self.creation_timestamp.as_deref().unwrap_or(""),
+            &self.name,
+            &self.namespace,
+            self.seq,
+        )
     }
     /// `Kind ns/name`.
     pub fn label(&self) -> String {

@@ -142,7 +142,17 @@ impl ProxyConfig {
             }
         }
         let mut h = Fnv(0xcbf29ce484222325);
-        let _ = serde_json::to_writer(&mut h, &(&self.node, &self.listeners, &self.routes, &self.clusters, &self.endpoints, &self.secrets));
+        let _ = serde_json::to_writer(
+            &mut h,
+            &(
+                &self.node,
+                &self.listeners,
+                &self.routes,
+                &self.clusters,
+                &self.endpoints,
+                &self.secrets,
+            ),
+        );
         format!("{:016x}", h.0)
     }
 }
