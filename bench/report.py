@@ -235,7 +235,8 @@ P(f"- `uptime` at start: `{META['uptime_at_start']}`. The machine has 2 vCPUs an
 P(f"- CPU: {cpu_model or '?'}; kernel {uname.release}; {os.cpu_count()} CPUs.")
 P(f"- Pinning: load generators on CPU {META['loadgen_cpu']}; origin and proxy under test on CPU "
   f"{META['server_cpu']} (`taskset`). HAProxy `nbthread 1`, nginx `worker_processes 1`; isthmus runs its "
-  "fixed 2-worker tokio runtime (both threads confined to the same CPU).")
+  "fixed 2-worker tokio runtime (both threads confined to the same CPU). "
+  f"Scheduling priority of servers and load generators: nice {META.get('nice', '0')}.")
 P(f"- Peers: {ver('haproxy -v')}; {ver('nginx -v')}; load: {ver('wrk -v')}, "
   f"{ver('h2load --version')}, `bench/harness` (tokio + rustls/ring, single thread).")
 P("- Origin (the same for every path): nginx, 1 worker, static 1 KiB / 20 B / 1 GiB files; "

@@ -5,7 +5,7 @@
 # control-plane compile benchmark, and writes docs/benchmarks.md plus docs/bench-*.png.
 #
 # Environment knobs: BENCH_SECS (10), BENCH_REPEATS (3), BENCH_IDLE_CONNS (1000),
-# BENCH_ONLY=h1,h2,sni,term,idle (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, CARGO_TARGET_DIR
+# BENCH_ONLY=h1,h2,sni,term,idle[,termka] (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, BENCH_NICE (e.g. -5), CARGO_TARGET_DIR
 # (default /work/target-bench), BENCH_WORK (scratch dir, default /tmp/isthmus-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
