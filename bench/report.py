@@ -187,12 +187,25 @@ def simple_table(scen, title, cols):
     meds = {}
     for w in ws:
         row = []
-        for h, fn, nd in cols:
+        for h, fn, nd, *_ in cols:
             xs = metric(scen, w, fn)
             meds.setdefault(h, {})[w] = median(xs)
             row.append("—" if (w == "direct" and "proxy" in h) else cell(xs, nd))
         P(f"| {w} | " + " | ".join(row) + " |")
     P("")
+    parts = []
+    for h, fn, nd, *hb in cols:
+        if not hb:
+            continue
+        vals = meds.get(h, {})
+        peers = [p for p in ("haproxy", "haproxy-splice", "nginx") if p in vals]
+        b, bp = best_peer(vals, hb[0], peers)
+        txt = f"{h}: isthmus ÷ best peer {rfmt(ratio(vals.get('isthmus'), b))} (best: {bp})"
+        if "proxy" not in h and vals.get("direct"):
+            txt += f", isthmus ÷ direct {rfmt(ratio(vals.get('isthmus'), vals.get('direct')))}"
+        parts.append(txt)
+    if parts:
+        P("; ".join(parts) + ".\n")
     note_voids(scen)
     return meds
 
@@ -259,28 +272,28 @@ h2l = lat_table("h2_lat", "HTTP/2 added latency")
 ka = sat_table("sni_keepalive", "L4 SNI passthrough, kept-alive TLS 1.3 (harness, 32 connections, 1 KiB)",
                "requests/s")
 bulk = simple_table("sni_bulk", "L4 SNI passthrough, bulk: 1 GiB over one TLS connection", [
-    ("GiB/s", lambda r: r["gib_per_sec"], 3),
-    ("proxy CPU-s per GiB", lambda r: r["proxy_cpu_s"] / (r["bytes"] / 2**30), 3),
+    ("GiB/s", lambda r: r["gib_per_sec"], 3, True),
+    ("proxy CPU-s per GiB", lambda r: r["proxy_cpu_s"] / (r["bytes"] / 2**30), 3, False),
     ("origin CPU-s per GiB", lambda r: r["origin_cpu_s"] / (r["bytes"] / 2**30), 3),
 ])
 hs_sni = simple_table("sni_handshake", "L4 SNI passthrough, new TLS connection per request (32 concurrent)", [
-    ("connections/s", lambda r: r["per_sec"], 0),
-    ("proxy CPU µs per connection", cpu_per_req_us, 1),
+    ("connections/s", lambda r: r["per_sec"], 0, True),
+    ("proxy CPU µs per connection", cpu_per_req_us, 1, False),
     ("origin CPU µs per connection", lambda r: r["origin_cpu_s"] / r["requests"] * 1e6, 1),
 ])
 hs = simple_table("term_handshake", "TLS termination: new TLS 1.3 handshake per request (32 concurrent)", [
-    ("handshakes/s", lambda r: r["per_sec"], 0),
-    ("proxy CPU µs per handshake", cpu_per_req_us, 1),
+    ("handshakes/s", lambda r: r["per_sec"], 0, True),
+    ("proxy CPU µs per handshake", cpu_per_req_us, 1, False),
     ("origin CPU µs per request", lambda r: r["origin_cpu_s"] / r["requests"] * 1e6, 1),
 ])
 tk = sat_table("term_keepalive", "TLS termination, kept-alive (harness, 32 connections, 1 KiB)", "requests/s")
 idle_h = simple_table("idle_http", f"Idle HTTP/1.1 connections ({META['idle_conns']} kept-alive after one request each)", [
-    ("proxy RSS KiB per conn", lambda r: r["kib_per_conn"], 3),
+    ("proxy RSS KiB per conn", lambda r: r["kib_per_conn"], 3, False),
     ("MiB per 1000", lambda r: r["kib_per_conn"] * 1000 / 1024, 2),
     ("kernel TCP mem KiB per conn (all sockets)", lambda r: r["kernel_sock_kib_per_conn"], 2),
 ])
 idle_p = simple_table("idle_passthrough", f"Idle SNI passthrough connections ({META['idle_conns']} TLS, one request each)", [
-    ("proxy RSS KiB per conn", lambda r: r["kib_per_conn"], 3),
+    ("proxy RSS KiB per conn", lambda r: r["kib_per_conn"], 3, False),
     ("MiB per 1000", lambda r: r["kib_per_conn"] * 1000 / 1024, 2),
     ("kernel TCP mem KiB per conn (all sockets)", lambda r: r["kernel_sock_kib_per_conn"], 2),
 ])
@@ -434,8 +447,20 @@ try:
         fig.tight_layout()
         fig.savefig(os.path.join(DOCS, "bench-latency.png"), dpi=90)
         plt.close(fig)
+    tls_groups = []
+    if bulk:
+        tls_groups.append(("proxy CPU-s per GiB (SNI bulk)", bulk.get("proxy CPU-s per GiB", {})))
+    if hs:
+        tls_groups.append(("proxy CPU ms per new TLS handshake (termination)",
+                           {k: (v / 1000 if v is not None else None)
+                            for k, v in hs.get("proxy CPU µs per handshake", {}).items()}))
+    if hs_sni:
+        tls_groups.append(("proxy CPU ms per new connection (SNI passthrough)",
+                           {k: (v / 1000 if v is not None else None)
+                            for k, v in hs_sni.get("proxy CPU µs per connection", {}).items()}))
+    bars("l4-tls", tls_groups, "CPU (see group label)", "L4 and TLS: proxy CPU per unit (lower is better)")
     P("## Plots\n")
-    for n in ("throughput", "cpu", "latency"):
+    for n in ("throughput", "cpu", "latency", "l4-tls"):
         if os.path.exists(os.path.join(DOCS, f"bench-{n}.png")):
             P(f"![{n}](bench-{n}.png)\n")
 except ImportError:
