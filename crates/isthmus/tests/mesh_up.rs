@@ -792,3 +792,59 @@ fn sidecars_capture_with_mtls_and_the_ingress_gateway_is_published() {
     let refused = std::net::TcpStream::connect(("127.0.0.1", published));
     assert!(refused.is_err(), "published port still open after down");
 }
+
+#[test]
+fn a_crashed_supervisor_is_cleaned_up_by_down_and_by_the_next_up() {
+    if !isthmus_local::testing::namespaces_available(
+        "a_crashed_supervisor_is_cleaned_up_by_down_and_by_the_next_up",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("e", TWO_PODS);
+    let pid_file = m.root.join(&m.name).join("pid");
+    for round in 0..2 {
+        let out = m.up();
+        assert!(out.status.success(), "up (round {round}): {}", text(&out));
+        let pids: Vec<u64> = m.pods()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|p| p["containers"][0]["pid"].as_u64())
+            .collect();
+        assert_eq!(pids.len(), 2);
+        let sup: u64 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+        nix_kill(sup);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_alive(sup) {
+            assert!(Instant::now() < deadline, "supervisor survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Containers outlive their supervisor, namespaces too: leftovers of a crashed run.
+        assert!(pids.iter().all(|p| pid_alive(*p)));
+        assert_eq!(m.netns().len(), 3);
+        let out = m.cmd("status", &[]);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "status of a dead mesh: {}",
+            text(&out)
+        );
+        if round == 0 {
+            // The next `up` with the same name takes over: leftovers removed first.
+            continue;
+        }
+        let out = m.cmd("down", &[]);
+        assert!(out.status.success(), "down: {}", text(&out));
+        m.up = false;
+        assert!(String::from_utf8_lossy(&out.stdout).contains("leftovers of a crashed run"));
+        assert_eq!(m.netns(), Vec::<String>::new());
+        for p in &pids {
+            assert!(!pid_alive(*p), "container {p} survived down");
+        }
+        assert!(!m.root.join(&m.name).exists());
+    }
+}
