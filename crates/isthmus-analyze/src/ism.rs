@@ -469,28 +469,43 @@ fn exported_to(o: &Object, dr: &DestinationRule, client_ns: &str) -> bool {
 /// The DRs that apply to `host` for clients in `client_ns`, with Istio's precedence: client
 /// namespace, then the service's namespace, then the root namespace; most specific host match
 /// within a namespace; no merging across levels.
+/// Selector-less DestinationRules by namespace, in Istio's order, with resolved hosts.
+type DrIndex<'a> = BTreeMap<String, Vec<(&'a Object, &'a DestinationRule, String)>>;
+
+fn dr_index<'a>(c: &Ctx<'a>) -> DrIndex<'a> {
+    let mut idx: DrIndex<'a> = BTreeMap::new();
+    for (o, d) in sorted_drs(c) {
+        if has_selector(o) {
+            continue;
+        }
+        let ns = ns_of(o).to_string();
+        let h = resolve_host(&c.domain, &ns, &d.host);
+        idx.entry(ns).or_default().push((o, d, h));
+    }
+    idx
+}
+
 fn applied_drs<'a>(
     c: &Ctx<'a>,
+    idx: &DrIndex<'a>,
     client_ns: &str,
     fqdn: &str,
     service_namespaces: &[String],
 ) -> Vec<&'a Object> {
-    let drs: Vec<(&Object, &DestinationRule)> = sorted_drs(c)
-        .into_iter()
-        .filter(|(o, _)| !has_selector(o))
-        .collect();
     let pick = |ns: &str, visible: &dyn Fn(&Object, &DestinationRule) -> bool| -> Vec<&'a Object> {
-        let cands: Vec<(&Object, String)> = drs
+        let Some(list) = idx.get(ns) else {
+            return Vec::new();
+        };
+        let cands: Vec<(&'a Object, &str)> = list
             .iter()
-            .filter(|(o, d)| ns_of(o) == ns && visible(o, d))
-            .map(|(o, d)| (*o, resolve_host(&c.domain, ns, &d.host)))
-            .filter(|(_, h)| host::subset_of(fqdn, h))
+            .filter(|(o, d, h)| visible(o, d) && host::subset_of(fqdn, h))
+            .map(|(o, _, h)| (*o, h.as_str()))
             .collect();
         // Most specific: exact, else the longest wildcard suffix.
         let best = cands
             .iter()
-            .map(|(_, h)| h.clone())
-            .max_by_key(|h| (h == fqdn, h.len()));
+            .map(|(_, h)| *h)
+            .max_by_key(|h| (*h == fqdn, h.len()));
         match best {
             Some(b) => cands
                 .into_iter()
@@ -516,6 +531,15 @@ fn applied_drs<'a>(
 
 fn subset_in_applied_dr(c: &Ctx<'_>, out: &mut Vec<Message>) {
     let services = service_hosts(c);
+    let idx = dr_index(c);
+    // Namespaces declaring each host (Services and ServiceEntries).
+    let mut host_namespaces: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (h, ns) in &services {
+        host_namespaces
+            .entry(h.as_str())
+            .or_default()
+            .push(ns.as_str());
+    }
     for o in c.of(Kind::VirtualService) {
         let Some(v) = o.as_virtual_service() else {
             continue;
@@ -536,12 +560,12 @@ fn subset_in_applied_dr(c: &Ctx<'_>, out: &mut Vec<Message>) {
             if let Some((ns, _)) = full_name_from_fqdn(&c.domain, &fqdn) {
                 svc_ns.push(ns);
             }
-            for (h, ns) in &services {
-                if *h == fqdn && !svc_ns.contains(ns) {
-                    svc_ns.push(ns.clone());
+            for ns in host_namespaces.get(fqdn.as_str()).into_iter().flatten() {
+                if !svc_ns.iter().any(|x| x == ns) {
+                    svc_ns.push(ns.to_string());
                 }
             }
-            let applied = applied_drs(c, vs_ns, &fqdn, &svc_ns);
+            let applied = applied_drs(c, &idx, vs_ns, &fqdn, &svc_ns);
             let defined = applied
                 .iter()
                 .filter_map(|dr| dr.as_destination_rule())
@@ -960,6 +984,13 @@ fn sni_not_served_by_gateway(c: &Ctx<'_>, out: &mut Vec<Message>) {
         let Some(dr) = o.as_destination_rule() else {
             continue;
         };
+        // Only rules that set an SNI are concerned.
+        if !tls_blocks(dr)
+            .iter()
+            .any(|(_, t)| t.sni.as_deref().is_some_and(|x| !x.is_empty()))
+        {
+            continue;
+        }
         let fqdn = resolve_host(&c.domain, ns_of(o), &dr.host);
         let Some((sns, sname)) = full_name_from_fqdn(&c.domain, &fqdn) else {
             continue;
@@ -1170,6 +1201,7 @@ fn rule_on_mesh(vs_gateways: &[String], match_gateways: &[Vec<String>]) -> bool 
 
 fn egress_bypass(c: &Ctx<'_>, out: &mut Vec<Message>) {
     // Services that front gateway pods: "egress gateway" destinations.
+    let gateway_pods: Vec<&Object> = c.of(Kind::Pod).filter(|p| is_gateway_pod(p)).collect();
     let gateway_services: Vec<String> = c
         .of(Kind::Service)
         .filter(|s| {
@@ -1177,10 +1209,9 @@ fn egress_bypass(c: &Ctx<'_>, out: &mut Vec<Message>) {
                 return false;
             };
             !spec.selector.is_empty()
-                && c.of(Kind::Pod).any(|p| {
+                && gateway_pods.iter().any(|p| {
                     ns_of(p) == ns_of(s)
                         && crate::ctx::selector_matches(&spec.selector, &p.meta.labels)
-                        && is_gateway_pod(p)
                 })
         })
         .map(|s| host_to_fqdn(&c.domain, ns_of(s), s.name()))

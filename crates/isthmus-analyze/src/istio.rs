@@ -403,6 +403,10 @@ fn duplicate_certificate(c: &Ctx<'_>, out: &mut Vec<Message>) {
     let gws: Vec<&Object> = c.of(Kind::Gateway).collect();
     for cur in &gws {
         let Some(cg) = cur.as_gateway() else { continue };
+        // Only gateways with TLS servers can share a certificate.
+        if !cg.servers.iter().any(|s| s.tls.is_some()) {
+            continue;
+        }
         for other in &gws {
             let Some(og) = other.as_gateway() else {
                 continue;

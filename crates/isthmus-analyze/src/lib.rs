@@ -207,7 +207,18 @@ pub fn isthmus_analyzers() -> &'static [Analyzer] {
 /// Runs the analyzers over the objects and returns the messages, sorted and deduplicated the
 /// way istioctl prints them.
 pub fn analyze(objects: &[Object], mesh: &MeshConfig, opts: &AnalyzeOptions) -> Vec<Message> {
-    let with_workloads = with_deployment_pods(objects);
+    let extra = deployment_pods(objects);
+    let with_workloads: std::borrow::Cow<'_, [Object]> = if extra.is_empty() {
+        std::borrow::Cow::Borrowed(objects)
+    } else {
+        let mut all = objects.to_vec();
+        let base = all.len();
+        all.extend(extra.into_iter().enumerate().map(|(i, mut o)| {
+            o.seq = base + i;
+            o
+        }));
+        std::borrow::Cow::Owned(all)
+    };
     let mut ctx = Ctx::new(&with_workloads, mesh);
     if !opts.domain_suffix.is_empty() {
         ctx.domain = opts.domain_suffix.clone();
@@ -243,8 +254,8 @@ pub fn analyze(objects: &[Object], mesh: &MeshConfig, opts: &AnalyzeOptions) -> 
 /// for workloads (gateway selectors, sidecar selectors, subsets) see one Pod per Deployment
 /// template unless a Pod with those labels is already given. The synthetic Pod keeps the
 /// Deployment's name and source.
-fn with_deployment_pods(objects: &[Object]) -> Vec<Object> {
-    let mut all = objects.to_vec();
+fn deployment_pods(objects: &[Object]) -> Vec<Object> {
+    let mut all = Vec::new();
     for d in objects
         .iter()
         .filter(|o| o.kind == isthmus_api::Kind::Deployment)
