@@ -449,11 +449,68 @@ def run_all():
                 measured("term_keepalive", who, rep,
                          [HARNESS, "tls", "keepalive", f"127.0.0.1:{port}", "backend.test", ca, "/1k.txt", "32",
                           str(SECS)], parse_json, server_for(who))
+    if want("compile"):
+        compile_cli()
     if want("idle"):
         for rep in range(REPEATS):
             for kind, scen in (("h1", "idle_http"), ("sni", "idle_passthrough")):
                 for who in targets:
                     idle(scen, kind, who, rep)
+
+
+def mesh_yaml(n):
+    """Same mesh as crates/isthmus-compile/benches/compile.rs: N services, each with a
+    VirtualService (2 routes, bound to mesh and the gateway) and a DestinationRule (2 subsets)."""
+    y = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: bench, labels: {istio-injection: enabled}}\n---\n",
+         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n",
+         "apiVersion: v1\nkind: Pod\nmetadata: {name: gw, namespace: istio-system, labels: {istio: ingressgateway}}\n"
+         "spec: {containers: [{name: p, image: x}]}\n---\n",
+         "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: bench, labels: {app: client}}\n"
+         "spec: {containers: [{name: c, image: x}]}\n---\n",
+         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n"
+         "  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n"
+         "    hosts: [\"*\"]\n---\n"]
+    for i in range(n):
+        y.append(
+            f"apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n"
+            f"  selector: {{app: svc-{i}}}\n  ports: [{{name: http, port: 8080}}]\n---\n"
+            f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{i}, namespace: bench}}\n"
+            f"spec:\n  hosts: [svc-{i}]\n  gateways: [mesh, istio-system/gw]\n  http:\n"
+            f"  - match: [{{uri: {{prefix: /v2}}}}]\n    route: [{{destination: {{host: svc-{i}, subset: v2}}}}]\n"
+            f"  - route: [{{destination: {{host: svc-{i}, subset: v1}}}}]\n    timeout: 5s\n---\n"
+            f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-{i}, namespace: bench}}\n"
+            f"spec:\n  host: svc-{i}\n  trafficPolicy:\n"
+            f"    connectionPool: {{tcp: {{maxConnections: 100, connectTimeout: 3s}}, http: {{http1MaxPendingRequests: 10}}}}\n"
+            f"    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s}}\n  subsets:\n"
+            f"  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n")
+    return "".join(y)
+
+
+def compile_cli():
+    """End-to-end `isthmus proxy-config all PROXY -o json` (YAML load + snapshot + compile + render)."""
+    for n in (1000, 10000):
+        path = f"{WORK}/mesh-{n}.yaml"
+        with open(path, "w") as f:
+            f.write(mesh_yaml(n))
+        for proxy in ("gw.istio-system", "client.bench"):
+            for rep in range(REPEATS):
+                out = f"{WORK}/proxy-config-{n}.json"
+                la = loadavg()
+                t0 = time.time()
+                with open(out, "w") as fo, open(f"{WORK}/logs/proxy-config.err", "w") as fe:
+                    p = subprocess.Popen(NICE + ["taskset", "-c", SERVER_CPU, ISTHMUS, "proxy-config", "all", proxy,
+                                                 "-f", path, "-o", "json"], stdout=fo, stderr=fe)
+                    _, status, ru = os.wait4(p.pid, 0)
+                wall = time.time() - t0
+                rec = {"scenario": "compile_cli", "who": "isthmus", "n": n, "proxy": proxy, "repeat": rep,
+                       "loadavg": la, "wall": round(wall, 3), "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
+                       "max_rss_mib": round(ru.ru_maxrss / 1024, 1), "output_bytes": os.path.getsize(out),
+                       "rc": os.waitstatus_to_exitcode(status)}
+                if rec["rc"] != 0:
+                    rec["void"] = f"exit {rec['rc']}"
+                results.append(rec)
+                log(json.dumps(rec))
+                save()
 
 
 def idle(scen, kind, who, rep):

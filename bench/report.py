@@ -337,6 +337,22 @@ if comp:
     P("\nReference floors from perf-anchors C1 (same kind of VM): `haproxy -c` 0.19–0.20 s and `nginx -t` "
       "2.2–2.6 s for 10k services; istiod ~112 ms per push for ~1000 gateway routes (istio/istio#25136).\n")
 
+cli = [r for r in RUNS if r["scenario"] == "compile_cli" and not r.get("void")]
+if cli:
+    P("### Control plane end to end: `isthmus proxy-config all PROXY -f mesh-N.yaml -o json`\n")
+    P("One CLI process per run, pinned to the server CPU: reads and validates the YAML, builds the registry "
+      "snapshot, compiles for one proxy and renders JSON (the same mesh as the criterion bench). Median of "
+      f"{META['repeats']} runs (min–max). Load average (1 min): {loads('compile_cli')}.\n")
+    P("| N services | proxy | wall s | CPU s | peak RSS MiB | JSON output MiB |")
+    P("|---|---|---|---|---|---|")
+    for n in sorted({r["n"] for r in cli}):
+        for px in sorted({r["proxy"] for r in cli if r["n"] == n}):
+            rs = [r for r in cli if r["n"] == n and r["proxy"] == px]
+            P(f"| {n:,} | {px} | {cell([r['wall'] for r in rs], 2)} | {cell([r['cpu_s'] for r in rs], 2)} | "
+              f"{cell([r['max_rss_mib'] for r in rs], 0)} | {fmt(median([r['output_bytes'] / 2**20 for r in rs]), 1)} |")
+    P("")
+    note_voids("compile_cli")
+
 # ---- targets
 P("## Targets from issue 10\n")
 P("| Target | isthmus | reference | Met? |")
