@@ -7,6 +7,7 @@ mod inputs;
 mod mesh_cmd;
 mod proxy;
 mod proxy_config;
+mod trace_cmd;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Proxy(proxy::Args),
     /// Built-in HTTP/HTTPS test server that answers with what it saw.
     Echo(echo::Args),
+    /// The path one request takes, hop by hop, from the compiled config (or where it fails).
+    Trace(trace_cmd::Args),
     #[command(flatten)]
     Mesh(mesh_cmd::MeshCommand),
 }
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Trace(args) => trace_cmd::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Analyze(args) => analyze::run(args),
