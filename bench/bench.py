@@ -593,7 +593,7 @@ def profile(kinds):
     for kind in kinds:
         pid = procs["isthmus"].pid
         data = f"{WORK}/perf-{kind}.data"
-        rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", data],
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", data],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         out, err, rc = loadgen(PROFILE_LOADS[kind](), SECS + 60)
@@ -602,8 +602,12 @@ def profile(kinds):
         rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
                               "--stdio", "-g", "none", "--percent-limit", "0.7"],
                              capture_output=True, text=True)
+        dso = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso", "--stdio",
+                              "-g", "none", "--percent-limit", "1"], capture_output=True, text=True)
         os.makedirs(OUT, exist_ok=True)
         with open(os.path.join(OUT, f"profile-{kind}.txt"), "w") as f:
+            f.write("# share by binary: " + "; ".join(
+                " ".join(l.split()) for l in dso.stdout.splitlines() if l.strip() and not l.startswith("#")) + "\n")
             f.write(f"# perf record -F 999 -g on isthmus during: {' '.join(PROFILE_LOADS[kind]())}\n")
             f.write(f"# loadavg {loadavg()}\n# load output tail: {out[-300:]!r}\n")
             f.write("\n".join(l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")))

@@ -34,17 +34,15 @@ python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotl
 (cd "$HERE/harness" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-harness" cargo build --release)
 export ISTHMUS_BIN="$CARGO_TARGET_DIR/release/isthmus"
 export HARNESS_BIN="${CARGO_TARGET_DIR}-harness/release/isthmus-bench-harness"
-if [[ "${BENCH_SKIP_COMPILE:-0}" != 1 ]]; then
-  (cd "$ROOT" && cargo bench -p isthmus-compile --bench compile --no-run)
-fi
 
 # --- data plane (bench.py starts and stops every server it runs; trap covers interrupts) ---
 python3 "$HERE/bench.py" &
 BENCH_PID=$!
 trap 'kill -TERM $BENCH_PID 2>/dev/null || true; wait $BENCH_PID 2>/dev/null || true' EXIT INT TERM
 wait $BENCH_PID
-# Hot spots of isthmus under each load (perf from linux-perf; skipped if perf cannot count here).
-if [[ "${BENCH_PROFILE:-1}" == 1 ]] && perf stat -e instructions true >/dev/null 2>&1; then
+# Hot spots of isthmus under each load (perf from linux-perf, software cpu-clock event since the VM has
+# no hardware counters; skipped if perf cannot record here).
+if [[ "${BENCH_PROFILE:-1}" == 1 ]] && perf record -e cpu-clock -o /tmp/.bench-perf-probe -- true >/dev/null 2>&1; then
   python3 "$HERE/bench.py" profile h1,h2,sni,bulk,term &
   BENCH_PID=$!
   wait $BENCH_PID
@@ -52,7 +50,9 @@ fi
 trap - EXIT INT TERM
 
 # --- control plane: compile time per proxy for 1k and 10k services (VS + DR each) ---
+# (built after the data-plane runs so the build does not compete with them)
 if [[ "${BENCH_SKIP_COMPILE:-0}" != 1 ]]; then
+  (cd "$ROOT" && cargo bench -p isthmus-compile --bench compile --no-run)
   for n in 1000 10000; do
     uptime > "$BENCH_OUT/compile-$n.txt"
     (cd "$ROOT" && ISTHMUS_BENCH_SERVICES=$n taskset -c 1 cargo bench -p isthmus-compile --bench compile -- --noplot) \
