@@ -848,3 +848,90 @@ fn a_crashed_supervisor_is_cleaned_up_by_down_and_by_the_next_up() {
         assert!(!m.root.join(&m.name).exists());
     }
 }
+
+const REGISTRY_ONLY: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: demo, labels: {app: sleep}}
+spec:
+  containers:
+  - {name: sleep, command: [sleep, infinity]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: partner
+  namespace: outside
+  annotations: {isthmus.dev/outside-hostnames: "api.partner.example,other.example"}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "80", --name, partner]
+    ports: [{containerPort: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: demo}
+spec:
+  hosts: [api.partner.example]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#;
+
+#[test]
+fn registry_only_sidecars_reach_service_entries_but_not_other_outside_hosts() {
+    if !isthmus_local::testing::namespaces_available(
+        "registry_only_sidecars_reach_service_entries_but_not_other_outside_hosts",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("f", REGISTRY_ONLY);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    let code = |url: &str| {
+        let out = m.cmd(
+            "exec",
+            &[
+                "-n",
+                "demo",
+                "sleep",
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "4",
+                "-w",
+                "%{http_code}",
+                url,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // Both names resolve (outside-world resolver) to the same outside pod; only the one
+    // with a ServiceEntry is allowed out under REGISTRY_ONLY (BlackHoleCluster: 502).
+    assert_eq!(code("http://api.partner.example/in-registry"), "200");
+    assert_eq!(code("http://other.example/not-in-registry"), "502");
+    let out = m.cmd("get", &["serviceentry", "-A"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("partner"),
+        "{}",
+        text(&out)
+    );
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+}
