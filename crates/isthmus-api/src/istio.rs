@@ -9,11 +9,27 @@ use std::collections::BTreeMap;
 /// `google.protobuf.Duration` as Kubernetes carries it: a string such as `"3s"` or `"1.5s"`.
 pub type Duration = String;
 
+/// A workload selector. DestinationRule's (`type.v1beta1.WorkloadSelector`) spells it
+/// `matchLabels`; Sidecar's, ServiceEntry's and the other networking kinds' spell it `labels`.
+/// Both are accepted here; use [`WorkloadSelector::selector`] to read it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WorkloadSelector {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl WorkloadSelector {
+    /// The label selector, whichever spelling the kind uses.
+    pub fn selector(&self) -> &BTreeMap<String, String> {
+        if self.match_labels.is_empty() {
+            &self.labels
+        } else {
+            &self.match_labels
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

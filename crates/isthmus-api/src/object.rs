@@ -155,11 +155,23 @@ pub enum Body {
     Deployment(k8s::DeploymentSpec),
 }
 
+/// Kubernetes decodes an explicit `null` as "absent" (`args:` with no value is no args).
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 fn decode_at<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,
     prefix: &str,
 ) -> Result<T, (String, String)> {
-    let v = if prefix.is_empty() {
+    let mut v = if prefix.is_empty() {
         value.clone()
     } else {
         value
@@ -167,6 +179,7 @@ fn decode_at<T: serde::de::DeserializeOwned>(
             .cloned()
             .unwrap_or(serde_json::Value::Object(Default::default()))
     };
+    drop_nulls(&mut v);
     serde_path_to_error::deserialize(v).map_err(|e| {
         let p = e.path().to_string();
         let path = match (prefix.is_empty(), p == ".") {

@@ -133,3 +133,48 @@ fn missing_name_and_kind_are_located_errors() {
     assert!(l.diagnostics[0].message.contains("kind not set"));
     assert_eq!(l.rejections[0].message, "The Gateway \"\" is invalid: metadata.name: Required value: name or generateName is required");
 }
+
+#[test]
+fn explicit_nulls_decode_as_absent_and_selectors_read_both_spellings() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: a}
+spec:
+  containers:
+  - name: c
+    command: ["sleep", "1"]
+    args:
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: s, namespace: a}
+spec:
+  workloadSelector:
+    labels: {app: a}
+  egress:
+  - hosts: ["./*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: d, namespace: a}
+spec:
+  host: x
+  workloadSelector:
+    matchLabels: {app: b}
+"#;
+    let l = load_str("n.yaml", text, &LoadOptions::default());
+    assert!(!l.has_errors(), "{:?}", l.diagnostics);
+    assert_eq!(l.objects.len(), 3);
+    assert!(l.objects[0].as_pod().unwrap().containers[0].args.is_empty());
+    let sc = l.objects[1].as_sidecar().unwrap();
+    assert_eq!(
+        sc.workload_selector.as_ref().unwrap().selector()["app"],
+        "a"
+    );
+    let dr = l.objects[2].as_destination_rule().unwrap();
+    assert_eq!(
+        dr.workload_selector.as_ref().unwrap().selector()["app"],
+        "b"
+    );
+}
