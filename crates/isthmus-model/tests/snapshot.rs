@@ -200,3 +200,47 @@ spec:
         .auto_allocated_address
         .is_none());
 }
+
+#[test]
+fn workload_selector_drs_apply_only_to_matching_proxies() {
+    let yaml = format!(
+        "{BASE}{}",
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: for-client, namespace: a}
+spec:
+  host: reviews.b.svc.cluster.local
+  workloadSelector: {matchLabels: {app: client}}
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ns-wide, namespace: a}
+spec:
+  host: reviews.b.svc.cluster.local
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 8}}}
+"#
+    );
+    let (s, _) = snap(&yaml);
+    let svc = s.service_for("reviews.b.svc.cluster.local", "a").unwrap();
+    let client = s.workloads.iter().find(|w| w.name == "client").unwrap();
+    let plain = s.workloads.iter().find(|w| w.name == "plain").unwrap();
+    assert_eq!(
+        s.destination_rule("a", &client.labels, svc)
+            .unwrap()
+            .meta
+            .name,
+        "for-client"
+    );
+    assert_eq!(
+        s.destination_rule("a", &plain.labels, svc)
+            .unwrap()
+            .meta
+            .name,
+        "ns-wide"
+    );
+    // Selector DRs never leave their namespace.
+    assert!(s.destination_rule("b", &client.labels, svc).is_none());
+}
