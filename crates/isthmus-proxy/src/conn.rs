@@ -21,6 +21,8 @@ use crate::Shared;
 
 /// Envoy's default `listener_filters_timeout`.
 pub const DEFAULT_PEEK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Downstream TLS handshake deadline (Istio's `transportSocketConnectTimeout`, 15s).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Envoy tcp_proxy default idle timeout.
 pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
 
@@ -176,7 +178,14 @@ async fn handle(
     let down: Box<dyn Upstream> = Box::new(PrefixedStream::new(prefix, s));
     let down: Box<dyn Upstream> = match &chain.tls {
         None => down,
-        Some(cfg) => match cfg.accept(down).await {
+        Some(cfg) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, cfg.accept(down))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ))
+            }) {
             Ok(t) => {
                 let conn = t.get_ref().1;
                 ctx.peer_principal = isthmus_tls::peer_spiffe_id(conn);

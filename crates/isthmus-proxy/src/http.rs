@@ -50,7 +50,11 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(handle(ctx, routes, req, act).await) }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1().keep_alive(true);
+    // A client must send its request headers in time (slowloris guard).
+    b.http1()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(60));
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // HCM idle timeout: close (gracefully) once no stream has been active for `idle`.
