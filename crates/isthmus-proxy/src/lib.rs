@@ -6,8 +6,21 @@
 //! HTTP/1.1 + HTTP/2 router with upstream pools, Envoy circuit breakers and outlier
 //! detection, Istio-format access logs, Istio standard metrics and an Envoy-like admin API.
 //!
-//! Entry points: [`run_proxy`] (blocks until `/quitquitquit` or shutdown) and [`Proxy::start`]
-//! (returns a handle; [`Proxy::update`] applies a new config, refusing it whole on error).
+//! # Public API
+//! * [`run_proxy`]`(`[`ProxyOptions`]`)` — what `isthmus proxy` calls; serves until
+//!   `POST /quitquitquit`, SIGINT or SIGTERM.
+//! * [`Proxy::start`] → handle: [`Proxy::update`] (ACK, or NACK with [`ConfigError`] and the
+//!   old config keeps serving), [`Proxy::listener_addr`] (port-0 binds), [`Proxy::admin_addr`],
+//!   [`Proxy::stats`], [`Proxy::set_config_dump`], [`Proxy::shutdown`], [`Proxy::wait`].
+//! * Config: [`config::ProxyConfig`] (own JSON, see `examples/egress-gateway.json`), loaded by
+//!   [`load_config_file`] / [`load_config_file_with_dump`], which also accept a compiled
+//!   `isthmus-xds` bundle and convert it with [`xds::from_xds`]. SDS secrets the bundle does
+//!   not carry (`default`, `ROOTCA`) must be appended to `ProxyConfig::secrets` by the caller.
+//! * Tests/embedding: [`OrigDst::Injected`] replaces `SO_ORIGINAL_DST`;
+//!   [`AccessLogSink::memory`] captures access log lines.
+//!
+//! Listeners with `bindToPort: false` receive connections from a `useOriginalDst` listener
+//! whose original destination matches their address (Envoy's virtual listeners).
 
 pub mod accesslog;
 pub mod admin;

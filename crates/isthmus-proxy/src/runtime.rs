@@ -53,7 +53,7 @@ pub struct RouteRt {
 }
 
 impl Runtime {
-    /// The `bindToPort: false` listener for an original destination (exact, then 0.0.0.0/[::]).
+    /// The `bindToPort: false` listener for an original destination (exact address first, then the unspecified address on that port).
     pub fn virtual_listener_for(&self, dst: std::net::SocketAddr) -> Option<Arc<ListenerRt>> {
         let unbound = || self.listeners.values().filter(|l| !l.spec.bind_to_port);
         unbound()
