@@ -565,7 +565,7 @@ def idle(scen, kind, who, rep):
 
 def save():
     os.makedirs(OUT, exist_ok=True)
-    meta = {"nice": os.environ.get("BENCH_NICE", "0"), "secs": SECS, "repeats": REPEATS, "idle_conns": IDLE_N, "loadgen_cpu": LOADGEN_CPU,
+    meta = {"commit": os.environ.get("BENCH_COMMIT", "?"), "nice": os.environ.get("BENCH_NICE", "0"), "secs": SECS, "repeats": REPEATS, "idle_conns": IDLE_N, "loadgen_cpu": LOADGEN_CPU,
             "server_cpu": SERVER_CPU, "started": STARTED, "uptime_at_start": UPTIME_START}
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"meta": meta, "runs": results}, f, indent=1)

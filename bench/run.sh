@@ -5,7 +5,7 @@
 # control-plane compile benchmark, and writes docs/benchmarks.md plus docs/bench-*.png.
 #
 # Environment knobs: BENCH_SECS (10), BENCH_REPEATS (3), BENCH_IDLE_CONNS (1000),
-# BENCH_ONLY=h1,h2,sni,term,idle[,termka] (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, BENCH_NICE (e.g. -5), CARGO_TARGET_DIR
+# BENCH_ONLY=h1,h2,sni,term,idle[,termka] (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, BENCH_NICE (e.g. -5), BENCH_FROM_HEAD=1, CARGO_TARGET_DIR
 # (default /work/target-bench), BENCH_WORK (scratch dir, default /tmp/isthmus-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -30,7 +30,16 @@ fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 
 # --- builds ---
-(cd "$ROOT" && cargo build --release -p isthmus)
+# BENCH_FROM_HEAD=1 builds isthmus from `git archive HEAD` instead of the working tree (useful when
+# the tree holds someone's half-finished edits); the result records which commit was measured.
+SRC="$ROOT"
+if [[ "${BENCH_FROM_HEAD:-0}" == 1 ]]; then
+  SRC="$BENCH_WORK/src"
+  rm -rf "$SRC" && mkdir -p "$SRC"
+  git -C "$ROOT" archive HEAD | tar -x -C "$SRC"
+fi
+export BENCH_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD)$([[ "$SRC" == "$ROOT" ]] && ! git -C "$ROOT" diff --quiet && echo '+dirty tree' || true)"
+(cd "$SRC" && cargo build --release -p isthmus)
 (cd "$HERE/harness" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-harness" cargo build --release)
 export ISTHMUS_BIN="$CARGO_TARGET_DIR/release/isthmus"
 export HARNESS_BIN="${CARGO_TARGET_DIR}-harness/release/isthmus-bench-harness"
@@ -52,10 +61,10 @@ trap - EXIT INT TERM
 # --- control plane: compile time per proxy for 1k and 10k services (VS + DR each) ---
 # (built after the data-plane runs so the build does not compete with them)
 if [[ "${BENCH_SKIP_COMPILE:-0}" != 1 ]]; then
-  (cd "$ROOT" && cargo bench -p isthmus-compile --bench compile --no-run)
+  (cd "$SRC" && cargo bench -p isthmus-compile --bench compile --no-run)
   for n in 1000 10000; do
     uptime > "$BENCH_OUT/compile-$n.txt"
-    (cd "$ROOT" && ISTHMUS_BENCH_SERVICES=$n taskset -c 1 cargo bench -p isthmus-compile --bench compile -- --noplot) \
+    (cd "$SRC" && ISTHMUS_BENCH_SERVICES=$n taskset -c 1 cargo bench -p isthmus-compile --bench compile -- --noplot) \
       >> "$BENCH_OUT/compile-$n.txt" 2>&1
   done
 fi
