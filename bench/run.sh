@@ -5,7 +5,7 @@
 # control-plane compile benchmark, and writes docs/benchmarks.md plus docs/bench-*.png.
 #
 # Environment knobs: BENCH_SECS (10), BENCH_REPEATS (3), BENCH_IDLE_CONNS (1000),
-# BENCH_ONLY=h1,h2,sni,term,idle[,termka] (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, BENCH_NICE (e.g. -5), BENCH_FROM_HEAD=1, CARGO_TARGET_DIR
+# BENCH_ONLY=h1,h2,sni,term,idle[,termka] (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, BENCH_NICE (e.g. -5), BENCH_FROM_HEAD=1 [BENCH_REF, BENCH_SRC_DIR], CARGO_TARGET_DIR
 # (default /work/target-bench), BENCH_WORK (scratch dir, default /tmp/isthmus-bench).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -30,15 +30,21 @@ fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 
 # --- builds ---
-# BENCH_FROM_HEAD=1 builds isthmus from `git archive HEAD` instead of the working tree (useful when
-# the tree holds someone's half-finished edits); the result records which commit was measured.
+# BENCH_FROM_HEAD=1 builds isthmus from `git archive ${BENCH_REF:-HEAD}` into ${BENCH_SRC_DIR}
+# instead of the working tree (useful when the tree holds someone's half-finished edits); an
+# existing export of the same commit is reused so cargo does not rebuild it. The report records
+# which commit was measured.
 SRC="$ROOT"
+REF="$(git -C "$ROOT" rev-parse --short "${BENCH_REF:-HEAD}")"
 if [[ "${BENCH_FROM_HEAD:-0}" == 1 ]]; then
-  SRC="$BENCH_WORK/src"
-  rm -rf "$SRC" && mkdir -p "$SRC"
-  git -C "$ROOT" archive HEAD | tar -x -C "$SRC"
+  SRC="${BENCH_SRC_DIR:-$BENCH_WORK/src}"
+  if [[ "$(cat "$SRC/.bench-commit" 2>/dev/null)" != "$REF" ]]; then
+    rm -rf "$SRC" && mkdir -p "$SRC"
+    git -C "$ROOT" archive "$REF" | tar -x -C "$SRC"
+    echo "$REF" > "$SRC/.bench-commit"
+  fi
 fi
-export BENCH_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD)$([[ "$SRC" == "$ROOT" ]] && ! git -C "$ROOT" diff --quiet && echo '+dirty tree' || true)"
+export BENCH_COMMIT="$REF$([[ "$SRC" == "$ROOT" ]] && ! git -C "$ROOT" diff --quiet -- crates Cargo.toml Cargo.lock && echo ' + uncommitted changes in the tree' || true)"
 (cd "$SRC" && cargo build --release -p isthmus)
 (cd "$HERE/harness" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-harness" cargo build --release)
 export ISTHMUS_BIN="$CARGO_TARGET_DIR/release/isthmus"
