@@ -55,13 +55,22 @@ struct Wire {
 }
 
 /// How a hop ends.
+#[allow(clippy::large_enum_variant)] // short-lived, one per hop
 enum Next {
     Fail(Failure),
     /// Reached a final destination (`host:port`, what serves it).
-    Reached { destination: String },
+    Reached {
+        destination: String,
+    },
     /// Left the mesh through PassthroughCluster.
-    Passthrough { destination: String },
-    Continue { node: ProxyNode, role: Role, wire: Wire },
+    Passthrough {
+        destination: String,
+    },
+    Continue {
+        node: ProxyNode,
+        role: Role,
+        wire: Wire,
+    },
 }
 
 /// Traces `req` through the snapshot's proxies.
@@ -90,16 +99,28 @@ pub fn trace(snap: &Snapshot, req: &TraceRequest) -> Result<Trace, TraceError> {
             kind: LayerKind::AppTls,
             sni: req.sni.clone().unwrap_or_else(|| url.host.clone()),
             opened_by: "app".into(),
-            alpn: if url.http { vec!["h2".into(), "http/1.1".into()] } else { vec![] },
+            alpn: if url.http {
+                vec!["h2".into(), "http/1.1".into()]
+            } else {
+                vec![]
+            },
             client_cert: None,
             trust: None,
             verify_sans: vec![],
         });
     }
     let (role, address, port) = if source.is_gateway() {
-        (Role::Gateway, None, gateway_target_port(snap, &source, url.port))
+        (
+            Role::Gateway,
+            None,
+            gateway_target_port(snap, &source, url.port),
+        )
     } else {
-        (Role::Outbound, Some(resolve_address(snap, &url.host, &source.namespace)), url.port)
+        (
+            Role::Outbound,
+            Some(resolve_address(snap, &url.host, &source.namespace)),
+            url.port,
+        )
     };
     let mut wire = Wire {
         address,
@@ -126,7 +147,11 @@ pub fn trace(snap: &Snapshot, req: &TraceRequest) -> Result<Trace, TraceError> {
         let (hop, next) = run_hop(snap, &cfg, &node, role, &wire);
         hops.push(hop);
         match next {
-            Next::Continue { node: n, role: r, wire: w } => {
+            Next::Continue {
+                node: n,
+                role: r,
+                wire: w,
+            } => {
                 node = n;
                 role = r;
                 wire = w;
@@ -134,6 +159,11 @@ pub fn trace(snap: &Snapshot, req: &TraceRequest) -> Result<Trace, TraceError> {
             other => break other,
         }
     };
+    if let Some(h) = hops.first_mut() {
+        if h.role == Role::Gateway.label() && port != url.port {
+            h.listener_note = Some(format!("Service port {} → targetPort {port}", url.port));
+        }
+    }
     let verdict = verdict(snap, &hops, outcome, &url.host);
     Ok(Trace {
         source: format!("{}/{}", source.namespace, source.name),
@@ -212,22 +242,26 @@ fn fail(kind: &str, client_sees: impl Into<String>, detail: impl Into<String>) -
     }
 }
 
-/// What the client sees when a connection is reset at a proxy.
-fn reset_sees(wire: &Wire, hop_index_is_first: bool) -> String {
-    let tls = hop_index_is_first && wire.layers.first().is_some_and(|l| l.kind == LayerKind::AppTls)
-        || !hop_index_is_first;
-    if tls && wire.layers.iter().any(|l| l.kind == LayerKind::AppTls) {
+/// What the client sees when a connection is reset at a proxy: inside the app's own TLS the
+/// handshake is still in flight (curl exit 35); behind an HTTP hop the first sidecar answers
+/// 503 UF; a reset at the first proxy itself is a plain reset.
+fn reset_sees(wire: &Wire, first: bool) -> String {
+    if wire.layers.iter().any(|l| l.kind == LayerKind::AppTls) {
         "connection reset during the TLS handshake (curl exit 35)".into()
-    } else if wire.http && !hop_index_is_first {
+    } else if wire.http && !first {
         "503 UF (upstream connect error: connection reset)".into()
-    } else if hop_index_is_first && wire.http {
+    } else if wire.http {
         "connection reset (curl exit 56)".into()
     } else {
         "connection reset".into()
     }
 }
 
-fn pick_listener<'a>(cfg: &'a ProxyConfig, role: Role, wire: &Wire) -> (Option<&'a Listener>, Option<String>) {
+fn pick_listener<'a>(
+    cfg: &'a ProxyConfig,
+    role: Role,
+    wire: &Wire,
+) -> (Option<&'a Listener>, Option<String>) {
     match role {
         Role::Inbound => (
             cfg.listener(VIRTUAL_INBOUND),
@@ -291,22 +325,33 @@ fn describe_chain_match(m: Option<&FilterChainMatch>, default: bool) -> String {
     if !m.prefix_ranges.is_empty() {
         v.push(format!(
             "destination {}",
-            m.prefix_ranges.iter().map(|c| format!("{}/{}", c.address_prefix, c.prefix_len.unwrap_or(32))).collect::<Vec<_>>().join(",")
+            m.prefix_ranges
+                .iter()
+                .map(|c| format!("{}/{}", c.address_prefix, c.prefix_len.unwrap_or(32)))
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     }
     v.join(", ")
 }
 
 fn is_mesh_ctx(c: &isthmus_xds::CommonTlsContext) -> bool {
-    c.tls_certificate_sds_secret_configs.iter().any(|s| s.name == SDS_DEFAULT)
+    c.tls_certificate_sds_secret_configs
+        .iter()
+        .any(|s| s.name == SDS_DEFAULT)
 }
 
 fn describe_termination(d: &DownstreamTlsContext) -> String {
     let c = &d.common_tls_context;
     if is_mesh_ctx(c) {
-        return "mesh mTLS (ISTIO_MUTUAL: workload certificate, client certificate required)".into();
+        return "mesh mTLS (ISTIO_MUTUAL: workload certificate, client certificate required)"
+            .into();
     }
-    let cert = c.tls_certificate_sds_secret_configs.first().map(|s| s.name.clone()).unwrap_or_else(|| "inline certificate".into());
+    let cert = c
+        .tls_certificate_sds_secret_configs
+        .first()
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| "inline certificate".into());
     if d.require_client_certificate == Some(true) {
         format!("TLS MUTUAL with {cert} (client certificate required)")
     } else {
@@ -314,9 +359,17 @@ fn describe_termination(d: &DownstreamTlsContext) -> String {
     }
 }
 
-fn upstream_layer(ctx: &UpstreamTlsContext, opened_by: &str, auto_sni_host: Option<&str>) -> TlsLayer {
+fn upstream_layer(
+    ctx: &UpstreamTlsContext,
+    opened_by: &str,
+    auto_sni_host: Option<&str>,
+) -> TlsLayer {
     let c = &ctx.common_tls_context;
-    let cert = c.tls_certificate_sds_secret_configs.first().map(|s| s.name.clone()).or_else(|| (!c.tls_certificates.is_empty()).then(|| "inline certificate".to_string()));
+    let cert = c
+        .tls_certificate_sds_secret_configs
+        .first()
+        .map(|s| s.name.clone())
+        .or_else(|| (!c.tls_certificates.is_empty()).then(|| "inline certificate".to_string()));
     let kind = if is_mesh_ctx(c) && c.validation_sds_name() == Some(SDS_ROOTCA) {
         LayerKind::MeshMtls
     } else if cert.is_some() {
@@ -324,7 +377,11 @@ fn upstream_layer(ctx: &UpstreamTlsContext, opened_by: &str, auto_sni_host: Opti
     } else {
         LayerKind::SimpleOrigination
     };
-    let sni = if ctx.sni.is_empty() { auto_sni_host.unwrap_or("").to_string() } else { ctx.sni.clone() };
+    let sni = if ctx.sni.is_empty() {
+        auto_sni_host.unwrap_or("").to_string()
+    } else {
+        ctx.sni.clone()
+    };
     TlsLayer {
         kind,
         sni,
@@ -332,7 +389,11 @@ fn upstream_layer(ctx: &UpstreamTlsContext, opened_by: &str, auto_sni_host: Opti
         alpn: c.alpn_protocols.clone(),
         client_cert: cert,
         trust: c.validation_sds_name().map(str::to_string),
-        verify_sans: c.match_subject_alt_names().iter().map(describe_string_match).collect(),
+        verify_sans: c
+            .match_subject_alt_names()
+            .iter()
+            .map(describe_string_match)
+            .collect(),
     }
 }
 
@@ -383,7 +444,14 @@ fn describe_route_match(m: &RouteMatch) -> String {
     }
     v.extend(m.headers.iter().map(describe_header));
     for q in &m.query_parameters {
-        v.push(format!("query {}{}", q.name, q.string_match.as_ref().map(|s| format!("={}", describe_string_match(s))).unwrap_or_default()));
+        v.push(format!(
+            "query {}{}",
+            q.name,
+            q.string_match
+                .as_ref()
+                .map(|s| format!("={}", describe_string_match(s)))
+                .unwrap_or_default()
+        ));
     }
     if v.is_empty() {
         "any request".into()
@@ -409,11 +477,20 @@ fn config_label(path: &str) -> Option<String> {
 }
 
 fn matched_domain(domains: &[String], host: &str) -> Option<String> {
-    let h = host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host).to_ascii_lowercase();
+    let h = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map(|(h, _)| h)
+        .unwrap_or(host)
+        .to_ascii_lowercase();
     domains
         .iter()
         .find(|d| d.eq_ignore_ascii_case(&h) || d.eq_ignore_ascii_case(host))
-        .or_else(|| domains.iter().find(|d| d.starts_with('*') && d.len() > 1 && h.ends_with(&d[1..].to_ascii_lowercase())))
+        .or_else(|| {
+            domains.iter().find(|d| {
+                d.starts_with('*') && d.len() > 1 && h.ends_with(&d[1..].to_ascii_lowercase())
+            })
+        })
         .or_else(|| domains.iter().find(|d| d.as_str() == "*"))
         .cloned()
 }
@@ -428,9 +505,18 @@ fn pool_limits(cluster: &Cluster, fc: &FilterChain) -> PoolLimits {
         p.max_retries = keep(t.max_retries);
     }
     p.connect_timeout = cluster.connect_timeout.as_ref().map(|d| d.to_string());
-    if let Some(k) = cluster.upstream_connection_options.as_ref().and_then(|u| u.tcp_keepalive.as_ref()) {
+    if let Some(k) = cluster
+        .upstream_connection_options
+        .as_ref()
+        .and_then(|u| u.tcp_keepalive.as_ref())
+    {
         let f = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-        p.tcp_keepalive = Some(format!("time {}s / interval {}s / probes {}", f(k.keepalive_time), f(k.keepalive_interval), f(k.keepalive_probes)));
+        p.tcp_keepalive = Some(format!(
+            "time {}s / interval {}s / probes {}",
+            f(k.keepalive_time),
+            f(k.keepalive_interval),
+            f(k.keepalive_probes)
+        ));
     }
     if let Some(o) = cluster.http_protocol_options() {
         if let Some(c) = &o.common_http_protocol_options {
@@ -455,8 +541,15 @@ fn dr_info(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> (Option<DrIn
     let Some((_, _, subset, host)) = cluster.parse_name() else {
         return (None, notes);
     };
-    let applied_path = cluster.metadata.filter_metadata.istio.as_ref().and_then(|i| i.config.clone());
-    let svc = snap.service_for(host, &node.namespace).or_else(|| snap.services_by_host(host).next());
+    let applied_path = cluster
+        .metadata
+        .filter_metadata
+        .istio
+        .as_ref()
+        .and_then(|i| i.config.clone());
+    let svc = snap
+        .service_for(host, &node.namespace)
+        .or_else(|| snap.services_by_host(host).next());
     let svc_ns = svc.map(|s| s.namespace.as_str()).unwrap_or("");
     let cands = snap.dr_index.lookup(&node.namespace, svc_ns, host);
     let chosen = DestinationRuleIndex::select(&cands, &node.namespace, &node.labels, true);
@@ -468,18 +561,33 @@ fn dr_info(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> (Option<DrIn
     let mut in_chosen: Vec<(String, String)> = Vec::new();
     if let Some(c) = chosen {
         info.applied = label(&c.meta.namespace, &c.meta.name);
-        in_chosen = c.from.iter().map(|m| (m.namespace.clone(), m.name.clone())).collect();
+        in_chosen = c
+            .from
+            .iter()
+            .map(|m| (m.namespace.clone(), m.name.clone()))
+            .collect();
         let policy_owner = c.from.iter().find(|m| {
-            snap.destination_rules.iter().any(|d| d.meta.namespace == m.namespace && d.meta.name == m.name && d.spec.traffic_policy.is_some())
+            snap.destination_rules.iter().any(|d| {
+                d.meta.namespace == m.namespace
+                    && d.meta.name == m.name
+                    && d.spec.traffic_policy.is_some()
+            })
         });
         for m in c.from.iter().skip(1) {
-            let has_policy = snap.destination_rules.iter().any(|d| d.meta.namespace == m.namespace && d.meta.name == m.name && d.spec.traffic_policy.is_some());
-            let lost = if has_policy && policy_owner.is_some_and(|o| o.name != m.name || o.namespace != m.namespace) {
+            let has_policy = snap.destination_rules.iter().any(|d| {
+                d.meta.namespace == m.namespace
+                    && d.meta.name == m.name
+                    && d.spec.traffic_policy.is_some()
+            });
+            let lost = if has_policy
+                && policy_owner.is_some_and(|o| o.name != m.name || o.namespace != m.namespace)
+            {
                 " (its top-level trafficPolicy is ignored: the oldest rule's wins; only its subsets are kept)"
             } else {
                 " (subsets merged)"
             };
-            info.merged.push(format!("{}{lost}", label(&m.namespace, &m.name)));
+            info.merged
+                .push(format!("{}{lost}", label(&m.namespace, &m.name)));
         }
     } else if let Some(p) = applied_path.as_deref().and_then(config_label) {
         info.applied = p.trim_start_matches("DestinationRule ").to_string();
@@ -493,11 +601,19 @@ fn dr_info(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> (Option<DrIn
         if in_chosen.contains(&key) {
             continue;
         }
-        let is_cand = cands.iter().any(|c| c.from.iter().any(|m| m.namespace == key.0 && m.name == key.1));
+        let is_cand = cands.iter().any(|c| {
+            c.from
+                .iter()
+                .any(|m| m.namespace == key.0 && m.name == key.1)
+        });
         let reason = if let Some(sel) = &d.spec.workload_selector {
             if d.meta.namespace != node.namespace {
                 "its workloadSelector only applies to proxies in its own namespace".to_string()
-            } else if !sel.match_labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+            } else if !sel
+                .match_labels
+                .iter()
+                .all(|(k, v)| node.labels.get(k) == Some(v))
+            {
                 "its workloadSelector does not match this proxy".to_string()
             } else {
                 "a workloadSelector rule was picked first".to_string()
@@ -506,8 +622,15 @@ fn dr_info(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> (Option<DrIn
             "another rule for the same host with a different exportTo was picked".to_string()
         } else if dr_host != host && cands.iter().any(|c| c.host == host) {
             format!("its host {dr_host} is less specific than {host}")
-        } else if !isthmus_model::export_visible(&d.spec.export_to, &d.meta.namespace, &node.namespace) {
-            format!("exportTo {:?} hides it from namespace {}", d.spec.export_to, node.namespace)
+        } else if !isthmus_model::export_visible(
+            &d.spec.export_to,
+            &d.meta.namespace,
+            &node.namespace,
+        ) {
+            format!(
+                "exportTo {:?} hides it from namespace {}",
+                d.spec.export_to, node.namespace
+            )
         } else if chosen.is_some() {
             format!(
                 "lookup stops at the first namespace with a match (client {} → service {} → root {})",
@@ -516,7 +639,10 @@ fn dr_info(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> (Option<DrIn
         } else {
             "not visible to this proxy".to_string()
         };
-        info.beaten.push(format!("{}: {reason}", label(&d.meta.namespace, &d.meta.name)));
+        info.beaten.push(format!(
+            "{}: {reason}",
+            label(&d.meta.namespace, &d.meta.name)
+        ));
     }
     if info.applied.is_empty() {
         if !info.beaten.is_empty() {
@@ -546,19 +672,33 @@ fn outside_server(snap: &Snapshot, hostname: &str) -> Option<String> {
     })
 }
 
-fn pick_transport_socket<'a>(cluster: &'a Cluster, ep_meta: &isthmus_xds::Metadata) -> Option<&'a TransportSocket> {
+fn pick_transport_socket<'a>(
+    cluster: &'a Cluster,
+    ep_meta: &isthmus_xds::Metadata,
+) -> Option<&'a TransportSocket> {
     if !cluster.transport_socket_matches.is_empty() {
         let m = &ep_meta.filter_metadata.transport_socket_match;
-        if let Some(t) = cluster.transport_socket_matches.iter().find(|t| t.r#match.iter().all(|(k, v)| m.get(k) == Some(v))) {
+        if let Some(t) = cluster
+            .transport_socket_matches
+            .iter()
+            .find(|t| t.r#match.iter().all(|(k, v)| m.get(k) == Some(v)))
+        {
             return Some(&t.transport_socket);
         }
     }
     cluster.transport_socket.as_ref()
 }
 
-fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wire: &Wire) -> (Hop, Next) {
+fn run_hop(
+    snap: &Snapshot,
+    cfg: &ProxyConfig,
+    node: &ProxyNode,
+    role: Role,
+    wire: &Wire,
+) -> (Hop, Next) {
     let proxy_label = format!("{}/{}", node.namespace, node.name);
-    let first = role == Role::Outbound || (role == Role::Gateway && wire.layers.iter().all(|l| l.opened_by == "app"));
+    let first = role == Role::Outbound
+        || (role == Role::Gateway && wire.layers.iter().all(|l| l.opened_by == "app"));
     let mut hop = Hop {
         proxy: proxy_label.clone(),
         role: role.label().into(),
@@ -567,7 +707,11 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
             port: wire.port,
             sni: wire.layers.first().map(|l| l.sni.clone()),
             host: wire.http.then(|| wire.host.clone()),
-            payload: if wire.http { "http".into() } else { "tcp".into() },
+            payload: if wire.http {
+                "http".into()
+            } else {
+                "tcp".into()
+            },
             layers: wire.layers.clone(),
         },
         ..Default::default()
@@ -608,20 +752,39 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
     let (idx, fc) = match match_filter_chain(listener, &call) {
         Ok(x) => x,
         Err(e) => {
-            let offered: Vec<String> = listener.filter_chains.iter().flat_map(|c| c.server_names().to_vec()).collect();
+            let offered: Vec<String> = listener
+                .filter_chains
+                .iter()
+                .flat_map(|c| c.server_names().to_vec())
+                .collect();
             let what = match &call.tls_sni {
                 Some(s) => format!("SNI {s:?}"),
                 None => "a plaintext connection".to_string(),
             };
             let detail = if matches!(e, isthmus_compile::simulate::SimError::MultipleFilterChain) {
-                format!("several filter chains of {} match {what}: Envoy rejects the listener", listener.name)
+                format!(
+                    "several filter chains of {} match {what}: Envoy rejects the listener",
+                    listener.name
+                )
             } else if offered.is_empty() {
                 format!("no filter chain of {} matches {what}", listener.name)
             } else {
-                format!("no filter chain of {} matches {what}; its chains accept SNI {}", listener.name, offered.join(", "))
+                format!(
+                    "no filter chain of {} matches {what}; its chains accept SNI {}",
+                    listener.name,
+                    offered.join(", ")
+                )
             };
-            let where_ = if role == Role::Gateway { " at the gateway" } else { "" };
-            stop!(fail("no_filter_chain", reset_sees(wire, first), format!("no filter chain{where_}: {detail}")));
+            let where_ = if role == Role::Gateway {
+                " at the gateway"
+            } else {
+                ""
+            };
+            stop!(fail(
+                "no_filter_chain",
+                reset_sees(wire, first),
+                format!("no filter chain{where_}: {detail}")
+            ));
         }
     };
     let default = idx == usize::MAX;
@@ -632,12 +795,26 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
     } else {
         format!("#{idx}")
     });
-    hop.chain_match = Some(describe_chain_match(fc.filter_chain_match.as_ref(), default));
+    hop.chain_match = Some(describe_chain_match(
+        fc.filter_chain_match.as_ref(),
+        default,
+    ));
     let mut layers = wire.layers.clone();
-    if let Some(d) = fc.transport_socket.as_ref().and_then(|t| t.as_downstream_tls()) {
+    if let Some(d) = fc
+        .transport_socket
+        .as_ref()
+        .and_then(|t| t.as_downstream_tls())
+    {
         let term = describe_termination(d);
         let Some(outer) = layers.first().cloned() else {
-            stop!(fail("tls_mismatch", reset_sees(wire, first), format!("{} expects TLS ({term}) but the connection is plaintext", hop.filter_chain.clone().unwrap_or_default())));
+            stop!(fail(
+                "tls_mismatch",
+                reset_sees(wire, first),
+                format!(
+                    "{} expects TLS ({term}) but the connection is plaintext",
+                    hop.filter_chain.clone().unwrap_or_default()
+                )
+            ));
         };
         let mesh_chain = is_mesh_ctx(&d.common_tls_context);
         if mesh_chain && outer.kind != LayerKind::MeshMtls {
@@ -658,29 +835,44 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
             stop!(fail(
                 "tls_mismatch",
                 "TLS alert: certificate required (curl exit 56)",
-                format!("the chain requires a client certificate ({term}) and {} sends none", outer.opened_by)
+                format!(
+                    "the chain requires a client certificate ({term}) and {} sends none",
+                    outer.opened_by
+                )
             ));
         }
         layers.remove(0);
-        hop.terminated = Some(format!("{} opened by {} — {term}", outer.kind.as_str(), outer.opened_by));
+        hop.terminated = Some(format!(
+            "{} opened by {} — {term}",
+            outer.kind.as_str(),
+            outer.opened_by
+        ));
     }
     let mut host = wire.host.clone();
     let mut path = wire.path.clone();
     let mut cluster_name: Option<String> = None;
     let mut http_here = false;
-    for f in &fc.filters {
+    // The terminal network filter (the last one) decides where the bytes go.
+    if let Some(f) = fc.filters.last() {
         match &f.typed_config {
             NetworkFilterConfig::TcpProxy(t) => {
-                cluster_name = t.cluster.clone().or_else(|| t.weighted_clusters.as_ref().and_then(|w| w.clusters.first().map(|c| c.name.clone())));
+                cluster_name = t.cluster.clone().or_else(|| {
+                    t.weighted_clusters
+                        .as_ref()
+                        .and_then(|w| w.clusters.first().map(|c| c.name.clone()))
+                });
                 if let Some(w) = &t.weighted_clusters {
                     if w.clusters.len() > 1 {
                         hop.notes.push(format!(
                             "weighted: {}; following the first",
-                            w.clusters.iter().map(|c| format!("{} {}", c.name, c.weight)).collect::<Vec<_>>().join(", ")
+                            w.clusters
+                                .iter()
+                                .map(|c| format!("{} {}", c.name, c.weight))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ));
                     }
                 }
-                break;
             }
             NetworkFilterConfig::HttpConnectionManager(h) => {
                 http_here = true;
@@ -699,16 +891,43 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
                     (None, Some(inline)) => Some(inline),
                     _ => None,
                 };
-                hop.route_config = h.rds.as_ref().map(|r| r.route_config_name.clone()).or_else(|| h.route_config.as_ref().map(|r| format!("{} (inline)", r.name)));
+                hop.route_config =
+                    h.rds
+                        .as_ref()
+                        .map(|r| r.route_config_name.clone())
+                        .or_else(|| {
+                            h.route_config
+                                .as_ref()
+                                .map(|r| format!("{} (inline)", r.name))
+                        });
                 let Some(rc) = rc else {
-                    stop!(fail("no_route", "404 NR", format!("route configuration {:?} was not sent to the proxy", hop.route_config.clone().unwrap_or_default())));
+                    stop!(fail(
+                        "no_route",
+                        "404 NR",
+                        format!(
+                            "route configuration {:?} was not sent to the proxy",
+                            hop.route_config.clone().unwrap_or_default()
+                        )
+                    ));
                 };
                 let Some(vh) = rc.find_virtual_host(&host) else {
-                    let known: Vec<String> = rc.virtual_hosts.iter().flat_map(|v| v.domains.iter().take(1).cloned()).collect();
+                    let known: Vec<String> = rc
+                        .virtual_hosts
+                        .iter()
+                        .flat_map(|v| v.domains.iter().take(1).cloned())
+                        .collect();
                     stop!(fail(
                         "no_route",
                         "404 NR (no route)",
-                        format!("no virtual host of route {} matches Host {host:?}; it serves {}", rc.name, if known.is_empty() { "nothing".to_string() } else { known.join(", ") })
+                        format!(
+                            "no virtual host of route {} matches Host {host:?}; it serves {}",
+                            rc.name,
+                            if known.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )
                     ));
                 };
                 hop.virtual_host = Some(match matched_domain(&vh.domains, &host) {
@@ -716,7 +935,11 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
                     None => vh.name.clone(),
                 });
                 if vh.require_tls == "ALL" && wire.layers.is_empty() {
-                    stop!(fail("redirect", "301 to https:// (httpsRedirect)", format!("virtual host {} requires TLS", vh.name)));
+                    stop!(fail(
+                        "redirect",
+                        "301 to https:// (httpsRedirect)",
+                        format!("virtual host {} requires TLS", vh.name)
+                    ));
                 }
                 let mut skipped = Vec::new();
                 let mut matched = None;
@@ -725,17 +948,40 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
                         matched = Some((i, r));
                         break;
                     }
-                    let n = if r.name.is_empty() { format!("#{i}") } else { r.name.clone() };
+                    let n = if r.name.is_empty() {
+                        format!("#{i}")
+                    } else {
+                        r.name.clone()
+                    };
                     skipped.push(format!("{n} ({})", describe_route_match(&r.r#match)));
                 }
                 let Some((i, r)) = matched else {
-                    stop!(fail("no_route", "404 NR (no route)", format!("virtual host {} has {} route(s), none matches {} {path}", vh.name, vh.routes.len(), wire.method)));
+                    stop!(fail(
+                        "no_route",
+                        "404 NR (no route)",
+                        format!(
+                            "virtual host {} has {} route(s), none matches {} {path}",
+                            vh.name,
+                            vh.routes.len(),
+                            wire.method
+                        )
+                    ));
                 };
                 hop.route = Some(RouteInfo {
-                    name: if r.name.is_empty() { format!("#{i}") } else { r.name.clone() },
+                    name: if r.name.is_empty() {
+                        format!("#{i}")
+                    } else {
+                        r.name.clone()
+                    },
                     index: i,
                     matched: describe_route_match(&r.r#match),
-                    from: r.metadata.filter_metadata.istio.as_ref().and_then(|m| m.config.as_deref()).and_then(config_label),
+                    from: r
+                        .metadata
+                        .filter_metadata
+                        .istio
+                        .as_ref()
+                        .and_then(|m| m.config.as_deref())
+                        .and_then(config_label),
                     skipped,
                 });
                 if let Some(d) = &r.direct_response {
@@ -747,15 +993,27 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
                     stop!(fail("direct_response", format!("{}", d.status), detail));
                 }
                 if let Some(rd) = &r.redirect {
-                    stop!(fail("redirect", "301 redirect", format!("the route redirects ({rd:?})")));
+                    stop!(fail(
+                        "redirect",
+                        "301 redirect",
+                        format!("the route redirects ({rd:?})")
+                    ));
                 }
                 if let Some(a) = &r.route {
-                    cluster_name = a.cluster.clone().or_else(|| a.weighted_clusters.as_ref().and_then(|w| w.clusters.first().map(|c| c.name.clone())));
+                    cluster_name = a.cluster.clone().or_else(|| {
+                        a.weighted_clusters
+                            .as_ref()
+                            .and_then(|w| w.clusters.first().map(|c| c.name.clone()))
+                    });
                     if let Some(w) = &a.weighted_clusters {
                         if w.clusters.len() > 1 {
                             hop.notes.push(format!(
                                 "weighted: {}; following the first",
-                                w.clusters.iter().map(|c| format!("{} {}", c.name, c.weight)).collect::<Vec<_>>().join(", ")
+                                w.clusters
+                                    .iter()
+                                    .map(|c| format!("{} {}", c.name, c.weight))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ));
                         }
                     }
@@ -767,12 +1025,15 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
                         path = format!("{rp}{}", path.strip_prefix(pre.as_str()).unwrap_or(&path));
                     }
                 }
-                break;
             }
         }
     }
     let Some(cname) = cluster_name else {
-        stop!(fail("no_route", reset_sees(wire, first), "the filter chain forwards nowhere (no cluster)"));
+        stop!(fail(
+            "no_route",
+            reset_sees(wire, first),
+            "the filter chain forwards nowhere (no cluster)"
+        ));
     };
     hop.cluster = Some(cname.clone());
     if cname == BLACKHOLE_CLUSTER {
@@ -781,10 +1042,22 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
         } else {
             "the route sends it to BlackHoleCluster"
         };
-        stop!(fail("blackhole", if http_here { "502 (BlackHoleCluster)".to_string() } else { reset_sees(wire, first) }, format!("BlackHoleCluster: {why}")));
+        stop!(fail(
+            "blackhole",
+            if http_here {
+                "502 (BlackHoleCluster)".to_string()
+            } else {
+                reset_sees(wire, first)
+            },
+            format!("BlackHoleCluster: {why}")
+        ));
     }
     if cname == PASSTHROUGH_CLUSTER {
-        let dest = format!("{}:{}", wire.address.clone().unwrap_or_else(|| host.clone()), wire.port);
+        let dest = format!(
+            "{}:{}",
+            wire.address.clone().unwrap_or_else(|| host.clone()),
+            wire.port
+        );
         hop.endpoint = Some(EndpointInfo {
             address: dest.clone(),
             count: 1,
@@ -800,8 +1073,17 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
             format!("{} catch-all", listener.name)
         };
         hop.notes.push(format!("PassthroughCluster via {why}: outboundTrafficPolicy ALLOW_ANY sends it out as is, no mesh mTLS, no DestinationRule"));
-        let dest_host = if wire.http { strip_port(&host) } else { dest.clone() };
-        return (hop, Next::Passthrough { destination: format!("{dest_host} ({dest})") });
+        let dest_host = if wire.http {
+            strip_port(&host)
+        } else {
+            dest.clone()
+        };
+        return (
+            hop,
+            Next::Passthrough {
+                destination: format!("{dest_host} ({dest})"),
+            },
+        );
     }
     let Some(cluster) = cfg.cluster(&cname) else {
         stop!(fail("cluster_not_found", if http_here { "503 NC (cluster not found)".to_string() } else { reset_sees(wire, first) }, format!("cluster {cname} does not exist on {proxy_label}: the destination host/port/subset has no service or DestinationRule subset")));
@@ -812,7 +1094,10 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
     hop.pool = Some(pool_limits(cluster, fc));
     // Inbound clusters end at the workload.
     if cname.starts_with("inbound|") || cname.starts_with("InboundPassthroughCluster") {
-        let port = cluster.parse_name().map(|(_, p, _, _)| p).unwrap_or(wire.port);
+        let port = cluster
+            .parse_name()
+            .map(|(_, p, _, _)| p)
+            .unwrap_or(wire.port);
         let dest = format!("{}:{}", node.ip, if port == 0 { wire.port } else { port });
         hop.endpoint = Some(EndpointInfo {
             address: dest.clone(),
@@ -821,36 +1106,76 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
             kind: "application container".into(),
         });
         hop.wire_out = layers.clone();
-        return (hop, Next::Reached { destination: format!("{} ({proxy_label})", dest) });
+        return (
+            hop,
+            Next::Reached {
+                destination: format!("{} ({proxy_label})", dest),
+            },
+        );
     }
     // Endpoint.
-    let (ep_addr, ep_port, ep_hostname, ep_meta, count) = if cluster.r#type == DiscoveryType::OriginalDst {
-        (wire.address.clone().unwrap_or_default(), wire.port, String::new(), isthmus_xds::Metadata::default(), 1)
+    let (ep_addr, ep_port, ep_hostname, ep_meta, count) = if cluster.r#type
+        == DiscoveryType::OriginalDst
+    {
+        (
+            wire.address.clone().unwrap_or_default(),
+            wire.port,
+            String::new(),
+            isthmus_xds::Metadata::default(),
+            1,
+        )
     } else {
         let Some(cla) = cfg.cluster_endpoints(cluster) else {
-            stop!(fail("no_endpoints", if http_here { "503 UH (no healthy upstream)".to_string() } else { reset_sees(wire, first) }, format!("cluster {cname} has no endpoints")));
+            stop!(fail(
+                "no_endpoints",
+                if http_here {
+                    "503 UH (no healthy upstream)".to_string()
+                } else {
+                    reset_sees(wire, first)
+                },
+                format!("cluster {cname} has no endpoints")
+            ));
         };
         let eps: Vec<_> = cla.lb_endpoints().collect();
         let Some(ep) = eps.first() else {
             stop!(fail("no_endpoints", if http_here { "503 UH (no healthy upstream)".to_string() } else { reset_sees(wire, first) }, format!("cluster {cname} has no endpoints (no pod behind the service, or a subset's labels match no pod)")));
         };
         let sa = &ep.endpoint.address.socket_address;
-        (sa.address.clone(), sa.port_value, ep.endpoint.hostname.clone(), ep.metadata.clone(), eps.len())
+        (
+            sa.address.clone(),
+            sa.port_value,
+            ep.endpoint.hostname.clone(),
+            ep.metadata.clone(),
+            eps.len(),
+        )
     };
     let auto_sni = cluster
         .http_protocol_options()
         .and_then(|o| o.upstream_http_protocol_options.as_ref())
         .is_some_and(|u| u.auto_sni)
         .then(|| strip_port(&host));
-    let up = pick_transport_socket(cluster, &ep_meta).and_then(|t| t.as_upstream_tls()).map(|c| upstream_layer(c, &proxy_label, auto_sni.as_deref()));
+    let up = pick_transport_socket(cluster, &ep_meta)
+        .and_then(|t| t.as_upstream_tls())
+        .map(|c| upstream_layer(c, &proxy_label, auto_sni.as_deref()));
     hop.upstream_tls = up.clone();
     // HTTP is re-originated by the HCM; TCP carries whatever is left of the stack.
-    let mut out: Vec<TlsLayer> = if http_here { Vec::new() } else { layers.clone() };
+    let mut out: Vec<TlsLayer> = if http_here {
+        Vec::new()
+    } else {
+        layers.clone()
+    };
     if let Some(u) = &up {
         out.insert(0, u.clone());
     }
     hop.wire_out = out.clone();
-    let ep_display = format!("{}:{ep_port}", if ep_addr.is_empty() { ep_hostname.as_str() } else { ep_addr.as_str() });
+    let ep_display = format!(
+        "{}:{ep_port}",
+        if ep_addr.is_empty() {
+            ep_hostname.as_str()
+        } else {
+            ep_addr.as_str()
+        }
+    );
     let next_wire = Wire {
         address: Some(ep_addr.clone()),
         port: ep_port,
@@ -877,9 +1202,18 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
         });
         let Some(next_node) = ProxyNode::from_workload(w) else {
             if mesh_out.is_some() {
-                stop!(fail("no_terminator", "503 UF (upstream connect error: TLS handshake fails)", format!("{wl} has no proxy to terminate mesh mTLS")));
+                stop!(fail(
+                    "no_terminator",
+                    "503 UF (upstream connect error: TLS handshake fails)",
+                    format!("{wl} has no proxy to terminate mesh mTLS")
+                ));
             }
-            return (hop, Next::Reached { destination: format!("{ep_display} ({wl}, no proxy)") });
+            return (
+                hop,
+                Next::Reached {
+                    destination: format!("{ep_display} ({wl}, no proxy)"),
+                },
+            );
         };
         if let Some(m) = mesh_out {
             let id = snap.spiffe_id(&next_node.namespace, &next_node.service_account);
@@ -887,18 +1221,37 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
                 stop!(fail(
                     "tls_mismatch",
                     "503 UF (CERTIFICATE_VERIFY_FAILED: SAN mismatch)",
-                    format!("{wl} presents {id} but the cluster accepts only {}", m.verify_sans.join(", "))
+                    format!(
+                        "{wl} presents {id} but the cluster accepts only {}",
+                        m.verify_sans.join(", ")
+                    )
                 ));
             }
         }
-        let role = if next_node.kind == ProxyType::Router { Role::Gateway } else { Role::Inbound };
+        let role = if next_node.kind == ProxyType::Router {
+            Role::Gateway
+        } else {
+            Role::Inbound
+        };
         if role == Role::Inbound && mesh_out.is_none() && !out.is_empty() {
-            hop.notes.push(format!("{wl}'s sidecar receives TLS that is not mesh mTLS"));
+            hop.notes
+                .push(format!("{wl}'s sidecar receives TLS that is not mesh mTLS"));
         }
-        return (hop, Next::Continue { node: next_node, role, wire: next_wire });
+        return (
+            hop,
+            Next::Continue {
+                node: next_node,
+                role,
+                wire: next_wire,
+            },
+        );
     }
-    let outside = if ep_hostname.is_empty() { None } else { outside_server(snap, &ep_hostname) }
-        .or_else(|| outside_server(snap, &ep_addr));
+    let outside = if ep_hostname.is_empty() {
+        None
+    } else {
+        outside_server(snap, &ep_hostname)
+    }
+    .or_else(|| outside_server(snap, &ep_addr));
     hop.endpoint = Some(EndpointInfo {
         address: ep_display.clone(),
         count,
@@ -908,7 +1261,11 @@ fn run_hop(snap: &Snapshot, cfg: &ProxyConfig, node: &ProxyNode, role: Role, wir
     if mesh_out.is_some() {
         stop!(fail("no_terminator", "503 UF (upstream connect error: TLS handshake fails)", format!("mesh mTLS is sent to {ep_display}, outside the mesh: nothing there holds a workload certificate")));
     }
-    let name = if ep_hostname.is_empty() { ep_display.clone() } else { format!("{ep_hostname}:{ep_port}") };
+    let name = if ep_hostname.is_empty() {
+        ep_display.clone()
+    } else {
+        format!("{ep_hostname}:{ep_port}")
+    };
     (hop, Next::Reached { destination: name })
 }
 
@@ -931,14 +1288,23 @@ fn call_with(c: &Call, host: &str, path: &str) -> Call {
 fn gateway_routes_for(snap: &Snapshot, host: &str) -> Vec<String> {
     snap.virtual_services
         .iter()
-        .filter(|v| v.spec.hosts.iter().any(|h| host_matches(h, host) || h.eq_ignore_ascii_case(host)))
+        .filter(|v| {
+            v.spec
+                .hosts
+                .iter()
+                .any(|h| host_matches(h, host) || h.eq_ignore_ascii_case(host))
+        })
         .filter(|v| v.spec.gateways.iter().any(|g| g != "mesh"))
         .map(|v| format!("VirtualService {}/{}", v.meta.namespace, v.meta.name))
         .collect()
 }
 
 fn verdict(snap: &Snapshot, hops: &[Hop], outcome: Next, url_host: &str) -> Verdict {
-    let via: Vec<String> = hops.iter().filter(|h| h.role == "gateway").map(|h| h.proxy.clone()).collect();
+    let via: Vec<String> = hops
+        .iter()
+        .filter(|h| h.role == "gateway")
+        .map(|h| h.proxy.clone())
+        .collect();
     // Every TLS layer seen, in opening order, with the hops (segments) it spans.
     let mut seen: Vec<(TlsLayer, Vec<usize>)> = Vec::new();
     let mut add = |l: &TlsLayer, seg: usize| {
@@ -964,7 +1330,13 @@ fn verdict(snap: &Snapshot, hops: &[Hop], outcome: Next, url_host: &str) -> Verd
     // App TLS never terminated by a proxy is end to end: it is still on the last wire.
     let last_wire: &[TlsLayer] = hops
         .last()
-        .map(|h| if h.failure.is_some() { h.arrives.layers.as_slice() } else { h.wire_out.as_slice() })
+        .map(|h| {
+            if h.failure.is_some() {
+                h.arrives.layers.as_slice()
+            } else {
+                h.wire_out.as_slice()
+            }
+        })
         .unwrap_or(&[]);
     let phrase: Vec<String> = seen
         .iter()
@@ -972,7 +1344,11 @@ fn verdict(snap: &Snapshot, hops: &[Hop], outcome: Next, url_host: &str) -> Verd
             if l.kind == LayerKind::AppTls && last_wire.contains(l) {
                 "app TLS end to end".to_string()
             } else {
-                let hs: Vec<String> = segs.iter().filter(|s| **s > 0).map(|s| s.to_string()).collect();
+                let hs: Vec<String> = segs
+                    .iter()
+                    .filter(|s| **s > 0)
+                    .map(|s| s.to_string())
+                    .collect();
                 if hs.is_empty() {
                     format!("{} (into hop 1 only)", l.kind.as_str())
                 } else {
@@ -981,17 +1357,37 @@ fn verdict(snap: &Snapshot, hops: &[Hop], outcome: Next, url_host: &str) -> Verd
             }
         })
         .collect();
-    let tls_layers: Vec<String> = seen.iter().map(|(l, _)| format!("{} sni={} by {}", l.kind.as_str(), if l.sni.is_empty() { "-" } else { &l.sni }, l.opened_by)).collect();
+    let tls_layers: Vec<String> = seen
+        .iter()
+        .map(|(l, _)| {
+            format!(
+                "{} sni={} by {}",
+                l.kind.as_str(),
+                if l.sni.is_empty() { "-" } else { &l.sni },
+                l.opened_by
+            )
+        })
+        .collect();
     let n = seen.len();
     let layers_txt = if n == 0 {
         "0 TLS layers on the wire (plaintext all the way)".to_string()
     } else {
-        format!("{n} TLS layer{} on the wire ({})", if n == 1 { "" } else { "s" }, phrase.join(", then "))
+        format!(
+            "{n} TLS layer{} on the wire ({})",
+            if n == 1 { "" } else { "s" },
+            phrase.join(", then ")
+        )
     };
-    let mesh_layers = seen.iter().filter(|(l, _)| l.kind == LayerKind::MeshMtls).count();
+    let mesh_layers = seen
+        .iter()
+        .filter(|(l, _)| l.kind == LayerKind::MeshMtls)
+        .count();
     match outcome {
         Next::Fail(f) => {
-            let at = hops.last().map(|h| format!("{} ({})", h.proxy, h.role)).unwrap_or_default();
+            let at = hops
+                .last()
+                .map(|h| format!("{} ({})", h.proxy, h.role))
+                .unwrap_or_default();
             Verdict {
                 status: "failed".into(),
                 summary: format!("FAILS at {at}: {} — {}", f.client_sees, f.detail),
@@ -1021,8 +1417,17 @@ fn verdict(snap: &Snapshot, hops: &[Hop], outcome: Next, url_host: &str) -> Verd
             }
         }
         Next::Reached { destination } => {
-            let left_mesh_direct = via.is_empty() && hops.len() == 1 && hops[0].endpoint.as_ref().is_some_and(|e| e.kind == "outside the mesh");
-            let gw = if left_mesh_direct { gateway_routes_for(snap, url_host) } else { vec![] };
+            let left_mesh_direct = via.is_empty()
+                && hops.len() == 1
+                && hops[0]
+                    .endpoint
+                    .as_ref()
+                    .is_some_and(|e| e.kind == "outside the mesh");
+            let gw = if left_mesh_direct {
+                gateway_routes_for(snap, url_host)
+            } else {
+                vec![]
+            };
             let (status, route) = if !gw.is_empty() {
                 (
                     "bypass",
@@ -1033,9 +1438,24 @@ fn verdict(snap: &Snapshot, hops: &[Hop], outcome: Next, url_host: &str) -> Verd
                     ),
                 )
             } else if via.is_empty() {
-                ("reached", format!("directly from {}", hops.first().map(|h| h.proxy.as_str()).unwrap_or("?")))
+                (
+                    "reached",
+                    format!(
+                        "directly from {}",
+                        hops.first().map(|h| h.proxy.as_str()).unwrap_or("?")
+                    ),
+                )
             } else {
-                ("reached", format!("through {}", via.iter().map(|v| gateway_label(snap, v)).collect::<Vec<_>>().join(" then ")))
+                (
+                    "reached",
+                    format!(
+                        "through {}",
+                        via.iter()
+                            .map(|v| gateway_label(snap, v))
+                            .collect::<Vec<_>>()
+                            .join(" then ")
+                    ),
+                )
             };
             Verdict {
                 status: status.into(),

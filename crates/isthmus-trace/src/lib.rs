@@ -47,9 +47,9 @@ pub struct TraceRequest {
 /// Errors that stop a trace before it starts (the request itself is wrong).
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{0}")]
+    #[error(transparent)]
     Url(#[from] UrlError),
-    #[error("source proxy: {0}")]
+    #[error("source proxy")]
     Source(#[from] isthmus_model::ResolveError),
     #[error("bad header {0:?}: use --header 'Name: value'")]
     Header(String),

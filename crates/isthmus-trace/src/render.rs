@@ -26,7 +26,13 @@ fn stack_txt(layers: &[TlsLayer]) -> String {
     }
     layers
         .iter()
-        .map(|l| format!("{}(sni={})", l.kind.as_str(), if l.sni.is_empty() { "-" } else { &l.sni }))
+        .map(|l| {
+            format!(
+                "{}(sni={})",
+                l.kind.as_str(),
+                if l.sni.is_empty() { "-" } else { &l.sni }
+            )
+        })
         .collect::<Vec<_>>()
         .join(" > ")
 }
@@ -39,13 +45,19 @@ fn pool_txt(p: &PoolLimits) -> String {
         }
     };
     push("maxConnections", p.max_connections.map(|n| n.to_string()));
-    push("maxPendingRequests", p.max_pending_requests.map(|n| n.to_string()));
+    push(
+        "maxPendingRequests",
+        p.max_pending_requests.map(|n| n.to_string()),
+    );
     push("maxRequests", p.max_requests.map(|n| n.to_string()));
     push("maxRetries", p.max_retries.map(|n| n.to_string()));
     push("connectTimeout", p.connect_timeout.clone());
     push("keepalive", p.tcp_keepalive.clone());
     push("httpIdleTimeout", p.http_idle_timeout.clone());
-    push("maxRequestsPerConnection", p.max_requests_per_connection.map(|n| n.to_string()));
+    push(
+        "maxRequestsPerConnection",
+        p.max_requests_per_connection.map(|n| n.to_string()),
+    );
     push("maxConnectionDuration", p.max_connection_duration.clone());
     push("tcpIdleTimeout", p.tcp_idle_timeout.clone());
     if p.h2 == Some(true) {
@@ -88,7 +100,11 @@ pub fn render_text(t: &Trace) -> String {
             let _ = writeln!(o, "             ({n})");
         }
         if let Some(c) = &h.filter_chain {
-            let _ = writeln!(o, "  chain:     {c} — {}", h.chain_match.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                o,
+                "  chain:     {c} — {}",
+                h.chain_match.as_deref().unwrap_or("")
+            );
         }
         if let Some(t) = &h.terminated {
             let _ = writeln!(o, "  tls in:    terminates {t}");
@@ -100,8 +116,16 @@ pub fn render_text(t: &Trace) -> String {
             let _ = writeln!(o, "  vhost:     {v}");
         }
         if let Some(r) = &h.route {
-            let from = r.from.as_deref().map(|f| format!(" from {f}")).unwrap_or_default();
-            let _ = writeln!(o, "  route:     {}{from} — first match: {}", r.name, r.matched);
+            let from = r
+                .from
+                .as_deref()
+                .map(|f| format!(" from {f}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  route:     {}{from} — first match: {}",
+                r.name, r.matched
+            );
             for s in &r.skipped {
                 let _ = writeln!(o, "             skipped earlier route {s}");
             }
@@ -110,7 +134,11 @@ pub fn render_text(t: &Trace) -> String {
             let _ = writeln!(o, "  cluster:   {c}");
         }
         if let Some(d) = &h.destination_rule {
-            let sub = d.subset.as_deref().map(|s| format!(" subset {s}")).unwrap_or_default();
+            let sub = d
+                .subset
+                .as_deref()
+                .map(|s| format!(" subset {s}"))
+                .unwrap_or_default();
             let _ = writeln!(o, "  dr:        {}{sub}", d.applied);
             for m in &d.merged {
                 let _ = writeln!(o, "             merged {m}");
@@ -128,8 +156,16 @@ pub fn render_text(t: &Trace) -> String {
             let _ = writeln!(o, "  pool:      {}", pool_txt(p));
         }
         if let Some(e) = &h.endpoint {
-            let wl = e.workload.as_deref().map(|w| format!(" {w}")).unwrap_or_default();
-            let more = if e.count > 1 { format!(" (1 of {})", e.count) } else { String::new() };
+            let wl = e
+                .workload
+                .as_deref()
+                .map(|w| format!(" {w}"))
+                .unwrap_or_default();
+            let more = if e.count > 1 {
+                format!(" (1 of {})", e.count)
+            } else {
+                String::new()
+            };
             let _ = writeln!(o, "  endpoint:  {}{more} — {}{wl}", e.address, e.kind);
         }
         if h.failure.is_none() {

@@ -43,7 +43,10 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, UrlError> {
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
-    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
     let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
         match stripped.split_once(']') {
             Some((h, after)) => (h.to_string(), after.strip_prefix(':')),
@@ -90,17 +93,29 @@ mod tests {
     #[test]
     fn parses_curl_style_urls() {
         let u = parse_url("http://api.partner.example.com/get?x=1").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str(), u.tls, u.http), ("api.partner.example.com", 80, "/get?x=1", false, true));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str(), u.tls, u.http),
+            ("api.partner.example.com", 80, "/get?x=1", false, true)
+        );
         let u = parse_url("https://API.partner.example").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str(), u.tls), ("api.partner.example", 443, "/", true));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str(), u.tls),
+            ("api.partner.example", 443, "/", true)
+        );
         let u = parse_url("tls://db.example:5432").unwrap();
         assert_eq!((u.port, u.tls, u.http), (5432, true, false));
         let u = parse_url("http://[2001:db8::1]:8080/x").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 8080));
-        assert!(matches!(parse_url("api.example"), Err(UrlError::NoScheme(_))));
+        assert!(matches!(
+            parse_url("api.example"),
+            Err(UrlError::NoScheme(_))
+        ));
         assert!(matches!(parse_url("ftp://x"), Err(UrlError::Scheme(_))));
         assert!(matches!(parse_url("tcp://x"), Err(UrlError::NeedPort(_))));
-        assert!(matches!(parse_url("http://x:99999/"), Err(UrlError::Port(_, _))));
+        assert!(matches!(
+            parse_url("http://x:99999/"),
+            Err(UrlError::Port(_, _))
+        ));
         assert!(matches!(parse_url("http:///"), Err(UrlError::NoHost(_))));
     }
 }
