@@ -235,6 +235,9 @@ pub struct TcpProxy {
     /// Connect attempts before giving up with `URX` (Envoy default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connect_attempts: Option<u32>,
+    /// Close the downstream connection after this long (flag `DT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_downstream_connection_duration: Option<Dur>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

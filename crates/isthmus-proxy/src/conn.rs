@@ -207,10 +207,11 @@ async fn handle(
             let cluster = pick_weighted(t.cluster.as_deref(), &t.weighted_clusters);
             let attempts = t.max_connect_attempts.unwrap_or(1).max(1);
             let idle = t.idle_timeout.map(|d| d.0).unwrap_or(DEFAULT_TCP_IDLE);
-            tcp_proxy(ctx, down, &cluster, attempts, idle).await;
+            let max = t.max_downstream_connection_duration.map(|d| d.0);
+            tcp_proxy(ctx, down, &cluster, attempts, idle, max).await;
         }
         ChainAction::Passthrough(_) => {
-            tcp_proxy(ctx, down, "PassthroughCluster", 1, DEFAULT_TCP_IDLE).await;
+            tcp_proxy(ctx, down, "PassthroughCluster", 1, DEFAULT_TCP_IDLE, None).await;
         }
         ChainAction::Http(h) => {
             if let Some(routes) = chain.routes.clone() {
@@ -261,6 +262,7 @@ async fn tcp_proxy(
     cluster_name: &str,
     attempts: u32,
     idle: Duration,
+    max_downstream: Option<Duration>,
 ) {
     let sh = ctx.sh.clone();
     let mut e = ctx.tcp_entry();
@@ -346,7 +348,14 @@ async fn tcp_proxy(
         &telemetry::labels(&opened),
         1,
     );
-    let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
+    // The sooner of the cluster's maxConnectionDuration and the filter's downstream limit.
+    let max_dur = match (
+        cluster.spec.max_connection_duration.map(|d| d.0),
+        max_downstream,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let (rx, tx, why) = relay(&mut down, up, idle, max_dur).await;
     drop(guard);
     e.bytes_received = rx;

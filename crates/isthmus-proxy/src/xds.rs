@@ -393,6 +393,9 @@ impl Conv {
                             .unwrap_or_default(),
                         idle_timeout: dur(&t.idle_timeout),
                         max_connect_attempts: None,
+                        max_downstream_connection_duration: dur(
+                            &t.max_downstream_connection_duration
+                        ),
                     }));
                 }
                 x::NetworkFilterConfig::HttpConnectionManager(h) => {

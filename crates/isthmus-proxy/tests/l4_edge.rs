@@ -161,6 +161,28 @@ async fn tcp_max_connection_duration_closes_with_dt() {
 }
 
 #[tokio::test]
+async fn tcp_proxy_max_downstream_connection_duration_is_dt() {
+    let (echo, _) = echo_backend().await;
+    let p = start(json!({
+        "listeners": [{"name": "l", "address": "127.0.0.1:0", "filterChains": [
+            {"action": {"tcpProxy": {"cluster": "echo", "maxDownstreamConnectionDuration": "250ms"}}}]}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}]
+    }))
+    .await;
+    let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+    c.write_all(b"a").await.unwrap();
+    assert_eq!(read_n(&mut c, 1).await, b"a");
+    let t0 = Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut b))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+    assert_eq!(fields(&p.wait_lines(1).await[0])[3], "DT");
+}
+
+#[tokio::test]
 async fn http_max_connection_duration_rotates_upstream_connections() {
     let (hb, conns) = http_backend("hb").await;
     let p = start(json!({
