@@ -747,3 +747,101 @@ fn trace_bad_input_is_reported_not_panicked() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown output format"), "{err}");
 }
+
+#[test]
+fn trace_compile_goldens_double_mtls_and_t91_reach_through_their_gateways() {
+    let (code, v) = trace_json(&[
+        "-f",
+        golden("double-mtls").to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["hops"].as_array().unwrap().len(), 2);
+    assert_eq!(v["hops"][1]["upstream_tls"]["kind"], "MUTUAL origination");
+    assert_eq!(v["verdict"]["via"].as_array().unwrap().len(), 1);
+    let (code, v) = trace_json(&[
+        "-f",
+        golden("t91-https-over-mtls").to_str().unwrap(),
+        "--domain",
+        "homelab.local",
+        "-n",
+        "istio-vt-t91",
+        "client",
+        "https://api.partner.example/",
+    ]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(kinds(&v["hops"][0]["wire_out"]), ["mesh mTLS", "app TLS"]);
+    assert_eq!(kinds(&v["hops"][1]["wire_out"]), ["app TLS"]);
+}
+
+#[test]
+fn trace_egress_sni_passthrough_cnn_leg_without_mesh_route_bypasses_the_gateway() {
+    // Seed 003: cnn-wrong-leg2 binds only the gateway, so the sidecar goes straight out.
+    let (code, v) = trace_json(&[
+        "-f",
+        golden("egress-sni-passthrough").to_str().unwrap(),
+        "-n",
+        "egress-test",
+        "curl",
+        "https://edition.cnn.com/",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["hops"].as_array().unwrap().len(), 1);
+    assert_eq!(v["hops"][0]["cluster"], "outbound|443||edition.cnn.com");
+    assert_eq!(kinds(&v["hops"][0]["wire_out"]), ["app TLS"]);
+    assert_eq!(v["verdict"]["status"], "bypass");
+    assert!(
+        s(&v["verdict"]["summary"]).contains(
+            "BYPASSING the egress gateway that VirtualService egress-test/cnn-wrong-leg2 sets up"
+        ),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn trace_sni_flag_changes_the_chain_and_host_header_changes_the_vhost() {
+    // An app SNI the sidecar's SNI chain does not know falls to the listener's other chain:
+    // straight to the external service, no gateway, no mesh mTLS.
+    let (code, v) = trace_json(&[
+        "-f",
+        "examples/https-over-mtls",
+        "--domain",
+        "homelab.local",
+        "-n",
+        "istio-vt-t91",
+        "client",
+        "https://api.partner.example/",
+        "--sni",
+        "wrong.example",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["hops"][0]["arrives"]["sni"], "wrong.example");
+    assert_eq!(
+        v["hops"][0]["chain_match"],
+        "any connection (the chain sets no match criteria)"
+    );
+    assert_eq!(v["hops"][0]["cluster"], "outbound|443||api.partner.example");
+    assert_eq!(v["verdict"]["status"], "bypass");
+    // The Host header, not the URL host, selects the gateway's virtual host.
+    let (code, v) = trace_json(&[
+        "-f",
+        golden("ingress-termination").to_str().unwrap(),
+        "-n",
+        "istio-system",
+        "deploy/istio-ingressgateway",
+        "http://192.0.2.1/headers",
+        "-H",
+        "Host: httpbin.example.com",
+    ]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        v["hops"][0]["listener_note"],
+        "Service port 80 → targetPort 8080"
+    );
+    assert!(s(&v["hops"][0]["virtual_host"]).starts_with("httpbin.example.com:80"));
+    assert_eq!(v["hops"][0]["route"]["name"], "catch-all");
+    assert_eq!(v["headers"]["Host"], "httpbin.example.com");
+}
