@@ -34,6 +34,13 @@ pub enum Request {
         /// Container name (default: the first).
         container: Option<String>,
     },
+    /// Apply Istio config (file name, text) atomically and push it to the proxies.
+    Apply {
+        /// (name for messages, YAML/JSON text).
+        files: Vec<(String, String)>,
+    },
+    /// Push status of every proxy.
+    Proxies,
     /// Tear the mesh down and exit.
     Shutdown,
 }
@@ -186,6 +193,18 @@ pub enum Response {
     },
     /// Container target.
     Container(ContainerTarget),
+    /// Config applied.
+    Applied {
+        /// kubectl-style lines (`virtualservice.networking.istio.io/x configured`).
+        lines: Vec<String>,
+        /// Proxy node id → config version now being pushed.
+        versions: std::collections::BTreeMap<String, u64>,
+    },
+    /// Push status per proxy (isthmus-push `ProxyStatus` as JSON).
+    Proxies {
+        /// Node id → status.
+        proxies: std::collections::BTreeMap<String, serde_json::Value>,
+    },
     /// Request accepted (shutdown).
     Ok,
     /// Error with a message for the user.

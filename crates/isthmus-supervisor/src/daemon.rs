@@ -31,6 +31,8 @@ pub const POD_SUBNET: &str = "10.244.0.0/16";
 /// How long startup waits for containers and their ports before declaring the mesh ready
 /// anyway (crash-looping pods are then visible in `get pods`).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Port of the control plane's push endpoint on the node bridge address.
+pub const CONTROL_PLANE_PORT: u16 = 15010;
 
 /// Errors of loading and running a mesh, with what to do about them.
 #[derive(Debug, thiserror::Error)]
@@ -229,8 +231,11 @@ struct Shared {
     dns: Mutex<(String, String)>,
     pods: Mutex<Vec<RunningPod>>,
     plan: MeshPlan,
-    snapshot: Snapshot,
-    objects: Vec<Object>,
+    snapshot: Mutex<Snapshot>,
+    objects: Mutex<Vec<Object>>,
+    mesh_config: MeshConfig,
+    push: isthmus_push::PushServer,
+    proxies: Mutex<Vec<crate::proxies::ProxyReg>>,
     notes: Mutex<Vec<String>>,
     published: Mutex<Vec<String>>,
     shutdown: watch::Sender<bool>,
@@ -386,6 +391,82 @@ impl Shared {
         })
     }
 
+    /// `isthmus apply`: validates the files as the API server would (all or nothing), merges
+    /// them into the config store, recompiles every proxy and pushes what changed. Pods and
+    /// Services are fixed at `up`; applying them is refused with that explanation.
+    fn apply(&self, files: Vec<(String, String)>) -> Response {
+        let mut loaded = isthmus_api::Loaded::default();
+        for (name, text) in &files {
+            loaded.extend(isthmus_api::load_str(name, text, &LoadOptions::default()));
+        }
+        if !loaded.rejections.is_empty() {
+            return Response::Error {
+                message: loaded
+                    .rejections
+                    .iter()
+                    .map(|r| r.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+        }
+        if let Some(o) = loaded.objects.iter().find(|o| !o.kind.is_istio()) {
+            return Response::Error {
+                message: format!(
+                    "{}: only Istio config (Gateway, VirtualService, DestinationRule, ServiceEntry, Sidecar, ...) can be applied to a running mesh; pods, services and secrets are fixed at `up` (run `isthmus down` and `isthmus up` again)",
+                    o.label()
+                ),
+            };
+        }
+        let mut objects = lock(&self.objects).clone();
+        let mut next_seq = objects.iter().map(|o| o.seq + 1).max().unwrap_or(0);
+        let mut lines = Vec::new();
+        for mut o in loaded.objects {
+            let what = format!(
+                "{}.{}/{}",
+                o.kind.as_str().to_ascii_lowercase(),
+                o.api_version.split('/').next().unwrap_or_default(),
+                o.name()
+            );
+            match objects.iter().position(|x| {
+                x.kind == o.kind && x.namespace() == o.namespace() && x.name() == o.name()
+            }) {
+                Some(i) if objects[i].raw == o.raw => lines.push(format!("{what} unchanged")),
+                Some(i) => {
+                    o.seq = objects[i].seq;
+                    objects[i] = o;
+                    lines.push(format!("{what} configured"));
+                }
+                None => {
+                    o.seq = next_seq;
+                    next_seq += 1;
+                    objects.push(o);
+                    lines.push(format!("{what} created"));
+                }
+            }
+        }
+        let (snapshot, _) = Snapshot::build(&objects, self.mesh_config.clone(), &self.domain);
+        let regs = lock(&self.proxies).clone();
+        let mut configs = Vec::new();
+        for r in &regs {
+            match crate::proxies::render_config(&snapshot, &r.pod, &r.cert) {
+                Ok(c) => configs.push((r.node_id.clone(), c)),
+                Err(e) => {
+                    return Response::Error {
+                        message: format!("not applied (the mesh is unchanged): {e}"),
+                    }
+                }
+            }
+        }
+        *lock(&self.objects) = objects;
+        *lock(&self.snapshot) = snapshot;
+        let mut versions = BTreeMap::new();
+        for (node, c) in configs {
+            let v = self.push.set(isthmus_push::ResourceKind::Config, &node, c);
+            versions.insert(node, v);
+        }
+        Response::Applied { lines, versions }
+    }
+
     fn handle(&self, req: Request) -> Response {
         match req {
             Request::Status => Response::Status(self.status()),
@@ -400,8 +481,7 @@ impl Shared {
                     .collect(),
             },
             Request::Objects { kind } => Response::Objects {
-                objects: self
-                    .objects
+                objects: lock(&self.objects)
                     .iter()
                     .filter(|o| o.kind.as_str().eq_ignore_ascii_case(&kind))
                     .map(|o| o.raw.clone())
@@ -412,6 +492,15 @@ impl Shared {
                 target,
                 container,
             } => self.container(&namespace, &target, container.as_deref()),
+            Request::Apply { files } => self.apply(files),
+            Request::Proxies => Response::Proxies {
+                proxies: self
+                    .push
+                    .status()
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or_default()))
+                    .collect(),
+            },
             Request::Shutdown => {
                 let _ = self.shutdown.send(true);
                 Response::Ok
@@ -482,8 +571,11 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
         dns: Mutex::new((String::new(), String::new())),
         pods: Mutex::new(Vec::new()),
         plan: loaded.plan.clone(),
-        snapshot: loaded.snapshot.clone(),
-        objects: loaded.objects.clone(),
+        mesh_config: loaded.snapshot.mesh.clone(),
+        snapshot: Mutex::new(loaded.snapshot.clone()),
+        objects: Mutex::new(loaded.objects.clone()),
+        push: isthmus_push::PushServer::new(),
+        proxies: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
         published: Mutex::new(Vec::new()),
         shutdown: shutdown_tx.clone(),
@@ -581,7 +673,7 @@ async fn build(
 
     let proxied = plan.pods.iter().any(|p| p.proxy != PodProxy::None);
     let ca = if proxied {
-        match isthmus_ca::Ca::generate(&shared.snapshot.mesh.trust_domain) {
+        match isthmus_ca::Ca::generate(&shared.mesh_config.trust_domain) {
             Ok(ca) => Some(ca),
             Err(e) => {
                 lock(&shared.notes).push(format!("no proxies: cannot create the mesh CA: {e}"));
@@ -592,6 +684,18 @@ async fn build(
         None
     };
     let exe = std::env::current_exe().map_err(io_err("locate", Path::new("/proc/self/exe")))?;
+    // The control plane's push endpoint: on the bridge address every pod routes to.
+    let control_plane = SocketAddr::from((mesh.gateway_ip(), CONTROL_PLANE_PORT));
+    if ca.is_some() {
+        let listener = netns::listen_tcp_async(&node, control_plane)
+            .await
+            .map_err(|e| {
+                io_err("listen on", Path::new(&control_plane.to_string()))(std::io::Error::other(
+                    e.to_string(),
+                ))
+            })?;
+        tokio::spawn(shared.push.clone().serve_tcp(listener));
+    }
     for p in &plan.pods {
         if *shutdown.borrow() {
             return Ok(Servers {
@@ -603,8 +707,19 @@ async fn build(
         let proxy = match (&ca, p.proxy) {
             (Some(ca), PodProxy::Sidecar | PodProxy::Gateway) => {
                 let dir = crate::proxies::proxy_dir(&shared.dir.dir, &p.namespace, &p.name);
-                match crate::proxies::prepare(&shared.snapshot, ca, p, &dir, &exe) {
-                    Ok(c) => Some(c),
+                let prepared = {
+                    let snap = lock(&shared.snapshot);
+                    crate::proxies::prepare(&snap, ca, p, &dir, &exe, control_plane)
+                };
+                match prepared {
+                    Ok((c, reg, token, config)) => {
+                        shared.push.register(&token, &reg.node_id);
+                        shared
+                            .push
+                            .set(isthmus_push::ResourceKind::Config, &reg.node_id, config);
+                        lock(&shared.proxies).push(reg);
+                        Some(c)
+                    }
                     Err(e) => {
                         tracing::error!(pod = %p.key(), error = %e, "proxy left out");
                         lock(&shared.notes)
@@ -641,7 +756,8 @@ async fn publish_ingress(
     mesh: &MeshNet,
 ) -> Vec<isthmus_local::relay::PortRelay> {
     let mut relays = Vec::new();
-    for svc in &shared.snapshot.services {
+    let services = lock(&shared.snapshot).services.clone();
+    for svc in &services {
         if svc.registry != isthmus_model::Registry::Kubernetes
             || svc.selector.get("istio").map(String::as_str) != Some("ingressgateway")
         {

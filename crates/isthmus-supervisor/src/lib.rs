@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
 pub mod daemon;
 pub mod ops;

@@ -7,7 +7,8 @@
 //! sidecars run as uid 1337 (Istio's proxy uid) and the capture rules also return early for
 //! `meta skuid 1337` — the same exemption istio-iptables uses (`--uid-owner 1337`).
 //!
-//! Config is compiled once at `up` (no live push yet): a changed manifest needs a new `up`.
+//! Config changes (`isthmus apply`) are recompiled and pushed to the running proxies through
+//! isthmus-push (ACK/NACK); the bootstrap file only serves the first start.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -39,16 +40,24 @@ pub fn capture_ruleset() -> String {
     )
 }
 
-/// Compiles, converts and writes the proxy config of `pod` into `dir` (created 0711; the
-/// file belongs to the proxy's uid, mode 0600 — it holds the private key), and returns the
-/// `istio-proxy` container to run. Errors are messages for the supervisor log and `status`.
-pub fn prepare(
+/// A running proxy as the control plane knows it.
+#[derive(Debug, Clone)]
+pub struct ProxyReg {
+    /// The pod.
+    pub pod: PodPlan,
+    /// Node id (push key).
+    pub node_id: String,
+    /// Workload certificate (kept across recompiles; the key never changes).
+    pub cert: isthmus_ca::IssuedCert,
+}
+
+/// Compiles the runtime config of `pod` against `snapshot` with `cert` as SDS `default` /
+/// `ROOTCA`. Errors are messages naming the pod.
+pub fn render_config(
     snapshot: &Snapshot,
-    ca: &Ca,
     pod: &PodPlan,
-    dir: &Path,
-    exe: &Path,
-) -> Result<ContainerSpec, String> {
+    cert: &isthmus_ca::IssuedCert,
+) -> Result<serde_json::Value, String> {
     let w = snapshot
         .workloads
         .iter()
@@ -79,15 +88,6 @@ pub fn prepare(
             }
         }
     }
-    let identity = Identity::new(
-        &snapshot.mesh.trust_domain,
-        &pod.namespace,
-        &pod.service_account,
-    )
-    .map_err(|e| format!("identity of {}: {e}", pod.key()))?;
-    let cert = ca
-        .issue(&identity, None)
-        .map_err(|e| format!("certificate for {}: {e}", pod.key()))?;
     cfg.secrets
         .retain(|s| s.name != "default" && s.name != "ROOTCA");
     cfg.secrets.push(Secret {
@@ -102,23 +102,61 @@ pub fn prepare(
         private_key: None,
         trusted_ca: Some(DataSource::InlineString(cert.root_pem.clone())),
     });
-    let json = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
-    let path = dir.join("config.json");
-    std::fs::write(&path, json).map_err(|e| format!("write {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    serde_json::to_value(&cfg).map_err(|e| e.to_string())
+}
+
+/// The node id a proxy is registered under.
+pub fn node_id(pod: &PodPlan) -> String {
+    format!("{}.{}", pod.name, pod.namespace)
+}
+
+fn write_private(path: &Path, data: &[u8], owner: Option<u32>) -> Result<(), String> {
+    std::fs::write(path, data).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    let sidecar = pod.proxy == PodProxy::Sidecar;
-    if sidecar {
+    if let Some(uid) = owner {
         nix::unistd::chown(
-            &path,
-            Some(nix::unistd::Uid::from_raw(PROXY_UID)),
-            Some(nix::unistd::Gid::from_raw(PROXY_UID)),
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(uid)),
         )
         .map_err(|e| format!("chown {}: {e}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Issues the pod's certificate, compiles its config, writes the bootstrap config and push
+/// token into `dir` (0711; files 0600, owned by the proxy's uid) and returns the
+/// `istio-proxy` container (`isthmus agent`), its registration, its token and config.
+pub fn prepare(
+    snapshot: &Snapshot,
+    ca: &Ca,
+    pod: &PodPlan,
+    dir: &Path,
+    exe: &Path,
+    control_plane: std::net::SocketAddr,
+) -> Result<(ContainerSpec, ProxyReg, String, serde_json::Value), String> {
+    let identity = Identity::new(
+        &snapshot.mesh.trust_domain,
+        &pod.namespace,
+        &pod.service_account,
+    )
+    .map_err(|e| format!("identity of {}: {e}", pod.key()))?;
+    let cert = ca
+        .issue(&identity, None)
+        .map_err(|e| format!("certificate for {}: {e}", pod.key()))?;
+    let config = render_config(snapshot, pod, &cert)?;
+    let json = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    let sidecar = pod.proxy == PodProxy::Sidecar;
+    let owner = sidecar.then_some(PROXY_UID);
+    let path = dir.join("bootstrap.json");
+    write_private(&path, json.as_bytes(), owner)?;
+    let token = isthmus_ca::generate_token();
+    let token_path = dir.join("token");
+    write_private(&token_path, token.as_bytes(), owner)?;
     let mut argv: Vec<String> = Vec::new();
     if sidecar {
         argv.extend(
@@ -126,16 +164,30 @@ pub fn prepare(
         );
     }
     argv.push(exe.display().to_string());
-    argv.extend(["proxy", "--config"].map(String::from));
-    argv.push(path.display().to_string());
-    argv.extend(["--admin-address", ADMIN_ADDR].map(String::from));
-    Ok(ContainerSpec {
+    argv.push("agent".into());
+    argv.extend([
+        "--bootstrap".to_string(),
+        path.display().to_string(),
+        "--token-file".to_string(),
+        token_path.display().to_string(),
+        "--control-plane".to_string(),
+        control_plane.to_string(),
+        "--admin-address".to_string(),
+        ADMIN_ADDR.to_string(),
+    ]);
+    let spec = ContainerSpec {
         name: PROXY_CONTAINER.into(),
         argv,
         env: vec![("ISTHMUS_LOG".into(), "info".into())],
         working_dir: None,
         mounts: vec![],
-    })
+    };
+    let reg = ProxyReg {
+        pod: pod.clone(),
+        node_id: node_id(pod),
+        cert,
+    };
+    Ok((spec, reg, token, config))
 }
 
 /// Directory for the proxy files of pod `ns/name` under the mesh state directory.

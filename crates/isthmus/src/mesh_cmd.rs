@@ -25,9 +25,39 @@ pub enum MeshCommand {
     Exec(ExecArgs),
     /// Print a container's logs.
     Logs(LogsArgs),
+    /// Apply Istio config to a running mesh (validated atomically, pushed to the proxies).
+    Apply(ApplyArgs),
     /// Internal: the supervisor process `up` starts.
     #[command(hide = true)]
     Supervise(SuperviseArgs),
+    /// Internal: a pod's proxy plus its control-plane client (the istio-proxy container).
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    /// Files or directories of manifests; `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Mesh name.
+    #[arg(long, default_value_t = default_name())]
+    pub name: String,
+    /// Seconds to wait for every proxy to acknowledge the new config.
+    #[arg(long, default_value_t = 15)]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[arg(long)]
+    pub bootstrap: PathBuf,
+    #[arg(long = "token-file")]
+    pub token_file: PathBuf,
+    #[arg(long = "control-plane")]
+    pub control_plane: std::net::SocketAddr,
+    #[arg(long = "admin-address", default_value = "127.0.0.1:15000")]
+    pub admin_address: std::net::SocketAddr,
 }
 
 fn default_name() -> String {
@@ -158,6 +188,17 @@ pub fn run(cmd: MeshCommand) -> anyhow::Result<ExitCode> {
         MeshCommand::Get(a) => get(a),
         MeshCommand::Exec(a) => exec(a),
         MeshCommand::Logs(a) => logs(a),
+        MeshCommand::Apply(a) => apply(a),
+        MeshCommand::Agent(a) => {
+            isthmus_supervisor::agent::run(isthmus_supervisor::agent::AgentConfig {
+                bootstrap: a.bootstrap,
+                token_file: a.token_file,
+                control_plane: a.control_plane,
+                admin: a.admin_address,
+            })
+            .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
         MeshCommand::Supervise(a) => {
             isthmus_supervisor::run_blocking(isthmus_supervisor::DaemonConfig {
                 name: a.name,
@@ -457,4 +498,70 @@ fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let mut files = Vec::new();
+    for p in isthmus_api::expand_paths(&a.files)? {
+        let text = if p.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s
+        } else {
+            std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        };
+        files.push((p.display().to_string(), text));
+    }
+    let (lines, versions) = match mesh_call(&a.name, &Request::Apply { files }) {
+        Ok(Response::Applied { lines, versions }) => (lines, versions),
+        Ok(_) => anyhow::bail!("unexpected answer from the supervisor"),
+        Err(e) => {
+            // kubectl's message as is (e.g. `The DestinationRule "x" is invalid: ...`).
+            eprintln!("{e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for l in &lines {
+        println!("{l}");
+    }
+    // Wait until every proxy acknowledged (or refused) its new version.
+    let deadline = std::time::Instant::now() + Duration::from_secs(a.timeout);
+    loop {
+        let Response::Proxies { proxies } = mesh_call(&a.name, &Request::Proxies)? else {
+            anyhow::bail!("unexpected answer from the supervisor");
+        };
+        let mut pending = Vec::new();
+        let mut nacked = Vec::new();
+        for (node, want) in &versions {
+            let r = &proxies.get(node).cloned().unwrap_or_default()["resources"]["config"];
+            let acked = r["acked"].as_u64().unwrap_or(0);
+            if r["state"] == "Nacked" || r["nack_error"].is_string() {
+                nacked.push(format!(
+                    "{node}: {}",
+                    r["nack_error"].as_str().unwrap_or("refused")
+                ));
+            } else if acked < *want {
+                pending.push(node.clone());
+            }
+        }
+        if !nacked.is_empty() {
+            eprintln!("error: proxies refused the new config (they keep their last good one):");
+            for n in nacked {
+                eprintln!("  {n}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        if pending.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "error: not acknowledged after {}s by: {}",
+                a.timeout,
+                pending.join(", ")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

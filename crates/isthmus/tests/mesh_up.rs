@@ -935,3 +935,160 @@ fn registry_only_sidecars_reach_service_entries_but_not_other_outside_hosts() {
     assert!(out.status.success(), "down: {}", text(&out));
     m.up = false;
 }
+
+const REDIRECT_VS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new}
+  - route:
+    - destination: {host: web}
+"#;
+
+const BAD_DR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {simple: NOPE}
+"#;
+
+#[test]
+fn apply_pushes_to_live_proxies_rejects_invalid_config_and_survives_the_control_plane() {
+    if !isthmus_local::testing::namespaces_available(
+        "apply_pushes_to_live_proxies_rejects_invalid_config_and_survives_the_control_plane",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("g", MESH);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    std::fs::write(m.dir.join("vs.yaml"), REDIRECT_VS).expect("write");
+    std::fs::write(m.dir.join("dr.yaml"), BAD_DR).expect("write");
+    let code = |m: &Mesh, path: &str| {
+        let out = m.cmd(
+            "exec",
+            &[
+                "-n",
+                "demo",
+                "sleep",
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "4",
+                "-w",
+                "%{http_code}",
+            ]
+            .into_iter()
+            .chain([format!("http://web{path}").as_str()])
+            .collect::<Vec<_>>(),
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(code(&m, "/old"), "200");
+    let proxy_pid = |m: &Mesh, pod: &str| m.pod(pod)["containers"][1]["pid"].as_u64();
+    let before = (proxy_pid(&m, "sleep"), proxy_pid(&m, "web"));
+
+    // A valid change is pushed and acknowledged; `apply` returns once every proxy ACKed.
+    let out = m.cmd("apply", &["-f", "vs.yaml"]);
+    assert!(out.status.success(), "apply: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "virtualservice.networking.istio.io/web configured\n"
+    );
+    assert_eq!(code(&m, "/old"), "301");
+    assert_eq!(code(&m, "/other"), "200");
+    assert_eq!(
+        (proxy_pid(&m, "sleep"), proxy_pid(&m, "web")),
+        before,
+        "proxies restarted"
+    );
+    let out = m.cmd("apply", &["-f", "vs.yaml"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("web unchanged"),
+        "{}",
+        text(&out)
+    );
+
+    // An invalid DestinationRule: kubectl's message, exit 1, nothing changes.
+    let out = m.cmd("apply", &["-f", "dr.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("The DestinationRule \"web\" is invalid"),
+        "{err}"
+    );
+    assert!(err.contains("Unsupported value: \"NOPE\""), "{err}");
+    let out = m.cmd("get", &["destinationrule", "-A", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(code(&m, "/old"), "301");
+
+    // Pods and Services are fixed at `up`.
+    std::fs::write(m.dir.join("svc.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: demo}\nspec:\n  ports: [{port: 1}]\n").expect("write");
+    let out = m.cmd("apply", &["-f", "svc.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fixed at `up`"),
+        "{}",
+        text(&out)
+    );
+
+    // Kill the control plane: proxies keep serving their last config. (The mesh DNS lives in
+    // the supervisor too, so this goes to the cluster IP directly.)
+    let out = m.cmd("get", &["svc", "-n", "demo", "-o", "json"]);
+    let svcs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("svc json");
+    let vip = svcs["items"][0]["cluster_ip"]
+        .as_str()
+        .expect("cluster ip")
+        .to_string();
+    let sup: u64 = std::fs::read_to_string(m.root.join(&m.name).join("pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix_kill(sup);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(sup) {
+        assert!(Instant::now() < deadline, "supervisor survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("isth-{}-demo-sleep", m.name),
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "4",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: web",
+        ])
+        .arg(format!("http://{vip}/old"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "301",
+        "{}",
+        text(&out)
+    );
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+    assert_eq!(m.netns(), Vec::<String>::new());
+}
