@@ -88,7 +88,9 @@ fn mesh_vs_diagnostics(ctx: &mut Ctx) {
                     } else {
                         m.gateways.clone()
                     };
-                    if gws.iter().any(|g| g == "mesh")
+                    // Port 80 is exempt: istiod gives such hosts a vhost there anyway.
+                    if p != 80
+                        && gws.iter().any(|g| g == "mesh")
                         && !svc.port(p).is_some_and(|sp| sp.protocol.is_http())
                     {
                         out.push(diag(&vs.meta, Severity::Warning, "RoutePortNotDeclared", Some(&format!("spec.http[{i}].match.port")), format!("mesh route for {h} matches port {p}, but {h} declares no HTTP port {p}; sidecars install no route for it and the traffic falls through to {}", if ctx.mode == OutboundMode::AllowAny { "PassthroughCluster (allow_any): it bypasses this VirtualService" } else { "block_all (502)" })));
@@ -129,7 +131,15 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
             tcp_listeners.insert(name, (l, svc.hostname.clone()));
         }
     }
-    for (_, (l, _)) in tcp_listeners {
+    for (name, (l, owner)) in tcp_listeners {
+        // An address-less TCP port that is also an HTTP port elsewhere: the HTTP listener owns
+        // `0.0.0.0_PORT` (Envoy refuses two listeners with one name).
+        if l.address.socket_address.address == "0.0.0.0" && http_ports.contains(&l.port()) {
+            if let Some(svc) = ctx.service(&owner) {
+                ctx.diags.push(diag(&svc.meta, Severity::Warning, "OutboundListenerConflict", Some("spec.ports"), format!("{owner} port {} has no address and port {} is an HTTP port of another service; listener {name} is HTTP and TCP traffic to {owner} is handled by its fall-through chain", l.port(), l.port())));
+            }
+            continue;
+        }
         cfg.listeners.push(l);
     }
     for port in &http_ports {
@@ -364,7 +374,11 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
                 continue;
             }
             for h in &vs.spec.hosts {
-                if ctx.snap.services_by_host(h).next().is_some() {
+                // istiod's "hack to keep consistent with previous behavior": on port 80 every
+                // mesh VS is used, and a host not backed by a service *on port 80* (e.g. a
+                // ServiceEntry declaring only 443, as in seed 001's double-mTLS egress) still
+                // gets its own vhost here.
+                if ctx.snap.services_by_host(h).any(|s| s.port(80).is_some()) {
                     continue;
                 }
                 if h.starts_with('*') && ctx.services.iter().any(|s| host_matches(h, &s.hostname)) {

@@ -143,3 +143,33 @@ fn analyze_reports_istio_codes_and_honours_the_failure_threshold() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(v.as_array().unwrap().iter().any(|m| m["code"] == "IST0129"));
 }
+
+/// Seed 001 G1: the ServiceEntry declares only 443, the app calls plain http:// on port 80, and
+/// the mesh route still reaches the gateway: istiod gives VS hosts without a port-80 service a
+/// vhost on the port-80 route anyway.
+#[test]
+fn port_80_mesh_route_to_a_host_declaring_only_443_goes_to_the_gateway() {
+    let (code, json, err) = isthmus(&[
+        "pc",
+        "route",
+        "deploy/sleep",
+        "-n",
+        "mesh-test",
+        "--name",
+        "80",
+        "-f",
+        "examples/egress-double-mtls",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = jq(".[] | .virtualHosts[] | select(.name == \"api.partner.example.com:80\") | {domains, c: [.routes[].route.cluster]}", &json);
+    assert_eq!(
+        out.trim(),
+        r#"{"domains":["api.partner.example.com"],"c":["outbound|443|partner|istio-egressgateway.istio-system.svc.cluster.local"]}"#
+    );
+    assert!(
+        !err.contains("RoutePortNotDeclared") && !err.contains("declares no HTTP port 80"),
+        "{err}"
+    );
+}
