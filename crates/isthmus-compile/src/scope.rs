@@ -308,8 +308,8 @@ fn select_sidecar<'a>(snap: &'a Snapshot, proxy: &ProxyNode) -> Option<&'a Sidec
     let with_sel = snap.sidecars.iter().find(|s| {
         s.meta.namespace == ns
             && s.spec.workload_selector.as_ref().is_some_and(|w| {
-                !w.match_labels.is_empty()
-                    && w.match_labels
+                !w.selector().is_empty()
+                    && w.selector()
                         .iter()
                         .all(|(k, v)| proxy.labels.get(k) == Some(v))
             })
@@ -321,7 +321,7 @@ fn select_sidecar<'a>(snap: &'a Snapshot, proxy: &ProxyNode) -> Option<&'a Sidec
                     && s.spec
                         .workload_selector
                         .as_ref()
-                        .is_none_or(|w| w.match_labels.is_empty())
+                        .is_none_or(|w| w.selector().is_empty())
             })
         })
         .or_else(|| {
@@ -330,7 +330,7 @@ fn select_sidecar<'a>(snap: &'a Snapshot, proxy: &ProxyNode) -> Option<&'a Sidec
                     && s.spec
                         .workload_selector
                         .as_ref()
-                        .is_none_or(|w| w.match_labels.is_empty())
+                        .is_none_or(|w| w.selector().is_empty())
             })
         })
 }

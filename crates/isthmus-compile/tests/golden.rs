@@ -11,6 +11,37 @@ fn check(case: &str) {
     let dir = common::case_dir(case);
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     for (label, compiled) in &c.proxies {
+        // Envoy refuses duplicate resource names: every kind must be unique by name.
+        let cfg = &compiled.config;
+        let unique = |names: Vec<&str>, what: &str| {
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(
+                sorted.len(),
+                names.len(),
+                "{case}/{label}: duplicate {what} names in {names:?}"
+            );
+        };
+        unique(
+            cfg.listeners.iter().map(|l| l.name.as_str()).collect(),
+            "listener",
+        );
+        unique(
+            cfg.clusters.iter().map(|l| l.name.as_str()).collect(),
+            "cluster",
+        );
+        unique(
+            cfg.routes.iter().map(|l| l.name.as_str()).collect(),
+            "route",
+        );
+        unique(
+            cfg.endpoints
+                .iter()
+                .map(|l| l.cluster_name.as_str())
+                .collect(),
+            "endpoint",
+        );
         let json = render(
             &compiled.config,
             ConfigKind::All,

@@ -934,3 +934,61 @@ fn sidecar_routes_wildcards() {
         "wildcard and explicit cross namespace",
     );
 }
+
+#[test]
+fn sidecar_listener_names_stay_unique_when_tcp_and_http_share_a_port() {
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: app}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: app}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: raw, namespace: app}
+spec:
+  hosts: [raw.example.com]
+  ports: [{number: 80, name: tcp, protocol: TCP}]
+  resolution: NONE
+"#;
+    let snap = common::snapshot_from_str(yaml, "cluster.local");
+    let c = compile(&snap, &snap.resolve_proxy("client.app", None).unwrap());
+    let names: Vec<&str> = c.config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "0.0.0.0_80").count(),
+        1,
+        "{names:?}"
+    );
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.code == "OutboundListenerConflict" && d.name.as_deref() == Some("raw")),
+        "{:?}",
+        c.diagnostics
+    );
+    // HTTP to web still routes; Host raw.example.com falls to allow_any (PassthroughCluster).
+    let r = simulate(
+        &c.config,
+        &Call {
+            address: Some("10.1.2.3".into()),
+            ..Call::http(80, "raw.example.com", "/")
+        },
+    );
+    assert_eq!(r.cluster.as_deref(), Some("PassthroughCluster"), "{r:?}");
+    let r = simulate(&c.config, &Call::http(80, "web.app.svc.cluster.local", "/"));
+    assert_eq!(
+        r.cluster.as_deref(),
+        Some("outbound|80||web.app.svc.cluster.local"),
+        "{r:?}"
+    );
+}
