@@ -657,6 +657,65 @@ fn dr_info(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> (Option<DrIn
     (Some(info), notes)
 }
 
+/// The VirtualService `tls`/`tcp` routes that produce a TCP proxy chain to `cluster` on this
+/// proxy (TCP chains carry no route metadata, so this is matched on the destination: host,
+/// port and subset, and on the route's gateways binding this proxy).
+fn l4_route_source(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> Option<String> {
+    let (_, cport, csubset, chost) = cluster.parse_name()?;
+    let my_gateways: Vec<String> = if node.is_gateway() {
+        snap.gateways_for(&node.labels)
+            .iter()
+            .map(|g| format!("{}/{}", g.meta.namespace, g.meta.name))
+            .collect()
+    } else {
+        vec!["mesh".to_string()]
+    };
+    let mut found = Vec::new();
+    for vs in &snap.virtual_services {
+        let ns = &vs.meta.namespace;
+        let gws: Vec<String> = if vs.spec.gateways.is_empty() {
+            vec!["mesh".to_string()]
+        } else {
+            vs.spec
+                .gateways
+                .iter()
+                .map(|g| isthmus_model::resolve_gateway_name(g, ns))
+                .collect()
+        };
+        if !gws.iter().any(|g| my_gateways.contains(g)) {
+            continue;
+        }
+        let routes = vs
+            .spec
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("tls[{i}]"), &r.route))
+            .chain(
+                vs.spec
+                    .tcp
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("tcp[{i}]"), &r.route)),
+            );
+        for (label, dests) in routes {
+            let hit = dests.iter().any(|d| {
+                let dh = resolve_short_name(&d.destination.host, ns, &snap.domain_suffix);
+                dh == chost
+                    && d.destination
+                        .port
+                        .as_ref()
+                        .is_none_or(|p| p.number == cport)
+                    && d.destination.subset.as_deref().unwrap_or("") == csubset
+            });
+            if hit {
+                found.push(format!("VirtualService {ns}/{} {label}", vs.meta.name));
+            }
+        }
+    }
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
 fn find_workload_by_ip<'a>(snap: &'a Snapshot, ip: &str) -> Option<&'a Workload> {
     snap.workloads.iter().find(|w| w.ip == ip)
 }
@@ -1088,6 +1147,9 @@ fn run_hop(
     let Some(cluster) = cfg.cluster(&cname) else {
         stop!(fail("cluster_not_found", if http_here { "503 NC (cluster not found)".to_string() } else { reset_sees(wire, first) }, format!("cluster {cname} does not exist on {proxy_label}: the destination host/port/subset has no service or DestinationRule subset")));
     };
+    if hop.route.is_none() && !http_here {
+        hop.l4_route = l4_route_source(snap, node, cluster);
+    }
     let (dr, notes) = dr_info(snap, node, cluster);
     hop.destination_rule = dr;
     hop.notes.extend(notes);

@@ -215,6 +215,10 @@ pub struct Hop {
     pub virtual_host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteInfo>,
+    /// For TCP proxy chains (no HTTP route): the VirtualService `tls`/`tcp` route(s) whose
+    /// destination is this chain's cluster and which bind this proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l4_route: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

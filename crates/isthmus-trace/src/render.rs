@@ -130,6 +130,12 @@ pub fn render_text(t: &Trace) -> String {
                 let _ = writeln!(o, "             skipped earlier route {s}");
             }
         }
+        if let Some(r) = &h.l4_route {
+            let _ = writeln!(
+                o,
+                "  route:     {r} (L4: the chain matched, no HTTP routing)"
+            );
+        }
         if let Some(c) = &h.cluster {
             let _ = writeln!(o, "  cluster:   {c}");
         }

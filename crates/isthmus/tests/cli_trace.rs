@@ -282,6 +282,10 @@ fn trace_https_over_mtls_app_tls_inside_mesh_mtls_then_app_tls_only() {
     assert_eq!(h1["chain_match"], "SNI api.partner.example");
     assert_eq!(h1["route"], Value::Null, "TCP proxy: no HTTP route");
     assert_eq!(
+        h1["l4_route"],
+        "VirtualService istio-vt-t91/api-partner-via-t91 tls[0]"
+    );
+    assert_eq!(
         h1["cluster"],
         "outbound|8443|partner|t91-egress.istio-vt-t91.svc.homelab.local"
     );
@@ -294,6 +298,10 @@ fn trace_https_over_mtls_app_tls_inside_mesh_mtls_then_app_tls_only() {
     assert!(s(&h2["proxy"]).starts_with("istio-vt-t91/t91-egress-"));
     assert_eq!(h2["listener"], "0.0.0.0_8443");
     assert!(s(&h2["terminated"]).starts_with("mesh mTLS opened by istio-vt-t91/client"));
+    assert_eq!(
+        h2["l4_route"],
+        "VirtualService istio-vt-t91/api-partner-via-t91 tcp[0]"
+    );
     assert_eq!(h2["cluster"], "outbound|443||api.partner.example");
     assert_eq!(h2["destination_rule"]["applied"], "istio-vt-t91/dr2-hop2");
     assert_eq!(h2["pool"]["maxConnections"], 222);
