@@ -551,7 +551,7 @@ impl Snapshot {
             let selector = se
                 .workload_selector
                 .as_ref()
-                .map(|w| w.match_labels.clone())
+                .map(|w| w.selector().clone())
                 .unwrap_or_default();
             for h in &se.hosts {
                 let mut endpoints = Vec::new();

@@ -173,3 +173,74 @@ fn port_80_mesh_route_to_a_host_declaring_only_443_goes_to_the_gateway() {
         "{err}"
     );
 }
+
+/// A Sidecar's `workloadSelector.labels` scopes only the pods it selects (seed 003's
+/// sidecar-scope check: the selected client's cluster list shrinks, others keep everything).
+#[test]
+fn sidecar_workload_selector_scopes_only_selected_pods() {
+    let dir = std::env::temp_dir().join(format!("isthmus-sidecar-scope-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("m.yaml"),
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: elsewhere}
+spec: {selector: {app: other}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: app, labels: {app: a}}
+spec: {containers: [{name: c, command: [sleep, infinity]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: app, labels: {app: b}}
+spec: {containers: [{name: c, command: [sleep, infinity]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: only-a, namespace: app}
+spec:
+  workloadSelector:
+    labels: {app: a}
+  egress:
+  - hosts: ["./*"]
+"#,
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    let (code, a, err) = isthmus(&[
+        "pc",
+        "cluster",
+        "a.app",
+        "-f",
+        d,
+        "--fqdn",
+        "other.elsewhere.svc.cluster.local",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, b, err) = isthmus(&[
+        "pc",
+        "cluster",
+        "b.app",
+        "-f",
+        d,
+        "--fqdn",
+        "other.elsewhere.svc.cluster.local",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !a.contains("other.elsewhere.svc.cluster.local"),
+        "pod a is scoped to its own namespace:\n{a}"
+    );
+    assert!(
+        b.contains("other.elsewhere.svc.cluster.local"),
+        "pod b is not selected and sees everything:\n{b}"
+    );
+}
