@@ -144,7 +144,7 @@ impl DestinationRuleIndex {
                 .spec
                 .workload_selector
                 .as_ref()
-                .map(|w| w.match_labels.clone());
+                .map(|w| w.selector().clone());
             let export_to: BTreeSet<String> = if selector.is_some() {
                 BTreeSet::from([".".to_string()])
             } else {
