@@ -792,10 +792,38 @@ fn run_hop(
         ));
     };
     hop.listener = Some(listener.name.clone());
-    let outer = wire.layers.first();
-    let mut alpn = outer.map(|l| l.alpn.clone()).unwrap_or_default();
-    if outer.is_none() && wire.http {
-        alpn.push("http/1.1".into());
+    // Listener filters decide what the chain match can see (as Istio's simulation does):
+    // without a TLS inspector neither SNI nor ALPN is read and the transport is raw_buffer;
+    // the HTTP inspector marks plaintext HTTP/1.1 as `http/1.1`.
+    let has_filter = |name: &str| listener.listener_filters.iter().any(|f| f.name == name);
+    let tls_inspector = has_filter(isthmus_xds::listener::TLS_INSPECTOR);
+    let outer = wire.layers.first().filter(|_| tls_inspector);
+    let alpn = match outer {
+        // Istio's ALPN filter replaces the mesh ALPN by the inner protocol's.
+        Some(l) if l.kind == LayerKind::MeshMtls && wire.http && wire.layers.len() == 1 => {
+            vec!["istio-http/1.1".to_string()]
+        }
+        Some(l) if l.kind == LayerKind::MeshMtls => vec!["istio".to_string()],
+        Some(l) => l.alpn.clone(),
+        None if wire.layers.is_empty()
+            && wire.http
+            && has_filter(isthmus_xds::listener::HTTP_INSPECTOR) =>
+        {
+            vec!["http/1.1".to_string()]
+        }
+        None => Vec::new(),
+    };
+    if !tls_inspector
+        && !wire.layers.is_empty()
+        && listener
+            .filter_chains
+            .iter()
+            .any(|c| !c.server_names().is_empty())
+    {
+        hop.notes.push(format!(
+            "{} has no TLS inspector: the SNI cannot be read, SNI chains never match",
+            listener.name
+        ));
     }
     let call = Call {
         address: wire.address.clone(),
