@@ -853,3 +853,63 @@ fn trace_sni_flag_changes_the_chain_and_host_header_changes_the_vhost() {
     assert_eq!(v["hops"][0]["route"]["name"], "catch-all");
     assert_eq!(v["headers"]["Host"], "httpbin.example.com");
 }
+
+#[test]
+fn trace_gateway_tls_mode_mismatches_are_named() {
+    // Gateway server SIMPLE with a credential while hop 1 speaks mesh mTLS: the client sidecar
+    // rejects the gateway's certificate.
+    let dir = variant(
+        "gw-simple",
+        &egress(),
+        &[(
+            "40-egress-config.yaml",
+            "    tls:\n      mode: ISTIO_MUTUAL\n---",
+            "    tls:\n      mode: SIMPLE\n      credentialName: partner-client-credential\n---",
+        )],
+        &[],
+    );
+    let (code, v) = trace_json(&[
+        "-f",
+        dir.to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(code, 1);
+    let g = &v["hops"][1];
+    assert_eq!(
+        g["filter_chain"], "#0",
+        "the SNI chain matches; the handshake is what fails"
+    );
+    assert_eq!(g["failure"]["kind"], "tls_mismatch");
+    assert!(s(&g["failure"]["client_sees"]).contains("CERTIFICATE_VERIFY_FAILED"));
+    assert!(s(&g["failure"]["detail"])
+        .contains("TLS SIMPLE with kubernetes://partner-client-credential"));
+
+    // DR subset without `tls`: auto-mTLS still wraps hop 1, but with the automatic SNI, which
+    // no Gateway host matches.
+    let dir = variant(
+        "dr-no-sni",
+        &egress(),
+        &[(
+            "40-egress-config.yaml",
+            "        tls:\n          mode: ISTIO_MUTUAL\n          sni: api.partner.example.com\n",
+            "",
+        )],
+        &[],
+    );
+    let (_, v) = trace_json(&[
+        "-f",
+        dir.to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(
+        v["hops"][0]["upstream_tls"]["sni"],
+        "outbound_.443_.partner_.istio-egressgateway.istio-system.svc.cluster.local"
+    );
+    assert_eq!(v["hops"][1]["failure"]["kind"], "no_filter_chain");
+}
