@@ -200,6 +200,83 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sidecar_config_carries_the_workload_cert_and_restores_inbound_destinations() {
+        // prepare() hands the files to uid 1337 (chown needs root).
+        if !nix::unistd::geteuid().is_root() && std::env::var("CI").as_deref() != Ok("true") {
+            eprintln!("\n*** SKIPPED: sidecar_config_carries_the_workload_cert...: needs root (chown) ***\n");
+            return;
+        }
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec:
+  serviceAccountName: web-sa
+  containers:
+  - {name: web, command: [sleep, infinity], ports: [{containerPort: 8080}]}
+"#;
+        let loaded = isthmus_api::load_str("t.yaml", text, &isthmus_api::LoadOptions::default());
+        let (snap, _) = Snapshot::build(
+            &loaded.objects,
+            isthmus_api::MeshConfig::default(),
+            "cluster.local",
+        );
+        let plan = crate::plan::MeshPlan::build(&loaded.objects, &snap).expect("plan");
+        let pod = &plan.pods[0];
+        assert_eq!(pod.proxy, PodProxy::Sidecar);
+        let ca = Ca::generate("cluster.local").expect("ca");
+        let dir = tempfile::tempdir().expect("tmp");
+        let exe = Path::new("/usr/bin/isthmus");
+        let cp: std::net::SocketAddr = "10.244.0.1:15010".parse().expect("addr");
+        let (spec, reg, token, cfg) =
+            prepare(&snap, &ca, pod, &dir.path().join("p"), exe, cp).expect("prepare");
+        assert_eq!(spec.name, PROXY_CONTAINER);
+        assert_eq!(spec.argv[..2], ["setpriv", "--reuid=1337"]);
+        assert!(spec.argv.contains(&"10.244.0.1:15010".to_string()));
+        assert_eq!(reg.node_id, "web.demo");
+        assert!(token.len() >= 32);
+        let uri = reg
+            .cert
+            .identity
+            .as_ref()
+            .map(|i| i.service_account.clone());
+        assert_eq!(uri.as_deref(), Some("web-sa"));
+        let secrets: Vec<&str> = cfg["secrets"]
+            .as_array()
+            .expect("secrets")
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert!(
+            secrets.contains(&"default") && secrets.contains(&"ROOTCA"),
+            "{secrets:?}"
+        );
+        let inbound = cfg["listeners"]
+            .as_array()
+            .expect("listeners")
+            .iter()
+            .find(|l| l["name"] == "virtualInbound")
+            .expect("virtualInbound");
+        assert_eq!(inbound["useOriginalDst"], true, "{inbound}");
+        // The bootstrap file is what the agent starts from, private to the proxy.
+        let meta = std::fs::metadata(dir.path().join("p/bootstrap.json")).expect("bootstrap");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Recompiling with the same inputs gives the same config (no churn on apply).
+        assert_eq!(render_config(&snap, pod, &reg.cert).expect("render"), cfg);
+    }
+
+    #[test]
     fn capture_exempts_the_proxy_uid_right_after_the_mark() {
         let r = capture_ruleset();
         let mark = r.find("meta mark 1337 return").expect("mark rule");
