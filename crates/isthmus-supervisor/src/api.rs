@@ -84,6 +84,12 @@ pub struct MeshStatus {
     pub outside_dns: String,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// Proxies registered with the control plane.
+    #[serde(default)]
+    pub proxies: usize,
+    /// Proxies running the latest config (acknowledged).
+    #[serde(default)]
+    pub proxies_synced: usize,
     /// Host loopback addresses published for ingress gateways (`127.0.0.1:P -> ns/svc:port`).
     #[serde(default)]
     pub published: Vec<String>,

@@ -316,6 +316,7 @@ impl Shared {
         let pods = self.pods();
         let (dns, outside) = lock(&self.dns).clone();
         let notes = lock(&self.notes).clone();
+        let push = self.push.status();
         MeshStatus {
             name: self.name.clone(),
             phase: lock(&self.phase).clone(),
@@ -328,6 +329,15 @@ impl Shared {
             dns,
             outside_dns: outside,
             uptime_secs: self.started.elapsed().as_secs(),
+            proxies: push.len(),
+            proxies_synced: push
+                .values()
+                .filter(|p| {
+                    p.resources
+                        .values()
+                        .all(|r| r.state == isthmus_push::SyncState::Synced)
+                })
+                .count(),
             published: lock(&self.published).clone(),
             notes,
         }

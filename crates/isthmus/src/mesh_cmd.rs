@@ -311,6 +311,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                     p => format!("{p:?}"),
                 },
                 format!("{}/{}", s.ready_pods, s.pods),
+                format!("{}/{}", s.proxies_synced, s.proxies),
                 s.services.to_string(),
                 s.dns.clone(),
                 s.pid.to_string(),
@@ -321,7 +322,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     print!(
         "{}",
         render::table(
-            &["NAME", "PHASE", "PODS", "SERVICES", "DNS", "PID", "AGE"],
+            &["NAME", "PHASE", "PODS", "PROXIES", "SERVICES", "DNS", "PID", "AGE",],
             &table
         )
     );
