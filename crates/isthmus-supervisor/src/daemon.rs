@@ -114,6 +114,8 @@ pub struct DaemonConfig {
     pub domain: String,
     /// Mesh config file (else the `istio` ConfigMap in the manifests, else defaults).
     pub mesh_config: Option<PathBuf>,
+    /// Install profile (`demo` or `minimal`, see [`crate::profile`]).
+    pub profile: String,
 }
 
 /// Loaded and planned manifests.
@@ -133,11 +135,12 @@ pub fn load(
     paths: &[PathBuf],
     domain: &str,
     mesh_config: Option<&Path>,
+    profile: &str,
 ) -> Result<Loaded, SupervisorError> {
     if paths.is_empty() {
         return Err(SupervisorError::NoPaths);
     }
-    let loaded = load_paths(paths, &LoadOptions::default())?;
+    let mut loaded = load_paths(paths, &LoadOptions::default())?;
     if !loaded.rejections.is_empty() {
         return Err(SupervisorError::Rejected(
             loaded
@@ -147,6 +150,9 @@ pub fn load(
                 .collect(),
         ));
     }
+    let extra = crate::profile::objects(profile, &loaded.objects)
+        .map_err(|m| SupervisorError::Rejected(vec![m]))?;
+    loaded.objects.extend(extra);
     let mesh = match mesh_config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(io_err("read", p))?;
@@ -566,7 +572,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<(), SupervisorError> {
 }
 
 async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorError> {
-    let loaded = load(&cfg.paths, &cfg.domain, cfg.mesh_config.as_deref())?;
+    let loaded = load(
+        &cfg.paths,
+        &cfg.domain,
+        cfg.mesh_config.as_deref(),
+        &cfg.profile,
+    )?;
     let sock_path = dir.socket();
     let _ = std::fs::remove_file(&sock_path);
     let listener = UnixListener::bind(&sock_path).map_err(io_err("bind", &sock_path))?;

@@ -33,6 +33,7 @@ pub mod api;
 pub mod daemon;
 pub mod ops;
 pub mod plan;
+pub mod profile;
 pub mod proxies;
 pub mod render;
 pub mod state;

@@ -69,6 +69,8 @@ pub struct UpOptions {
     pub domain: String,
     /// Mesh config file.
     pub mesh_config: Option<PathBuf>,
+    /// Install profile (`demo`, `minimal`).
+    pub profile: String,
     /// Program that runs the supervisor, and its leading arguments (e.g. the `isthmus`
     /// binary and `["supervise"]`); [`supervise_args`] are appended.
     pub exe: PathBuf,
@@ -103,6 +105,8 @@ pub fn supervise_args(o: &UpOptions) -> Vec<String> {
         abs(&o.root),
         "--domain".to_string(),
         o.domain.clone(),
+        "--profile".to_string(),
+        o.profile.clone(),
     ];
     if let Some(m) = &o.mesh_config {
         a.push("--mesh-config".into());
@@ -126,7 +130,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn up(o: &UpOptions) -> Result<UpReport, OpsError> {
     isthmus_local::preflight().map_err(SupervisorError::from)?;
     isthmus_local::net::validate_mesh_name(&o.name).map_err(SupervisorError::from)?;
-    daemon::load(&o.paths, &o.domain, o.mesh_config.as_deref())?;
+    daemon::load(&o.paths, &o.domain, o.mesh_config.as_deref(), &o.profile)?;
     let dir = MeshDir::new(&o.root, &o.name);
     if let Some(pid) = dir.live_pid() {
         return Err(SupervisorError::AlreadyRunning {
@@ -438,6 +442,7 @@ mod tests {
             paths: vec!["a.yaml".into(), "/abs/b".into()],
             domain: "cluster.local".into(),
             mesh_config: Some("mesh.yaml".into()),
+            profile: "minimal".into(),
             exe: "/bin/true".into(),
             exe_args: vec!["supervise".into()],
             timeout: Duration::from_secs(1),
@@ -446,16 +451,17 @@ mod tests {
         let cwd = std::env::current_dir().expect("cwd");
         assert_eq!(a[0..2], ["--name", "m"]);
         assert_eq!(a[3], cwd.join("rel-root").display().to_string());
+        assert_eq!(a[6..8], ["--profile", "minimal"]);
         assert_eq!(
-            a[6..8],
+            a[8..10],
             [
                 "--mesh-config".to_string(),
                 cwd.join("mesh.yaml").display().to_string()
             ]
         );
-        assert_eq!(a[8], "--");
+        assert_eq!(a[10], "--");
         assert_eq!(
-            a[9..],
+            a[11..],
             [
                 cwd.join("a.yaml").display().to_string(),
                 "/abs/b".to_string()

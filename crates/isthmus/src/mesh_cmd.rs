@@ -81,6 +81,10 @@ pub struct UpArgs {
     /// Seconds to wait for the mesh to become ready.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
+    /// Install profile: `demo` adds istio-system with the ingress and egress gateways
+    /// (Services 80→8080, 443→8443); `minimal` adds nothing.
+    #[arg(long, default_value = "demo", value_parser = ["demo", "minimal"])]
+    pub profile: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,6 +180,8 @@ pub struct SuperviseArgs {
     pub domain: String,
     #[arg(long = "mesh-config")]
     pub mesh_config: Option<PathBuf>,
+    #[arg(long, default_value = "demo")]
+    pub profile: String,
     #[arg(last = true)]
     pub paths: Vec<PathBuf>,
 }
@@ -206,6 +212,7 @@ pub fn run(cmd: MeshCommand) -> anyhow::Result<ExitCode> {
                 paths: a.paths,
                 domain: a.domain,
                 mesh_config: a.mesh_config,
+                profile: a.profile,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -220,6 +227,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         paths: a.paths,
         domain: a.domain,
         mesh_config: a.mesh_config,
+        profile: a.profile,
         exe: std::env::current_exe()?,
         exe_args: vec!["supervise".into()],
         timeout: Duration::from_secs(a.timeout),

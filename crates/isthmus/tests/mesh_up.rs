@@ -50,7 +50,7 @@ impl Mesh {
     }
 
     fn up(&mut self) -> Output {
-        let out = self.cmd("up", &["mesh.yaml"]);
+        let out = self.cmd("up", &["mesh.yaml", "--profile", "minimal"]);
         self.up = out.status.success();
         out
     }
@@ -1084,6 +1084,67 @@ fn apply_pushes_to_live_proxies_rejects_invalid_config_and_survives_the_control_
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "301",
+        "{}",
+        text(&out)
+    );
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+    assert_eq!(m.netns(), Vec::<String>::new());
+}
+
+#[test]
+fn the_demo_profile_adds_ingress_and_egress_gateways() {
+    if !isthmus_local::testing::namespaces_available(
+        "the_demo_profile_adds_ingress_and_egress_gateways",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("h", TWO_PODS);
+    let out = m.cmd("up", &["mesh.yaml"]);
+    m.up = out.status.success();
+    assert!(m.up, "up: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("is up: 4 pod(s), 3 service(s)"), "{stdout}");
+    assert_eq!(
+        stdout.matches("ingress published on host loopback").count(),
+        2,
+        "80 and 443 of istio-ingressgateway: {stdout}"
+    );
+    let out = m.cmd("get", &["pods", "-n", "istio-system", "-o", "json"]);
+    let pods: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut gws: Vec<(String, String)> = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            (
+                p["deployment"].as_str().unwrap_or_default().to_string(),
+                format!(
+                    "{}:{}",
+                    p["status"].as_str().unwrap_or_default(),
+                    p["containers"][0]["name"].as_str().unwrap_or_default()
+                ),
+            )
+        })
+        .collect();
+    gws.sort();
+    assert_eq!(
+        gws,
+        [
+            (
+                "istio-egressgateway".to_string(),
+                "Running:istio-proxy".to_string()
+            ),
+            (
+                "istio-ingressgateway".to_string(),
+                "Running:istio-proxy".to_string()
+            )
+        ]
+    );
+    let out = m.cmd("status", &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2/2"),
         "{}",
         text(&out)
     );
