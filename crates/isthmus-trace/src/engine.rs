@@ -716,6 +716,34 @@ fn l4_route_source(snap: &Snapshot, node: &ProxyNode, cluster: &Cluster) -> Opti
     (!found.is_empty()).then(|| found.join(", "))
 }
 
+/// `credentialName` SDS resources (`kubernetes://NAME[-cacert]`) the context needs but istiod
+/// does not send to this proxy (the Secret is missing, or in another namespace).
+fn missing_secrets(cfg: &ProxyConfig, c: &isthmus_xds::CommonTlsContext) -> Vec<String> {
+    c.sds_names()
+        .into_iter()
+        .filter(|n| n.starts_with("kubernetes://") || n.starts_with("kubernetes-gateway://"))
+        .filter(|n| cfg.secret(n).is_none())
+        .map(str::to_string)
+        .collect()
+}
+
+fn missing_secret_detail(node: &ProxyNode, missing: &[String]) -> String {
+    let mut secrets: Vec<String> = missing
+        .iter()
+        .map(|n| {
+            let name = n.rsplit("://").next().unwrap_or(n);
+            name.strip_suffix("-cacert").unwrap_or(name).to_string()
+        })
+        .collect();
+    secrets.dedup();
+    format!(
+        "SDS {} never arrives: Secret {} not found in namespace {} (credentialName secrets must live in the proxy's own namespace)",
+        missing.join(", "),
+        secrets.join(", "),
+        node.namespace
+    )
+}
+
 fn find_workload_by_ip<'a>(snap: &'a Snapshot, ip: &str) -> Option<&'a Workload> {
     snap.workloads.iter().find(|w| w.ip == ip)
 }
@@ -926,6 +954,14 @@ fn run_hop(
                     "the chain requires a client certificate ({term}) and {} sends none",
                     outer.opened_by
                 )
+            ));
+        }
+        let missing = missing_secrets(cfg, &d.common_tls_context);
+        if !missing.is_empty() {
+            stop!(fail(
+                "missing_secret",
+                "connection reset during the TLS handshake (curl exit 35)",
+                missing_secret_detail(node, &missing)
             ));
         }
         layers.remove(0);
@@ -1244,10 +1280,23 @@ fn run_hop(
         .and_then(|o| o.upstream_http_protocol_options.as_ref())
         .is_some_and(|u| u.auto_sni)
         .then(|| strip_port(&host));
-    let up = pick_transport_socket(cluster, &ep_meta)
-        .and_then(|t| t.as_upstream_tls())
-        .map(|c| upstream_layer(c, &proxy_label, auto_sni.as_deref()));
+    let up_ctx = pick_transport_socket(cluster, &ep_meta).and_then(|t| t.as_upstream_tls());
+    let up = up_ctx.map(|c| upstream_layer(c, &proxy_label, auto_sni.as_deref()));
     hop.upstream_tls = up.clone();
+    if let Some(c) = up_ctx {
+        let missing = missing_secrets(cfg, &c.common_tls_context);
+        if !missing.is_empty() {
+            stop!(fail(
+                "missing_secret",
+                if http_here {
+                    "503 UF (upstream TLS handshake fails: no client certificate)".to_string()
+                } else {
+                    reset_sees(wire, first)
+                },
+                missing_secret_detail(node, &missing)
+            ));
+        }
+    }
     // HTTP is re-originated by the HCM; TCP carries whatever is left of the stack.
     let mut out: Vec<TlsLayer> = if http_here {
         Vec::new()

@@ -913,3 +913,43 @@ fn trace_gateway_tls_mode_mismatches_are_named() {
     );
     assert_eq!(v["hops"][1]["failure"]["kind"], "no_filter_chain");
 }
+
+#[test]
+fn trace_secret_in_the_wrong_namespace_breaks_hop_2() {
+    let dir = variant(
+        "secret-ns",
+        &egress(),
+        &[(
+            "30-partner-credential.yaml",
+            "  namespace: istio-system",
+            "  namespace: mesh-test",
+        )],
+        &[],
+    );
+    let (code, v) = trace_json(&[
+        "-f",
+        dir.to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(code, 1);
+    let g = &v["hops"][1];
+    assert_eq!(g["cluster"], "outbound|443||api.partner.example.com");
+    assert_eq!(
+        g["upstream_tls"]["client_cert"],
+        "kubernetes://partner-client-credential"
+    );
+    assert_eq!(g["failure"]["kind"], "missing_secret");
+    assert_eq!(
+        g["failure"]["client_sees"],
+        "503 UF (upstream TLS handshake fails: no client certificate)"
+    );
+    assert!(
+        s(&g["failure"]["detail"])
+            .contains("Secret partner-client-credential not found in namespace istio-system"),
+        "{v:#}"
+    );
+    assert!(s(&v["verdict"]["summary"]).starts_with("FAILS at istio-system/istio-egressgateway-"));
+}
