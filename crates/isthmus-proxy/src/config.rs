@@ -153,6 +153,11 @@ pub struct Listener {
     /// Capture mode (15001/15006): the destination is the socket's SO_ORIGINAL_DST.
     #[serde(default)]
     pub use_original_dst: bool,
+    /// Envoy's `original_dst` *listener filter* (Istio's virtualInbound on 15006): restore the
+    /// pre-redirect destination as the local address and match chains on it, without handing
+    /// the connection to another listener.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub original_dst_filter: bool,
     #[serde(default)]
     pub direction: Direction,
     #[serde(default)]

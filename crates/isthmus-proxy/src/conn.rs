@@ -101,7 +101,7 @@ async fn handle(
     };
     let _ = s.set_nodelay(true);
     let sock_local = s.local_addr().unwrap_or(l.spec.address);
-    let orig = if l.spec.use_original_dst {
+    let orig = if l.spec.use_original_dst || l.spec.original_dst_filter {
         sh.orig_dst.lookup(&s, sock_local, peer)
     } else {
         None
@@ -111,8 +111,8 @@ async fn handle(
     // A capture listener hands the connection to the (unbound) listener owning the original
     // destination, exact address first, then the wildcard address on that port.
     let l = match orig {
-        Some(dst) => rt.virtual_listener_for(dst).unwrap_or(l),
-        None => l,
+        Some(dst) if l.spec.use_original_dst => rt.virtual_listener_for(dst).unwrap_or(l),
+        _ => l,
     };
     sh.stats.inc(&format!("{lstat}.downstream_cx_total"), 1);
     let _active = ActiveCx::new(sh.clone(), format!("{lstat}.downstream_cx_active"));

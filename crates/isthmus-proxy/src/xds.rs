@@ -631,6 +631,10 @@ pub fn from_xds(xc: &x::ProxyConfig) -> Result<ProxyConfig, ConfigError> {
             name: l.name.clone(),
             address: SocketAddr::new(ip, port),
             use_original_dst: l.use_original_dst.unwrap_or(false),
+            original_dst_filter: l
+                .listener_filters
+                .iter()
+                .any(|f| f.name == x::listener::ORIGINAL_DST),
             direction: if l.traffic_direction == "INBOUND" {
                 Direction::Inbound
             } else {

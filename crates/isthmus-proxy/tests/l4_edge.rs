@@ -479,3 +479,36 @@ async fn keepalive_probes_do_not_reset_tcp_idle_timeout() {
         0
     );
 }
+
+#[tokio::test]
+async fn original_dst_listener_filter_matches_port_without_handoff() {
+    // Istio's virtualInbound: the original_dst listener filter restores the destination, the
+    // chains match on its port, and an unbound listener on the same port is NOT used.
+    use isthmus_proxy::OrigDst;
+    use std::sync::Arc;
+    let (app, count) = echo_backend().await;
+    let od = OrigDst::Injected(Arc::new(|_, _| Some("10.0.0.7:9080".parse().unwrap())));
+    let p = start_with(
+        json!({
+            "listeners": [
+                {"name": "virtualInbound", "address": "127.0.0.1:0", "originalDstFilter": true, "direction": "INBOUND", "filterChains": [
+                    {"name": "0.0.0.0_9080", "filterChainMatch": {"destinationPort": 9080}, "action": {"tcpProxy": {"cluster": "inbound|9080||"}}}],
+                 "defaultFilterChain": {"name": "InboundPassthroughFilterChain", "action": {"tcpProxy": {"cluster": "BlackHoleCluster"}}}},
+                {"name": "0.0.0.0_9080", "address": "0.0.0.0:9080", "bindToPort": false, "filterChains": [
+                    {"action": {"tcpProxy": {"cluster": "BlackHoleCluster"}}}]}
+            ],
+            "clusters": [{"name": "inbound|9080||", "endpoints": [ep(app)]}, {"name": "BlackHoleCluster"}]
+        }),
+        od,
+        isthmus_proxy::config::LogEncoding::Text,
+    )
+    .await;
+    let mut c = TcpStream::connect(p.addr("virtualInbound")).await.unwrap();
+    c.write_all(b"in").await.unwrap();
+    assert_eq!(read_n(&mut c, 2).await, b"in");
+    drop(c);
+    assert_eq!(count.get(), 1);
+    let f = fields(&p.wait_lines(1).await[0]);
+    assert_eq!(f[16], "inbound|9080||");
+    assert_eq!(f[18], "10.0.0.7:9080");
+}
