@@ -528,6 +528,29 @@ fn pool_limits(cluster: &Cluster, fc: &FilterChain) -> PoolLimits {
             p.h2 = Some(true);
         }
     }
+    if let Some(o) = &cluster.outlier_detection {
+        let mut v = Vec::new();
+        if let Some(n) = o.consecutive_5xx {
+            v.push(format!("consecutive5xx={n}"));
+        }
+        if let Some(n) = o.consecutive_gateway_failure {
+            v.push(format!("consecutiveGatewayErrors={n}"));
+        }
+        if let Some(d) = &o.interval {
+            v.push(format!("interval={d}"));
+        }
+        if let Some(d) = &o.base_ejection_time {
+            v.push(format!("baseEjectionTime={d}"));
+        }
+        if let Some(n) = o.max_ejection_percent {
+            v.push(format!("maxEjectionPercent={n}"));
+        }
+        p.outlier_detection = Some(if v.is_empty() {
+            "on (Envoy defaults)".to_string()
+        } else {
+            v.join(" ")
+        });
+    }
     if let Some(t) = fc.tcp_proxy() {
         p.tcp_idle_timeout = t.idle_timeout.as_ref().map(|d| d.to_string());
     }
@@ -1627,4 +1650,90 @@ fn gateway_label(snap: &Snapshot, pod: &str) -> String {
         .and_then(|w| w.deployment.as_ref())
         .map(|d| format!("{ns}/{d}"))
         .unwrap_or_else(|| pod.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_match_descriptions_name_every_criterion() {
+        let m = RouteMatch {
+            prefix: Some("/api".into()),
+            case_sensitive: Some(false),
+            headers: vec![HeaderMatcher {
+                name: "x-user".into(),
+                string_match: Some(StringMatcher::exact("jason")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            describe_route_match(&m),
+            "prefix /api, any case, header x-user=jason"
+        );
+        assert_eq!(describe_route_match(&RouteMatch::default()), "any request");
+        let inv = HeaderMatcher {
+            name: "x-a".into(),
+            present_match: Some(true),
+            invert_match: true,
+            ..Default::default()
+        };
+        assert_eq!(describe_header(&inv), "not header x-a present");
+    }
+
+    #[test]
+    fn vhost_domain_and_config_labels() {
+        let d = vec![
+            "a.example".to_string(),
+            "*.example".to_string(),
+            "*".to_string(),
+        ];
+        assert_eq!(
+            matched_domain(&d, "a.example:80").as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(
+            matched_domain(&d, "b.example").as_deref(),
+            Some("*.example")
+        );
+        assert_eq!(matched_domain(&d, "other").as_deref(), Some("*"));
+        assert_eq!(
+            config_label("/apis/networking.istio.io/v1/namespaces/ns1/virtual-service/vs")
+                .as_deref(),
+            Some("VirtualService ns1/vs")
+        );
+        assert_eq!(config_label("garbage"), None);
+        assert_eq!(strip_port("h.example:8080"), "h.example");
+        assert_eq!(strip_port("2001:db8::1"), "2001:db8::1");
+    }
+
+    #[test]
+    fn reset_wording_follows_what_the_client_is_doing() {
+        let mut w = Wire {
+            address: None,
+            port: 443,
+            layers: vec![],
+            http: true,
+            host: "h".into(),
+            path: "/".into(),
+            method: "GET".into(),
+            headers: vec![],
+        };
+        assert_eq!(reset_sees(&w, true), "connection reset (curl exit 56)");
+        assert!(reset_sees(&w, false).starts_with("503 UF"));
+        w.layers.push(TlsLayer {
+            kind: LayerKind::AppTls,
+            sni: "h".into(),
+            opened_by: "app".into(),
+            alpn: vec![],
+            client_cert: None,
+            trust: None,
+            verify_sans: vec![],
+        });
+        assert!(reset_sees(&w, false).ends_with("(curl exit 35)"));
+        w.layers.clear();
+        w.http = false;
+        assert_eq!(reset_sees(&w, true), "connection reset");
+    }
 }

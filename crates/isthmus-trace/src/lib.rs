@@ -143,6 +143,9 @@ pub struct PoolLimits {
     pub tcp_idle_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub h2: Option<bool>,
+    /// Outlier detection in force (only the fields set; Envoy defaults fill the rest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<String>,
 }
 
 /// The endpoint a hop sends to.

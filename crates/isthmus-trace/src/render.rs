@@ -60,6 +60,7 @@ fn pool_txt(p: &PoolLimits) -> String {
     );
     push("maxConnectionDuration", p.max_connection_duration.clone());
     push("tcpIdleTimeout", p.tcp_idle_timeout.clone());
+    push("outlier", p.outlier_detection.clone());
     if p.h2 == Some(true) {
         v.push("h2".into());
     }

@@ -953,3 +953,31 @@ fn trace_secret_in_the_wrong_namespace_breaks_hop_2() {
     );
     assert!(s(&v["verdict"]["summary"]).starts_with("FAILS at istio-system/istio-egressgateway-"));
 }
+
+#[test]
+fn trace_pool_shows_outlier_detection_in_force() {
+    let dir = variant(
+        "outlier",
+        &egress(),
+        &[(
+            "40-egress-config.yaml",
+            "          maxRequestsPerConnection: 1000\n",
+            "          maxRequestsPerConnection: 1000\n      outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 60s}\n",
+        )],
+        &[],
+    );
+    let (code, v) = trace_json(&[
+        "-f",
+        dir.to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        v["hops"][1]["pool"]["outlierDetection"],
+        "consecutive5xx=3 interval=5s baseEjectionTime=60s"
+    );
+    assert_eq!(v["hops"][0]["pool"]["outlierDetection"], Value::Null);
+}
