@@ -71,23 +71,6 @@ pub fn render_config(
     }
     let mut cfg = isthmus_proxy::xds::from_xds(&compiled.config)
         .map_err(|e| format!("proxy config of {} refused: {e}", pod.key()))?;
-    // Workaround until from_xds maps the `original_dst` *listener filter*: Istio's
-    // virtualInbound (15006) restores the pre-redirect destination with that filter rather
-    // than `use_original_dst`, and without it the proxy sees 15006 as the destination, matches
-    // no port chain and passes the connection "through" to itself. Caveat of this mapping:
-    // the proxy then also hands the connection to an unbound listener on the same port, which
-    // for inbound traffic is only right while no outbound listener shares the app's port.
-    for l in &compiled.config.listeners {
-        let has_filter = l
-            .listener_filters
-            .iter()
-            .any(|f| f.name == isthmus_xds::listener::ORIGINAL_DST);
-        if has_filter && l.traffic_direction == "INBOUND" {
-            if let Some(rl) = cfg.listeners.iter_mut().find(|r| r.name == l.name) {
-                rl.use_original_dst = true;
-            }
-        }
-    }
     cfg.secrets
         .retain(|s| s.name != "default" && s.name != "ROOTCA");
     cfg.secrets.push(Secret {
@@ -102,7 +85,36 @@ pub fn render_config(
         private_key: None,
         trusted_ca: Some(DataSource::InlineString(cert.root_pem.clone())),
     });
-    serde_json::to_value(&cfg).map_err(|e| e.to_string())
+    let mut value = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
+    restore_inbound_destination(&compiled.config, &mut value);
+    Ok(value)
+}
+
+/// Istio's virtualInbound (15006) restores the pre-redirect destination with the
+/// `original_dst` *listener filter*. Proxies whose `from_xds` maps that filter say so with
+/// `originalDstFilter: true` and nothing is needed; for older ones the listener gets
+/// `useOriginalDst` instead — without either, the proxy sees 15006 as the destination,
+/// matches no port chain and passes the connection "through" to itself. (That fallback also
+/// hands connections to an unbound outbound listener on the same port, so it only works while
+/// no Service port equals an inbound port.) Works on the JSON so it builds against both.
+fn restore_inbound_destination(xds: &isthmus_xds::ProxyConfig, value: &mut serde_json::Value) {
+    let Some(listeners) = value.get_mut("listeners").and_then(|l| l.as_array_mut()) else {
+        return;
+    };
+    for l in &xds.listeners {
+        let has_filter = l
+            .listener_filters
+            .iter()
+            .any(|f| f.name == isthmus_xds::listener::ORIGINAL_DST);
+        if !has_filter || l.traffic_direction != "INBOUND" {
+            continue;
+        }
+        if let Some(rl) = listeners.iter_mut().find(|r| r["name"] == l.name.as_str()) {
+            if rl.get("originalDstFilter") != Some(&serde_json::Value::Bool(true)) {
+                rl["useOriginalDst"] = serde_json::Value::Bool(true);
+            }
+        }
+    }
 }
 
 /// The node id a proxy is registered under.
@@ -268,7 +280,10 @@ spec:
             .iter()
             .find(|l| l["name"] == "virtualInbound")
             .expect("virtualInbound");
-        assert_eq!(inbound["useOriginalDst"], true, "{inbound}");
+        assert!(
+            inbound["originalDstFilter"] == true || inbound["useOriginalDst"] == true,
+            "{inbound}"
+        );
         // The bootstrap file is what the agent starts from, private to the proxy.
         let meta = std::fs::metadata(dir.path().join("p/bootstrap.json")).expect("bootstrap");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);

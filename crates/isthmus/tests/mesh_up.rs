@@ -1153,3 +1153,69 @@ fn the_demo_profile_adds_ingress_and_egress_gateways() {
     m.up = false;
     assert_eq!(m.netns(), Vec::<String>::new());
 }
+
+const SAME_PORT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "8080", --name, web]
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo, labels: {app: client}}
+spec:
+  containers:
+  - name: sleep
+    command: [sleep, infinity]
+"#;
+
+/// Service port == targetPort (8080): every sidecar has an outbound listener on 8080, and the
+/// server's inbound capture must still terminate mTLS itself (Envoy's `original_dst` listener
+/// filter restores the destination without handing the connection to that listener).
+#[test]
+fn inbound_capture_works_when_a_service_port_equals_the_container_port() {
+    if !isthmus_local::testing::namespaces_available(
+        "inbound_capture_works_when_a_service_port_equals_the_container_port",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("i", SAME_PORT);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "demo",
+            "client",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "http://web:8080/same-port",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("echo json");
+    assert_eq!(json["path"], "/same-port");
+    assert_eq!(json["headers"]["x-forwarded-proto"], "https", "{json}");
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+}
