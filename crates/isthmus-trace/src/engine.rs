@@ -144,7 +144,7 @@ pub fn trace(snap: &Snapshot, req: &TraceRequest) -> Result<Trace, TraceError> {
             });
         }
         let cfg = isthmus_compile::compile(snap, &node).config;
-        let (hop, next) = run_hop(snap, &cfg, &node, role, &wire);
+        let (hop, next) = run_hop(snap, &cfg, &node, role, &wire, hops.is_empty());
         hops.push(hop);
         match next {
             Next::Continue {
@@ -805,10 +805,9 @@ fn run_hop(
     node: &ProxyNode,
     role: Role,
     wire: &Wire,
+    first: bool,
 ) -> (Hop, Next) {
     let proxy_label = format!("{}/{}", node.namespace, node.name);
-    let first = role == Role::Outbound
-        || (role == Role::Gateway && wire.layers.iter().all(|l| l.opened_by == "app"));
     let mut hop = Hop {
         proxy: proxy_label.clone(),
         role: role.label().into(),
