@@ -981,3 +981,41 @@ fn trace_pool_shows_outlier_detection_in_force() {
     );
     assert_eq!(v["hops"][0]["pool"]["outlierDetection"], Value::Null);
 }
+
+#[test]
+fn trace_mesh_config_flag_overrides_the_configmap() {
+    let dir = no_mesh_route(
+        "mesh-flag",
+        &[],
+        &[(
+            "mesh.yaml.txt",
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
+        )],
+    );
+    let mesh = dir.0.join("mesh.yaml.txt");
+    let (_, v) = trace_json(&[
+        "-f",
+        dir.to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(
+        v["hops"][0]["cluster"], "PassthroughCluster",
+        "ALLOW_ANY by default: {v:#}"
+    );
+    let (code, v) = trace_json(&[
+        "-f",
+        dir.to_str().unwrap(),
+        "--mesh-config",
+        mesh.to_str().unwrap(),
+        "-n",
+        "mesh-test",
+        "deploy/sleep",
+        "http://api.partner.example.com/",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["hops"][0]["failure"]["kind"], "direct_response", "{v:#}");
+    assert_eq!(v["hops"][0]["failure"]["client_sees"], "502");
+}
