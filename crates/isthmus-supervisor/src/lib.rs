@@ -20,11 +20,22 @@
 //! connections; [`ops::down`] stops the supervisor and then *verifies* that no namespace,
 //! process or state file of the mesh is left.
 //!
-//! Sidecar and gateway pods get an `istio-proxy` container ([`proxies`]): the config is
-//! compiled once at startup (isthmus-compile → `from_xds`) with a workload certificate from a
-//! per-mesh CA; sidecar pods get nftables capture (uid 1337 exempt) instead of VIP rules.
-//! Not yet here: live config push (isthmus-push) and `apply`; a proxy whose config cannot be
-//! compiled is left out and the pod falls back to VIP rules (`status` notes it).
+//! Control plane and proxies: sidecar and gateway pods get an `istio-proxy` container
+//! ([`proxies`], running `isthmus agent`, [`agent`]). The supervisor compiles each proxy's
+//! config (isthmus-compile → `isthmus_proxy::xds::from_xds`), issues its workload certificate
+//! from a per-mesh CA (isthmus-ca, SDS `default`/`ROOTCA`), and pushes it over isthmus-push
+//! (TCP on the node bridge address, port [`daemon::CONTROL_PLANE_PORT`], one token per proxy)
+//! with ACK/NACK; the agent starts from a bootstrap file so proxies keep serving when the
+//! control plane is gone. Sidecar pods get nftables capture (15001/15006; the proxy runs as
+//! uid 1337, exempt like istio-iptables' `--uid-owner`) instead of VIP rules. `isthmus apply`
+//! validates Istio config atomically, recompiles every proxy and pushes what changed; pods,
+//! Services and Secrets are fixed at `up`. Ingress gateway Services are published on host
+//! loopback. `--profile demo` (default) adds istio-system's ingress and egress gateways
+//! ([`profile`]).
+//!
+//! Limits: the mesh DNS runs inside the supervisor (names stop resolving if it dies; proxies
+//! keep their config); sidecars use kube-dns-style answers (no DNS capture / ServiceEntry VIP
+//! answers, as Istio without `ISTIO_META_DNS_CAPTURE`); certificates are not rotated.
 
 #![warn(missing_docs)]
 
