@@ -168,7 +168,14 @@ pub fn load(
                     message,
                 })?
             }
-            None => MeshConfig::default(),
+            None => {
+                let mut m = MeshConfig::default();
+                if profile == "demo" {
+                    // Istio's demo profile turns access logging on.
+                    m.access_log_file = "/dev/stdout".into();
+                }
+                m
+            }
         },
     };
     let (snapshot, diags) = Snapshot::build(&loaded.objects, mesh, domain);

@@ -85,6 +85,21 @@ pub fn render_config(
         private_key: None,
         trusted_ca: Some(DataSource::InlineString(cert.root_pem.clone())),
     });
+    // The mesh's accessLogFile (compile leaves access logging to the runtime config).
+    if cfg.access_log.is_none() && !snapshot.mesh.access_log_file.is_empty() {
+        cfg.access_log = Some(isthmus_proxy::config::AccessLogConfig {
+            path: snapshot.mesh.access_log_file.clone(),
+            encoding: if snapshot
+                .mesh
+                .access_log_encoding
+                .eq_ignore_ascii_case("JSON")
+            {
+                isthmus_proxy::config::LogEncoding::Json
+            } else {
+                isthmus_proxy::config::LogEncoding::Text
+            },
+        });
+    }
     let mut value = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
     restore_inbound_destination(&compiled.config, &mut value);
     Ok(value)

@@ -543,6 +543,13 @@ fn bad_manifests_and_non_root_fail_clearly_before_touching_the_system() {
 
 const MESH: &str = r#"
 apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+---
+apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio-injection: enabled}}
 ---
@@ -734,6 +741,24 @@ fn sidecars_capture_with_mtls_and_the_ingress_gateway_is_published() {
             .contains("source_principal.spiffe://cluster.local/ns/istio-system/sa/default")
             && l.contains("connection_security_policy.mutual_tls")),
         "gateway -> sidecar was not mTLS: {s}"
+    );
+
+    // The gateway's access log (mesh accessLogFile: /dev/stdout) through `logs`.
+    let out = m.cmd(
+        "logs",
+        &[
+            "-n",
+            "istio-system",
+            "deploy/istio-ingressgateway",
+            "--tail",
+            "20",
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        log.lines().any(|l| l.contains("\"GET /gw HTTP/1.1\" 200")
+            && l.contains("outbound|80||web.demo.svc.cluster.local")),
+        "{log}"
     );
 
     // The proxy is a supervised container: killed, it restarts and traffic flows again.
