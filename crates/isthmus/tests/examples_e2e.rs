@@ -380,3 +380,52 @@ fn egress_sni_passthrough_compiles_both_sni_legs() {
     ]);
     assert!(out.contains("httpbin.org") && out.contains("STRICT_DNS"), "{out}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. https-over-mtls (seed 000, T91)
+//
+// Offline only for now, for the same reason as egress-sni-passthrough: the client sidecar's
+// `tls`/sniHosts listener for api.partner.example:443 is bound to the ServiceEntry's
+// auto-allocated VIP, which the live mesh DNS does not answer.
+
+fn t91(args: &[&str]) -> String {
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend_from_slice(&["-f", "examples/https-over-mtls", "--domain", "homelab.local", "-o", "json"]);
+    let (code, out, err) = offline(&a);
+    assert_eq!(code, Some(0), "{args:?}: {err}");
+    out
+}
+
+#[test]
+fn https_over_mtls_pools_land_in_the_proxy_that_opens_each_hop() {
+    // DR1 (max 111, ISTIO_MUTUAL, SNI = outside host, SDS default) in the CLIENT sidecar.
+    let c: serde_json::Value = serde_json::from_str(&t91(&[
+        "proxy-config", "cluster", "client.istio-vt-t91", "--fqdn",
+        "t91-egress.istio-vt-t91.svc.homelab.local", "--subset", "partner",
+    ]))
+    .expect("json");
+    let c = &c[0];
+    assert_eq!(c["name"], "outbound|8443|partner|t91-egress.istio-vt-t91.svc.homelab.local");
+    let s = c.to_string();
+    assert!(s.contains("\"maxConnections\":111"), "{s}");
+    assert!(s.contains("\"sni\":\"api.partner.example\""), "{s}");
+    assert!(s.contains("\"name\":\"default\""), "SDS default missing: {s}");
+    // DR2 (max 222, no tls) in the GATEWAY: raw TCP to the outside server.
+    let g: serde_json::Value = serde_json::from_str(&t91(&[
+        "proxy-config", "cluster", "deploy/t91-egress", "-n", "istio-vt-t91", "--fqdn",
+        "api.partner.example",
+    ]))
+    .expect("json");
+    let g = &g[0];
+    assert_eq!(g["name"], "outbound|443||api.partner.example");
+    assert!(g.to_string().contains("\"maxConnections\":222"), "{g}");
+    assert!(g.get("transportSocket").is_none(), "hop 2 must be raw TCP: {g}");
+    // The gateway's 8443 listener terminates only the mesh mTLS and requires a client cert.
+    let l = t91(&["proxy-config", "listener", "deploy/t91-egress", "-n", "istio-vt-t91"]);
+    assert!(l.contains("\"requireClientCertificate\": true"), "{l}");
+    assert!(l.contains("api.partner.example"), "{l}");
+    // The `tls.mode: tcp` DR is rejected with kubectl's message.
+    let (code, _, err) = offline(&["validate", "-f", "examples/invalid/dr-mode-tcp-invalid.yaml"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("spec.trafficPolicy.tls.mode: Unsupported value: \"tcp\": supported values: \"DISABLE\", \"SIMPLE\", \"MUTUAL\", \"ISTIO_MUTUAL\""), "{err}");
+}
