@@ -961,7 +961,14 @@ async fn wait_ready(shared: &Arc<Shared>, node: &str, shutdown: &mut watch::Rece
         for k in done {
             pending.remove(&k);
         }
-        if started && pending.is_empty() {
+        // A proxy is ready once it runs the control plane's config (ACKed), as istio-proxy's
+        // readiness follows its first xDS push.
+        let proxies_synced = shared.push.status().values().all(|p| {
+            p.resources
+                .values()
+                .all(|r| r.state == isthmus_push::SyncState::Synced)
+        });
+        if started && pending.is_empty() && proxies_synced {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
