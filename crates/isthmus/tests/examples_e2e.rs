@@ -429,3 +429,41 @@ fn https_over_mtls_pools_land_in_the_proxy_that_opens_each_hop() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("spec.trafficPolicy.tls.mode: Unsupported value: \"tcp\": supported values: \"DISABLE\", \"SIMPLE\", \"MUTUAL\", \"ISTIO_MUTUAL\""), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. egress-double-mtls (seed 001, T90)
+//
+// The DR-hop2 variants (SIMPLE -> nginx 400, Secret in the wrong namespace -> 503 UF) are not
+// asserted live yet: after `apply` the gateway keeps reusing its pooled hop-2 connection (old
+// TLS context), and a credentialName Secret the gateway cannot read makes the proxy refuse the
+// whole config instead of failing that cluster with UF (reported to the owners).
+
+#[test]
+fn egress_double_mtls() {
+    let (code, out, err) = offline(&["validate", "-f", "examples/egress-double-mtls"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = offline(&["validate", "-f", "examples/variants/egress-double-mtls"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    if !root_ok("egress_double_mtls") {
+        return;
+    }
+    let mut m = Mesh::up("egress-double-mtls", "dm", &[]);
+    let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
+    let sleep_ip = m.pod_ip("mesh-test", "sleep");
+    // The app calls plain http://; nginx verified the gateway's partner-issued client cert.
+    let (rc, body, status) = m.curl("mesh-test", "deploy/sleep", &["http://api.partner.example.com/"]);
+    assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
+    assert!(body.contains("verify=SUCCESS"), "{body}");
+    assert!(body.contains("dn=CN=egress-client"), "{body}");
+    assert!(body.contains(&format!("peer={gw_ip} ")), "partner's peer is not the gateway: {body}");
+    assert!(body.contains("sni=api.partner.example.com"), "{body}");
+    // Proof of path: the gateway terminated hop 1 (it logs L7) and opened hop 2.
+    let log = m.gateway_log("istio-system", "istio-egressgateway");
+    let line = log
+        .lines()
+        .find(|l| l.contains("outbound|443||api.partner.example.com"))
+        .unwrap_or_else(|| panic!("no hop-2 line in the gateway log:\n{log}"));
+    assert!(line.contains("\"GET / HTTP/1.1\" 200"), "{line}");
+    assert!(line.contains(&format!(" {sleep_ip}:")), "downstream is not the client: {line}");
+    m.down();
+}
