@@ -698,6 +698,32 @@ async fn build(
         mesh_dns.local_addr().to_string(),
         outside.local_addr().to_string(),
     );
+    // The sidecars' DNS proxy: mesh names plus ServiceEntry VIPs, on a 4th bridge address.
+    let sidecar_ip = crate::proxies::sidecar_dns_ip(mesh.subnet());
+    let mut sidecar_entries = plan.mesh_dns.clone();
+    for (host, ip) in &plan.service_entry_vips {
+        sidecar_entries
+            .entry(host.clone())
+            .or_insert_with(|| vec![*ip]);
+    }
+    isthmus_local::cmd::ip(&[
+        "-n",
+        &node,
+        "addr",
+        "add",
+        &format!("{sidecar_ip}/{}", mesh.subnet().prefix_len()),
+        "dev",
+        isthmus_local::net::BRIDGE,
+    ])?;
+    let sidecar_dns = DnsServer::bind(
+        Some(&node),
+        SocketAddr::from((sidecar_ip, 53)),
+        DnsTable::from_entries(sidecar_entries),
+        Some(Forward::Table(DnsTable::from_entries(
+            plan.outside_dns.clone(),
+        ))),
+    )
+    .await?;
 
     let proxied = plan.pods.iter().any(|p| p.proxy != PodProxy::None);
     let ca = if proxied {
@@ -729,6 +755,7 @@ async fn build(
             return Ok(Servers {
                 _dns: mesh_dns,
                 _outside: outside,
+                _sidecar_dns: sidecar_dns,
                 _relays: Vec::new(),
             });
         }
@@ -765,6 +792,7 @@ async fn build(
     Ok(Servers {
         _dns: mesh_dns,
         _outside: outside,
+        _sidecar_dns: sidecar_dns,
         _relays: relays,
     })
 }
@@ -773,6 +801,7 @@ async fn build(
 struct Servers {
     _dns: DnsServer,
     _outside: DnsServer,
+    _sidecar_dns: DnsServer,
     _relays: Vec<isthmus_local::relay::PortRelay>,
 }
 
@@ -885,7 +914,11 @@ fn start_pod(
     let sidecar = proxy.is_some() && p.proxy == PodProxy::Sidecar;
     if sidecar {
         // Outbound TCP → 15001, inbound → 15006; the proxy (uid 1337) is exempt.
-        isthmus_local::cmd::nft_script(Some(&net.netns), &crate::proxies::capture_ruleset())?;
+        let dns = (mesh.dns_ip(), crate::proxies::sidecar_dns_ip(mesh.subnet()));
+        isthmus_local::cmd::nft_script(
+            Some(&net.netns),
+            &crate::proxies::capture_ruleset(Some(dns)),
+        )?;
     } else if !outside {
         // kube-proxy: the pod's own connections to cluster IPs are DNATed to endpoints.
         vip::install_service_vips(&net.netns, &plan.vips, vip::VipMode::Pod)?;

@@ -33,9 +33,14 @@
 //! loopback. `--profile demo` (default) adds istio-system's ingress and egress gateways
 //! ([`profile`]).
 //!
-//! Limits: the mesh DNS runs inside the supervisor (names stop resolving if it dies; proxies
-//! keep their config); sidecars use kube-dns-style answers (no DNS capture / ServiceEntry VIP
-//! answers, as Istio without `ISTIO_META_DNS_CAPTURE`); certificates are not rotated.
+//! DNS: pods without a sidecar ask kube-dns (service names); sidecar pods' queries are
+//! DNATed to the sidecar DNS proxy ([`proxies::sidecar_dns_ip`]), which also answers
+//! ServiceEntry hosts with their VIPs (240.240.0.0/16 auto-allocation), while the proxy's own
+//! lookups (uid 1337) still reach kube-dns — Istio's DNS capture. Unknown names go to the
+//! outside-world resolver.
+//!
+//! Limits: the DNS servers run inside the supervisor (names stop resolving if it dies; proxies
+//! keep their config); workload certificates are not rotated.
 
 #![warn(missing_docs)]
 

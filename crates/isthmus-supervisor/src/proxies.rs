@@ -29,15 +29,29 @@ pub const ADMIN_ADDR: &str = "127.0.0.1:15000";
 /// Container name of the proxy.
 pub const PROXY_CONTAINER: &str = "istio-proxy";
 
-/// The capture ruleset for a sidecar pod: isthmus-local's rules plus a uid exemption.
-pub fn capture_ruleset() -> String {
+/// Address (on the node bridge) of the sidecar DNS proxy: what istio-agent's DNS proxy
+/// answers with DNS capture on — mesh names plus ServiceEntry VIPs (declared or
+/// auto-allocated from 240.240.0.0/16).
+pub fn sidecar_dns_ip(subnet: ipnet::Ipv4Net) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(subnet.network()) + 4)
+}
+
+/// The capture ruleset for a sidecar pod: isthmus-local's rules plus a uid exemption, and
+/// (with `dns = Some((kube_dns, sidecar_dns))`) the application's DNS queries sent to the
+/// sidecar DNS proxy while the proxy's own lookups (uid 1337) still reach kube-dns — the
+/// split istio-iptables makes for DNS capture.
+pub fn capture_ruleset(dns: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>) -> String {
     let base = CaptureConfig::default().ruleset();
     let mark = format!("meta mark {PROXY_MARK} return\n");
-    base.replacen(
-        &mark,
-        &format!("{mark}    meta skuid {PROXY_UID} return\n"),
-        1,
-    )
+    let mut extra = format!("{mark}    meta skuid {PROXY_UID} return\n");
+    if let Some((kube, sidecar)) = dns {
+        for proto in ["udp", "tcp"] {
+            extra.push_str(&format!(
+                "    ip daddr {kube} {proto} dport 53 dnat to {sidecar}:53\n"
+            ));
+        }
+    }
+    base.replacen(&mark, &extra, 1)
 }
 
 /// A running proxy as the control plane knows it.
@@ -308,7 +322,18 @@ spec:
 
     #[test]
     fn capture_exempts_the_proxy_uid_right_after_the_mark() {
-        let r = capture_ruleset();
+        let r = capture_ruleset(Some((
+            "10.244.0.2".parse().expect("ip"),
+            "10.244.0.4".parse().expect("ip"),
+        )));
+        assert!(
+            r.contains("ip daddr 10.244.0.2 udp dport 53 dnat to 10.244.0.4:53"),
+            "{r}"
+        );
+        assert!(
+            r.find("meta skuid 1337 return") < r.find("dport 53 dnat"),
+            "{r}"
+        );
         let mark = r.find("meta mark 1337 return").expect("mark rule");
         let uid = r.find("meta skuid 1337 return").expect("uid rule");
         let redirect = r.find("redirect to :15001").expect("redirect");

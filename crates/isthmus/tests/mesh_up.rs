@@ -948,6 +948,24 @@ fn registry_only_sidecars_reach_service_entries_but_not_other_outside_hosts() {
     };
     // Both names resolve (outside-world resolver) to the same outside pod; only the one
     // with a ServiceEntry is allowed out under REGISTRY_ONLY (BlackHoleCluster: 502).
+    // The sidecar's DNS proxy answers the ServiceEntry host with its auto-allocated VIP.
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "demo",
+            "sleep",
+            "--",
+            "getent",
+            "hosts",
+            "api.partner.example",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("240.240."),
+        "{}",
+        text(&out)
+    );
     assert_eq!(code("http://api.partner.example/in-registry"), "200");
     assert_eq!(code("http://other.example/not-in-registry"), "502");
     let out = m.cmd("get", &["serviceentry", "-A"]);
