@@ -467,3 +467,53 @@ fn egress_double_mtls() {
     assert!(line.contains(&format!(" {sleep_ip}:")), "downstream is not the client: {line}");
     m.down();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. registry-only (seeds 003/004)
+
+#[test]
+fn registry_only() {
+    let (code, out, err) = offline(&["validate", "-f", "examples/registry-only"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    if !root_ok("registry_only") {
+        return;
+    }
+    let mut m = Mesh::up("registry-only", "ro", &[]);
+    let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
+    // Registered: out through the egress gateway, 200.
+    let (rc, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/registered"]);
+    assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+    assert_eq!(json["peer_ip"], gw_ip.as_str(), "not through the gateway: {json}");
+    let log = m.gateway_log("istio-system", "istio-egressgateway");
+    assert!(
+        log.lines().any(|l| l.contains("/registered") && l.contains("outbound|80||api.partner.example")),
+        "{log}"
+    );
+    // Unregistered over HTTP: the block_all virtual host answers 502.
+    let (_, body, status) = m.curl("demo", "sleep", &["http://unregistered.example/blocked"]);
+    assert_eq!(status, "502", "{body}");
+    // Unregistered over HTTPS: BlackHoleCluster closes the connection (curl 35, 000).
+    let (rc, body, status) = m.curl("demo", "sleep", &["-k", "https://unregistered.example/blocked"]);
+    assert_eq!((rc, status.as_str()), (Some(35), "000"), "{body}");
+    let sidecar = m.logs("demo", "sleep", "istio-proxy");
+    assert!(
+        sidecar.lines().any(|l| l.contains("\"- - -\" 0 UH") && l.contains("BlackHoleCluster")),
+        "{sidecar}"
+    );
+    assert!(
+        sidecar.lines().any(|l| l.contains("\"GET /blocked HTTP/1.1\" 502") && l.contains("block_all")),
+        "{sidecar}"
+    );
+    m.down();
+
+    // The same mesh under ALLOW_ANY: the unregistered host is reachable (PassthroughCluster).
+    let variant = repo().join("examples/variants/registry-only/mesh-allow-any.yaml");
+    let variant = variant.to_string_lossy().to_string();
+    let mut m = Mesh::up("registry-only", "ra", &["--mesh-config", &variant]);
+    let (rc, body, status) = m.curl("demo", "sleep", &["http://unregistered.example/open"]);
+    assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
+    let (rc, body, status) = m.curl("demo", "sleep", &["-k", "https://unregistered.example/open"]);
+    assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
+    m.down();
+}
