@@ -517,3 +517,91 @@ fn registry_only() {
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     m.down();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. bypass-trap (seed 001, trap 3)
+
+/// `examples/bypass-trap` with the VS replaced by the trap variant (no mesh leg), in `dst`.
+fn bypass_variant(dst: &Path) {
+    let _ = std::fs::remove_dir_all(dst);
+    copy_example(&example("bypass-trap"), dst);
+    std::fs::copy(
+        repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"),
+        dst.join("30-virtualservice.yaml"),
+    )
+    .expect("copy variant");
+}
+
+fn trace_verdict(args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["trace"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-n", "demo", "sleep", "http://api.partner.example/", "-o", "json"]);
+    let (_, out, err) = offline(&a);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("trace json ({e}): {out}{err}"));
+    v["verdict"].clone()
+}
+
+#[test]
+fn bypass_trap_offline_trace() {
+    // The intended path: two TLS layers through the egress gateway.
+    let v = trace_verdict(&["-f", "examples/bypass-trap"]);
+    assert_eq!(v["status"], "reached", "{v}");
+    assert_eq!(v["tls_layers"].as_array().map(Vec::len), Some(2), "{v}");
+    // Without the mesh leg: ALLOW_ANY lets it out through PassthroughCluster, zero TLS layers.
+    let dir = std::env::temp_dir().join(format!("isthmus-bypass-{}", std::process::id()));
+    bypass_variant(&dir);
+    let d = dir.to_string_lossy().to_string();
+    let v = trace_verdict(&["-f", &d]);
+    assert_eq!(v["status"], "bypass", "{v}");
+    assert!(v["summary"].as_str().unwrap_or_default().contains("PassthroughCluster"), "{v}");
+    assert_eq!(v["tls_layers"].as_array().map(Vec::len), Some(0), "{v}");
+    // REGISTRY_ONLY plus the missing route: blocked (502, block_all).
+    let mc = repo().join("examples/variants/bypass-trap/mesh-registry-only.yaml");
+    let v = trace_verdict(&["-f", &d, "--mesh-config", &mc.to_string_lossy()]);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["failure"]["client_sees"], "502", "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Live: the intended path, then the trap. The bypassed call's answer is not asserted yet: the
+/// mesh DNS answers the ServiceEntry host with its auto-allocated VIP, so PassthroughCluster
+/// dials 240.240.x.y:80 (503 UF, network unreachable) where the seed saw the partner answer
+/// (reported). What holds is asserted: the gateway sees nothing, REGISTRY_ONLY blocks with 502.
+#[test]
+fn bypass_trap() {
+    if !root_ok("bypass_trap") {
+        return;
+    }
+    let mut m = Mesh::up("bypass-trap", "bt", &[]);
+    let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
+    let (rc, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/routed"]);
+    assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+    assert_eq!(json["peer_ip"], gw_ip.as_str(), "{json}");
+    assert_eq!(json["scheme"], "https", "hop 2 is TLS: {json}");
+    assert_eq!(json["tls"]["sni"], "api.partner.example", "{json}");
+    let log = m.gateway_log("istio-system", "istio-egressgateway");
+    assert!(log.contains("\"GET /routed HTTP/1.1\" 200"), "{log}");
+
+    m.apply(&repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"));
+    let _ = m.curl("demo", "sleep", &["http://api.partner.example/bypassed"]);
+    let log = m.gateway_log("istio-system", "istio-egressgateway");
+    assert!(!log.contains("/bypassed"), "the bypassed call reached the gateway:\n{log}");
+    let sidecar = m.logs("demo", "sleep", "istio-proxy");
+    assert!(
+        sidecar.lines().any(|l| l.contains("/bypassed") && l.contains("PassthroughCluster")),
+        "{sidecar}"
+    );
+    m.down();
+
+    // REGISTRY_ONLY plus the missing route: blocked.
+    let mc = repo().join("examples/variants/bypass-trap/mesh-registry-only.yaml");
+    let mut m = Mesh::up("bypass-trap", "br", &["--mesh-config", &mc.to_string_lossy()]);
+    m.apply(&repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"));
+    let (_, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/blocked"]);
+    assert_eq!(status, "502", "{body}");
+    let log = m.gateway_log("istio-system", "istio-egressgateway");
+    assert!(!log.contains("/blocked"), "{log}");
+    m.down();
+}
