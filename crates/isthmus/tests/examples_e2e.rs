@@ -679,3 +679,48 @@ fn https_over_mtls() {
     );
     m.down();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. sidecar-scope (seed 003)
+
+/// Sorted `outbound|...` cluster names in a proxy's live config dump.
+fn outbound_clusters(dump: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(dump).expect("config_dump json");
+    let mut names: Vec<String> = v["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|n| n.starts_with("outbound|"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn sidecar_scope() {
+    let (code, out, err) = offline(&["proxy-config", "cluster", "sleep.demo", "-f", "examples/sidecar-scope"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("web.demo.svc.cluster.local") && out.contains("catalog.shared.svc.cluster.local"), "{out}");
+    assert!(!out.contains("billing.other"), "{out}");
+    if !root_ok("sidecar_scope") {
+        return;
+    }
+    let mut m = Mesh::up("sidecar-scope", "sc", &[]);
+    let scoped = outbound_clusters(&m.admin("demo", "sleep", "/config_dump"));
+    let full = outbound_clusters(&m.admin("other", "sleep", "/config_dump"));
+    assert!(full.contains(&"outbound|80||billing.other.svc.cluster.local".to_string()), "{full:?}");
+    assert!(!scoped.iter().any(|c| c.contains("billing.other")), "{scoped:?}");
+    for c in ["outbound|80||web.demo.svc.cluster.local", "outbound|80||catalog.shared.svc.cluster.local"] {
+        assert!(scoped.contains(&c.to_string()), "{c} missing: {scoped:?}");
+    }
+    assert!(scoped.len() < full.len(), "{scoped:?} vs {full:?}");
+    assert!(scoped.iter().all(|c| full.contains(c)), "{scoped:?} vs {full:?}");
+    // The imported services still work from the scoped client.
+    for url in ["http://web/x", "http://catalog.shared/x"] {
+        let (rc, body, status) = m.curl("demo", "sleep", &[url]);
+        assert_eq!((rc, status.as_str()), (Some(0), "200"), "{url}: {body}");
+    }
+    m.down();
+}
