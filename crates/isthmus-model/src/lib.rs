@@ -319,7 +319,11 @@ impl Snapshot {
                     let ns = o.namespace().to_string();
                     let mut lbls = o.meta.labels.clone();
                     let kind = proxy_kind(&lbls, &o.meta.annotations, namespaces.get(&ns));
-                    if kind != ProxyKind::None {
+                    // Only the sidecar injection template adds `security.istio.io/tlsMode:
+                    // istio`; gateway pods (classic charts or the `gateway` template) carry no
+                    // such label, so auto-mTLS does not wrap traffic to a gateway (an egress
+                    // PASSTHROUGH gateway must receive the app's own TLS).
+                    if kind == ProxyKind::Sidecar {
                         lbls.entry(labels::TLS_MODE.into())
                             .or_insert_with(|| "istio".into());
                     }
@@ -346,7 +350,11 @@ impl Snapshot {
                     let tmpl = &spec.template;
                     let mut lbls = tmpl.metadata.labels.clone();
                     let kind = proxy_kind(&lbls, &tmpl.metadata.annotations, namespaces.get(&ns));
-                    if kind != ProxyKind::None {
+                    // Only the sidecar injection template adds `security.istio.io/tlsMode:
+                    // istio`; gateway pods (classic charts or the `gateway` template) carry no
+                    // such label, so auto-mTLS does not wrap traffic to a gateway (an egress
+                    // PASSTHROUGH gateway must receive the app's own TLS).
+                    if kind == ProxyKind::Sidecar {
                         lbls.entry(labels::TLS_MODE.into())
                             .or_insert_with(|| "istio".into());
                     }
