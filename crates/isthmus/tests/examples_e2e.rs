@@ -232,7 +232,8 @@ fn ingress_routing() {
     let http = m.published_port("istio-system/istio-ingressgateway:80");
     let https = m.published_port("istio-system/istio-ingressgateway:443");
     let host = |p: u16| format!("httpbin.example.com:{p}:127.0.0.1");
-    let url = |scheme: &str, p: u16, path: &str| format!("{scheme}://httpbin.example.com:{p}{path}");
+    let url =
+        |scheme: &str, p: u16, path: &str| format!("{scheme}://httpbin.example.com:{p}{path}");
 
     // Host match: the catch-all route answers 200 (httpbin's /anything/get).
     let (rc, body, status) = host_curl(&["--resolve", &host(http), &url("http", http, "/get")]);
@@ -272,8 +273,15 @@ fn ingress_routing() {
     assert_eq!(status, "418", "{body}");
 
     // Live route tables of the gateway: http.8080 and https.443.<server>.
-    let dump = m.admin("istio-system", "deploy/istio-ingressgateway", "/config_dump");
-    assert!(dump.contains("\"http.8080\""), "no http.8080 route:\n{dump}");
+    let dump = m.admin(
+        "istio-system",
+        "deploy/istio-ingressgateway",
+        "/config_dump",
+    );
+    assert!(
+        dump.contains("\"http.8080\""),
+        "no http.8080 route:\n{dump}"
+    );
     assert!(
         dump.contains("\"https.443.https.httpbin-gateway.demo\""),
         "no https.443.* route:\n{dump}"
@@ -335,10 +343,10 @@ impl Mesh {
 // ---------------------------------------------------------------------------------------------
 // 2. egress-sni-passthrough (seeds 003/004, 20-egress)
 //
-// Offline only for now: live, the sidecar's SNI listener is bound to the ServiceEntry's
-// auto-allocated VIP (240.240.x.y) while the mesh DNS answers `httpbin.org` with the outside
-// pod's IP (no DNS capture), so the call leaves through PassthroughCluster and never reaches
-// the gateway (reported to the runtime/compile owners).
+// Offline only for now: live, the sidecar wraps leg 1 in auto-mTLS towards the gateway (the
+// model labels gateway pods `security.istio.io/tlsMode: istio`; Istio's gateway injection
+// template does not), so the PASSTHROUGH listener sees SNI `outbound_.443_.httpbin_...`,
+// matches nothing (NR) and the client gets curl exit 35 (reported to the owners).
 
 #[test]
 fn egress_sni_passthrough_compiles_both_sni_legs() {
@@ -346,17 +354,30 @@ fn egress_sni_passthrough_compiles_both_sni_legs() {
     assert_eq!(code, Some(0), "{out}{err}");
     // Leg 1 in the client sidecar: SNI httpbin.org -> the gateway subset.
     let (code, out, err) = offline(&[
-        "proxy-config", "listener", "sleep.demo", "-f", "examples/egress-sni-passthrough", "--port", "443",
+        "proxy-config",
+        "listener",
+        "sleep.demo",
+        "-f",
+        "examples/egress-sni-passthrough",
+        "--port",
+        "443",
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.lines().any(|l| l.contains("SNI: httpbin.org")
-            && l.contains("Cluster: outbound|443|httpbin|istio-egressgateway.istio-system.svc.cluster.local")),
+            && l.contains(
+                "Cluster: outbound|443|httpbin|istio-egressgateway.istio-system.svc.cluster.local"
+            )),
         "{out}"
     );
     // Leg 2 in the gateway: 0.0.0.0_8443 (Service 443 -> 8443), SNI httpbin.org -> outside.
     let (code, out, err) = offline(&[
-        "proxy-config", "listener", "deploy/istio-egressgateway", "-n", "istio-system", "-f",
+        "proxy-config",
+        "listener",
+        "deploy/istio-egressgateway",
+        "-n",
+        "istio-system",
+        "-f",
         "examples/egress-sni-passthrough",
     ]);
     assert_eq!(code, Some(0), "{err}");
@@ -369,28 +390,50 @@ fn egress_sni_passthrough_compiles_both_sni_legs() {
     );
     // PASSTHROUGH: the gateway never decrypts, so its chain has no TLS context.
     let (_, json, _) = offline(&[
-        "proxy-config", "listener", "deploy/istio-egressgateway", "-n", "istio-system", "-f",
-        "examples/egress-sni-passthrough", "-o", "json",
+        "proxy-config",
+        "listener",
+        "deploy/istio-egressgateway",
+        "-n",
+        "istio-system",
+        "-f",
+        "examples/egress-sni-passthrough",
+        "-o",
+        "json",
     ]);
     assert!(json.contains("tls_inspector"), "{json}");
     assert!(!json.contains("DownstreamTlsContext"), "{json}");
     let (_, out, _) = offline(&[
-        "proxy-config", "cluster", "deploy/istio-egressgateway", "-n", "istio-system", "-f",
-        "examples/egress-sni-passthrough", "--fqdn", "httpbin.org",
+        "proxy-config",
+        "cluster",
+        "deploy/istio-egressgateway",
+        "-n",
+        "istio-system",
+        "-f",
+        "examples/egress-sni-passthrough",
+        "--fqdn",
+        "httpbin.org",
     ]);
-    assert!(out.contains("httpbin.org") && out.contains("STRICT_DNS"), "{out}");
+    assert!(
+        out.contains("httpbin.org") && out.contains("STRICT_DNS"),
+        "{out}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. https-over-mtls (seed 000, T91)
 //
-// Offline only for now, for the same reason as egress-sni-passthrough: the client sidecar's
-// `tls`/sniHosts listener for api.partner.example:443 is bound to the ServiceEntry's
-// auto-allocated VIP, which the live mesh DNS does not answer.
+// Offline: the compiled config of each hop; the live run is `https_over_mtls` below.
 
 fn t91(args: &[&str]) -> String {
     let mut a: Vec<&str> = args.to_vec();
-    a.extend_from_slice(&["-f", "examples/https-over-mtls", "--domain", "homelab.local", "-o", "json"]);
+    a.extend_from_slice(&[
+        "-f",
+        "examples/https-over-mtls",
+        "--domain",
+        "homelab.local",
+        "-o",
+        "json",
+    ]);
     let (code, out, err) = offline(&a);
     assert_eq!(code, Some(0), "{args:?}: {err}");
     out
@@ -400,32 +443,61 @@ fn t91(args: &[&str]) -> String {
 fn https_over_mtls_pools_land_in_the_proxy_that_opens_each_hop() {
     // DR1 (max 111, ISTIO_MUTUAL, SNI = outside host, SDS default) in the CLIENT sidecar.
     let c: serde_json::Value = serde_json::from_str(&t91(&[
-        "proxy-config", "cluster", "client.istio-vt-t91", "--fqdn",
-        "t91-egress.istio-vt-t91.svc.homelab.local", "--subset", "partner",
+        "proxy-config",
+        "cluster",
+        "client.istio-vt-t91",
+        "--fqdn",
+        "t91-egress.istio-vt-t91.svc.homelab.local",
+        "--subset",
+        "partner",
     ]))
     .expect("json");
     let c = &c[0];
-    assert_eq!(c["name"], "outbound|8443|partner|t91-egress.istio-vt-t91.svc.homelab.local");
+    assert_eq!(
+        c["name"],
+        "outbound|8443|partner|t91-egress.istio-vt-t91.svc.homelab.local"
+    );
     let s = c.to_string();
     assert!(s.contains("\"maxConnections\":111"), "{s}");
     assert!(s.contains("\"sni\":\"api.partner.example\""), "{s}");
-    assert!(s.contains("\"name\":\"default\""), "SDS default missing: {s}");
+    assert!(
+        s.contains("\"name\":\"default\""),
+        "SDS default missing: {s}"
+    );
     // DR2 (max 222, no tls) in the GATEWAY: raw TCP to the outside server.
     let g: serde_json::Value = serde_json::from_str(&t91(&[
-        "proxy-config", "cluster", "deploy/t91-egress", "-n", "istio-vt-t91", "--fqdn",
+        "proxy-config",
+        "cluster",
+        "deploy/t91-egress",
+        "-n",
+        "istio-vt-t91",
+        "--fqdn",
         "api.partner.example",
     ]))
     .expect("json");
     let g = &g[0];
     assert_eq!(g["name"], "outbound|443||api.partner.example");
     assert!(g.to_string().contains("\"maxConnections\":222"), "{g}");
-    assert!(g.get("transportSocket").is_none(), "hop 2 must be raw TCP: {g}");
+    assert!(
+        g.get("transportSocket").is_none(),
+        "hop 2 must be raw TCP: {g}"
+    );
     // The gateway's 8443 listener terminates only the mesh mTLS and requires a client cert.
-    let l = t91(&["proxy-config", "listener", "deploy/t91-egress", "-n", "istio-vt-t91"]);
+    let l = t91(&[
+        "proxy-config",
+        "listener",
+        "deploy/t91-egress",
+        "-n",
+        "istio-vt-t91",
+    ]);
     assert!(l.contains("\"requireClientCertificate\": true"), "{l}");
     assert!(l.contains("api.partner.example"), "{l}");
     // The `tls.mode: tcp` DR is rejected with kubectl's message.
-    let (code, _, err) = offline(&["validate", "-f", "examples/invalid/dr-mode-tcp-invalid.yaml"]);
+    let (code, _, err) = offline(&[
+        "validate",
+        "-f",
+        "examples/invalid/dr-mode-tcp-invalid.yaml",
+    ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("spec.trafficPolicy.tls.mode: Unsupported value: \"tcp\": supported values: \"DISABLE\", \"SIMPLE\", \"MUTUAL\", \"ISTIO_MUTUAL\""), "{err}");
 }
@@ -451,11 +523,18 @@ fn egress_double_mtls() {
     let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
     let sleep_ip = m.pod_ip("mesh-test", "sleep");
     // The app calls plain http://; nginx verified the gateway's partner-issued client cert.
-    let (rc, body, status) = m.curl("mesh-test", "deploy/sleep", &["http://api.partner.example.com/"]);
+    let (rc, body, status) = m.curl(
+        "mesh-test",
+        "deploy/sleep",
+        &["http://api.partner.example.com/"],
+    );
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     assert!(body.contains("verify=SUCCESS"), "{body}");
     assert!(body.contains("dn=CN=egress-client"), "{body}");
-    assert!(body.contains(&format!("peer={gw_ip} ")), "partner's peer is not the gateway: {body}");
+    assert!(
+        body.contains(&format!("peer={gw_ip} ")),
+        "partner's peer is not the gateway: {body}"
+    );
     assert!(body.contains("sni=api.partner.example.com"), "{body}");
     // Proof of path: the gateway terminated hop 1 (it logs L7) and opened hop 2.
     let log = m.gateway_log("istio-system", "istio-egressgateway");
@@ -464,7 +543,10 @@ fn egress_double_mtls() {
         .find(|l| l.contains("outbound|443||api.partner.example.com"))
         .unwrap_or_else(|| panic!("no hop-2 line in the gateway log:\n{log}"));
     assert!(line.contains("\"GET / HTTP/1.1\" 200"), "{line}");
-    assert!(line.contains(&format!(" {sleep_ip}:")), "downstream is not the client: {line}");
+    assert!(
+        line.contains(&format!(" {sleep_ip}:")),
+        "downstream is not the client: {line}"
+    );
     m.down();
 }
 
@@ -484,25 +566,38 @@ fn registry_only() {
     let (rc, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/registered"]);
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
-    assert_eq!(json["peer_ip"], gw_ip.as_str(), "not through the gateway: {json}");
+    assert_eq!(
+        json["peer_ip"],
+        gw_ip.as_str(),
+        "not through the gateway: {json}"
+    );
     let log = m.gateway_log("istio-system", "istio-egressgateway");
     assert!(
-        log.lines().any(|l| l.contains("/registered") && l.contains("outbound|80||api.partner.example")),
+        log.lines()
+            .any(|l| l.contains("/registered") && l.contains("outbound|80||api.partner.example")),
         "{log}"
     );
     // Unregistered over HTTP: the block_all virtual host answers 502.
     let (_, body, status) = m.curl("demo", "sleep", &["http://unregistered.example/blocked"]);
     assert_eq!(status, "502", "{body}");
     // Unregistered over HTTPS: BlackHoleCluster closes the connection (curl 35, 000).
-    let (rc, body, status) = m.curl("demo", "sleep", &["-k", "https://unregistered.example/blocked"]);
+    let (rc, body, status) = m.curl(
+        "demo",
+        "sleep",
+        &["-k", "https://unregistered.example/blocked"],
+    );
     assert_eq!((rc, status.as_str()), (Some(35), "000"), "{body}");
     let sidecar = m.logs("demo", "sleep", "istio-proxy");
     assert!(
-        sidecar.lines().any(|l| l.contains("\"- - -\" 0 UH") && l.contains("BlackHoleCluster")),
+        sidecar
+            .lines()
+            .any(|l| l.contains("\"- - -\" 0 UH") && l.contains("BlackHoleCluster")),
         "{sidecar}"
     );
     assert!(
-        sidecar.lines().any(|l| l.contains("\"GET /blocked HTTP/1.1\" 502") && l.contains("block_all")),
+        sidecar
+            .lines()
+            .any(|l| l.contains("\"GET /blocked HTTP/1.1\" 502") && l.contains("block_all")),
         "{sidecar}"
     );
     m.down();
@@ -513,7 +608,11 @@ fn registry_only() {
     let mut m = Mesh::up("registry-only", "ra", &["--mesh-config", &variant]);
     let (rc, body, status) = m.curl("demo", "sleep", &["http://unregistered.example/open"]);
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
-    let (rc, body, status) = m.curl("demo", "sleep", &["-k", "https://unregistered.example/open"]);
+    let (rc, body, status) = m.curl(
+        "demo",
+        "sleep",
+        &["-k", "https://unregistered.example/open"],
+    );
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     m.down();
 }
@@ -535,7 +634,14 @@ fn bypass_variant(dst: &Path) {
 fn trace_verdict(args: &[&str]) -> serde_json::Value {
     let mut a = vec!["trace"];
     a.extend_from_slice(args);
-    a.extend_from_slice(&["-n", "demo", "sleep", "http://api.partner.example/", "-o", "json"]);
+    a.extend_from_slice(&[
+        "-n",
+        "demo",
+        "sleep",
+        "http://api.partner.example/",
+        "-o",
+        "json",
+    ]);
     let (_, out, err) = offline(&a);
     let v: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("trace json ({e}): {out}{err}"));
@@ -554,7 +660,13 @@ fn bypass_trap_offline_trace() {
     let d = dir.to_string_lossy().to_string();
     let v = trace_verdict(&["-f", &d]);
     assert_eq!(v["status"], "bypass", "{v}");
-    assert!(v["summary"].as_str().unwrap_or_default().contains("PassthroughCluster"), "{v}");
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("PassthroughCluster"),
+        "{v}"
+    );
     assert_eq!(v["tls_layers"].as_array().map(Vec::len), Some(0), "{v}");
     // REGISTRY_ONLY plus the missing route: blocked (502, block_all).
     let mc = repo().join("examples/variants/bypass-trap/mesh-registry-only.yaml");
@@ -587,17 +699,26 @@ fn bypass_trap() {
     m.apply(&repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"));
     let _ = m.curl("demo", "sleep", &["http://api.partner.example/bypassed"]);
     let log = m.gateway_log("istio-system", "istio-egressgateway");
-    assert!(!log.contains("/bypassed"), "the bypassed call reached the gateway:\n{log}");
+    assert!(
+        !log.contains("/bypassed"),
+        "the bypassed call reached the gateway:\n{log}"
+    );
     let sidecar = m.logs("demo", "sleep", "istio-proxy");
     assert!(
-        sidecar.lines().any(|l| l.contains("/bypassed") && l.contains("PassthroughCluster")),
+        sidecar
+            .lines()
+            .any(|l| l.contains("/bypassed") && l.contains("PassthroughCluster")),
         "{sidecar}"
     );
     m.down();
 
     // REGISTRY_ONLY plus the missing route: blocked.
     let mc = repo().join("examples/variants/bypass-trap/mesh-registry-only.yaml");
-    let mut m = Mesh::up("bypass-trap", "br", &["--mesh-config", &mc.to_string_lossy()]);
+    let mut m = Mesh::up(
+        "bypass-trap",
+        "br",
+        &["--mesh-config", &mc.to_string_lossy()],
+    );
     m.apply(&repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"));
     let (_, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/blocked"]);
     assert_eq!(status, "502", "{body}");
@@ -623,17 +744,34 @@ fn https_over_mtls() {
     let out = m.exec(
         "istio-vt-t91",
         "client",
-        &["curl", "-sS", "-k", "-m", "5", "-w", "\n%{ssl_verify_result} %{http_code}", "https://api.partner.example/t91"],
+        &[
+            "curl",
+            "-sS",
+            "-k",
+            "-m",
+            "5",
+            "-w",
+            "\n%{ssl_verify_result} %{http_code}",
+            "https://api.partner.example/t91",
+        ],
     );
     let (rc, body, verify_and_code) = split_code(&out);
-    assert_eq!((rc, verify_and_code.as_str()), (Some(0), "18 200"), "{}", text(&out));
+    assert_eq!(
+        (rc, verify_and_code.as_str()),
+        (Some(0), "18 200"),
+        "{}",
+        text(&out)
+    );
     let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
     // The server sees the gateway pod, the app's own SNI, and no client certificate.
     assert_eq!(json["peer_ip"], gw_ip.as_str(), "{json}");
     assert_eq!(json["tls"]["sni"], "api.partner.example", "{json}");
     assert!(json["tls"]["client_cert"].is_null(), "{json}");
     // Gateway access log: outbound|443||api.partner.example, downstream = client pod, flag -.
-    let gw_pod = m.pod("istio-vt-t91", "t91-egress")["name"].as_str().expect("name").to_string();
+    let gw_pod = m.pod("istio-vt-t91", "t91-egress")["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
     let mut line = String::new();
     let seen = eventually(5, || {
         let log = m.logs("istio-vt-t91", &gw_pod, "istio-proxy");
@@ -649,19 +787,32 @@ fn https_over_mtls() {
     assert!(line.contains(&format!(" {client_ip}:")), "{line}");
     // Gateway stats: L4 only.
     let prom = m.admin("istio-vt-t91", "deploy/t91-egress", "/stats/prometheus");
-    for metric in ["istio_tcp_connections_opened_total{", "istio_tcp_connections_closed_total{"] {
+    for metric in [
+        "istio_tcp_connections_opened_total{",
+        "istio_tcp_connections_closed_total{",
+    ] {
         assert!(
-            prom.lines().any(|l| l.starts_with(metric) && l.contains("destination_service=\"api.partner.example\"")),
+            prom.lines().any(|l| l.starts_with(metric)
+                && l.contains("destination_service=\"api.partner.example\"")),
             "{metric}: {prom}"
         );
     }
-    assert!(!prom.contains("istio_requests_total{"), "HTTP metrics on an encrypted relay: {prom}");
+    assert!(
+        !prom.contains("istio_requests_total{"),
+        "HTTP metrics on an encrypted relay: {prom}"
+    );
     // Live config: DR1's pool in the client sidecar, DR2's in the gateway, mTLS required.
     let compact = |s: String| s.split_whitespace().collect::<String>();
     let client = compact(m.admin("istio-vt-t91", "client", "/config_dump"));
-    assert!(client.contains("\"maxConnections\":111"), "DR1 pool not in the client");
+    assert!(
+        client.contains("\"maxConnections\":111"),
+        "DR1 pool not in the client"
+    );
     let gw = compact(m.admin("istio-vt-t91", "deploy/t91-egress", "/config_dump"));
-    assert!(gw.contains("\"maxConnections\":222"), "DR2 pool not in the gateway");
+    assert!(
+        gw.contains("\"maxConnections\":222"),
+        "DR2 pool not in the gateway"
+    );
     // (The live dump is the proxy's own config; the xDS `requireClientCertificate: true` is
     // asserted offline above. Here: the 8443 chain terminates mesh mTLS against ROOTCA.)
     assert!(
@@ -673,7 +824,8 @@ fn https_over_mtls() {
     let out = m.cmd("apply", &["-f", &invalid.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("spec.trafficPolicy.tls.mode: Unsupported value: \"tcp\""),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("spec.trafficPolicy.tls.mode: Unsupported value: \"tcp\""),
         "{}",
         text(&out)
     );
@@ -700,9 +852,19 @@ fn outbound_clusters(dump: &str) -> Vec<String> {
 
 #[test]
 fn sidecar_scope() {
-    let (code, out, err) = offline(&["proxy-config", "cluster", "sleep.demo", "-f", "examples/sidecar-scope"]);
+    let (code, out, err) = offline(&[
+        "proxy-config",
+        "cluster",
+        "sleep.demo",
+        "-f",
+        "examples/sidecar-scope",
+    ]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("web.demo.svc.cluster.local") && out.contains("catalog.shared.svc.cluster.local"), "{out}");
+    assert!(
+        out.contains("web.demo.svc.cluster.local")
+            && out.contains("catalog.shared.svc.cluster.local"),
+        "{out}"
+    );
     assert!(!out.contains("billing.other"), "{out}");
     if !root_ok("sidecar_scope") {
         return;
@@ -710,13 +872,25 @@ fn sidecar_scope() {
     let mut m = Mesh::up("sidecar-scope", "sc", &[]);
     let scoped = outbound_clusters(&m.admin("demo", "sleep", "/config_dump"));
     let full = outbound_clusters(&m.admin("other", "sleep", "/config_dump"));
-    assert!(full.contains(&"outbound|80||billing.other.svc.cluster.local".to_string()), "{full:?}");
-    assert!(!scoped.iter().any(|c| c.contains("billing.other")), "{scoped:?}");
-    for c in ["outbound|80||web.demo.svc.cluster.local", "outbound|80||catalog.shared.svc.cluster.local"] {
+    assert!(
+        full.contains(&"outbound|80||billing.other.svc.cluster.local".to_string()),
+        "{full:?}"
+    );
+    assert!(
+        !scoped.iter().any(|c| c.contains("billing.other")),
+        "{scoped:?}"
+    );
+    for c in [
+        "outbound|80||web.demo.svc.cluster.local",
+        "outbound|80||catalog.shared.svc.cluster.local",
+    ] {
         assert!(scoped.contains(&c.to_string()), "{c} missing: {scoped:?}");
     }
     assert!(scoped.len() < full.len(), "{scoped:?} vs {full:?}");
-    assert!(scoped.iter().all(|c| full.contains(c)), "{scoped:?} vs {full:?}");
+    assert!(
+        scoped.iter().all(|c| full.contains(c)),
+        "{scoped:?} vs {full:?}"
+    );
     // The imported services still work from the scoped client.
     for url in ["http://web/x", "http://catalog.shared/x"] {
         let (rc, body, status) = m.curl("demo", "sleep", &[url]);
@@ -741,10 +915,28 @@ fn ingress_passthrough() {
     let url = format!("https://httpbin.example.com:{p}/status/418");
     // 418 from httpbin itself, with httpbin's own certificate: the gateway did not decrypt.
     let out = Command::new("curl")
-        .args(["-sS", "-v", "--insecure", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", &resolve, &url])
+        .args([
+            "-sS",
+            "-v",
+            "--insecure",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            &resolve,
+            &url,
+        ])
         .output()
         .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "418", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "418",
+        "{}",
+        text(&out)
+    );
     let verbose = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         verbose.contains("subject: O=httpbin organization; CN=httpbin.example.com"),
