@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 RES, DOCS = sys.argv[1], sys.argv[2]
+os.makedirs(DOCS, exist_ok=True)
 HERE = os.path.dirname(os.path.abspath(__file__))
 data = json.load(open(os.path.join(RES, "results.json")))
 META, RUNS = data["meta"], data["runs"]
