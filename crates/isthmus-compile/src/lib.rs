@@ -16,11 +16,13 @@ pub mod policy;
 pub mod render;
 mod route;
 mod scope;
+pub mod secrets;
 mod sidecar;
 pub mod simulate;
 mod tls;
 
-pub use render::{render, ConfigKind, Filter, Format, RenderError};
+pub use render::{render, render_compiled, ConfigKind, Filter, Format, RenderError};
+pub use secrets::{SecretState, SecretStatus, SecretType};
 
 use isthmus_api::{Diagnostic, Severity};
 use isthmus_model::{ConfigMeta, ProxyNode, Snapshot};
@@ -30,12 +32,26 @@ use isthmus_xds::{Node, NodeMetadata, ProxyConfig, ProxyType};
 #[derive(Debug, Clone)]
 pub struct CompiledProxy {
     pub config: ProxyConfig,
+    /// Every SDS secret the proxy needs (`default`, `ROOTCA`, credentialName resources, files)
+    /// with its state and certificate details, sorted by name.
+    pub secrets: Vec<SecretStatus>,
     /// Problems found while compiling, each on the object that caused it; sorted, de-duplicated.
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Compiles the configuration of one proxy (sidecar or gateway).
+/// Compiles the configuration of one proxy (sidecar or gateway), judging credential
+/// certificates' validity at the current time.
 pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
+    compile_at(snapshot, proxy, std::time::SystemTime::now())
+}
+
+/// [`compile`] with an explicit clock: `now` only decides the `valid` flag of credential
+/// certificates in [`CompiledProxy::secrets`]; the pushed config does not depend on it.
+pub fn compile_at(
+    snapshot: &Snapshot,
+    proxy: &ProxyNode,
+    now: std::time::SystemTime,
+) -> CompiledProxy {
     let t0 = std::time::Instant::now();
     let mut ctx = scope::Ctx::new(snapshot, proxy);
     let mut cfg = ProxyConfig {
@@ -73,7 +89,7 @@ pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
         ProxyType::Sidecar => sidecar::build(&mut ctx, &mut cfg),
     }
     let t_lds = t.elapsed();
-    tls::collect_secrets(&mut ctx, &mut cfg);
+    let secrets = secrets::collect(&mut ctx, &mut cfg, now);
     ctx.unused_subset_diagnostics();
     let t_diag = t.elapsed();
 
@@ -105,6 +121,7 @@ pub fn compile(snapshot: &Snapshot, proxy: &ProxyNode) -> CompiledProxy {
     diagnostics.dedup();
     CompiledProxy {
         config: cfg,
+        secrets,
         diagnostics,
     }
 }

@@ -565,3 +565,114 @@ fn secret_table(cfg: &ProxyConfig, secrets: &[&Secret]) -> String {
     }
     table(&["RESOURCE NAME", "TYPE", "STATUS"], &rows, 5)
 }
+
+/// Renders a compiled proxy: like [`render`], but secrets come from
+/// [`crate::CompiledProxy::secrets`] — every secret the proxy needs with its state (ACTIVE,
+/// ISSUED AT START, MISSING, INVALID) and certificate details, as
+/// `istioctl proxy-config secret` shows them.
+pub fn render_compiled(
+    compiled: &crate::CompiledProxy,
+    what: ConfigKind,
+    filter: &Filter,
+    format: Format,
+) -> Result<String, RenderError> {
+    let statuses: Vec<&crate::SecretStatus> = compiled
+        .secrets
+        .iter()
+        .filter(|s| filter.name.as_ref().is_none_or(|n| &s.name == n))
+        .collect();
+    match (what, format) {
+        (ConfigKind::Secret, Format::Json) => to_json(&statuses),
+        (ConfigKind::Secret, Format::Yaml) => to_yaml(&statuses),
+        (ConfigKind::Secret, Format::Short) => Ok(secret_status_table(&statuses)),
+        (ConfigKind::All, Format::Short) => {
+            let mut parts = Vec::new();
+            for k in [
+                ConfigKind::Cluster,
+                ConfigKind::Listener,
+                ConfigKind::Route,
+                ConfigKind::Endpoint,
+            ] {
+                parts.push(render(&compiled.config, k, filter, format)?);
+            }
+            parts.push(secret_status_table(&statuses));
+            Ok(parts.join("\n"))
+        }
+        _ => render(&compiled.config, what, filter, format),
+    }
+}
+
+/// istioctl prints serials with Go's `%x` of a big.Int: lowercase, no leading zeros.
+fn serial_display(hex: &str) -> String {
+    let t = hex.trim_start_matches('0');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.to_ascii_lowercase()
+    }
+}
+
+/// `istioctl proxy-config secret`'s table (one row per certificate, leaf first), followed by one
+/// line per secret that is not simply ACTIVE saying where it comes from or why it is missing.
+fn secret_status_table(statuses: &[&crate::SecretStatus]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for s in statuses {
+        if s.certs.is_empty() {
+            let valid = match s.state {
+                crate::SecretState::Missing | crate::SecretState::Invalid => "false",
+                _ => "NA",
+            };
+            rows.push(vec![
+                s.name.clone(),
+                s.type_.as_str().into(),
+                s.state.as_str().into(),
+                valid.into(),
+                "NA".into(),
+                "NA".into(),
+                "NA".into(),
+            ]);
+        }
+        for c in &s.certs {
+            rows.push(vec![
+                s.name.clone(),
+                s.type_.as_str().into(),
+                s.state.as_str().into(),
+                c.valid.to_string(),
+                serial_display(&c.serial),
+                c.not_after.clone(),
+                c.not_before.clone(),
+            ]);
+        }
+        let note = match (s.state, &s.identity, &s.reason) {
+            (crate::SecretState::Active, _, _) => None,
+            (_, Some(id), _) => Some(format!("identity {id}, issued by the mesh CA at start")),
+            (_, None, Some(r)) => Some(r.clone()),
+            (_, None, None) => None,
+        };
+        if let Some(n) = note {
+            notes.push(format!("{}: {n}", s.name));
+        }
+    }
+    let mut out = table(
+        &[
+            "RESOURCE NAME",
+            "TYPE",
+            "STATUS",
+            "VALID CERT",
+            "SERIAL NUMBER",
+            "NOT AFTER",
+            "NOT BEFORE",
+        ],
+        &rows,
+        5,
+    );
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}

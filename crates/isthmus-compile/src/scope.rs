@@ -33,8 +33,9 @@ pub struct Ctx<'a> {
     pub used_subsets: BTreeSet<(String, String)>,
     /// DRs that produced clusters for this proxy: label → (DR, subsets).
     pub applied_drs: BTreeMap<String, &'a MergedDestinationRule>,
-    /// SDS names referenced by clusters/listeners, with the config that referenced them.
-    pub sds_refs: BTreeMap<String, isthmus_model::ConfigMeta>,
+    /// `kubernetes://` SDS names referenced by clusters/listeners, with every config (Gateway,
+    /// DestinationRule) that referenced them, in first-reference order without repeats.
+    pub sds_refs: BTreeMap<String, Vec<isthmus_model::ConfigMeta>>,
     /// Mesh VirtualServices by exact host (oldest first), and wildcard hosts (oldest first).
     pub mesh_vs_exact: HashMap<String, Vec<&'a VirtualServiceConfig>>,
     pub mesh_vs_wild: Vec<(String, &'a VirtualServiceConfig)>,

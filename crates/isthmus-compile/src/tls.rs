@@ -6,13 +6,10 @@ use crate::scope::Ctx;
 use isthmus_api::istio::{ClientTlsSettings, ServerTlsSettings};
 use isthmus_api::Severity;
 use isthmus_model::{ConfigMeta, Service};
-use isthmus_xds::core::{DataSource, StringMatcher};
-use isthmus_xds::tls::{
-    CertificateValidationContext, CombinedValidationContext, TlsCertificate, TlsParameters,
-};
+use isthmus_xds::core::StringMatcher;
+use isthmus_xds::tls::{CertificateValidationContext, CombinedValidationContext, TlsParameters};
 use isthmus_xds::{
-    CommonTlsContext, DownstreamTlsContext, ProxyConfig, SdsSecretConfig, Secret, TransportSocket,
-    UpstreamTlsContext,
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, TransportSocket, UpstreamTlsContext,
 };
 
 pub const ALPN_MESH: [&str; 2] = ["istio-peer-exchange", "istio"];
@@ -140,7 +137,7 @@ pub fn upstream(
                 if mode == "MUTUAL" {
                     common.tls_certificate_sds_secret_configs =
                         vec![SdsSecretConfig::named(res.clone())];
-                    ctx.sds_refs.insert(res.clone(), dr_meta.clone());
+                    add_sds_ref(ctx, &res, dr_meta);
                 }
                 validation_name = if tls.insecure_skip_verify == Some(true) {
                     None
@@ -154,8 +151,10 @@ pub fn upstream(
                         tls.private_key.as_deref(),
                     ) {
                         (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
+                            let res = format!("file-cert:{c}~{k}");
+                            add_sds_ref(ctx, &res, dr_meta);
                             common.tls_certificate_sds_secret_configs =
-                                vec![SdsSecretConfig::named(format!("file-cert:{c}~{k}"))];
+                                vec![SdsSecretConfig::named(res)];
                         }
                         _ => {
                             ctx.diags.push(diag(dr_meta, Severity::Error, "MutualTlsWithoutCertificate", Some("spec.trafficPolicy.tls"), format!("failed to apply tls setting for {}: client certificate and private key must not be empty", svc.hostname)));
@@ -176,9 +175,7 @@ pub fn upstream(
                 };
             }
             if let Some(v) = validation_name {
-                if v.starts_with("kubernetes://") {
-                    ctx.sds_refs.insert(v.clone(), dr_meta.clone());
-                }
+                add_sds_ref(ctx, &v, dr_meta);
                 common.combined_validation_context = Some(CombinedValidationContext {
                     default_validation_context: CertificateValidationContext {
                         match_subject_alt_names: sans.clone(),
@@ -262,14 +259,14 @@ pub fn downstream(
                 let res = credential_resource(&cred);
                 common.tls_certificate_sds_secret_configs =
                     vec![SdsSecretConfig::named(res.clone())];
-                ctx.sds_refs.insert(res.clone(), gw_meta.clone());
+                add_sds_ref(ctx, &res, gw_meta);
                 if mode != "SIMPLE" {
                     let ca = tls
                         .ca_cert_credential_name
                         .as_deref()
                         .map(credential_resource)
                         .unwrap_or_else(|| format!("{res}-cacert"));
-                    ctx.sds_refs.insert(ca.clone(), gw_meta.clone());
+                    add_sds_ref(ctx, &ca, gw_meta);
                     common.combined_validation_context = Some(CombinedValidationContext {
                         default_validation_context: CertificateValidationContext {
                             match_subject_alt_names: sans,
@@ -284,13 +281,15 @@ pub fn downstream(
                 tls.server_certificate.as_deref(),
                 tls.private_key.as_deref(),
             ) {
-                common.tls_certificate_sds_secret_configs =
-                    vec![SdsSecretConfig::named(format!("file-cert:{c}~{k}"))];
+                let res = format!("file-cert:{c}~{k}");
+                add_sds_ref(ctx, &res, gw_meta);
+                common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig::named(res)];
                 if mode != "SIMPLE" {
                     let ca = tls
                         .ca_certificates
                         .clone()
                         .unwrap_or_else(|| "system".into());
+                    add_sds_ref(ctx, &format!("file-root:{ca}"), gw_meta);
                     common.combined_validation_context = Some(CombinedValidationContext {
                         default_validation_context: CertificateValidationContext {
                             match_subject_alt_names: sans,
@@ -332,71 +331,13 @@ pub fn inbound_mtls() -> DownstreamTlsContext {
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// Resolves `kubernetes://` SDS references against Secrets in the proxy's namespace (istiod
-/// only serves a gateway the secrets of its own namespace).
-pub fn collect_secrets(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
-    let refs = std::mem::take(&mut ctx.sds_refs);
-    for (name, meta) in refs {
-        let Some(rest) = name.strip_prefix("kubernetes://") else {
-            continue;
-        };
-        let (secret_name, ca_only) = match rest.strip_suffix("-cacert") {
-            Some(base) => (base, true),
-            None => (rest, false),
-        };
-        let ns = ctx.proxy.namespace.clone();
-        // `NAME-cacert` may also be a Secret of its own (istiod checks that first).
-        let direct = if ca_only {
-            ctx.snap.secret(&ns, rest)
-        } else {
-            None
-        };
-        let data = direct.or_else(|| ctx.snap.secret(&ns, secret_name));
-        let Some(data) = data else {
-            ctx.diags.push(diag(&meta, Severity::Error, "SecretNotFound", None, format!("secret {secret_name:?} not found in namespace {ns:?} (credentialName secrets must live in the proxy's own namespace); SDS resource {name:?} is not supplied and TLS handshakes on it fail")));
-            continue;
-        };
-        let get = |keys: &[&str]| keys.iter().find_map(|k| data.get(*k)).cloned();
-        if ca_only {
-            match get(&["ca.crt", "cacert"]) {
-                Some(ca) => {
-                    let crl = get(&["ca.crl"]).map(|c| DataSource { inline_bytes: Some(b64(&c)), ..Default::default() });
-                    cfg.secrets.push(Secret { name: name.clone(), tls_certificate: None, validation_context: Some(CertificateValidationContext { trusted_ca: Some(DataSource { inline_bytes: Some(b64(&ca)), ..Default::default() }), crl, ..Default::default() }) });
-                }
-                None => ctx.diags.push(diag(&meta, Severity::Error, "SecretKeyMissing", None, format!("secret {ns}/{secret_name} has no ca.crt key; {name:?} cannot verify the peer"))),
-            }
-        } else {
-            match (get(&["tls.crt", "cert"]), get(&["tls.key", "key"])) {
-                (Some(c), Some(k)) => cfg.secrets.push(Secret {
-                    name: name.clone(),
-                    tls_certificate: Some(TlsCertificate {
-                        certificate_chain: Some(DataSource {
-                            inline_bytes: Some(b64(&c)),
-                            ..Default::default()
-                        }),
-                        private_key: Some(DataSource {
-                            inline_bytes: Some(b64(&k)),
-                            ..Default::default()
-                        }),
-                    }),
-                    validation_context: None,
-                }),
-                _ => ctx.diags.push(diag(
-                    &meta,
-                    Severity::Error,
-                    "SecretKeyMissing",
-                    None,
-                    format!(
-                        "secret {ns}/{secret_name} needs keys tls.crt and tls.key (found: {})",
-                        data.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                )),
-            }
-        }
+/// Records that `meta` references the SDS resource `name` (for secret status and diagnostics).
+fn add_sds_ref(ctx: &mut Ctx, name: &str, meta: &ConfigMeta) {
+    let metas = ctx.sds_refs.entry(name.to_string()).or_default();
+    if !metas
+        .iter()
+        .any(|m| m.kind == meta.kind && m.namespace == meta.namespace && m.name == meta.name)
+    {
+        metas.push(meta.clone());
     }
 }

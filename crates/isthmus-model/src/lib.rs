@@ -47,6 +47,10 @@ pub struct Snapshot {
     pub sidecars: Vec<SidecarConfig>,
     /// (namespace, name) → decoded data.
     pub secrets: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    /// (namespace, name) → the Secret's `type` (`kubernetes.io/tls`, `Opaque`, ...; empty when
+    /// unset). Istio's key rules depend on it: `cert`/`key`/`cacert` are only read from
+    /// non-TLS-typed Secrets.
+    pub secret_types: BTreeMap<(String, String), String>,
     pub dr_index: DestinationRuleIndex,
     /// Hash of every input (objects, mesh config, domain): equal fingerprints compile to equal
     /// configs, so it versions every proxy's config without hashing the output.
@@ -459,7 +463,9 @@ impl Snapshot {
                         port,
                         service_port: p.port,
                         labels: w.labels.clone(),
-                        tls_mode: if w.proxy != ProxyKind::None {
+                        tls_mode: if w.labels.get(labels::TLS_MODE).map(String::as_str)
+                            == Some("istio")
+                        {
                             "istio".into()
                         } else {
                             "disabled".into()
@@ -607,7 +613,9 @@ impl Snapshot {
                                 port: p.target_port.unwrap_or(p.number),
                                 service_port: p.number,
                                 labels: w.labels.clone(),
-                                tls_mode: if w.proxy != ProxyKind::None {
+                                tls_mode: if w.labels.get(labels::TLS_MODE).map(String::as_str)
+                                    == Some("istio")
+                                {
                                     "istio".into()
                                 } else {
                                     "disabled".into()
@@ -681,6 +689,7 @@ impl Snapshot {
         let mut destination_rules = Vec::new();
         let mut sidecars = Vec::new();
         let mut secrets = BTreeMap::new();
+        let mut secret_types = BTreeMap::new();
         for o in objects {
             let meta = meta_of(o);
             match &o.body {
@@ -703,7 +712,9 @@ impl Snapshot {
                 }),
                 Body::Secret(s) => match s.decoded() {
                     Ok(data) => {
-                        secrets.insert((meta.namespace.clone(), meta.name.clone()), data);
+                        let key = (meta.namespace.clone(), meta.name.clone());
+                        secret_types.insert(key.clone(), s.type_.clone().unwrap_or_default());
+                        secrets.insert(key, data);
                     }
                     Err(e) => diags.push(diagnostic(
                         &meta,
@@ -760,6 +771,7 @@ impl Snapshot {
             destination_rules,
             sidecars,
             secrets,
+            secret_types,
             dr_index,
             by_host,
         };

@@ -2,7 +2,7 @@
 //! what istiod would push to one proxy, printed as `istioctl proxy-config` prints it.
 
 use crate::inputs::{self, MeshArgs};
-use isthmus_compile::{compile, render, ConfigKind, Filter, Format};
+use isthmus_compile::{compile, render_compiled, ConfigKind, Filter, Format};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -54,6 +54,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         name: args.name,
         address: args.address,
     };
-    print!("{}", render(&compiled.config, kind, &filter, format)?);
+    print!("{}", render_compiled(&compiled, kind, &filter, format)?);
     Ok(ExitCode::SUCCESS)
 }
