@@ -593,13 +593,17 @@ def profile(kinds):
     for kind in kinds:
         pid = procs["isthmus"].pid
         data = f"{WORK}/perf-{kind}.data"
-        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid), "-o", data],
+        # BENCH_PERF_DWARF=1: DWARF call graphs (the release build has no frame pointers), so the
+        # report can attribute malloc and formatting to their callers; heavier, use short runs.
+        cg = ["--call-graph", "dwarf,16384", "-F", "499"] if os.environ.get("BENCH_PERF_DWARF") == "1" else ["-F", "999", "-g"]
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock"] + cg + ["-p", str(pid), "-o", data],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         out, err, rc = loadgen(PROFILE_LOADS[kind](), SECS + 60)
         rec.send_signal(signal.SIGINT)
         rec.wait(timeout=30)
-        rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
+        mode = "--children" if os.environ.get("BENCH_PERF_DWARF") == "1" else "--no-children"
+        rep = subprocess.run(["perf", "report", "-i", data, mode, "--sort", "dso,symbol",
                               "--stdio", "-g", "none", "--percent-limit", "0.7"],
                              capture_output=True, text=True)
         dso = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso", "--stdio",
