@@ -3,6 +3,7 @@
 # harness in release, runs every scenario against direct / isthmus / HAProxy / nginx with the
 # same CPU pinning (load generators on CPU 0, origin + proxy on CPU 1), 3 repeats each, runs the
 # control-plane compile benchmark, and writes docs/benchmarks.md plus docs/bench-*.png.
+# Optional afterwards: `ISTHMUS_BIN=... HARNESS_BIN=... bench/alloc_probe.py` (glibc vs jemalloc).
 #
 # Environment knobs: BENCH_SECS (10), BENCH_REPEATS (3), BENCH_IDLE_CONNS (1000),
 # BENCH_ONLY=h1,h2,sni,term,idle[,termka] (subset), BENCH_SKIP_COMPILE=1, BENCH_PROFILE=0, BENCH_NICE (e.g. -5), BENCH_FROM_HEAD=1 [BENCH_REF, BENCH_SRC_DIR], CARGO_TARGET_DIR
@@ -74,6 +75,9 @@ if [[ "${BENCH_SKIP_COMPILE:-0}" != 1 ]]; then
       >> "$BENCH_OUT/compile-$n.txt" 2>&1
   done
 fi
+
+# perf data files are large; the text reports are in $BENCH_OUT
+rm -f "$BENCH_WORK"/perf-*.data*
 
 # --- report ---
 python3 "$HERE/report.py" "$BENCH_OUT" "$ROOT/docs"
