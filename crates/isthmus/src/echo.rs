@@ -39,17 +39,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("nothing to serve: give --http-port and/or --https-port");
     }
     let tls = match (&args.cert, &args.key) {
-        (Some(c), Some(k)) => Some(EchoTls::from_files(c, k, args.client_ca.as_deref(), args.require_client_cert)?),
+        (Some(c), Some(k)) => Some(EchoTls::from_files(
+            c,
+            k,
+            args.client_ca.as_deref(),
+            args.require_client_cert,
+        )?),
         (None, None) if args.https_port.is_empty() => None,
         _ => anyhow::bail!("--https-port needs both --cert and --key"),
     };
     let cfg = EchoConfig {
         name: args.name,
-        http: args.http_port.iter().map(|p| SocketAddr::new(args.address, *p)).collect(),
-        https: args.https_port.iter().map(|p| SocketAddr::new(args.address, *p)).collect(),
+        http: args
+            .http_port
+            .iter()
+            .map(|p| SocketAddr::new(args.address, *p))
+            .collect(),
+        https: args
+            .https_port
+            .iter()
+            .map(|p| SocketAddr::new(args.address, *p))
+            .collect(),
         tls,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let server = EchoServer::start(cfg).await?;
         for a in server.http_addrs() {

@@ -1,6 +1,6 @@
 //! `isthmus proxy`: runs one proxy (sidecar or gateway) from a config file.
 
-use isthmus_proxy::{load_config_file, run_proxy, ProxyOptions};
+use isthmus_proxy::{load_config_file_with_dump, run_proxy, ProxyOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,10 +16,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = load_config_file(&args.config).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    // `/config_dump` serves the file as given: for a compiled (xDS-shaped) bundle that is the
+    // same JSON `isthmus proxy-config` prints, so live and offline views cannot disagree.
+    let (config, dump) = load_config_file_with_dump(&args.config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let mut opts = ProxyOptions::new(config);
+    opts.config_dump = Some(dump);
     opts.admin_addr = Some(args.admin_address);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run_proxy(opts))?;
     Ok(ExitCode::SUCCESS)
 }
