@@ -252,8 +252,14 @@ impl<'a> Ctx<'a> {
     pub fn unused_subset_diagnostics(&mut self) {
         // A subset is "used" if any VS anywhere in the snapshot routes to it: subsets are
         // consumed by other proxies' routes too, so look at all VSs, not only this proxy's.
-        let mut used: BTreeSet<(String, String)> = self.used_subsets.clone();
-        for v in &self.snap.virtual_services {
+        // Borrowed pairs: this runs once per proxy over every VS in the mesh, so no clones.
+        let snap: &'a Snapshot = self.snap;
+        let mut used: std::collections::HashSet<(&str, &str)> = self
+            .used_subsets
+            .iter()
+            .map(|(h, s)| (h.as_str(), s.as_str()))
+            .collect();
+        for v in &snap.virtual_services {
             let dests = v
                 .spec
                 .http
@@ -273,18 +279,19 @@ impl<'a> Ctx<'a> {
                 );
             for d in dests {
                 if let Some(s) = &d.subset {
-                    used.insert((d.host.clone(), s.clone()));
+                    used.insert((d.host.as_str(), s.as_str()));
                 }
             }
         }
         let mut out = Vec::new();
         for dr in self.applied_drs.values() {
             for s in &dr.spec.subsets {
-                if !used.contains(&(dr.host.clone(), s.name.clone())) {
+                if !used.contains(&(dr.host.as_str(), s.name.as_str())) {
                     out.push(diag(&dr.meta, Severity::Info, "SubsetNotRouted", Some("spec.subsets"), format!("subset {:?} of host {:?} is not the destination of any VirtualService route; its trafficPolicy never takes effect", s.name, dr.host)));
                 }
             }
         }
+        drop(used);
         self.diags.extend(out);
     }
 }
