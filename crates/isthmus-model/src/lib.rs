@@ -744,10 +744,19 @@ impl Snapshot {
             &mesh.default_destination_rule_export_to,
         );
 
-        // DRs whose host matches nothing compile to nothing: say so.
+        // DRs whose host matches nothing compile to nothing: say so. Exact hosts are looked up
+        // (one scan of every service per DR is quadratic at mesh scale); wildcards scan.
+        let lower_hosts: std::collections::HashSet<String> = services
+            .iter()
+            .map(|s| s.hostname.to_ascii_lowercase())
+            .collect();
         for dr in &destination_rules {
             let h = host::resolve_short_name(&dr.spec.host, &dr.meta.namespace, &domain);
-            let matched = services.iter().any(|s| host::host_matches(&h, &s.hostname));
+            let matched = if h.starts_with('*') {
+                services.iter().any(|s| host::host_matches(&h, &s.hostname))
+            } else {
+                lower_hosts.contains(&h.to_ascii_lowercase())
+            };
             if !matched {
                 let hint = if !dr.spec.host.contains('.') {
                     format!(" (the short name {:?} expands with the DestinationRule's namespace to {h:?})", dr.spec.host)
