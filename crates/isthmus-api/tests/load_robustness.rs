@@ -60,8 +60,6 @@ proptest! {
 
 #[test]
 fn huge_and_deep_documents_are_rejected_cleanly() {
-    let deep = format!("{}1{}", "a: ".repeat(1), "");
-    let _ = load_str("x.yaml", &deep, &LoadOptions::default());
     let nested = format!("spec: {}{}", "[".repeat(5000), "]".repeat(5000));
     let l = load_str("x.yaml", &nested, &LoadOptions::default());
     assert!(l.has_errors());
