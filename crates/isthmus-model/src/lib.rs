@@ -95,6 +95,29 @@ pub fn diagnostic(
     }
 }
 
+/// A workload as an endpoint of a Service or ServiceEntry port. The endpoint's tlsMode comes
+/// from the pod's `security.istio.io/tlsMode` label, as istiod reads it (only the sidecar
+/// injection template sets it), and decides auto-mTLS towards it.
+fn workload_endpoint(
+    w: &Workload,
+    port: u32,
+    service_port: u32,
+    spiffe: &dyn Fn(&str, &str) -> String,
+) -> ServiceEndpoint {
+    let istio = w.labels.get(labels::TLS_MODE).map(String::as_str) == Some("istio");
+    ServiceEndpoint {
+        address: w.ip.clone(),
+        port,
+        service_port,
+        labels: w.labels.clone(),
+        tls_mode: if istio { "istio" } else { "disabled" }.into(),
+        service_account: spiffe(&w.namespace, &w.service_account),
+        workload: w.deployment.clone().unwrap_or_else(|| w.name.clone()),
+        namespace: w.namespace.clone(),
+        weight: None,
+    }
+}
+
 fn ipv4(n: u32) -> String {
     format!(
         "{}.{}.{}.{}",
@@ -458,23 +481,7 @@ impl Snapshot {
                             }
                         },
                     };
-                    endpoints.push(ServiceEndpoint {
-                        address: w.ip.clone(),
-                        port,
-                        service_port: p.port,
-                        labels: w.labels.clone(),
-                        tls_mode: if w.labels.get(labels::TLS_MODE).map(String::as_str)
-                            == Some("istio")
-                        {
-                            "istio".into()
-                        } else {
-                            "disabled".into()
-                        },
-                        service_account: spiffe(&w.namespace, &w.service_account),
-                        workload: w.deployment.clone().unwrap_or_else(|| w.name.clone()),
-                        namespace: w.namespace.clone(),
-                        weight: None,
-                    });
+                    endpoints.push(workload_endpoint(w, port, p.port, &spiffe));
                 }
             }
             let headless = spec.is_headless();
@@ -608,23 +615,12 @@ impl Snapshot {
                             .iter()
                             .filter(|w| w.namespace == ns && selector_matches(&selector, &w.labels))
                         {
-                            endpoints.push(ServiceEndpoint {
-                                address: w.ip.clone(),
-                                port: p.target_port.unwrap_or(p.number),
-                                service_port: p.number,
-                                labels: w.labels.clone(),
-                                tls_mode: if w.labels.get(labels::TLS_MODE).map(String::as_str)
-                                    == Some("istio")
-                                {
-                                    "istio".into()
-                                } else {
-                                    "disabled".into()
-                                },
-                                service_account: spiffe(&w.namespace, &w.service_account),
-                                workload: w.deployment.clone().unwrap_or_else(|| w.name.clone()),
-                                namespace: ns.clone(),
-                                weight: None,
-                            });
+                            endpoints.push(workload_endpoint(
+                                w,
+                                p.target_port.unwrap_or(p.number),
+                                p.number,
+                                &spiffe,
+                            ));
                         }
                     } else if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
                         endpoints.push(ServiceEndpoint {
