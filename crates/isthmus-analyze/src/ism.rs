@@ -1240,50 +1240,36 @@ fn egress_bypass(c: &Ctx<'_>, out: &mut Vec<Message>) {
                     }
                 }
             };
-        for h in &v.http {
-            let gws: Vec<Vec<String>> = h.matches.iter().map(|m| m.gateways.clone()).collect();
-            if rule_on_mesh(&v.gateways, &gws) {
-                let ports: Vec<u32> = if h.matches.iter().any(|m| m.port.is_none()) {
-                    vec![]
-                } else {
-                    h.matches.iter().filter_map(|m| m.port).collect()
-                };
-                note(
+        // One pass for http, tls and tcp rules: a rule counts when it applies to sidecars; its
+        // ports are those its matches name (no port on any match = every port).
+        let rules = v
+            .http
+            .iter()
+            .map(|h| {
+                let m: Vec<_> = h.matches.iter().map(|m| (&m.gateways, m.port)).collect();
+                (
                     "http",
-                    ports,
-                    h.route.iter().map(|d| &d.destination).collect(),
-                );
-            }
-        }
-        for t in &v.tls {
-            let gws: Vec<Vec<String>> = t.matches.iter().map(|m| m.gateways.clone()).collect();
+                    m,
+                    h.route.iter().map(|d| &d.destination).collect::<Vec<_>>(),
+                )
+            })
+            .chain(v.tls.iter().map(|t| {
+                let m: Vec<_> = t.matches.iter().map(|m| (&m.gateways, m.port)).collect();
+                ("tls", m, t.route.iter().map(|d| &d.destination).collect())
+            }))
+            .chain(v.tcp.iter().map(|t| {
+                let m: Vec<_> = t.matches.iter().map(|m| (&m.gateways, m.port)).collect();
+                ("tcp", m, t.route.iter().map(|d| &d.destination).collect())
+            }));
+        for (class, matches, destinations) in rules {
+            let gws: Vec<Vec<String>> = matches.iter().map(|(g, _)| (*g).clone()).collect();
             if rule_on_mesh(&v.gateways, &gws) {
-                let ports: Vec<u32> = if t.matches.iter().any(|m| m.port.is_none()) {
+                let ports: Vec<u32> = if matches.iter().any(|(_, p)| p.is_none()) {
                     vec![]
                 } else {
-                    t.matches.iter().filter_map(|m| m.port).collect()
+                    matches.iter().filter_map(|(_, p)| *p).collect()
                 };
-                note(
-                    "tls",
-                    ports,
-                    t.route.iter().map(|d| &d.destination).collect(),
-                );
-            }
-        }
-        for t in &v.tcp {
-            let gws: Vec<Vec<String>> = t.matches.iter().map(|m| m.gateways.clone()).collect();
-            if rule_on_mesh(&v.gateways, &gws) {
-                let ports: Vec<u32> =
-                    if t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none()) {
-                        vec![]
-                    } else {
-                        t.matches.iter().filter_map(|m| m.port).collect()
-                    };
-                note(
-                    "tcp",
-                    ports,
-                    t.route.iter().map(|d| &d.destination).collect(),
-                );
+                note(class, ports, destinations);
             }
         }
         let Some(gw) = via else { continue };
