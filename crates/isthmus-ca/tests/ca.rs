@@ -360,8 +360,11 @@ fn manager_keeps_current_cert_and_reissues_when_due() {
 #[tokio::test]
 async fn refresh_when_due_sleeps_until_the_next_rotation() {
     let ca = Arc::new(Ca::generate("cluster.local").unwrap());
-    // 2s certificates are back-dated by 0.2s, so rotation falls due ~0.9s after issuance.
-    let m = WorkloadCertManager::new(ca, Some(Duration::from_secs(2)));
+    // 4s certificates are back-dated by 0.4s and X.509 times have one-second resolution
+    // (notBefore truncates down by up to 1s), so rotation falls due between ~1.0s and ~1.6s
+    // after issuance: never within the 50ms probe below, whatever the sub-second clock phase.
+    // (A 2s lifetime made this flaky: issued at x.95s, it could fall due 50ms later.)
+    let m = WorkloadCertManager::new(ca, Some(Duration::from_secs(4)));
     let sleep = id("default", "sleep");
     let first = m.get(&sleep, SystemTime::now()).unwrap();
     assert!(
@@ -382,7 +385,7 @@ async fn refresh_when_due_sleeps_until_the_next_rotation() {
     // (Certificate times have one-second resolution, so compare with the cert's own due time.)
     assert!(SystemTime::now() >= first.validity().rotation_at());
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );
