@@ -178,7 +178,8 @@ async fn tcp_proxy_max_downstream_connection_duration_is_dt() {
         .await
         .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)));
-    assert!(t0.elapsed() < Duration::from_millis(1000));
+    // Generous bound (loaded CI machines): the point is "closed at the deadline, not at the 3s read timeout".
+    assert!(t0.elapsed() < Duration::from_millis(2500));
     assert_eq!(fields(&p.wait_lines(1).await[0])[3], "DT");
 }
 
