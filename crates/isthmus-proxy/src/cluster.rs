@@ -68,6 +68,10 @@ pub enum UpstreamError {
     Tls(SocketAddr, std::io::Error),
     #[error("DNS resolution of {0} failed: {1}")]
     Dns(String, String),
+    /// The cluster's TLS context waits for an SDS secret that was not supplied (Envoy's
+    /// `NotReadySslSocket`): flag `UF`, reason "TLS error: Secret is not supplied by SDS".
+    #[error("TLS to upstream {0} not possible: secret {1:?} is not supplied (hint: check the credentialName Secret's name, namespace and keys)")]
+    SecretNotReady(SocketAddr, String),
 }
 
 impl UpstreamError {
@@ -88,6 +92,19 @@ impl UpstreamError {
                 e.to_string().replace(' ', "_")
             )),
             UpstreamError::ConnectTimeout(..) => Some("connect_timeout".into()),
+            UpstreamError::SecretNotReady(..) => {
+                Some(crate::tls::SECRET_NOT_SUPPLIED.replace(' ', "_"))
+            }
+            _ => None,
+        }
+    }
+
+    /// What Envoy appends to a local 503 body as `, transport failure reason: ...` (TLS
+    /// failures only; the access log field carries the underscored form).
+    pub fn body_reason(&self) -> Option<String> {
+        match self {
+            UpstreamError::SecretNotReady(..) => Some(crate::tls::SECRET_NOT_SUPPLIED.into()),
+            UpstreamError::Tls(_, e) => Some(isthmus_tls::failure_reason_io(e)),
             _ => None,
         }
     }
@@ -283,9 +300,23 @@ impl ClusterRuntime {
             Ok(Ok(s)) => s,
         };
         let local = stream.local_addr().ok();
-        match &self.tls {
+        let tls = match &self.tls {
+            None => None,
+            Some(o) => match o.ready() {
+                Ok(t) => Some(t),
+                Err(secret) => {
+                    // Envoy connects, then its not-ready TLS socket closes at once.
+                    drop(stream);
+                    self.inc("upstream_cx_connect_fail");
+                    self.inc("client_ssl_socket_factory.upstream_context_secrets_not_ready");
+                    tracing::debug!(cluster = %self.spec.name, %secret, "upstream TLS secret not supplied");
+                    return Err(UpstreamError::SecretNotReady(addr, secret));
+                }
+            },
+        };
+        match tls {
             None => Ok((Box::new(stream), local, self.spec.http2)),
-            Some(o) => match tokio::time::timeout(timeout, o.tls.connect(stream, sni)).await {
+            Some(t) => match tokio::time::timeout(timeout, t.connect(stream, sni)).await {
                 Err(_) => {
                     self.inc("upstream_cx_connect_fail");
                     Err(UpstreamError::ConnectTimeout(addr, timeout))
@@ -403,8 +434,9 @@ impl Drop for CxGuard {
 }
 
 /// A bidirectional byte stream to an upstream (plain TCP or TLS).
-pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
+/// `Any` so the L4 relay can recognise a plain `TcpStream` and splice it (crate::relay).
+pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin + std::any::Any {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Upstream for T {}
 
 #[cfg(test)]
 mod tests {

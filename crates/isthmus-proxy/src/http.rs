@@ -691,7 +691,7 @@ async fn handle(
         Err((status, body)) => {
             entry.response_code = status;
             wrap(
-                local_reply(status, body),
+                local_reply(status, &body),
                 fin(entry, Some(cluster), Some(rq)),
             )
         }
@@ -847,7 +847,7 @@ async fn forward(
     path: &str,
     scheme: &str,
     e: &mut LogEntry,
-) -> Result<Response<RespBody>, (u16, &'static str)> {
+) -> Result<Response<RespBody>, (u16, std::borrow::Cow<'static, str>)> {
     let max_attempts = 1 + retry.num_retries;
     let mut budget = RetryBudget {
         cluster: cluster.clone(),
@@ -864,7 +864,7 @@ async fn forward(
             Err(err) => {
                 e.add_flag(err.flag());
                 e.response_code_details = Some("no_healthy_upstream".into());
-                return Err((503, "no healthy upstream"));
+                return Err((503, "no healthy upstream".into()));
             }
         };
         let addr = match cluster.resolve(&host).await {
@@ -872,7 +872,7 @@ async fn forward(
             Err(err) => {
                 e.add_flag(err.flag());
                 e.response_code_details = Some("dns_resolution_failure".into());
-                return Err((503, "dns resolution failure"));
+                return Err((503, "dns resolution failure".into()));
             }
         };
         e.upstream_host = Some(addr);
@@ -897,7 +897,7 @@ async fn forward(
                 e.add_flag("UO");
                 e.response_code_details =
                     Some("upstream_reset_before_response_started{overflow}".into());
-                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: overflow"));
+                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: overflow".into()));
             }
             Err(err) => {
                 cluster.record_result(&host, 503);
@@ -913,9 +913,22 @@ async fn forward(
                         .stats
                         .inc(&st("upstream_rq_retry_limit_exceeded"), 1);
                 }
-                e.response_code_details =
-                    Some("upstream_reset_before_response_started{connection_failure}".into());
-                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"));
+                // Envoy: `{connection_failure,<reason>}` in the details, and TLS reasons
+                // appended to the local reply body.
+                e.response_code_details = Some(match &e.upstream_transport_failure_reason {
+                    // Details never contain spaces (Envoy replaces them).
+                    Some(r) => format!(
+                        "upstream_reset_before_response_started{{connection_failure,{}}}",
+                        r.replace(' ', "_")
+                    ),
+                    None => "upstream_reset_before_response_started{connection_failure}".into(),
+                });
+                let mut body = String::from("upstream connect error or disconnect/reset before headers. reset reason: connection failure");
+                if let Some(r) = err.body_reason() {
+                    body.push_str(", transport failure reason: ");
+                    body.push_str(&r);
+                }
+                return Err((503, body.into()));
             }
         };
         e.upstream_local_address = co.info.local;
@@ -939,7 +952,7 @@ async fn forward(
             Ok(r) => r,
             Err(_) => {
                 e.add_flag("DPE");
-                return Err((400, "bad request"));
+                return Err((400, "bad request".into()));
             }
         };
         *req.headers_mut() = parts.headers.clone();
@@ -983,7 +996,7 @@ async fn forward(
                 cluster.stats.inc(&st("upstream_rq_timeout"), 1);
                 e.add_flag("UT");
                 e.response_code_details = Some("upstream_response_timeout".into());
-                return Err((504, "upstream request timeout"));
+                return Err((504, "upstream request timeout".into()));
             }
             Ok(Err(err)) => {
                 cluster.record_result(&host, 503);
@@ -998,7 +1011,7 @@ async fn forward(
                 e.add_flag("UC");
                 e.response_code_details =
                     Some("upstream_reset_before_response_started{connection_termination}".into());
-                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"));
+                return Err((503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination".into()));
             }
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();

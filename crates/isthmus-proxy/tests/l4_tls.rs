@@ -399,10 +399,12 @@ async fn bad_config_is_refused_whole() {
     });
     let p = start(cfg).await;
     let addr = p.addr("tcp");
+    // Bad material (not a missing secret, which Envoy accepts and fails at use).
     let bad = json!({
         "listeners": [{"name": "new", "address": "127.0.0.1:0", "filterChains": [
-            {"tls": {"mode": "SIMPLE", "certificates": ["missing"]}, "action": {"tcpProxy": {"cluster": "echo"}}}]}],
-        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}]
+            {"tls": {"mode": "SIMPLE", "certificates": ["broken"]}, "action": {"tcpProxy": {"cluster": "echo"}}}]}],
+        "clusters": [{"name": "echo", "endpoints": [ep(echo)]}],
+        "secrets": [{"name": "broken", "certificateChain": {"inlineString": "not a PEM"}, "privateKey": {"inlineString": "nope"}}]
     });
     let err = p
         .proxy
@@ -410,7 +412,7 @@ async fn bad_config_is_refused_whole() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("unknown secret \"missing\""),
+        err.to_string().contains("secret \"broken\""),
         "{err}"
     );
     assert!(p.proxy.listener_addr("new").is_none());
