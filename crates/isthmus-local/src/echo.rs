@@ -24,8 +24,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// Longest `/delay/S` honoured.
-pub const MAX_DELAY_SECS: u64 = 10;
+/// Longest `/delay/S` honoured. Long enough that a test can hold upstream connections of a
+/// proxy open while it drives other clients into that proxy's connection limits on a slow,
+/// loaded machine (the two-pod pool test of issue 8), short enough that a stray request does
+/// not pin a connection for long.
+pub const MAX_DELAY_SECS: u64 = 60;
 /// Largest request body echoed back.
 pub const MAX_BODY: usize = 64 * 1024;
 

@@ -342,11 +342,6 @@ impl Mesh {
 
 // ---------------------------------------------------------------------------------------------
 // 2. egress-sni-passthrough (seeds 003/004, 20-egress)
-//
-// Offline only for now: live, the sidecar wraps leg 1 in auto-mTLS towards the gateway (the
-// model labels gateway pods `security.istio.io/tlsMode: istio`; Istio's gateway injection
-// template does not), so the PASSTHROUGH listener sees SNI `outbound_.443_.httpbin_...`,
-// matches nothing (NR) and the client gets curl exit 35 (reported to the owners).
 
 #[test]
 fn egress_sni_passthrough_compiles_both_sni_legs() {
@@ -417,6 +412,74 @@ fn egress_sni_passthrough_compiles_both_sni_legs() {
         out.contains("httpbin.org") && out.contains("STRICT_DNS"),
         "{out}"
     );
+}
+
+/// Live: the app's own TLS goes sidecar -> egress gateway -> httpbin.org on SNI alone; the proof
+/// is the gateway's TCP-format log line; an SNI nothing routes is a reset, not a 404.
+#[test]
+fn egress_sni_passthrough() {
+    if !root_ok("egress_sni_passthrough") {
+        return;
+    }
+    let mut m = Mesh::up("egress-sni-passthrough", "sni", &[]);
+    let sleep_ip = m.pod_ip("demo", "sleep");
+    let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
+    let ca = example("egress-sni-passthrough").join("httpbin-org.crt");
+    let ca = ca.to_string_lossy().to_string();
+    // `up` is ready once every proxy has its config; the outside server may still be binding.
+    let mut last = (None, String::new(), String::new());
+    let ok = eventually(30, || {
+        last = m.curl(
+            "demo",
+            "sleep",
+            &["--cacert", &ca, "https://httpbin.org/get"],
+        );
+        last.2 == "200"
+    });
+    assert!(ok, "https://httpbin.org/get from sleep: {last:?}");
+    // Verified against httpbin.org's own certificate: nothing on the way re-terminated TLS.
+    let json: serde_json::Value = serde_json::from_str(&last.1).expect("echo json");
+    assert_eq!(json["server"], "httpbin.org", "{json}");
+    assert_eq!(json["tls"]["sni"], "httpbin.org", "{json}");
+    assert_eq!(
+        json["peer_ip"],
+        gw_ip.as_str(),
+        "not via the gateway: {json}"
+    );
+    // The gateway's access log: TCP format (no method/path/status), cluster and SNI.
+    let mut line = String::new();
+    let seen = eventually(10, || {
+        let log = m.gateway_log("istio-system", "istio-egressgateway");
+        line = log
+            .lines()
+            .find(|l| l.contains("outbound|443||httpbin.org"))
+            .unwrap_or_default()
+            .to_string();
+        !line.is_empty()
+    });
+    assert!(seen, "no outbound|443||httpbin.org line in the gateway log");
+    assert!(line.contains("\"- - -\" 0 - "), "{line}");
+    assert!(
+        line.contains(&format!(" {sleep_ip}:")),
+        "downstream is not sleep: {line}"
+    );
+    assert!(
+        line.trim_end().ends_with("httpbin.org -"),
+        "SNI not logged: {line}"
+    );
+    // An SNI the gateway routes nowhere: the connection is reset (curl 35, http_code 000).
+    let (rc, body, status) = m.curl(
+        "default",
+        "plain",
+        &[
+            "-k",
+            "--connect-to",
+            "nothing.example:443:istio-egressgateway.istio-system.svc.cluster.local:443",
+            "https://nothing.example/",
+        ],
+    );
+    assert_eq!((rc, status.as_str()), (Some(35), "000"), "{body}");
+    m.down();
 }
 
 // ---------------------------------------------------------------------------------------------
