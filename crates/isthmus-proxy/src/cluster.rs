@@ -399,6 +399,27 @@ impl ClusterRuntime {
     }
 }
 
+/// After a config version was applied: every cluster of the previous version that the new
+/// one removed or replaced (changed spec or TLS material) drains its connection pool, so
+/// pooled connections of the old version (old TLS context, old certificate choice) are not
+/// reused and idle ones close now; in-flight requests finish. Counts Envoy's
+/// `cluster_manager.cluster_modified` / `cluster_manager.cluster_removed`.
+pub fn drain_replaced(
+    old: &std::collections::BTreeMap<String, Arc<ClusterRuntime>>,
+    new: &std::collections::BTreeMap<String, Arc<ClusterRuntime>>,
+) {
+    for (name, o) in old {
+        let what = match new.get(name) {
+            Some(n) if Arc::ptr_eq(n, o) => continue,
+            Some(_) => "cluster_manager.cluster_modified",
+            None => "cluster_manager.cluster_removed",
+        };
+        o.stats.inc(what, 1);
+        let closed = o.pool.drain();
+        tracing::info!(cluster = %name, idle_closed = closed, "cluster replaced; draining its connection pool");
+    }
+}
+
 /// Set SO_KEEPALIVE and TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT (Envoy `upstreamConnectionOptions.tcpKeepalive`).
 pub fn apply_keepalive(sock: &TcpSocket, ka: &crate::config::TcpKeepalive) -> std::io::Result<()> {
     let sref = socket2::SockRef::from(sock);

@@ -575,7 +575,9 @@ async fn handle(
     apply_ops(&mut parts.headers, &route.spec.request_headers);
     let cname = pick_weighted(target.cluster.as_deref(), &target.weighted_clusters);
     entry.upstream_cluster = Some(cname.clone());
-    let Some(cluster) = ctx.rt.clusters.get(&cname).cloned() else {
+    // The cluster of the *current* config version (as Envoy's cluster manager): a request on
+    // a long-lived downstream connection must not use a cluster a later version replaced.
+    let Some(cluster) = ctx.sh.runtime.load().clusters.get(&cname).cloned() else {
         entry.response_code = 503;
         entry.add_flag("NC");
         entry.response_code_details = Some("cluster_not_found".into());

@@ -64,6 +64,46 @@ pub struct Pool {
 impl Pool {
     fn take_idle(&self, key: &PoolKey) -> Option<Checkout> {
         let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+    /// Set when a new config version replaced this cluster: connections are not reused.
+    draining: AtomicBool,
+}
+
+impl Pool {
+    /// Envoy drains the pools of a cluster replaced by a changed version (e.g. its TLS
+    /// settings): idle connections close now, busy ones finish their request and then
+    /// close instead of returning to the pool. New requests use the new cluster's pool.
+    /// Returns how many idle connections were closed.
+    pub fn drain(&self) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        let idle: Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)> = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .flat_map(|(_, l)| l)
+            .collect();
+        let n = idle.len();
+        for (_, info) in &idle {
+            info.expired.store(true, Ordering::Release);
+        }
+        // Dropping the last sender of an idle HTTP/1 connection closes it; HTTP/2
+        // connections close once their in-flight streams (which hold senders) end.
+        drop(idle);
+        for (_, (_, info)) in self
+            .h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            info.expired.store(true, Ordering::Release);
+        }
+        n
+    }
+
+    /// Whether [`Pool::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
         let list = g.get_mut(key)?;
         while let Some((s, info)) = list.pop() {
             if !s.is_closed() && s.is_ready() && !info.expired.load(Ordering::Acquire) {
@@ -271,13 +311,21 @@ impl Checkout {
             Sender::H1(mut s) => {
                 if max_rq > 0 && n >= max_rq {
                     cluster.inc("upstream_cx_max_requests");
+        if cluster.pool.is_draining() {
+            // Replaced cluster: finish this exchange, then close (dropping the sender).
+            cluster.pool.remove_conn(&self.key, self.info.id);
+            return;
+        }
                     return; // dropping the sender closes the connection
                 }
                 let cluster = cluster.clone();
                 let info = self.info;
                 let key = self.key;
                 tokio::spawn(async move {
-                    if s.ready().await.is_err() || info.expired.load(Ordering::Acquire) {
+                    if s.ready().await.is_err()
+                        || info.expired.load(Ordering::Acquire)
+                        || cluster.pool.is_draining()
+                    {
                         return;
                     }
                     let id = info.id;
