@@ -216,7 +216,10 @@ impl Proxy {
             .filter(|(_, l)| l.spec.bind_to_port)
             .map(|(n, _)| n.clone())
             .collect();
-        sh.runtime.store(Arc::new(rt));
+        let rt = Arc::new(rt);
+        sh.runtime.store(rt.clone());
+        // Clusters this version replaced drain their connection pools (as Envoy does).
+        cluster::drain_replaced(&prev.clusters, &rt.clusters);
         let mut running = lock(&sh.listeners);
         // Removed or moved listeners stop accepting; their connections drain on their own.
         running.retain(|name, r| {
