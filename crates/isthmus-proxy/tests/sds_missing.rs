@@ -86,7 +86,10 @@ async fn missing_client_certificate_is_acked_fails_uf_and_recovers_on_sds_push()
     let pt = partner().await;
     let (plain, _) = http_backend("plain").await;
     // Only the CA half is supplied (e.g. a generic Secret without tls.crt/tls.key).
-    let only_ca = json!([ca_secret("kubernetes://partner-client-cacert", &pt.server_ca)]);
+    let only_ca = json!([ca_secret(
+        "kubernetes://partner-client-cacert",
+        &pt.server_ca
+    )]);
     let p = start(gw_cfg(pt.addr, plain, only_ca.clone())).await;
     let port = p.addr("http").port();
 
@@ -136,8 +139,7 @@ async fn missing_client_certificate_is_acked_fails_uf_and_recovers_on_sds_push()
     let before = cluster_ptr(&p, "outbound|443||partner.example");
     let mut secrets = only_ca.as_array().unwrap().clone();
     secrets.push(cert_secret("kubernetes://partner-client", &pt.client_cert));
-    let cfg: ProxyConfig =
-        serde_json::from_value(gw_cfg(pt.addr, plain, json!(secrets))).unwrap();
+    let cfg: ProxyConfig = serde_json::from_value(gw_cfg(pt.addr, plain, json!(secrets))).unwrap();
     p.proxy.update(cfg).await.expect("ACK");
     assert_eq!(
         cluster_ptr(&p, "outbound|443||partner.example"),
@@ -182,8 +184,7 @@ async fn missing_trust_bundle_is_acked_fails_uf_then_works_when_supplied() {
         "kubernetes://partner-client-cacert",
         &pt.server_ca,
     ));
-    let cfg: ProxyConfig =
-        serde_json::from_value(gw_cfg(pt.addr, plain, json!(secrets))).unwrap();
+    let cfg: ProxyConfig = serde_json::from_value(gw_cfg(pt.addr, plain, json!(secrets))).unwrap();
     p.proxy.update(cfg).await.expect("ACK");
     let (code, body) = get(port, "partner").await;
     assert_eq!(code, "200", "{body}");
