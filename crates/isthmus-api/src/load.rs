@@ -52,6 +52,13 @@ impl Loaded {
 pub struct LoadOptions {
     /// Namespace for objects that name none (kubectl's `-n`); `None` keeps them namespace-less.
     pub default_namespace: Option<String>,
+    /// Keep objects the API server or Istio's webhook would refuse, as `istioctl analyze`
+    /// does: analysis reports on what is written (its schema analyzers say what the webhook
+    /// would refuse), so a refused object must still be seen. Refused objects are still listed
+    /// in [`Loaded::rejections`] and their problems in [`Loaded::diagnostics`]; only objects
+    /// whose body cannot be decoded at all are left out. Explicit `key: null` entries are
+    /// dropped first (Kubernetes treats an explicit null as an absent field).
+    pub keep_refused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,14 +231,29 @@ impl Ctx<'_> {
     }
 }
 
+/// Drops `key: null` entries: Kubernetes treats an explicit null as an absent field.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 fn load_object(
     file: &str,
     doc_index: usize,
     node: &Node,
-    json: serde_json::Value,
+    mut json: serde_json::Value,
     opts: &LoadOptions,
     out: &mut Loaded,
 ) {
+    if opts.keep_refused {
+        strip_nulls(&mut json);
+    }
     let mut ctx = Ctx {
         file,
         node,
@@ -331,7 +353,9 @@ fn load_object(
             "Required value: name or generateName is required".into(),
         ));
         out.rejections.push(rejection(&ctx, &source, msg));
-        return;
+        if !opts.keep_refused {
+            return;
+        }
     }
 
     // Stage 1: strict decoding and CRD schema, Istio kinds only (built-in kinds are decoded
@@ -354,7 +378,9 @@ fn load_object(
                 &source,
                 format!("Error from server (BadRequest): error when creating \"{file}\": {msg}"),
             ));
-            return;
+            if !opts.keep_refused {
+                return;
+            }
         }
         let errors = crate::schema::validate_structure(&kind_str, &api_version, &json);
         if !errors.is_empty() {
@@ -374,7 +400,9 @@ fn load_object(
             }
             let msg = crate::schema::kubectl_message(&kind_str, &meta.name, &errors);
             out.rejections.push(rejection(&ctx, &source, msg));
-            return;
+            if !opts.keep_refused {
+                return;
+            }
         }
     }
 
@@ -437,7 +465,9 @@ fn load_object(
                 crate::validation::join_errors(&report.errors)
             );
             out.rejections.push(rejection(&ctx, &source, msg));
-            return;
+            if !opts.keep_refused {
+                return;
+            }
         }
     }
     obj.seq = out.objects.len();
@@ -452,5 +482,70 @@ fn rejection(ctx: &Ctx<'_>, source: &Source, message: String) -> Rejection {
         file: source.file.clone(),
         line: source.line,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFUSED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bad, namespace: default}
+spec:
+  host: x.default.svc.cluster.local
+  trafficPolicy:
+    tls: null
+    loadBalancer: {simple: NOPE}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: ["*"]
+  http:
+  - route:
+    - destination: {host: web}
+"#;
+
+    #[test]
+    fn admission_drops_refused_objects_and_keep_refused_keeps_them() {
+        let strict = load_str("r.yaml", REFUSED, &LoadOptions::default());
+        let kept = load_str(
+            "r.yaml",
+            REFUSED,
+            &LoadOptions {
+                keep_refused: true,
+                ..LoadOptions::default()
+            },
+        );
+        // The same problems are reported either way ...
+        assert_eq!(strict.rejections.len(), 2, "{:?}", strict.rejections);
+        assert_eq!(strict.rejections, kept.rejections);
+        // ... but only the analysis view keeps the objects (for IST0106-style reports).
+        assert!(strict.objects.is_empty());
+        let names: Vec<&str> = kept.objects.iter().map(|o| o.name()).collect();
+        assert_eq!(names, ["bad", "web"]);
+        assert_eq!(kept.objects[1].seq, 1);
+        // Explicit nulls are absent fields in the kept object.
+        assert!(kept.objects[0]
+            .raw
+            .pointer("/spec/trafficPolicy/tls")
+            .is_none());
+    }
+
+    #[test]
+    fn keep_refused_still_skips_undecodable_and_unknown_documents() {
+        let text = "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n---\n- just\n- a list\n";
+        let kept = load_str(
+            "w.yaml",
+            text,
+            &LoadOptions {
+                keep_refused: true,
+                ..LoadOptions::default()
+            },
+        );
+        assert!(kept.objects.is_empty());
     }
 }

@@ -109,6 +109,7 @@ items:
         text,
         &LoadOptions {
             default_namespace: Some("team".into()),
+            ..LoadOptions::default()
         },
     );
     assert_eq!(l.objects.len(), 1);

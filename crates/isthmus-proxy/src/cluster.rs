@@ -31,18 +31,34 @@ pub struct Host {
     outlier: Mutex<OutlierState>,
 }
 
+/// Envoy's per-host outlier monitor.
 #[derive(Debug, Default)]
 struct OutlierState {
     consecutive_5xx: u32,
     consecutive_gw: u32,
-    ejected_until: Option<Instant>,
-    times_ejected: u32,
+    /// `FAILED_OUTLIER_CHECK`: set on ejection, cleared only by an interval tick.
+    ejected: bool,
+    last_ejection: Option<Instant>,
+    last_unejection: Option<Instant>,
+    /// Multiplier of `baseEjectionTime`: +1 per ejection (while below the max ejection
+    /// time), -1 per interval the host spends healthy.
+    backoff: u32,
+    num_ejections: u32,
 }
 
 impl Host {
-    pub fn ejected(&self, now: Instant) -> bool {
-        let g = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
-        g.ejected_until.is_some_and(|t| now < t)
+    /// Whether the host is ejected. Ejection ends on an interval tick, not at an instant,
+    /// so `now` is not consulted (kept for callers that pass it).
+    pub fn ejected(&self, _now: Instant) -> bool {
+        self.outlier.lock().unwrap_or_else(|e| e.into_inner()).ejected
+    }
+
+    /// How many times outlier detection ejected this host.
+    pub fn num_ejections(&self) -> u32 {
+        self.outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .num_ejections
     }
 
     pub fn display(&self) -> String {
@@ -122,6 +138,11 @@ pub struct ClusterRuntime {
     /// Concurrent retries (the `maxRetries` breaker).
     pub retries_active: AtomicI64,
     pub pool: crate::pool::Pool,
+    /// When the outlier detector was created: its interval timer ticks at
+    /// `created + k * interval`, as Envoy arms it with the cluster.
+    created: Instant,
+    /// Whether the interval-timer task runs (it stops when nothing is ejected or backed off).
+    ticker_on: std::sync::atomic::AtomicBool,
 }
 
 /// Envoy names the stat prefix `cluster.<name>.`.
@@ -167,6 +188,8 @@ impl ClusterRuntime {
             rq_pending: AtomicI64::new(0),
             retries_active: AtomicI64::new(0),
             pool: crate::pool::Pool::default(),
+            created: Instant::now(),
+            ticker_on: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -334,8 +357,9 @@ impl ClusterRuntime {
     }
 
     /// Feed one result into outlier detection. `status` is the HTTP status, or 503 for a
-    /// connect failure (Envoy maps local-origin failures to 5xx when not split).
-    pub fn record_result(&self, host: &Host, status: u16) {
+    /// connect failure (Envoy maps local-origin failures to 5xx when not split). Ejection is
+    /// immediate; the return to service happens on the detector's interval tick.
+    pub fn record_result(self: &Arc<Self>, host: &Host, status: u16) {
         let Some(od) = &self.spec.outlier_detection else {
             return;
         };
@@ -353,7 +377,7 @@ impl ClusterRuntime {
             } else {
                 g.consecutive_gw = 0;
             }
-            if g.ejected_until.is_some_and(|t| now < t) {
+            if g.ejected {
                 return;
             }
             if od
@@ -369,6 +393,7 @@ impl ClusterRuntime {
             }
         }
         let Some(reason) = eject_reason else { return };
+        self.inc(&format!("outlier_detection.ejections_detected_{reason}"));
         let n = self.hosts.len().max(1);
         let ejected = self.hosts.iter().filter(|h| h.ejected(now)).count();
         // Envoy ejects at least one host even when maxEjectionPercent rounds down to zero.
@@ -377,16 +402,121 @@ impl ClusterRuntime {
             self.inc("outlier_detection.ejections_overflow");
             return;
         }
+        let base = od.base_ejection_time.0;
+        let max = od.max_ejection_time.0.max(base);
         let mut g = host.outlier.lock().unwrap_or_else(|e| e.into_inner());
-        g.times_ejected += 1;
-        g.ejected_until = Some(now + od.base_ejection_time.0 * g.times_ejected);
+        g.ejected = true;
+        g.num_ejections += 1;
+        g.last_ejection = Some(now);
+        // Longer each time, until base * backoff reaches the max ejection time.
+        if base * g.backoff < max {
+            g.backoff += 1;
+        }
         g.consecutive_5xx = 0;
         g.consecutive_gw = 0;
+        let backoff = g.backoff;
         drop(g);
         self.inc("outlier_detection.ejections_enforced_total");
+        self.inc("outlier_detection.ejections_total");
         self.inc(&format!("outlier_detection.ejections_enforced_{reason}"));
-        tracing::info!(cluster = %self.spec.name, host = %host.display(), reason, "outlier ejected");
+        tracing::info!(cluster = %self.spec.name, host = %host.display(), reason,
+            ejection_time = ?(base * backoff).min(max), "outlier ejected");
         self.refresh_ejection_gauge();
+        self.ensure_ticker();
+    }
+
+    /// One interval tick of the outlier detector (Envoy `onIntervalTimer` →
+    /// `checkHostForUneject`): an ejected host returns once
+    /// `now - ejection >= min(base * backoff, max(base, maxEjectionTime))`; a healthy host
+    /// that stayed healthy a whole interval lowers its backoff by one.
+    /// Returns whether anything is left for later ticks.
+    pub fn outlier_tick(&self, now: Instant) -> bool {
+        let Some(od) = &self.spec.outlier_detection else {
+            return false;
+        };
+        let base = od.base_ejection_time.0;
+        let max = od.max_ejection_time.0.max(base);
+        let mut pending = false;
+        for h in &self.hosts {
+            let mut g = h.outlier.lock().unwrap_or_else(|e| e.into_inner());
+            if !g.ejected {
+                if g.backoff > 0
+                    && g
+                        .last_unejection
+                        .is_some_and(|t| now.saturating_duration_since(t) >= od.interval.0)
+                {
+                    g.backoff -= 1;
+                }
+                pending |= g.backoff > 0;
+                continue;
+            }
+            let ejected_for = g
+                .last_ejection
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default();
+            if ejected_for >= (base * g.backoff).min(max) {
+                g.ejected = false;
+                g.consecutive_5xx = 0;
+                g.consecutive_gw = 0;
+                g.last_unejection = Some(now);
+                pending |= g.backoff > 0;
+                drop(g);
+                tracing::info!(cluster = %self.spec.name, host = %h.display(), "outlier ejection ended; host back in service");
+            } else {
+                pending = true;
+            }
+        }
+        self.refresh_ejection_gauge();
+        pending
+    }
+
+    /// Start the interval timer if it is not running. It holds only a weak reference and
+    /// stops once no host is ejected or backed off, so idle clusters cost nothing.
+    fn ensure_ticker(self: &Arc<Self>) {
+        let Some(od) = &self.spec.outlier_detection else {
+            return;
+        };
+        if self
+            .ticker_on
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.ticker_on.store(false, Ordering::Release);
+            return;
+        };
+        let interval = od.interval.0.max(Duration::from_millis(1));
+        let created = self.created;
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            loop {
+                let since = Instant::now().saturating_duration_since(created);
+                let k = since.as_nanos() / interval.as_nanos() + 1;
+                let next = u32::try_from(k)
+                    .ok()
+                    .and_then(|k| interval.checked_mul(k))
+                    .and_then(|d| created.checked_add(d))
+                    .unwrap_or_else(|| Instant::now() + interval);
+                tokio::time::sleep_until(next).await;
+                let Some(c) = weak.upgrade() else { return };
+                if c.outlier_tick(Instant::now()) {
+                    continue;
+                }
+                c.ticker_on.store(false, Ordering::Release);
+                // An ejection may have raced the decision to stop: keep ticking then.
+                let busy = c.hosts.iter().any(|h| h.ejected(Instant::now()));
+                if !busy
+                    || c
+                        .ticker_on
+                        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
     }
 
     pub fn refresh_ejection_gauge(&self) {
@@ -464,7 +594,21 @@ mod tests {
     use super::*;
     use crate::config::{Dur, OutlierDetection};
 
-    fn cluster(n: usize, od: Option<OutlierDetection>) -> ClusterRuntime {
+    fn cluster(n: usize, od: Option<OutlierDetection>) -> Arc<ClusterRuntime> {
+        Arc::new(cluster_rt(n, od))
+    }
+
+    /// Advance paused time one second at a time so the interval ticker runs at each tick.
+    async fn step(secs: u64) {
+        for _ in 0..secs {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    fn cluster_rt(n: usize, od: Option<OutlierDetection>) -> ClusterRuntime {
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
             .collect();
@@ -519,8 +663,15 @@ mod tests {
                 .get("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx"),
             1
         );
-        tokio::time::advance(Duration::from_secs(31)).await;
+        // Back at the first interval tick at or after the ejection time (ticks every 10s).
+        step(29).await;
+        assert!(c.pick(None).is_err(), "still ejected before the 30s tick");
+        step(2).await;
         assert!(c.pick(None).is_ok());
+        assert_eq!(
+            c.stats.get("cluster.c.outlier_detection.ejections_active"),
+            0
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -550,16 +701,17 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(c.pick(None).unwrap().port, 1001);
         }
-        tokio::time::advance(Duration::from_secs(11)).await;
+        step(11).await;
         assert!(!h.ejected(Instant::now()));
         for s in [502, 502, 502] {
             c.record_result(&h, s);
         }
-        // Second ejection lasts base * 2.
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(h.ejected(Instant::now()));
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(!h.ejected(Instant::now()));
+        // Second ejection (at t=11) lasts base * 2 = 20s: back at the t=40 tick.
+        step(28).await;
+        assert!(h.ejected(Instant::now()), "t=39");
+        step(2).await;
+        assert!(!h.ejected(Instant::now()), "t=41");
+        assert_eq!(h.num_ejections(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -584,7 +736,7 @@ mod tests {
 
     #[test]
     fn max_connections_breaker() {
-        let mut c = cluster(1, None);
+        let mut c = cluster_rt(1, None);
         c.spec.circuit_breakers.max_connections = 1;
         let c = Arc::new(c);
         let h = c.pick(None).unwrap();
@@ -596,5 +748,73 @@ mod tests {
         assert_eq!(c.stats.get("cluster.c.upstream_cx_overflow"), 1);
         drop(g);
         assert!(c.try_reserve_cx(&h).is_ok());
+    }
+
+    /// Envoy un-ejects on the interval timer, which ticks from the detector's creation:
+    /// ejected at t=3 for 15s, the host is still out at t=19 and back after the t=20 tick.
+    #[tokio::test(start_paused = true)]
+    async fn uneject_happens_on_the_interval_tick() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(1),
+            interval: Dur::from_secs(10),
+            base_ejection_time: Dur::from_secs(15),
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let c = cluster(2, Some(od));
+        let h = c.hosts[0].clone();
+        step(3).await;
+        c.record_result(&h, 503);
+        assert!(h.ejected(Instant::now()));
+        let active = || c.stats.get("cluster.c.outlier_detection.ejections_active");
+        assert_eq!(active(), 1);
+        step(16).await; // t=19: 16s ejected, but no tick since t=10
+        assert!(h.ejected(Instant::now()));
+        assert_eq!(active(), 1);
+        step(2).await; // t=21: the t=20 tick returned it
+        assert!(!h.ejected(Instant::now()));
+        assert_eq!(active(), 0);
+        assert_eq!(
+            c.stats.get("cluster.c.outlier_detection.ejections_enforced_total"),
+            1
+        );
+    }
+
+    /// The multiplier grows per ejection but the ejection never exceeds maxEjectionTime
+    /// (when that is above the base), and healthy intervals lower it again.
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_time_caps_and_healthy_intervals_decay_backoff() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(1),
+            interval: Dur::from_secs(1),
+            base_ejection_time: Dur::from_secs(10),
+            max_ejection_time: Dur::from_secs(15),
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let c = cluster(1, Some(od));
+        let h = c.hosts[0].clone();
+        // Ejection 1: 10s.
+        c.record_result(&h, 500);
+        step(9).await;
+        assert!(h.ejected(Instant::now()));
+        step(1).await; // the t=10 tick returns it
+        assert!(!h.ejected(Instant::now()));
+        // Ejection 2 in the same interval (a healthy interval would lower the multiplier):
+        // min(10 * 2, 15) = 15s, not 20s.
+        c.record_result(&h, 500);
+        step(14).await;
+        assert!(h.ejected(Instant::now()));
+        step(2).await;
+        assert!(!h.ejected(Instant::now()), "capped at maxEjectionTime");
+        // Healthy for many intervals: the multiplier decays to zero, so the next ejection
+        // is the base time again.
+        step(30).await;
+        c.record_result(&h, 500);
+        step(9).await;
+        assert!(h.ejected(Instant::now()));
+        step(2).await;
+        assert!(!h.ejected(Instant::now()), "back to baseEjectionTime");
+        assert_eq!(h.num_ejections(), 3);
     }
 }

@@ -584,6 +584,9 @@ pub struct OutlierDetection {
     pub base_ejection_time: Dur,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// Cap of `baseEjectionTime * ejections` (Envoy `max_ejection_time`, default 300s;
+    /// never below `baseEjectionTime`).
+    pub max_ejection_time: Dur,
 }
 
 impl Default for OutlierDetection {
@@ -595,6 +598,7 @@ impl Default for OutlierDetection {
             base_ejection_time: Dur::from_secs(30),
             max_ejection_percent: 10,
             min_health_percent: 0,
+            max_ejection_time: Dur::from_secs(300),
         }
     }
 }

@@ -59,11 +59,6 @@ pub struct Pool {
     /// Woken whenever a connection slot or an idle connection becomes available.
     pub notify: Notify,
     next_id: AtomicU64,
-}
-
-impl Pool {
-    fn take_idle(&self, key: &PoolKey) -> Option<Checkout> {
-        let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
     /// Set when a new config version replaced this cluster: connections are not reused.
     draining: AtomicBool,
 }
@@ -104,6 +99,11 @@ impl Pool {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
+}
+
+impl Pool {
+    fn take_idle(&self, key: &PoolKey) -> Option<Checkout> {
+        let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = g.get_mut(key)?;
         while let Some((s, info)) = list.pop() {
             if !s.is_closed() && s.is_ready() && !info.expired.load(Ordering::Acquire) {
@@ -299,6 +299,11 @@ impl Checkout {
     /// Give the connection back once the exchange is complete (HTTP/1: when `ready()` says
     /// the response body has been read), honouring maxRequestsPerConnection and idleTimeout.
     pub fn release(self, cluster: &Arc<ClusterRuntime>) {
+        if cluster.pool.is_draining() {
+            // Replaced cluster: finish this exchange, then close (dropping the sender).
+            cluster.pool.remove_conn(&self.key, self.info.id);
+            return;
+        }
         let max_rq = cluster.spec.max_requests_per_connection.unwrap_or(0);
         let n = self.info.requests.load(Ordering::Acquire);
         match self.sender {
@@ -311,11 +316,6 @@ impl Checkout {
             Sender::H1(mut s) => {
                 if max_rq > 0 && n >= max_rq {
                     cluster.inc("upstream_cx_max_requests");
-        if cluster.pool.is_draining() {
-            // Replaced cluster: finish this exchange, then close (dropping the sender).
-            cluster.pool.remove_conn(&self.key, self.info.id);
-            return;
-        }
                     return; // dropping the sender closes the connection
                 }
                 let cluster = cluster.clone();

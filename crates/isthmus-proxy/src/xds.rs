@@ -535,6 +535,7 @@ impl Conv {
                     .and_then(|l| l.healthy_panic_threshold.as_ref())
                     .map(|p| p.value as u32)
                     .unwrap_or(0),
+                max_ejection_time: d.max_ejection_time,
             }
         });
         // Auto mTLS: the `tlsMode-istio` socket applies when the endpoints carry tlsMode=istio.

@@ -16,6 +16,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = LoadOptions {
         default_namespace: args.input.namespace.clone(),
+        ..LoadOptions::default()
     };
     let loaded = load_paths(&args.input.files, &opts)?;
     let invalid = loaded.has_errors();
