@@ -87,6 +87,16 @@ pub(crate) static ALL: &[Analyzer] = &[
         codes: &["ISM0014"],
         run: vs_port_not_on_gateway,
     },
+    Analyzer {
+        name: "isthmus.GatewayServicePortAnalyzer",
+        codes: &["ISM0015"],
+        run: gateway_port_not_on_service,
+    },
+    Analyzer {
+        name: "isthmus.OriginationVerificationAnalyzer",
+        codes: &["ISM0016"],
+        run: origination_without_verification,
+    },
 ];
 
 fn with_fix(mut m: Message, fix: &str) -> Message {
@@ -1391,6 +1401,177 @@ fn vs_port_not_on_gateway(c: &Ctx<'_>, out: &mut Vec<Message>) {
                     ));
                 }
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0015: the gateway port chain's first link, Service port -> targetPort -> Gateway port.
+
+/// Istio skips Services carrying this label when translating gateway ports (`resolvePorts`).
+const NO_PORT_TRANSLATION: &str = "experimental.istio.io/disable-gateway-port-translation";
+
+/// The port a Service port forwards to on `pods`: its numeric targetPort (the port itself when
+/// none is written), or a named targetPort resolved through the pods' container ports.
+fn target_port(p: &isthmus_api::k8s::ServicePort, pods: &[&Object]) -> Option<u32> {
+    match &p.target_port {
+        None => Some(p.port),
+        Some(isthmus_api::k8s::IntOrString::Int(n)) => u32::try_from(*n).ok(),
+        Some(isthmus_api::k8s::IntOrString::Str(name)) => name.parse().ok().or_else(|| {
+            pods.iter()
+                .filter_map(|pod| pod.as_pod())
+                .flat_map(|spec| spec.containers.iter())
+                .flat_map(|ct| ct.ports.iter())
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                .map(|cp| cp.container_port)
+        }),
+    }
+}
+
+fn gateway_port_not_on_service(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::Gateway) {
+        let Some(gw) = o.as_gateway() else {
+            continue;
+        };
+        if gw.selector.is_empty() {
+            continue;
+        }
+        let pods: Vec<&Object> = c
+            .of(Kind::Pod)
+            .filter(|p| crate::ctx::selector_matches(&gw.selector, &p.meta.labels))
+            .collect();
+        if pods.is_empty() {
+            continue;
+        }
+        // Istio's ServiceTargets of the gateway proxy: Services selecting its pods.
+        let svcs: Vec<&Object> = c
+            .of(Kind::Service)
+            .filter(|s| {
+                !s.meta.labels.contains_key(NO_PORT_TRANSLATION)
+                    && s.as_service().is_some_and(|spec| {
+                        !spec.selector.is_empty()
+                            && pods.iter().any(|p| {
+                                ns_of(p) == ns_of(s)
+                                    && crate::ctx::selector_matches(&spec.selector, &p.meta.labels)
+                            })
+                    })
+            })
+            .collect();
+        if svcs.is_empty() {
+            continue;
+        }
+        let mut reachable: BTreeSet<u32> = BTreeSet::new();
+        let mut listing: Vec<String> = Vec::new();
+        for s in &svcs {
+            for p in s
+                .as_service()
+                .map(|x| x.ports.as_slice())
+                .unwrap_or_default()
+            {
+                reachable.insert(p.port);
+                match target_port(p, &pods) {
+                    Some(t) => {
+                        reachable.insert(t);
+                        listing.push(if t == p.port {
+                            p.port.to_string()
+                        } else {
+                            format!("{}->{t}", p.port)
+                        });
+                    }
+                    None => listing.push(format!("{}->?", p.port)),
+                }
+            }
+        }
+        let names = svcs
+            .iter()
+            .map(|s| full_name(s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let selector = crate::ctx::selector_string(&gw.selector);
+        for (i, server) in gw.servers.iter().enumerate() {
+            let Some(port) = &server.port else { continue };
+            if reachable.contains(&port.number) {
+                continue;
+            }
+            out.push(with_fix(
+                c.msg(
+                    o,
+                    &mt::ISM_GATEWAY_PORT_NOT_ON_SERVICE,
+                    &[
+                        Arg::Int(i64::from(port.number)),
+                        names.clone().into(),
+                        selector.clone().into(),
+                        listing.join(", ").into(),
+                        Arg::Int(i64::from(port.number)),
+                    ],
+                    Some(format!("spec.servers[{i}].port.number")),
+                ),
+                "use a Service port (Istio listens on its targetPort) or that targetPort as the server port, or add the port to the gateway's Service; the chain is Service port -> targetPort -> Gateway server port -> VirtualService match port",
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0016: SIMPLE/MUTUAL origination that does not really verify the server.
+
+fn origination_without_verification(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::DestinationRule) {
+        let Some(dr) = o.as_destination_rule() else {
+            continue;
+        };
+        let fqdn = resolve_host(&c.domain, ns_of(o), &dr.host);
+        // A ServiceEntry's subjectAltNames are the default SANs for its hosts.
+        let se_sans = c
+            .of(Kind::ServiceEntry)
+            .filter_map(|s| s.as_service_entry())
+            .any(|se| {
+                !se.subject_alt_names.is_empty()
+                    && se.hosts.iter().any(|h| *h == dr.host || *h == fqdn)
+            });
+        for (field, t) in tls_blocks(dr) {
+            let mode = t.mode();
+            if mode != "SIMPLE" && mode != "MUTUAL" {
+                continue;
+            }
+            let nonempty = |v: &Option<String>| v.as_deref().is_some_and(|x| !x.is_empty());
+            let what = field.trim_start_matches("spec.").to_string();
+            let (problem, at, fix) = if t.insecure_skip_verify == Some(true) {
+                (
+                    "with insecureSkipVerify: true: the server certificate is not verified at all, so anyone on the path can impersonate the server".to_string(),
+                    format!("{field}.insecureSkipVerify"),
+                    "remove insecureSkipVerify and set caCertificates (or a credentialName Secret with ca.crt) plus subjectAltNames naming the server".to_string(),
+                )
+            } else if !nonempty(&t.ca_certificates) && !nonempty(&t.credential_name) {
+                (
+                    "without a CA of its own (no caCertificates, no credentialName): the server certificate is checked only against the proxy's system CA bundle, so a server with a private CA fails the handshake and any publicly trusted certificate for the name is accepted".to_string(),
+                    field.clone(),
+                    "set caCertificates to the server's CA bundle, or use a credentialName Secret that carries ca.crt (gateways, or a DestinationRule with a workloadSelector)".to_string(),
+                )
+            } else if t.subject_alt_names.is_empty() && !se_sans && nonempty(&t.sni) {
+                let sni = t.sni.clone().unwrap_or_default();
+                (
+                    format!("without subjectAltNames while sni is set to \"{sni}\": the certificate chain is verified but not the name in it, so any certificate the CA signed, for any host, is accepted"),
+                    format!("{field}.sni"),
+                    format!("add subjectAltNames: [{sni}] (the name in the server's certificate) so the proxy checks who it talks to"),
+                )
+            } else {
+                continue;
+            };
+            out.push(with_fix(
+                c.msg(
+                    o,
+                    &mt::ISM_ORIGINATION_WITHOUT_VERIFICATION,
+                    &[
+                        what.into(),
+                        mode.into(),
+                        fqdn.clone().into(),
+                        problem.into(),
+                    ],
+                    Some(at),
+                ),
+                &fix,
+            ));
         }
     }
 }

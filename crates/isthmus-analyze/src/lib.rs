@@ -30,7 +30,7 @@ pub mod messages;
 mod render;
 
 pub use ctx::{selector_string, Ctx};
-pub use load::{load_for_analysis, objects_from_str, AnalysisInput};
+pub use load::{analysis_input, load_for_analysis, objects_from_str, AnalysisInput};
 pub use render::{render_json, render_text, render_yaml, OutputFormat};
 
 use isthmus_api::{MeshConfig, Object};

@@ -1,99 +1,28 @@
 //! Reading inputs the way `istioctl analyze` reads files: every modelled object is kept even
 //! when the API server or Istio's webhook would refuse it (analysis reports on what is there),
-//! and message lines are located on the field they concern.
+//! and message lines are located on the field they concern. The reading itself is
+//! isthmus-api's loader with [`LoadOptions::keep_refused`]: one parser, one List/namespace rule.
 
 use crate::Message;
 use isthmus_api::yaml::{self, Node};
-use isthmus_api::{Body, Kind, Object, ObjectMeta, Source};
+use isthmus_api::{load_str, LoadOptions, Object};
 use std::collections::BTreeMap;
 
-/// Builds objects from one file's text without admission checks. Documents that are not
-/// Kubernetes objects, kinds isthmus does not model and bodies that cannot be decoded are
-/// skipped (the loader's diagnostics report those). `default_ns` is given to objects without a
-/// namespace (None keeps them namespace-less, as istioctl's file origins are).
+/// The loader options for analysis: refused objects kept, `default_ns` for namespace-less ones.
+fn analysis_options(default_ns: Option<&str>) -> LoadOptions {
+    LoadOptions {
+        default_namespace: default_ns.map(str::to_string),
+        keep_refused: true,
+    }
+}
+
+/// Builds objects from one file's text without dropping what admission would refuse.
+/// Documents that are not Kubernetes objects, kinds isthmus does not model and bodies that
+/// cannot be decoded are skipped (the loader's diagnostics report those). `default_ns` is given
+/// to objects without a namespace (None keeps them namespace-less, as istioctl's file origins
+/// are).
 pub fn objects_from_str(file: &str, text: &str, default_ns: Option<&str>) -> Vec<Object> {
-    let Ok(docs) = yaml::parse_stream(text) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (doc_index, doc) in docs.iter().enumerate() {
-        let json = doc.root.to_json();
-        let is_list = json
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .is_some_and(|k| k.ends_with("List"))
-            && json.get("items").is_some_and(|i| i.is_array());
-        if is_list {
-            let items = json
-                .get("items")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for (i, item) in items.into_iter().enumerate() {
-                let node = doc.root.get(&format!("items[{i}]")).unwrap_or(&doc.root);
-                push_object(file, doc_index, node, item, default_ns, &mut out);
-            }
-        } else {
-            push_object(file, doc_index, &doc.root, json, default_ns, &mut out);
-        }
-    }
-    out
-}
-
-/// Drops `key: null` entries: Kubernetes treats an explicit null as an absent field.
-fn strip_nulls(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.retain(|_, x| !x.is_null());
-            m.values_mut().for_each(strip_nulls);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
-        _ => {}
-    }
-}
-
-fn push_object(
-    file: &str,
-    doc_index: usize,
-    node: &Node,
-    mut json: serde_json::Value,
-    default_ns: Option<&str>,
-    out: &mut Vec<Object>,
-) {
-    strip_nulls(&mut json);
-    let api_version = json
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
-    let kind_str = json.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-    let Some(kind) = Kind::from_api(&api_version, kind_str) else {
-        return;
-    };
-    let Ok(mut meta) =
-        serde_json::from_value::<ObjectMeta>(json.get("metadata").cloned().unwrap_or_default())
-    else {
-        return;
-    };
-    if meta.namespace.is_none() {
-        meta.namespace = default_ns.map(str::to_string);
-    }
-    let Ok(body) = Body::decode(kind, &json) else {
-        return;
-    };
-    out.push(Object {
-        api_version,
-        kind,
-        meta,
-        body,
-        source: Source {
-            file: file.to_string(),
-            doc_index,
-            line: node.pos.line,
-        },
-        raw: json,
-        seq: out.len(),
-    });
+    load_str(file, text, &analysis_options(default_ns)).objects
 }
 
 /// Replaces each message's line with the line of its field, reading the source file (from
@@ -163,7 +92,7 @@ pub fn load_for_analysis(
     paths: &[std::path::PathBuf],
     default_ns: Option<&str>,
 ) -> Result<AnalysisInput, isthmus_api::LoadError> {
-    let mut input = AnalysisInput::default();
+    let mut texts = Vec::new();
     for p in isthmus_api::expand_paths(paths)? {
         let name = p.display().to_string();
         let bytes = if name == "-" {
@@ -183,6 +112,18 @@ pub fn load_for_analysis(
         };
         let text = String::from_utf8(bytes)
             .map_err(|_| isthmus_api::LoadError::NotUtf8 { path: name.clone() })?;
+        texts.push((name, text));
+    }
+    Ok(analysis_input(texts, default_ns))
+}
+
+/// The analysis input from texts already in memory, `(name, text)` in load order: files read
+/// by [`load_for_analysis`], or the objects a running mesh's supervisor holds (`isthmus
+/// analyze --name MESH`, where the name is empty so messages carry no file, as istioctl's do
+/// for cluster resources).
+pub fn analysis_input(texts: Vec<(String, String)>, default_ns: Option<&str>) -> AnalysisInput {
+    let mut input = AnalysisInput::default();
+    for (name, text) in texts {
         let base = input.objects.len();
         input
             .objects
@@ -207,7 +148,7 @@ pub fn load_for_analysis(
                 .push(format!("{}: mesh config ignored: {e}", o.label())),
         }
     }
-    Ok(input)
+    input
 }
 
 /// RequestAuthentications (security.istio.io) in a file's documents, including `List` items.

@@ -392,6 +392,8 @@ pub const ISM_TYPES: &[MessageType] = &[
     ISM_GATEWAY_SERVER_DROPPED,
     ISM_EGRESS_BYPASS,
     ISM_VS_PORT_NOT_ON_GATEWAY,
+    ISM_GATEWAY_PORT_NOT_ON_SERVICE,
+    ISM_ORIGINATION_WITHOUT_VERIFICATION,
 ];
 
 mt!(
@@ -452,4 +454,20 @@ mt!(
     "VirtualServiceMatchPortNotOnGateway",
     Warning,
     "%s rule #%d matches port %d on Gateway %s, which has no server on that port (ports %s): the rule never matches there."
+);
+
+mt!(
+    ISM_GATEWAY_PORT_NOT_ON_SERVICE,
+    "ISM0015",
+    "GatewayPortNotOnService",
+    Warning,
+    "Server port %d is neither a port nor a targetPort of %s, the Service(s) selecting the gateway pods %s (ports %s): Istio binds the listener to port %d itself, which no Service port forwards to, so traffic sent through the Service never reaches this server."
+);
+
+mt!(
+    ISM_ORIGINATION_WITHOUT_VERIFICATION,
+    "ISM0016",
+    "OriginationWithoutServerVerification",
+    Warning,
+    "%s originates %s TLS to %s %s."
 );

@@ -802,3 +802,196 @@ spec: {containers: [{name: istio-proxy}]}
     assert_eq!(opts.request_authentications.len(), 1);
     assert!(analyze(&objects, &MeshConfig::default(), &opts).is_empty());
 }
+
+/// The files of a bundled example joined into one stream, with text edits applied (each edit
+/// must apply, so a changed example fails the test instead of silently testing nothing).
+fn example_with(name: &str, edits: &[(&str, &str)]) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("example dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut text = String::new();
+    for f in files {
+        text.push_str("---\n");
+        text.push_str(&std::fs::read_to_string(&f).expect("read example file"));
+        text.push('\n');
+    }
+    for (from, to) in edits {
+        assert!(text.contains(from), "edit {from:?} must apply to {name}");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+fn codes(msgs: &[Message], code: &str) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.code == code)
+        .map(Message::to_text)
+        .collect()
+}
+
+#[test]
+fn ism0015_gateway_port_must_be_a_service_port_or_its_target_port() {
+    const A: &str = "isthmus.GatewayServicePortAnalyzer";
+    // Seed 001 as written: Service 443 -> targetPort 8443 == Gateway port 8443: aligned.
+    let ok = run(A, &example_with("egress-double-mtls", &[]));
+    assert!(codes(&ok, "ISM0015").is_empty(), "{ok:?}");
+    // The Service port itself is fine too: Istio translates 443 to the targetPort 8443.
+    let svc_port = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[(
+                "port: {number: 8443, name: https-partner",
+                "port: {number: 443, name: https-partner",
+            )],
+        ),
+    );
+    assert!(codes(&svc_port, "ISM0015").is_empty(), "{svc_port:?}");
+    // A port the Service neither exposes nor forwards to: the listener is unreachable.
+    let bad = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[
+                (
+                    "port: {number: 8443, name: https-partner",
+                    "port: {number: 9443, name: https-partner",
+                ),
+                ("      port: 8443\n", "      port: 9443\n"),
+            ],
+        ),
+    );
+    let found = codes(&bad, "ISM0015");
+    assert_eq!(found.len(), 1, "{bad:?}");
+    let m = &found[0];
+    assert!(
+        m.starts_with("Warning [ISM0015] (Gateway istio-system/egress-partner t.yaml:"),
+        "{m}"
+    );
+    assert!(m.contains("Server port 9443 is neither a port nor a targetPort of istio-system/istio-egressgateway"), "{m}");
+    assert!(m.contains("(ports 80->8080, 443->8443)"), "{m}");
+    assert!(m.contains("Fix: use a Service port"), "{m}");
+}
+
+#[test]
+fn ism0015_named_target_port_resolves_through_container_ports() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: gw, namespace: edge}
+spec:
+  selector: {istio: edge-gateway}
+  ports: [{name: https, port: 443, targetPort: https-alt}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gw-1, namespace: edge, labels: {istio: edge-gateway}}
+spec:
+  containers: [{name: istio-proxy, image: auto, ports: [{name: https-alt, containerPort: 9443}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: edge}
+spec:
+  selector: {istio: edge-gateway}
+  servers:
+  - port: {number: 9443, name: https, protocol: HTTPS}
+    hosts: ['*']
+    tls: {mode: ISTIO_MUTUAL}
+  - port: {number: 8443, name: https2, protocol: HTTPS}
+    hosts: ['*']
+    tls: {mode: ISTIO_MUTUAL}
+";
+    let msgs = run("isthmus.GatewayServicePortAnalyzer", yaml);
+    let found = codes(&msgs, "ISM0015");
+    // 9443 is the named targetPort (reachable through Service port 443); 8443 is not.
+    assert_eq!(found.len(), 1, "{msgs:?}");
+    assert!(found[0].contains("Server port 8443"), "{}", found[0]);
+    assert!(found[0].contains("(ports 443->9443)"), "{}", found[0]);
+}
+
+#[test]
+fn ism0016_origination_must_verify_the_server() {
+    const A: &str = "isthmus.OriginationVerificationAnalyzer";
+    // Seed 001 hop 2 as written: credentialName CA + sni + subjectAltNames: verified.
+    let ok = run(A, &example_with("egress-double-mtls", &[]));
+    assert!(codes(&ok, "ISM0016").is_empty(), "{ok:?}");
+    // The seed's identity pin removed: sni set, no SANs -> any CA-signed certificate passes.
+    let no_san = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[("        subjectAltNames: [api.partner.example.com]\n", "")],
+        ),
+    );
+    let found = codes(&no_san, "ISM0016");
+    assert_eq!(found.len(), 1, "{no_san:?}");
+    let m = &found[0];
+    assert!(
+        m.starts_with(
+            "Warning [ISM0016] (DestinationRule istio-system/partner-originate-mtls t.yaml:"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("trafficPolicy.portLevelSettings[0].tls originates MUTUAL TLS to api.partner.example.com without subjectAltNames"), "{m}");
+    assert!(
+        m.contains("Fix: add subjectAltNames: [api.partner.example.com]"),
+        "{m}"
+    );
+    // SANs declared on the ServiceEntry are the default: silent again.
+    let se_sans = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[
+                ("        subjectAltNames: [api.partner.example.com]\n", ""),
+                (
+                    "  resolution: DNS\n",
+                    "  resolution: DNS\n  subjectAltNames: [api.partner.example.com]\n",
+                ),
+            ],
+        ),
+    );
+    assert!(codes(&se_sans, "ISM0016").is_empty(), "{se_sans:?}");
+    // No CA source at all (SIMPLE with neither caCertificates nor credentialName).
+    let no_ca = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[(
+                "        mode: MUTUAL\n        credentialName: partner-client-credential\n",
+                "        mode: SIMPLE\n",
+            )],
+        ),
+    );
+    let found = codes(&no_ca, "ISM0016");
+    assert_eq!(found.len(), 1, "{no_ca:?}");
+    assert!(
+        found[0]
+            .contains("originates SIMPLE TLS to api.partner.example.com without a CA of its own"),
+        "{}",
+        found[0]
+    );
+    // insecureSkipVerify verifies nothing.
+    let skip = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[("        sni: api.partner.example.com\n        subjectAltNames", "        insecureSkipVerify: true\n        sni: api.partner.example.com\n        subjectAltNames")],
+        ),
+    );
+    let found = codes(&skip, "ISM0016");
+    assert_eq!(found.len(), 1, "{skip:?}");
+    assert!(
+        found[0]
+            .contains("insecureSkipVerify: true: the server certificate is not verified at all"),
+        "{}",
+        found[0]
+    );
+}
