@@ -28,7 +28,9 @@ pub struct AgentConfig {
 pub fn run(cfg: AgentConfig) -> Result<(), String> {
     let text = std::fs::read_to_string(&cfg.bootstrap)
         .map_err(|e| format!("read {}: {e}", cfg.bootstrap.display()))?;
-    let config: ProxyConfig = serde_json::from_str(&text)
+    let body: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: invalid proxy config: {e}", cfg.bootstrap.display()))?;
+    let (config, dump): (ProxyConfig, _) = crate::proxies::split_body(&body)
         .map_err(|e| format!("{}: invalid proxy config: {e}", cfg.bootstrap.display()))?;
     let token = std::fs::read_to_string(&cfg.token_file)
         .map_err(|e| format!("read {}: {e}", cfg.token_file.display()))?
@@ -40,16 +42,20 @@ pub fn run(cfg: AgentConfig) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async move {
-        let mut opts = ProxyOptions::new(config);
+        let mut opts = ProxyOptions::new(config.clone());
         opts.admin_addr = Some(cfg.admin);
         let proxy = Proxy::start(opts).await.map_err(|e| format!("proxy: {e}"))?;
+        if let Some(d) = &dump {
+            proxy.set_config_dump(crate::proxies::live_dump(d, &config));
+        }
         let p = proxy.clone();
         let applier = move |kind: ResourceKind, version: u64, body: &serde_json::Value| {
             if kind != ResourceKind::Config {
                 return Ok(());
             }
-            let cfg: ProxyConfig = serde_json::from_value(body.clone())
+            let (cfg, dump) = crate::proxies::split_body(body)
                 .map_err(|e| format!("config version {version}: {e}"))?;
+            let live = dump.map(|d| crate::proxies::live_dump(&d, &cfg));
             // The push client's applier is synchronous; the proxy's update is async.
             let p = p.clone();
             let r = tokio::task::block_in_place(|| {
@@ -57,6 +63,10 @@ pub fn run(cfg: AgentConfig) -> Result<(), String> {
             });
             match r {
                 Ok(()) => {
+                    // `/config_dump` follows what the proxy now runs, never what it refused.
+                    if let Some(d) = live {
+                        p.set_config_dump(d);
+                    }
                     tracing::info!(version, "pushed config applied");
                     Ok(())
                 }

@@ -39,6 +39,12 @@ pub enum Request {
         /// (name for messages, YAML/JSON text).
         files: Vec<(String, String)>,
     },
+    /// Delete Istio config / Secrets (file name, text) atomically and push the result: every
+    /// object must exist, else nothing changes.
+    Delete {
+        /// (name for messages, YAML/JSON text).
+        files: Vec<(String, String)>,
+    },
     /// Push status of every proxy.
     Proxies,
     /// Tear the mesh down and exit.
@@ -172,6 +178,10 @@ pub struct ContainerTarget {
     pub env: Vec<(String, String)>,
     /// Log file.
     pub log: PathBuf,
+    /// The pod's network namespace (live `proxy-config` / `proxy-stats` read the proxy's
+    /// admin port there).
+    #[serde(default)]
+    pub netns: String,
 }
 
 /// A response.
@@ -199,9 +209,10 @@ pub enum Response {
     },
     /// Container target.
     Container(ContainerTarget),
-    /// Config applied.
+    /// Config applied (or deleted).
     Applied {
-        /// kubectl-style lines (`virtualservice.networking.istio.io/x configured`).
+        /// kubectl-style lines (`virtualservice.networking.istio.io/x configured`,
+        /// `destinationrule.networking.istio.io "x" deleted`).
         lines: Vec<String>,
         /// Proxy node id → config version now being pushed.
         versions: std::collections::BTreeMap<String, u64>,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isthmus_api::{find_mesh_config, load_paths, LoadOptions, MeshConfig, Object};
-use isthmus_local::dns::{self, DnsServer, DnsTable, Forward};
+use isthmus_local::dns;
 use isthmus_local::net::{MeshNet, MeshNetConfig, PodNet};
 use isthmus_local::process::{self, Backoff, ContainerState, PodSandbox, Supervised};
 use isthmus_local::{netns, vip};
@@ -31,6 +31,8 @@ pub const POD_SUBNET: &str = "10.244.0.0/16";
 /// How long startup waits for containers and their ports before declaring the mesh ready
 /// anyway (crash-looping pods are then visible in `get pods`).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the mesh DNS process may take to listen.
+const DNS_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Port of the control plane's push endpoint on the node bridge address.
 pub const CONTROL_PLANE_PORT: u16 = 15010;
 
@@ -73,7 +75,7 @@ pub enum SupervisorError {
     Process(#[from] process::ProcessError),
     /// DNS server problems.
     #[error("cannot start the mesh DNS: {0}")]
-    Dns(#[from] dns::DnsError),
+    DnsProcess(String),
     /// nftables rules.
     #[error("cannot install service VIP rules: {0}")]
     Cmd(#[from] isthmus_local::cmd::CmdError),
@@ -116,7 +118,15 @@ pub struct DaemonConfig {
     pub mesh_config: Option<PathBuf>,
     /// Install profile (`demo` or `minimal`, see [`crate::profile`]).
     pub profile: String,
+    /// Lifetime of workload certificates (default [`DEFAULT_WORKLOAD_CERT_TTL`]); they are
+    /// rotated at half of it and pushed to the proxies live.
+    pub workload_cert_ttl: Option<Duration>,
 }
+
+/// Default lifetime of workload certificates (Istio's 24h).
+pub const DEFAULT_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often the rotation task re-checks even when nothing is due (new identities).
+const ROTATION_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Loaded and planned manifests.
 #[derive(Debug, Clone)]
@@ -248,6 +258,10 @@ struct Shared {
     objects: Mutex<Vec<Object>>,
     mesh_config: MeshConfig,
     push: isthmus_push::PushServer,
+    /// The mesh DNS process (stopped at teardown).
+    dns_proc: Mutex<Option<crate::dns_proc::DnsProcess>>,
+    /// Serialises compile+push sequences (apply, delete, certificate rotation).
+    push_lock: Mutex<()>,
     proxies: Mutex<Vec<crate::proxies::ProxyReg>>,
     notes: Mutex<Vec<String>>,
     published: Mutex<Vec<String>>,
@@ -257,6 +271,47 @@ struct Shared {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means a panic elsewhere; the data is still consistent enough to report.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kinds `apply`/`delete` may change on a running mesh.
+fn live_kind(k: isthmus_api::Kind) -> bool {
+    k.is_istio() || k == isthmus_api::Kind::Secret
+}
+
+fn same_object(a: &Object, b: &Object) -> bool {
+    a.kind == b.kind && a.namespace() == b.namespace() && a.name() == b.name()
+}
+
+/// API group of an object (`networking.istio.io`; empty for the core group, `v1`).
+fn api_group(o: &Object) -> &str {
+    o.api_version
+        .rsplit_once('/')
+        .map(|(g, _)| g)
+        .unwrap_or_default()
+}
+
+/// kubectl's resource word in apply/delete lines: `virtualservice.networking.istio.io`,
+/// `secret` (core group).
+fn resource_kind(o: &Object) -> String {
+    let kind = o.kind.as_str().to_ascii_lowercase();
+    match api_group(o) {
+        "" => kind,
+        g => format!("{kind}.{g}"),
+    }
+}
+
+/// kubectl's plural resource in NotFound errors: `destinationrules.networking.istio.io`,
+/// `serviceentries.networking.istio.io`, `secrets`.
+fn resource_plural(o: &Object) -> String {
+    let kind = o.kind.as_str().to_ascii_lowercase();
+    let plural = match kind.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{kind}s"),
+    };
+    match api_group(o) {
+        "" => plural,
+        g => format!("{plural}.{g}"),
+    }
 }
 
 fn container_info(sandbox: &PodSandbox, st: &process::ContainerStatus) -> ContainerInfo {
@@ -411,48 +466,51 @@ impl Shared {
             pid: sup.status().pid,
             env: spec.env.clone(),
             log: p.sandbox.log_path(&spec.name),
+            netns: p.net.netns.clone(),
         })
     }
 
-    /// `isthmus apply`: validates the files as the API server would (all or nothing), merges
-    /// them into the config store, recompiles every proxy and pushes what changed. Pods and
-    /// Services are fixed at `up`; applying them is refused with that explanation.
-    fn apply(&self, files: Vec<(String, String)>) -> Response {
+    /// Loads `files` as the API server would validate them (all or nothing) and checks that
+    /// every object may change on a running mesh: Istio config and Secrets (gateway
+    /// credentials). Pods, Services and the rest are fixed at `up`.
+    fn load_changes(files: &[(String, String)], verb: &str) -> Result<Vec<Object>, String> {
         let mut loaded = isthmus_api::Loaded::default();
-        for (name, text) in &files {
+        for (name, text) in files {
             loaded.extend(isthmus_api::load_str(name, text, &LoadOptions::default()));
         }
         if !loaded.rejections.is_empty() {
-            return Response::Error {
-                message: loaded
-                    .rejections
-                    .iter()
-                    .map(|r| r.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            };
+            return Err(loaded
+                .rejections
+                .iter()
+                .map(|r| r.message.clone())
+                .collect::<Vec<_>>()
+                .join("\n"));
         }
-        if let Some(o) = loaded.objects.iter().find(|o| !o.kind.is_istio()) {
-            return Response::Error {
-                message: format!(
-                    "{}: only Istio config (Gateway, VirtualService, DestinationRule, ServiceEntry, Sidecar, ...) can be applied to a running mesh; pods, services and secrets are fixed at `up` (run `isthmus down` and `isthmus up` again)",
-                    o.label()
-                ),
-            };
+        if let Some(o) = loaded.objects.iter().find(|o| !live_kind(o.kind)) {
+            return Err(format!(
+                "{}: only Istio config (Gateway, VirtualService, DestinationRule, ServiceEntry, Sidecar, ...) and Secrets can be {verb} a running mesh; pods, services and the rest are fixed at `up` (run `isthmus down` and `isthmus up` again)",
+                o.label()
+            ));
         }
+        Ok(loaded.objects)
+    }
+
+    /// `isthmus apply`: validates the files as the API server would (all or nothing), merges
+    /// them into the config store, recompiles every proxy and pushes what changed. Secrets
+    /// are accepted (a changed gateway credential reaches the gateways that reference it);
+    /// Pods and Services are fixed at `up`; applying them is refused with that explanation.
+    fn apply(&self, files: Vec<(String, String)>) -> Response {
+        let changes = match Self::load_changes(&files, "applied to") {
+            Ok(c) => c,
+            Err(message) => return Response::Error { message },
+        };
+        let _push = lock(&self.push_lock);
         let mut objects = lock(&self.objects).clone();
         let mut next_seq = objects.iter().map(|o| o.seq + 1).max().unwrap_or(0);
         let mut lines = Vec::new();
-        for mut o in loaded.objects {
-            let what = format!(
-                "{}.{}/{}",
-                o.kind.as_str().to_ascii_lowercase(),
-                o.api_version.split('/').next().unwrap_or_default(),
-                o.name()
-            );
-            match objects.iter().position(|x| {
-                x.kind == o.kind && x.namespace() == o.namespace() && x.name() == o.name()
-            }) {
+        for mut o in changes {
+            let what = format!("{}/{}", resource_kind(&o), o.name());
+            match objects.iter().position(|x| same_object(x, &o)) {
                 Some(i) if objects[i].raw == o.raw => lines.push(format!("{what} unchanged")),
                 Some(i) => {
                     o.seq = objects[i].seq;
@@ -467,17 +525,60 @@ impl Shared {
                 }
             }
         }
+        match self.commit(objects) {
+            Ok(versions) => Response::Applied { lines, versions },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    /// `isthmus delete`: validates the files like `apply`, checks that every object exists
+    /// (else kubectl's NotFound message and nothing changes), removes them and pushes.
+    fn delete(&self, files: Vec<(String, String)>) -> Response {
+        let gone = match Self::load_changes(&files, "deleted from") {
+            Ok(c) => c,
+            Err(message) => return Response::Error { message },
+        };
+        let _push = lock(&self.push_lock);
+        let mut objects = lock(&self.objects).clone();
+        let mut lines = Vec::new();
+        let mut missing = Vec::new();
+        for o in &gone {
+            match objects.iter().position(|x| same_object(x, o)) {
+                Some(i) => {
+                    objects.remove(i);
+                    lines.push(format!("{} \"{}\" deleted", resource_kind(o), o.name()));
+                }
+                None => missing.push(format!(
+                    "Error from server (NotFound): error when deleting \"{}\": {} \"{}\" not found",
+                    o.source.file,
+                    resource_plural(o),
+                    o.name()
+                )),
+            }
+        }
+        if !missing.is_empty() {
+            missing.push("nothing was deleted (the mesh is unchanged)".into());
+            return Response::Error {
+                message: missing.join("\n"),
+            };
+        }
+        match self.commit(objects) {
+            Ok(versions) => Response::Applied { lines, versions },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    /// Makes `objects` the config store: rebuilds the model, recompiles every proxy (all or
+    /// nothing) and pushes what changed. Callers hold `push_lock`, so a rotation push cannot
+    /// interleave with an older compile. Returns proxy node id → version being pushed.
+    fn commit(&self, objects: Vec<Object>) -> Result<BTreeMap<String, u64>, String> {
         let (snapshot, _) = Snapshot::build(&objects, self.mesh_config.clone(), &self.domain);
         let regs = lock(&self.proxies).clone();
         let mut configs = Vec::new();
         for r in &regs {
             match crate::proxies::render_config(&snapshot, &r.pod, &r.cert) {
                 Ok(c) => configs.push((r.node_id.clone(), c)),
-                Err(e) => {
-                    return Response::Error {
-                        message: format!("not applied (the mesh is unchanged): {e}"),
-                    }
-                }
+                Err(e) => return Err(format!("not applied (the mesh is unchanged): {e}")),
             }
         }
         *lock(&self.objects) = objects;
@@ -487,7 +588,33 @@ impl Shared {
             let v = self.push.set(isthmus_push::ResourceKind::Config, &node, c);
             versions.insert(node, v);
         }
-        Response::Applied { lines, versions }
+        Ok(versions)
+    }
+
+    /// Pushes rotated workload certificates: every proxy whose identity got a new
+    /// certificate is recompiled with it and pushed (SDS `default`; no restart). Existing
+    /// connections keep the certificate they were established with.
+    fn rotated(&self, fresh: &[(isthmus_tls::Identity, Arc<isthmus_ca::IssuedCert>)]) {
+        let _push = lock(&self.push_lock);
+        let snapshot = lock(&self.snapshot).clone();
+        let mut regs = lock(&self.proxies);
+        for r in regs.iter_mut() {
+            let Some((_, cert)) = fresh.iter().find(|(id, _)| *id == r.identity) else {
+                continue;
+            };
+            match crate::proxies::render_config(&snapshot, &r.pod, cert) {
+                Ok(c) => {
+                    r.cert = cert.clone();
+                    let v = self
+                        .push
+                        .set(isthmus_push::ResourceKind::Config, &r.node_id, c);
+                    tracing::info!(proxy = %r.node_id, serial = %cert.serial_hex, version = v, "pushing rotated workload certificate");
+                }
+                Err(e) => {
+                    tracing::error!(proxy = %r.node_id, error = %e, "cannot push the rotated certificate; the proxy keeps its current one")
+                }
+            }
+        }
     }
 
     fn handle(&self, req: Request) -> Response {
@@ -516,6 +643,7 @@ impl Shared {
                 container,
             } => self.container(&namespace, &target, container.as_deref()),
             Request::Apply { files } => self.apply(files),
+            Request::Delete { files } => self.delete(files),
             Request::Proxies => Response::Proxies {
                 proxies: self
                     .push
@@ -603,6 +731,8 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
         snapshot: Mutex::new(loaded.snapshot.clone()),
         objects: Mutex::new(loaded.objects.clone()),
         push: isthmus_push::PushServer::new(),
+        push_lock: Mutex::new(()),
+        dns_proc: Mutex::new(None),
         proxies: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
         published: Mutex::new(Vec::new()),
@@ -646,7 +776,8 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
     net_cfg.subnet = POD_SUBNET.parse().unwrap_or(net_cfg.subnet);
     let mesh = MeshNet::up(net_cfg)?;
     *lock(&shared.node_netns) = mesh.node_netns().to_string();
-    let built = build(&shared, &mesh, &loaded.plan, &mut shutdown_rx).await;
+    let cert_ttl = cfg.workload_cert_ttl.unwrap_or(DEFAULT_WORKLOAD_CERT_TTL);
+    let built = build(&shared, &mesh, &loaded.plan, cert_ttl, &mut shutdown_rx).await;
     let servers = match built {
         Ok(servers) => servers,
         Err(e) => {
@@ -674,30 +805,10 @@ async fn build(
     shared: &Arc<Shared>,
     mesh: &MeshNet,
     plan: &MeshPlan,
+    cert_ttl: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Servers, SupervisorError> {
     let node = mesh.node_netns().to_string();
-    let outside_table = DnsTable::from_entries(plan.outside_dns.clone());
-    let mesh_table = DnsTable::from_entries(plan.mesh_dns.clone());
-    let outside = DnsServer::bind(
-        Some(&node),
-        SocketAddr::from((mesh.outside_dns_ip(), 53)),
-        outside_table.clone(),
-        None,
-    )
-    .await?;
-    // Names the mesh does not know go to the outside world, as kube-dns forwards upstream.
-    let mesh_dns = DnsServer::bind(
-        Some(&node),
-        SocketAddr::from((mesh.dns_ip(), 53)),
-        mesh_table,
-        Some(Forward::Table(outside_table)),
-    )
-    .await?;
-    *lock(&shared.dns) = (
-        mesh_dns.local_addr().to_string(),
-        outside.local_addr().to_string(),
-    );
     // The sidecars' DNS proxy: mesh names plus ServiceEntry VIPs, on a 4th bridge address.
     let sidecar_ip = crate::proxies::sidecar_dns_ip(mesh.subnet());
     let mut sidecar_entries = plan.mesh_dns.clone();
@@ -715,20 +826,50 @@ async fn build(
         "dev",
         isthmus_local::net::BRIDGE,
     ])?;
-    let sidecar_dns = DnsServer::bind(
-        Some(&node),
-        SocketAddr::from((sidecar_ip, 53)),
-        DnsTable::from_entries(sidecar_entries),
-        Some(Forward::Table(DnsTable::from_entries(
-            plan.outside_dns.clone(),
-        ))),
-    )
-    .await?;
+    // Names the mesh does not know go to the outside world, as kube-dns forwards upstream.
+    let spec = crate::dns_proc::DnsSpec {
+        node_netns: node.clone(),
+        servers: vec![
+            crate::dns_proc::DnsServerSpec {
+                role: "outside".into(),
+                addr: SocketAddr::from((mesh.outside_dns_ip(), 53)),
+                table: plan.outside_dns.clone(),
+                forward: None,
+            },
+            crate::dns_proc::DnsServerSpec {
+                role: "mesh".into(),
+                addr: SocketAddr::from((mesh.dns_ip(), 53)),
+                table: plan.mesh_dns.clone(),
+                forward: Some(plan.outside_dns.clone()),
+            },
+            crate::dns_proc::DnsServerSpec {
+                role: "sidecar".into(),
+                addr: SocketAddr::from((sidecar_ip, 53)),
+                table: sidecar_entries,
+                forward: Some(plan.outside_dns.clone()),
+            },
+        ],
+    };
+    let exe = std::env::current_exe().map_err(io_err("locate", Path::new("/proc/self/exe")))?;
+    let dns_proc =
+        crate::dns_proc::DnsProcess::start(&exe, &shared.dir.dir, &spec, DNS_START_TIMEOUT)
+            .await
+            .map_err(SupervisorError::DnsProcess)?;
+    tracing::info!(pid = dns_proc.pid(), "mesh DNS process started");
+    *lock(&shared.dns_proc) = Some(dns_proc);
+    tokio::spawn(keep_dns_running(shared.clone(), exe.clone(), spec.clone()));
+    *lock(&shared.dns) = (
+        SocketAddr::from((mesh.dns_ip(), 53)).to_string(),
+        SocketAddr::from((mesh.outside_dns_ip(), 53)).to_string(),
+    );
 
     let proxied = plan.pods.iter().any(|p| p.proxy != PodProxy::None);
     let ca = if proxied {
         match isthmus_ca::Ca::generate(&shared.mesh_config.trust_domain) {
-            Ok(ca) => Some(ca),
+            Ok(ca) => Some(Arc::new(isthmus_ca::WorkloadCertManager::new(
+                Arc::new(ca),
+                Some(cert_ttl),
+            ))),
             Err(e) => {
                 lock(&shared.notes).push(format!("no proxies: cannot create the mesh CA: {e}"));
                 None
@@ -737,7 +878,6 @@ async fn build(
     } else {
         None
     };
-    let exe = std::env::current_exe().map_err(io_err("locate", Path::new("/proc/self/exe")))?;
     // The control plane's push endpoint: on the bridge address every pod routes to.
     let control_plane = SocketAddr::from((mesh.gateway_ip(), CONTROL_PLANE_PORT));
     if ca.is_some() {
@@ -753,9 +893,6 @@ async fn build(
     for p in &plan.pods {
         if *shutdown.borrow() {
             return Ok(Servers {
-                _dns: mesh_dns,
-                _outside: outside,
-                _sidecar_dns: sidecar_dns,
                 _relays: Vec::new(),
             });
         }
@@ -787,21 +924,53 @@ async fn build(
         };
         start_pod(shared, mesh, plan, p, proxy)?;
     }
+    if let Some(certs) = ca {
+        tokio::spawn(rotate_certificates(shared.clone(), certs));
+    }
     let relays = publish_ingress(shared, mesh).await;
     wait_ready(shared, &node, shutdown).await;
-    Ok(Servers {
-        _dns: mesh_dns,
-        _outside: outside,
-        _sidecar_dns: sidecar_dns,
-        _relays: relays,
-    })
+    Ok(Servers { _relays: relays })
+}
+
+/// Restarts the mesh DNS process if it dies while the mesh runs (it is not a pod, so nothing
+/// else would).
+async fn keep_dns_running(shared: Arc<Shared>, exe: PathBuf, spec: crate::dns_proc::DnsSpec) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if *shared.shutdown.borrow() || matches!(*lock(&shared.phase), Phase::Stopping) {
+            return;
+        }
+        let dead = match lock(&shared.dns_proc).as_mut() {
+            Some(p) => p.exited(),
+            None => return,
+        };
+        if !dead {
+            continue;
+        }
+        tracing::warn!("mesh DNS process exited; restarting it");
+        match crate::dns_proc::DnsProcess::start(&exe, &shared.dir.dir, &spec, DNS_START_TIMEOUT)
+            .await
+        {
+            Ok(p) => *lock(&shared.dns_proc) = Some(p),
+            Err(e) => tracing::error!(error = %e, "cannot restart the mesh DNS"),
+        }
+    }
+}
+
+/// Rotates workload certificates at half their lifetime for as long as the mesh runs and
+/// pushes each new certificate to the proxies holding that identity (istiod + istio-agent's
+/// SDS rotation, without restarts).
+async fn rotate_certificates(shared: Arc<Shared>, certs: Arc<isthmus_ca::WorkloadCertManager>) {
+    loop {
+        let fresh = certs.refresh_when_due(ROTATION_MAX_WAIT).await;
+        if !fresh.is_empty() {
+            shared.rotated(&fresh);
+        }
+    }
 }
 
 /// What runs in the supervisor itself for the mesh's lifetime (dropping stops it).
 struct Servers {
-    _dns: DnsServer,
-    _outside: DnsServer,
-    _sidecar_dns: DnsServer,
     _relays: Vec<isthmus_local::relay::PortRelay>,
 }
 
@@ -1023,6 +1192,9 @@ async fn teardown(shared: &Arc<Shared>, mesh: &MeshNet) {
     }
     for s in sandboxes {
         s.cleanup();
+    }
+    if let Some(mut d) = lock(&shared.dns_proc).take() {
+        d.stop(Duration::from_secs(2));
     }
     if let Err(e) = mesh.down() {
         tracing::error!(error = %e, "mesh network teardown");

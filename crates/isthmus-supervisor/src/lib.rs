@@ -39,14 +39,23 @@
 //! lookups (uid 1337) still reach kube-dns — Istio's DNS capture. Unknown names go to the
 //! outside-world resolver.
 //!
-//! Limits: the DNS servers run inside the supervisor (names stop resolving if it dies; proxies
-//! keep their config); workload certificates are not rotated.
+//! `isthmus apply` / `isthmus delete` also take Secrets: a changed gateway credential
+//! (`credentialName`) is recompiled into the gateways that reference it and pushed live.
+//! Workload certificates come from isthmus-ca's `WorkloadCertManager` (lifetime `up
+//! --workload-cert-ttl`, default 24h), rotated at half their lifetime and pushed to every
+//! proxy of that identity without a restart; connections keep the certificate they were
+//! opened with. Each proxy's `/config_dump` serves the compiled bundle it runs (with its live
+//! `default`/`ROOTCA`), which live `isthmus proxy-config` renders with the offline code.
+//!
+//! The DNS servers run in a process of their own ([`dns_proc`], inside the node namespace),
+//! so names keep resolving when the supervisor dies; `down` removes it with the namespace.
 
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod api;
 pub mod daemon;
+pub mod dns_proc;
 pub mod ops;
 pub mod plan;
 pub mod profile;

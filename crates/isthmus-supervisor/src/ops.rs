@@ -78,6 +78,8 @@ pub struct UpOptions {
     pub exe_args: Vec<String>,
     /// How long to wait for Ready.
     pub timeout: Duration,
+    /// Workload certificate lifetime (default: the supervisor's 24h).
+    pub workload_cert_ttl: Option<Duration>,
 }
 
 /// What `up` brought up.
@@ -111,6 +113,10 @@ pub fn supervise_args(o: &UpOptions) -> Vec<String> {
     if let Some(m) = &o.mesh_config {
         a.push("--mesh-config".into());
         a.push(abs(m));
+    }
+    if let Some(t) = o.workload_cert_ttl {
+        a.push("--workload-cert-ttl".into());
+        a.push(format!("{}s", t.as_secs().max(1)));
     }
     a.push("--".into());
     a.extend(o.paths.iter().map(|p| abs(p)));
@@ -336,34 +342,50 @@ pub fn down(root: &Path, name: &str) -> Result<DownReport, OpsError> {
     }
 }
 
-/// `isthmus down --all`: takes down every mesh with state under `root`, then removes every
-/// namespace named `isth-*` on the host (leftovers of crashed runs whose state is gone —
-/// including meshes started with another state root).
-pub fn down_all(root: &Path) -> Result<Vec<DownReport>, OpsError> {
-    let mut out = Vec::new();
+/// What `down --all` did.
+#[derive(Debug, Clone, Default)]
+pub struct DownAllReport {
+    /// One report per mesh of the state root that was taken down.
+    pub meshes: Vec<DownReport>,
+    /// Mesh namespaces on this host that belong to no mesh of this state root (another
+    /// root's meshes, or leftovers whose state is gone); never touched by `down --all`.
+    pub foreign: Vec<String>,
+}
+
+/// `isthmus down --all`: takes down every mesh with state under `root` — running ones and
+/// leftovers of crashed runs (their namespaces, processes, DNS and state) — and nothing else,
+/// so meshes of other state roots (parallel tests, other users) are never touched. Mesh
+/// namespaces of no mesh under `root` are listed in [`DownAllReport::foreign`] with the
+/// mesh names, for `isthmus down --name N` (which works without state).
+pub fn down_all(root: &Path) -> Result<DownAllReport, OpsError> {
+    let mut out = DownAllReport::default();
     let mut first_err = None;
-    for m in state::list_meshes(root) {
+    let meshes = state::list_meshes(root);
+    for m in &meshes {
         match down(root, &m.name) {
-            Ok(r) => out.push(r),
+            Ok(r) => out.meshes.push(r),
             Err(OpsError::NoSuchMesh(_)) => {}
             Err(e) => {
                 first_err.get_or_insert(e);
             }
         }
     }
-    let rest = isthmus_local::net::cleanup_all(DEFAULT_PREFIX).map_err(SupervisorError::from)?;
-    if !rest.is_empty() {
-        out.push(DownReport {
-            name: "(orphaned namespaces)".into(),
-            stopped_supervisor: false,
-            namespaces: rest,
-            processes: 0,
-        });
-    }
+    out.foreign = isthmus_local::net::list_netns(&format!("{DEFAULT_PREFIX}-"))
+        .into_iter()
+        .filter(|n| {
+            mesh_of_node_netns(n).is_some_and(|mesh| !meshes.iter().any(|m| m.name == mesh))
+        })
+        .collect();
     match first_err {
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// The mesh name of a node namespace `isth-<mesh>-node`.
+pub fn mesh_of_node_netns(ns: &str) -> Option<&str> {
+    ns.strip_prefix(&format!("{DEFAULT_PREFIX}-"))?
+        .strip_suffix("-node")
 }
 
 /// The command `isthmus exec` runs: `argv` inside the running container `t` (its mount, UTS
@@ -396,6 +418,93 @@ pub fn exec_command(t: &ContainerTarget, argv: &[String]) -> Result<Command, Ops
         c.env(k, v);
     }
     Ok(c)
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET path` on the admin port ([`crate::proxies::ADMIN_ADDR`]) of the running proxy of
+/// `t`, from inside its pod's network namespace: what live `proxy-config` and `proxy-stats`
+/// read (`/config_dump`, `/stats`). Returns the body of a 200 answer.
+pub fn proxy_admin_get(t: &ContainerTarget, path: &str) -> Result<String, OpsError> {
+    use std::io::{Read, Write};
+    let refused = |m: String| OpsError::Client(ClientError::Refused(m));
+    let addr: std::net::SocketAddr = crate::proxies::ADMIN_ADDR
+        .parse()
+        .map_err(|e| refused(format!("admin address: {e}")))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let raw = netns::run_in(&t.netns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(req.as_bytes())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .map_err(|e| {
+        refused(format!(
+            "cannot reach the admin port of the proxy of pod {}/{} ({addr} in {}): {e}; is it running? see `isthmus get pods`",
+            t.namespace, t.pod, t.netns
+        ))
+    })?;
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(refused(format!(
+            "the proxy of pod {}/{} sent no HTTP answer on {path}",
+            t.namespace, t.pod
+        )));
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let chunked = head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+    let body = if chunked {
+        String::from_utf8_lossy(&dechunk(body)).into_owned()
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
+    if status != "200" {
+        return Err(refused(format!(
+            "the proxy of pod {}/{} answered {path} with {status}: {}",
+            t.namespace,
+            t.pod,
+            body.trim_end()
+        )));
+    }
+    Ok(body)
+}
+
+/// Joins the chunks of a `Transfer-Encoding: chunked` body (stops at the last chunk or at
+/// anything malformed).
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..eol]);
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let rest = &s[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 /// Exit code of a finished process (128+N when killed by signal N), for `exec`.
@@ -446,6 +555,7 @@ mod tests {
             exe: "/bin/true".into(),
             exe_args: vec!["supervise".into()],
             timeout: Duration::from_secs(1),
+            workload_cert_ttl: None,
         };
         let a = supervise_args(&o);
         let cwd = std::env::current_dir().expect("cwd");
@@ -485,9 +595,20 @@ mod tests {
             pid: None,
             env: vec![],
             log: p,
+            netns: String::new(),
         };
         let e = exec_command(&t, &["true".into()]).expect_err("not running");
         assert!(e.to_string().contains("is not running"), "{e}");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded_and_chunks_joined() {
+        assert_eq!(percent_encode("a.b|c d"), "a.b%7Cc%20d");
+        assert_eq!(percent_encode("upstream_rq_\\d+"), "upstream_rq_%5Cd%2B");
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
+        assert_eq!(dechunk(b"zz\r\n"), b"");
+        assert_eq!(mesh_of_node_netns("isth-t1a-node"), Some("t1a"));
+        assert_eq!(mesh_of_node_netns("isth-t1a-demo-web"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use isthmus_ca::Ca;
+use isthmus_ca::WorkloadCertManager;
 use isthmus_local::capture::{CaptureConfig, PROXY_MARK};
 use isthmus_local::process::ContainerSpec;
 use isthmus_model::{ProxyNode, Snapshot};
@@ -61,12 +61,26 @@ pub struct ProxyReg {
     pub pod: PodPlan,
     /// Node id (push key).
     pub node_id: String,
-    /// Workload certificate (kept across recompiles; the key never changes).
-    pub cert: isthmus_ca::IssuedCert,
+    /// Its SPIFFE identity (what the certificate manager rotates).
+    pub identity: Identity,
+    /// Current workload certificate (replaced on rotation, kept across recompiles).
+    pub cert: std::sync::Arc<isthmus_ca::IssuedCert>,
 }
 
-/// Compiles the runtime config of `pod` against `snapshot` with `cert` as SDS `default` /
-/// `ROOTCA`. Errors are messages naming the pod.
+/// Key of the proxy's runtime config in a pushed (or bootstrap) body.
+pub const BODY_RUNTIME: &str = "runtime";
+/// Key of the Envoy-shaped bundle the proxy serves on `/config_dump` once it runs the
+/// runtime config (what live `isthmus proxy-config` renders, with the same code as offline).
+pub const BODY_DUMP: &str = "dump";
+/// Key, inside the dump, of the compiler's secret statuses (`default`, `ROOTCA`,
+/// `kubernetes://...` with their state and reasons).
+pub const DUMP_SECRET_STATUSES: &str = "secretStatuses";
+/// What a private key is replaced with in `/config_dump` (as Envoy's config dump redacts it).
+pub const REDACTED: &str = "[redacted]";
+
+/// Compiles what is pushed to `pod`: `{"runtime": <isthmus-proxy config with `cert` as SDS
+/// `default` / `ROOTCA`>, "dump": <the compiled Envoy-shaped bundle, private keys redacted,
+/// plus `secretStatuses`>}`. Errors are messages naming the pod.
 pub fn render_config(
     snapshot: &Snapshot,
     pod: &PodPlan,
@@ -114,9 +128,85 @@ pub fn render_config(
             },
         });
     }
-    let mut value = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
-    restore_inbound_destination(&compiled.config, &mut value);
-    Ok(value)
+    let mut runtime = serde_json::to_value(&cfg).map_err(|e| e.to_string())?;
+    restore_inbound_destination(&compiled.config, &mut runtime);
+    let mut xds = compiled.config.clone();
+    for s in &mut xds.secrets {
+        if let Some(key) = s
+            .tls_certificate
+            .as_mut()
+            .and_then(|t| t.private_key.as_mut())
+        {
+            *key = isthmus_xds::core::DataSource {
+                inline_string: Some(REDACTED.into()),
+                ..Default::default()
+            };
+        }
+    }
+    let mut dump = serde_json::to_value(&xds).map_err(|e| e.to_string())?;
+    dump[DUMP_SECRET_STATUSES] =
+        serde_json::to_value(&compiled.secrets).map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({ BODY_RUNTIME: runtime, BODY_DUMP: dump }))
+}
+
+/// Splits a pushed or bootstrap body into the runtime config and the config dump (a bare
+/// runtime config, as older supervisors pushed, has no dump).
+pub fn split_body(
+    body: &serde_json::Value,
+) -> Result<(isthmus_proxy::ProxyConfig, Option<serde_json::Value>), String> {
+    let (runtime, dump) = match body.get(BODY_RUNTIME) {
+        Some(r) => (r, body.get(BODY_DUMP).cloned()),
+        None => (body, None),
+    };
+    let cfg = serde_json::from_value(runtime.clone()).map_err(|e| e.to_string())?;
+    Ok((cfg, dump))
+}
+
+/// The `/config_dump` of a proxy that now runs `cfg`: the compiled bundle with SDS `default`
+/// and `ROOTCA` as the proxy really holds them (certificate chain and root; the key redacted),
+/// so `proxy-config secret` shows the live certificate serial after a rotation.
+pub fn live_dump(dump: &serde_json::Value, cfg: &isthmus_proxy::ProxyConfig) -> serde_json::Value {
+    use serde_json::json;
+    let mut out = dump.clone();
+    let pem = |d: &Option<DataSource>| match d {
+        Some(DataSource::InlineString(s)) => Some(s.clone()),
+        Some(DataSource::Filename(f)) => std::fs::read_to_string(f).ok(),
+        None => None,
+    };
+    let mut live = Vec::new();
+    for s in cfg
+        .secrets
+        .iter()
+        .filter(|s| s.name == "default" || s.name == "ROOTCA")
+    {
+        if let Some(chain) = pem(&s.certificate_chain) {
+            live.push(json!({
+                "name": s.name,
+                "tlsCertificate": {
+                    "certificateChain": {"inlineString": chain},
+                    "privateKey": {"inlineString": REDACTED},
+                }
+            }));
+        } else if let Some(ca) = pem(&s.trusted_ca) {
+            live.push(
+                json!({"name": s.name, "validationContext": {"trustedCa": {"inlineString": ca}}}),
+            );
+        }
+    }
+    let mut secrets: Vec<serde_json::Value> = out
+        .get("secrets")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s["name"] != "default" && s["name"] != "ROOTCA")
+        .collect();
+    secrets.extend(live);
+    secrets.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    if let Some(o) = out.as_object_mut() {
+        o.insert("secrets".into(), serde_json::Value::Array(secrets));
+    }
+    out
 }
 
 /// Istio's virtualInbound (15006) restores the pre-redirect destination with the
@@ -171,7 +261,7 @@ fn write_private(path: &Path, data: &[u8], owner: Option<u32>) -> Result<(), Str
 /// `istio-proxy` container (`isthmus agent`), its registration, its token and config.
 pub fn prepare(
     snapshot: &Snapshot,
-    ca: &Ca,
+    certs: &WorkloadCertManager,
     pod: &PodPlan,
     dir: &Path,
     exe: &Path,
@@ -183,8 +273,8 @@ pub fn prepare(
         &pod.service_account,
     )
     .map_err(|e| format!("identity of {}: {e}", pod.key()))?;
-    let cert = ca
-        .issue(&identity, None)
+    let cert = certs
+        .get(&identity, std::time::SystemTime::now())
         .map_err(|e| format!("certificate for {}: {e}", pod.key()))?;
     let config = render_config(snapshot, pod, &cert)?;
     let json = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
@@ -226,6 +316,7 @@ pub fn prepare(
     let reg = ProxyReg {
         pod: pod.clone(),
         node_id: node_id(pod),
+        identity,
         cert,
     };
     Ok((spec, reg, token, config))
@@ -276,12 +367,13 @@ spec:
         let plan = crate::plan::MeshPlan::build(&loaded.objects, &snap).expect("plan");
         let pod = &plan.pods[0];
         assert_eq!(pod.proxy, PodProxy::Sidecar);
-        let ca = Ca::generate("cluster.local").expect("ca");
+        let ca = isthmus_ca::Ca::generate("cluster.local").expect("ca");
+        let certs = WorkloadCertManager::new(std::sync::Arc::new(ca), None);
         let dir = tempfile::tempdir().expect("tmp");
         let exe = Path::new("/usr/bin/isthmus");
         let cp: std::net::SocketAddr = "10.244.0.1:15010".parse().expect("addr");
         let (spec, reg, token, cfg) =
-            prepare(&snap, &ca, pod, &dir.path().join("p"), exe, cp).expect("prepare");
+            prepare(&snap, &certs, pod, &dir.path().join("p"), exe, cp).expect("prepare");
         assert_eq!(spec.name, PROXY_CONTAINER);
         assert_eq!(spec.argv[..2], ["setpriv", "--reuid=1337"]);
         assert!(spec.argv.contains(&"10.244.0.1:15010".to_string()));
@@ -293,7 +385,7 @@ spec:
             .as_ref()
             .map(|i| i.service_account.clone());
         assert_eq!(uri.as_deref(), Some("web-sa"));
-        let secrets: Vec<&str> = cfg["secrets"]
+        let secrets: Vec<&str> = cfg["runtime"]["secrets"]
             .as_array()
             .expect("secrets")
             .iter()
@@ -303,7 +395,11 @@ spec:
             secrets.contains(&"default") && secrets.contains(&"ROOTCA"),
             "{secrets:?}"
         );
-        let inbound = cfg["listeners"]
+        assert!(
+            cfg["dump"]["clusters"].is_array() && cfg["dump"]["secretStatuses"].is_array(),
+            "{cfg}"
+        );
+        let inbound = cfg["runtime"]["listeners"]
             .as_array()
             .expect("listeners")
             .iter()

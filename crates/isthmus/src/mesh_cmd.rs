@@ -25,8 +25,16 @@ pub enum MeshCommand {
     Exec(ExecArgs),
     /// Print a container's logs.
     Logs(LogsArgs),
-    /// Apply Istio config to a running mesh (validated atomically, pushed to the proxies).
+    /// Apply Istio config or Secrets to a running mesh (validated atomically, pushed live).
     Apply(ApplyArgs),
+    /// Delete Istio config or Secrets from a running mesh (all must exist; pushed live).
+    Delete(ApplyArgs),
+    /// Stats of a running proxy (its admin /stats), optionally filtered by a regex.
+    #[command(name = "proxy-stats")]
+    ProxyStats(ProxyStatsArgs),
+    /// Internal: the mesh DNS servers (a process of their own, in the node namespace).
+    #[command(hide = true, name = "mesh-dns")]
+    MeshDns(MeshDnsArgs),
     /// Internal: the supervisor process `up` starts.
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -46,6 +54,30 @@ pub struct ApplyArgs {
     /// Seconds to wait for every proxy to acknowledge the new config.
     #[arg(long, default_value_t = 15)]
     pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MeshDnsArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProxyStatsArgs {
+    /// The proxy: `POD`, `pod/NAME`, `deploy/NAME` or `POD.NAMESPACE`.
+    pub target: String,
+    /// Mesh name.
+    #[arg(long, default_value_t = default_name())]
+    pub name: String,
+    /// Namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "default")]
+    pub namespace: String,
+    /// Only stats whose name matches this regular expression (Envoy's `/stats?filter=`).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Prometheus text format instead of Envoy's `name: value` lines.
+    #[arg(short = 'o', long = "output", value_parser = ["text", "prom"])]
+    pub output: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +117,18 @@ pub struct UpArgs {
     /// (Services 80→8080, 443→8443); `minimal` adds nothing.
     #[arg(long, default_value = "demo", value_parser = ["demo", "minimal"])]
     pub profile: String,
+    /// Lifetime of workload certificates (e.g. `30s`, `1h`; default 24h). They are rotated at
+    /// half of it and pushed to the proxies without restarts.
+    #[arg(long = "workload-cert-ttl", value_parser = parse_ttl)]
+    pub workload_cert_ttl: Option<Duration>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 24h)"))?;
+    if d < Duration::from_secs(2) {
+        return Err("must be at least 2s".into());
+    }
+    Ok(d)
 }
 
 #[derive(clap::Args, Debug)]
@@ -182,6 +226,8 @@ pub struct SuperviseArgs {
     pub mesh_config: Option<PathBuf>,
     #[arg(long, default_value = "demo")]
     pub profile: String,
+    #[arg(long = "workload-cert-ttl", value_parser = parse_ttl)]
+    pub workload_cert_ttl: Option<Duration>,
     #[arg(last = true)]
     pub paths: Vec<PathBuf>,
 }
@@ -194,7 +240,13 @@ pub fn run(cmd: MeshCommand) -> anyhow::Result<ExitCode> {
         MeshCommand::Get(a) => get(a),
         MeshCommand::Exec(a) => exec(a),
         MeshCommand::Logs(a) => logs(a),
-        MeshCommand::Apply(a) => apply(a),
+        MeshCommand::Apply(a) => apply(a, false),
+        MeshCommand::Delete(a) => apply(a, true),
+        MeshCommand::ProxyStats(a) => proxy_stats(a),
+        MeshCommand::MeshDns(a) => {
+            isthmus_supervisor::dns_proc::run(&a.config).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
         MeshCommand::Agent(a) => {
             isthmus_supervisor::agent::run(isthmus_supervisor::agent::AgentConfig {
                 bootstrap: a.bootstrap,
@@ -213,6 +265,7 @@ pub fn run(cmd: MeshCommand) -> anyhow::Result<ExitCode> {
                 domain: a.domain,
                 mesh_config: a.mesh_config,
                 profile: a.profile,
+                workload_cert_ttl: a.workload_cert_ttl,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -231,6 +284,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         exe: std::env::current_exe()?,
         exe_args: vec!["supervise".into()],
         timeout: Duration::from_secs(a.timeout),
+        workload_cert_ttl: a.workload_cert_ttl,
     };
     let r = ops::up(&opts)?;
     let n = &a.name;
@@ -258,13 +312,14 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
 
 fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
     let root = state::state_root();
-    let reports = if a.all {
-        ops::down_all(&root)?
+    let (reports, foreign) = if a.all {
+        let r = ops::down_all(&root)?;
+        (r.meshes, r.foreign)
     } else {
-        vec![ops::down(&root, &a.name)?]
+        (vec![ops::down(&root, &a.name)?], Vec::new())
     };
     if reports.is_empty() {
-        println!("nothing to take down");
+        println!("nothing to take down under {}", root.display());
     }
     for r in reports {
         println!(
@@ -273,6 +328,13 @@ fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
             if r.stopped_supervisor { "" } else { " (leftovers of a crashed run)" },
             r.namespaces.len(),
             r.processes
+        );
+    }
+    for ns in foreign {
+        let mesh = ops::mesh_of_node_netns(&ns).unwrap_or("?");
+        println!(
+            "note: mesh \"{mesh}\" ({ns}) has no state under {} and was left alone; if it is a leftover, remove it with `isthmus down --name {mesh}` (with its own ISTHMUS_STATE_DIR if it has one)",
+            root.display()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -509,7 +571,9 @@ fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
+/// `apply` / `delete -f FILE...` (`-` reads stdin): the supervisor validates everything
+/// first and changes nothing on any error; then this waits until every proxy acknowledged.
+fn apply(a: ApplyArgs, delete: bool) -> anyhow::Result<ExitCode> {
     let mut files = Vec::new();
     for p in isthmus_api::expand_paths(&a.files)? {
         let text = if p.as_os_str() == "-" {
@@ -521,7 +585,12 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         };
         files.push((p.display().to_string(), text));
     }
-    let (lines, versions) = match mesh_call(&a.name, &Request::Apply { files }) {
+    let req = if delete {
+        Request::Delete { files }
+    } else {
+        Request::Apply { files }
+    };
+    let (lines, versions) = match mesh_call(&a.name, &req) {
         Ok(Response::Applied { lines, versions }) => (lines, versions),
         Ok(_) => anyhow::bail!("unexpected answer from the supervisor"),
         Err(e) => {
@@ -533,15 +602,23 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     for l in &lines {
         println!("{l}");
     }
-    // Wait until every proxy acknowledged (or refused) its new version.
-    let deadline = std::time::Instant::now() + Duration::from_secs(a.timeout);
+    wait_acked(&a.name, &versions, a.timeout)
+}
+
+/// Waits until every proxy acknowledged (or refused) its new version.
+fn wait_acked(
+    name: &str,
+    versions: &std::collections::BTreeMap<String, u64>,
+    timeout: u64,
+) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
     loop {
-        let Response::Proxies { proxies } = mesh_call(&a.name, &Request::Proxies)? else {
+        let Response::Proxies { proxies } = mesh_call(name, &Request::Proxies)? else {
             anyhow::bail!("unexpected answer from the supervisor");
         };
         let mut pending = Vec::new();
         let mut nacked = Vec::new();
-        for (node, want) in &versions {
+        for (node, want) in versions {
             let r = &proxies.get(node).cloned().unwrap_or_default()["resources"]["config"];
             let acked = r["acked"].as_u64().unwrap_or(0);
             if r["state"] == "Nacked" || r["nack_error"].is_string() {
@@ -565,12 +642,47 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
         if std::time::Instant::now() >= deadline {
             eprintln!(
-                "error: not acknowledged after {}s by: {}",
-                a.timeout,
+                "error: not acknowledged after {timeout}s by: {}",
                 pending.join(", ")
             );
             return Ok(ExitCode::from(1));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Resolves a proxy target (`POD`, `pod/NAME`, `deploy/NAME`, `POD.NAMESPACE`) of a running
+/// mesh to its `istio-proxy` container (for its network namespace).
+pub fn proxy_target(mesh: &str, ns: &str, target: &str) -> anyhow::Result<api::ContainerTarget> {
+    let (ns, target) = match target.split_once('.') {
+        Some((pod, n)) if !target.contains('/') => (n.to_string(), pod.to_string()),
+        _ => (ns.to_string(), target.to_string()),
+    };
+    let t = self::target(
+        mesh,
+        &ns,
+        &target,
+        Some(isthmus_supervisor::proxies::PROXY_CONTAINER.to_string()),
+    )?;
+    if t.netns.is_empty() {
+        anyhow::bail!("the supervisor of mesh `{mesh}` did not say where pod {ns}/{} runs; restart the mesh with this isthmus version", t.pod);
+    }
+    Ok(t)
+}
+
+fn proxy_stats(a: ProxyStatsArgs) -> anyhow::Result<ExitCode> {
+    let t = proxy_target(&a.name, &a.namespace, &a.target)?;
+    let mut path = "/stats".to_string();
+    let mut query = Vec::new();
+    if let Some(f) = &a.filter {
+        query.push(format!("filter={}", ops::percent_encode(f)));
+    }
+    if a.output.as_deref() == Some("prom") {
+        query.push("format=prometheus".to_string());
+    }
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    print!("{}", ops::proxy_admin_get(&t, &path)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -1086,25 +1086,62 @@ fn apply_pushes_to_live_proxies_rejects_invalid_config_and_survives_the_control_
         text(&out)
     );
 
-    // Kill the control plane: proxies keep serving their last config. (The mesh DNS lives in
-    // the supervisor too, so this goes to the cluster IP directly.)
+    // Kill the control plane: proxies keep serving their last config, and the mesh DNS (a
+    // process of its own) keeps answering service names.
     let out = m.cmd("get", &["svc", "-n", "demo", "-o", "json"]);
     let svcs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("svc json");
     let vip = svcs["items"][0]["cluster_ip"]
         .as_str()
         .expect("cluster ip")
         .to_string();
+    let sleep_pid = m.pod("sleep")["containers"][0]["pid"]
+        .as_u64()
+        .expect("sleep pid");
+    let plain_pid = m.pod("plain")["containers"][0]["pid"]
+        .as_u64()
+        .expect("plain pid");
+    let node = format!("isth-{}-node", m.name);
+    let dns_pids = netns_pids(&node);
+    assert!(!dns_pids.is_empty(), "no mesh DNS process in {node}");
     let sup: u64 = std::fs::read_to_string(m.root.join(&m.name).join("pid"))
         .expect("pid")
         .trim()
         .parse()
         .expect("pid");
+    assert!(!dns_pids.contains(&sup), "the DNS runs in the supervisor");
     nix_kill(sup);
     let deadline = Instant::now() + Duration::from_secs(5);
     while pid_alive(sup) {
         assert!(Instant::now() < deadline, "supervisor survived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What `exec` does, without the supervisor: enter the container's namespaces.
+    let in_pod = |pid: u64, url: &str| {
+        let out = Command::new("nsenter")
+            .arg(format!("--target={pid}"))
+            .args([
+                "--mount",
+                "--uts",
+                "--net",
+                "--",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "4",
+            ])
+            .args(["-w", "%{http_code}", url])
+            .output()
+            .expect("nsenter curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // The sidecar pod asks the sidecar DNS; the plain pod asks kube-dns.
+    assert_eq!(in_pod(sleep_pid, "http://web/old"), "301");
+    assert_eq!(
+        in_pod(plain_pid, "http://web.demo.svc.cluster.local/x"),
+        "200"
+    );
     let out = Command::new("ip")
         .args([
             "netns",
@@ -1134,6 +1171,21 @@ fn apply_pushes_to_live_proxies_rejects_invalid_config_and_survives_the_control_
     assert!(out.status.success(), "down: {}", text(&out));
     m.up = false;
     assert_eq!(m.netns(), Vec::<String>::new());
+    for p in dns_pids {
+        assert!(!pid_alive(p), "mesh DNS process {p} survived down");
+    }
+}
+
+/// PIDs of the processes in network namespace `ns`.
+fn netns_pids(ns: &str) -> Vec<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -1261,4 +1313,757 @@ fn inbound_capture_works_when_a_service_port_equals_the_container_port() {
     let out = m.cmd("down", &[]);
     assert!(out.status.success(), "down: {}", text(&out));
     m.up = false;
+}
+
+/// A `Mesh` command with stdin (for `-f -`).
+fn run_stdin(m: &Mesh, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut a = vec![args[0], "--name", &m.name];
+    a.extend_from_slice(&args[1..]);
+    let mut child = Command::new(BIN)
+        .args(&a)
+        .env("ISTHMUS_STATE_DIR", &m.root)
+        .current_dir(&m.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn isthmus");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait isthmus")
+}
+
+/// Polls `f` every 200ms until it returns `Some`, failing with `what` after `secs`.
+fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of stat `name` in `proxy-stats` output (`name: value` lines).
+fn stat_value(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(": ")?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+const POOL_DR: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: demo}
+spec:
+  host: web.demo.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {http1MaxPendingRequests: 7}
+"#;
+
+#[test]
+fn delete_live_proxy_config_and_proxy_stats_read_the_running_proxies() {
+    if !isthmus_local::testing::namespaces_available(
+        "delete_live_proxy_config_and_proxy_stats_read_the_running_proxies",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("j", MESH);
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    std::fs::write(m.dir.join("dr.yaml"), POOL_DR).expect("write");
+    std::fs::write(m.dir.join("vs.yaml"), REDIRECT_VS).expect("write");
+    const WEB: &str = "web.demo.svc.cluster.local";
+    let live_cluster = |m: &Mesh| {
+        let out = m.cmd(
+            "proxy-config",
+            &["cluster", "sleep.demo", "--fqdn", WEB, "-o", "json"],
+        );
+        assert!(out.status.success(), "live proxy-config: {}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("live json")
+    };
+    let offline_cluster = |m: &Mesh, files: &[&str]| {
+        let mut a = vec![
+            "proxy-config",
+            "cluster",
+            "sleep.demo",
+            "--fqdn",
+            WEB,
+            "-o",
+            "json",
+            "-f",
+        ];
+        a.extend_from_slice(files);
+        let out = m.run(&a);
+        assert!(out.status.success(), "offline proxy-config: {}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("offline json")
+    };
+
+    // Live and offline render the same cluster identically, before and after a change.
+    let before = live_cluster(&m);
+    assert!(
+        before.as_array().is_some_and(|a| !a.is_empty()),
+        "no cluster for {WEB}: {before}"
+    );
+    assert_eq!(before, offline_cluster(&m, &["mesh.yaml"]));
+    let out = m.cmd("apply", &["-f", "dr.yaml"]);
+    assert!(out.status.success(), "apply: {}", text(&out));
+    let with_dr = live_cluster(&m);
+    assert_ne!(
+        with_dr, before,
+        "the DestinationRule did not reach the proxy"
+    );
+    assert!(
+        with_dr.to_string().contains("\"maxPendingRequests\":7"),
+        "{with_dr}"
+    );
+    assert_eq!(with_dr, offline_cluster(&m, &["mesh.yaml", "dr.yaml"]));
+    // The short table works live too.
+    let out = m.cmd(
+        "proxy-config",
+        &["cluster", "sleep", "-n", "demo", "--fqdn", WEB],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(WEB),
+        "{}",
+        text(&out)
+    );
+
+    // delete: kubectl's line, pushed, and the proxy is back to the state without it.
+    let out = m.cmd("delete", &["-f", "dr.yaml"]);
+    assert!(out.status.success(), "delete: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "destinationrule.networking.istio.io \"web\" deleted\n"
+    );
+    assert_eq!(live_cluster(&m), before);
+    let out = m.cmd("get", &["destinationrule", "-A", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+
+    // Deleting what does not exist: kubectl's NotFound, exit 1 — and atomically: the
+    // VirtualService in the same input stays.
+    let out = m.cmd("apply", &["-f", "vs.yaml"]);
+    assert!(out.status.success(), "apply vs: {}", text(&out));
+    let both = format!("{REDIRECT_VS}\n---\n{POOL_DR}");
+    let out = run_stdin(&m, &["delete", "-f", "-"], &both);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("Error from server (NotFound): error when deleting \"-\": destinationrules.networking.istio.io \"web\" not found"),
+        "{err}"
+    );
+    let out = m.cmd("get", &["virtualservice", "-n", "demo", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    // From stdin, existing objects only: deleted.
+    let out = run_stdin(&m, &["delete", "-f", "-"], REDIRECT_VS);
+    assert!(out.status.success(), "delete -f -: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "virtualservice.networking.istio.io \"web\" deleted\n"
+    );
+    // Pods and Services cannot be deleted from a running mesh.
+    std::fs::write(m.dir.join("svc.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  ports: [{port: 80}]\n").expect("write");
+    let out = m.cmd("delete", &["-f", "svc.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fixed at `up`"),
+        "{}",
+        text(&out)
+    );
+
+    // proxy-stats reads the live proxy: the request counter of the cluster grows by one per
+    // request sent through the sidecar.
+    let stat = format!("cluster.outbound|80||{WEB}.upstream_rq_total");
+    let read = |m: &Mesh| {
+        let out = m.cmd(
+            "proxy-stats",
+            &[
+                "sleep.demo",
+                "--filter",
+                "outbound\\|80\\|\\|web\\.demo\\..*upstream_rq_total",
+            ],
+        );
+        assert!(out.status.success(), "proxy-stats: {}", text(&out));
+        let s = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            s.lines().all(|l| l.contains("upstream_rq_total")),
+            "filter not applied: {s}"
+        );
+        stat_value(&s, &stat).unwrap_or(0)
+    };
+    let n0 = read(&m);
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "demo",
+            "sleep",
+            "--",
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            "http://web/count",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    poll(20, "upstream_rq_total to grow by one", || {
+        (read(&m) == n0 + 1).then_some(())
+    });
+
+    // Live secrets: the workload certificate the sidecar really holds, with its identity.
+    let out = m.cmd("proxy-config", &["secret", "sleep.demo", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let secrets: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let default = secrets
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "default"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no default secret: {secrets}"));
+    assert_eq!(default["state"], "ACTIVE", "{default}");
+    assert!(
+        default
+            .to_string()
+            .contains("spiffe://cluster.local/ns/demo/sa/default"),
+        "{default}"
+    );
+    // A target without a proxy says so.
+    let out = m.cmd("proxy-stats", &["plain"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+}
+
+const TLS_INGRESS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "8080", --name, web]
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports: [{name: https, port: 443, targetPort: 8443}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  template:
+    metadata: {labels: {istio: ingressgateway, app: istio-ingressgateway}}
+    spec:
+      containers:
+      - {name: istio-proxy, image: auto, ports: [{containerPort: 8443}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec:
+  hosts: ["web.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: web.demo.svc.cluster.local, port: {number: 80}}
+"#;
+
+const TLS_GATEWAY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["web.example.com"]
+    tls: {mode: SIMPLE, credentialName: web-cred}
+"#;
+
+/// A `kubernetes.io/tls` Secret `istio-system/web-cred` holding a fresh self-signed
+/// certificate for web.example.com with subject CN=`cn` (made with the openssl CLI).
+fn tls_secret(dir: &Path, cn: &str) -> String {
+    let (key, crt) = (dir.join(format!("{cn}.key")), dir.join(format!("{cn}.crt")));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
+        .args(["-addext", "subjectAltName=DNS:web.example.com"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl req: {}", text(&out));
+    let b64 = |p: &Path| {
+        let out = Command::new("base64")
+            .args(["-w", "0"])
+            .arg(p)
+            .output()
+            .expect("base64");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: web-cred, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(&crt),
+        b64(&key)
+    )
+}
+
+/// The subject the ingress gateway presents on host loopback port `port` (None if the
+/// handshake fails).
+fn served_subject(port: u16) -> Option<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "timeout 10 openssl s_client -connect 127.0.0.1:{port} -servername web.example.com </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .expect("openssl s_client");
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && s.starts_with("subject")).then_some(s)
+}
+
+#[test]
+fn gateway_credential_secrets_are_applied_and_deleted_live() {
+    if !isthmus_local::testing::namespaces_available(
+        "gateway_credential_secrets_are_applied_and_deleted_live",
+    ) {
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("isthmus-secret-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let one = tls_secret(&tmp, "one.example.com");
+    let two = tls_secret(&tmp, "two.example.com");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut m = Mesh::new("k", &format!("{TLS_INGRESS}---\n{TLS_GATEWAY}---\n{one}"));
+    std::fs::write(m.dir.join("two.yaml"), &two).expect("write");
+    std::fs::write(m.dir.join("gone.yaml"), format!("{TLS_GATEWAY}---\n{two}")).expect("write");
+    let out = m.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let port = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ingress published on host loopback: 127.0.0.1:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no published ingress port:\n{stdout}"));
+    let gw_pid = || m.pod("istio-ingressgateway")["containers"][0]["pid"].as_u64();
+    let pid = gw_pid();
+    assert!(pid.is_some(), "gateway not running");
+    let subject = poll(30, "the gateway serves web-cred", || served_subject(port));
+    assert!(subject.contains("one.example.com"), "{subject}");
+    let curl = |cacert: &str| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(m.dir.join(cacert))
+            .arg("--resolve")
+            .arg(format!("web.example.com:{port}:127.0.0.1"))
+            .arg(format!("https://web.example.com:{port}/tls"))
+            .output()
+            .expect("curl")
+    };
+
+    // Replacing the Secret (another key, CA and subject) reaches the gateway without a restart.
+    let out = m.cmd("apply", &["-f", "two.yaml"]);
+    assert!(out.status.success(), "apply secret: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "secret/web-cred configured\n"
+    );
+    let subject = poll(30, "the gateway serves the new certificate", || {
+        served_subject(port).filter(|s| s.contains("two.example.com"))
+    });
+    assert!(subject.contains("CN"), "{subject}");
+    assert_eq!(gw_pid(), pid, "the gateway was restarted");
+    std::fs::write(m.dir.join("two.pem"), secret_cert(&two)).expect("write pem");
+    let out = curl("two.pem");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+
+    // The live secret table shows what the gateway holds.
+    let out = m.cmd(
+        "proxy-config",
+        &[
+            "secret",
+            "deploy/istio-ingressgateway",
+            "-n",
+            "istio-system",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let cred = v
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "kubernetes://web-cred"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no kubernetes://web-cred: {v}"));
+    assert_eq!(cred["state"], "ACTIVE", "{cred}");
+    assert!(cred.to_string().contains("two.example.com"), "{cred}");
+    assert!(
+        !cred.to_string().contains("PRIVATE KEY"),
+        "key leaked: {cred}"
+    );
+
+    // Deleting the Secret with the Gateway server that uses it (one atomic delete): the
+    // gateway stops serving TLS, still without a restart, and holds no credential any more.
+    let out = m.cmd("delete", &["-f", "gone.yaml"]);
+    assert!(out.status.success(), "delete secret: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "gateway.networking.istio.io \"gw\" deleted\nsecret \"web-cred\" deleted\n"
+    );
+    poll(
+        30,
+        "handshakes fail without the Gateway and its Secret",
+        || served_subject(port).is_none().then_some(()),
+    );
+    let out = m.cmd(
+        "proxy-config",
+        &[
+            "secret",
+            "deploy/istio-ingressgateway",
+            "-n",
+            "istio-system",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !table.contains("kubernetes://web-cred") && table.contains("ROOTCA"),
+        "{}",
+        text(&out)
+    );
+    let out = m.cmd("get", &["secret", "-n", "istio-system", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(gw_pid(), pid, "the gateway was restarted");
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+}
+
+/// The PEM certificate inside a Secret manifest made by [`tls_secret`].
+fn secret_cert(manifest: &str) -> Vec<u8> {
+    let b64 = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tls.crt: "))
+        .expect("tls.crt");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo {b64} | base64 -d"))
+        .output()
+        .expect("base64 -d");
+    out.stdout
+}
+
+const ROTATION: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-tcp, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{name: tcp, port: 9000, targetPort: 9090}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec:
+  containers:
+  - name: echo
+    command: ["@ISTHMUS@", echo, --http-port, "8080", --name, web]
+    ports: [{containerPort: 8080}]
+  - name: echo-tcp
+    command: ["@ISTHMUS@", echo, --http-port, "9090", --name, web-tcp]
+    ports: [{containerPort: 9090}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: demo, labels: {app: sleep}}
+spec:
+  containers:
+  - {name: sleep, command: [sleep, infinity]}
+"#;
+
+/// Serial of the workload certificate (`default`) the running sidecar of `pod` holds.
+fn live_serial(m: &Mesh, pod: &str) -> String {
+    let out = m.cmd("proxy-config", &["secret", pod, "-n", "demo", "-o", "json"]);
+    assert!(out.status.success(), "proxy-config secret: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v.as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "default"))
+        .and_then(|s| s["certs"][0]["serial"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no live default certificate: {v}"))
+}
+
+#[test]
+fn workload_certificates_rotate_live_and_open_connections_survive() {
+    if !isthmus_local::testing::namespaces_available(
+        "workload_certificates_rotate_live_and_open_connections_survive",
+    ) {
+        return;
+    }
+    let mut m = Mesh::new("l", ROTATION);
+    // 30s certificates: rotated at half their life (about every 12-15s).
+    let out = m.cmd(
+        "up",
+        &[
+            "mesh.yaml",
+            "--profile",
+            "minimal",
+            "--workload-cert-ttl",
+            "30s",
+        ],
+    );
+    m.up = out.status.success();
+    assert!(m.up, "up: {}", text(&out));
+    let proxy_pids = |m: &Mesh| {
+        (
+            m.pod("sleep")["containers"][1]["pid"].as_u64(),
+            m.pod("web")["containers"][2]["pid"].as_u64(),
+        )
+    };
+    let pids = proxy_pids(&m);
+    assert!(pids.0.is_some() && pids.1.is_some(), "{pids:?}");
+    let flag = m.dir.join("go");
+    // A TCP connection through both sidecars (mTLS between them) that stays open until the
+    // test creates `flag`: an HTTP request to the echo server whose body is sent in two parts.
+    let script = format!(
+        "exec 3<>/dev/tcp/web-tcp/9000 || exit 9; printf 'POST /long HTTP/1.1\\r\\nHost: web-tcp\\r\\nContent-Length: 4\\r\\nConnection: close\\r\\n\\r\\nab' >&3; while [ ! -e {} ]; do sleep 0.2; done; printf cd >&3; cat <&3",
+        flag.display()
+    );
+    // Each attempt: wait for a rotation, open the connection right after it (a full half
+    // lifetime before the next one), check no rotation slipped in while it was being opened,
+    // then wait for the next rotation with the connection open.
+    let mut attempt = 0;
+    let (client, first) = loop {
+        attempt += 1;
+        assert!(
+            attempt <= 3,
+            "could not open a connection between two rotations"
+        );
+        let s0 = live_serial(&m, "sleep");
+        let s1 = poll(60, "the sidecar's certificate to rotate", || {
+            let s = live_serial(&m, "sleep");
+            (s != s0).then_some(s)
+        });
+        let _ = std::fs::remove_file(&flag);
+        let client = Command::new(BIN)
+            .args([
+                "exec", "--name", &m.name, "-n", "demo", "sleep", "--", "bash", "-c", &script,
+            ])
+            .env("ISTHMUS_STATE_DIR", &m.root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let stat = "cluster.outbound|9000||web-tcp.demo.svc.cluster.local.upstream_cx_active";
+        poll(20, "the long-lived connection to be open", || {
+            let out = m.cmd(
+                "proxy-stats",
+                &["sleep.demo", "--filter", "web-tcp.*upstream_cx_active"],
+            );
+            (stat_value(&String::from_utf8_lossy(&out.stdout), stat) == Some(1)).then_some(())
+        });
+        if live_serial(&m, "sleep") == s1 {
+            break (client, s1);
+        }
+        // A rotation raced the connection setup: close it and try on the next one.
+        std::fs::write(&flag, "").expect("flag");
+        let _ = client.wait_with_output();
+    };
+    let second = poll(60, "the certificate to rotate again", || {
+        let s = live_serial(&m, "sleep");
+        (s != first).then_some(s)
+    });
+    assert_ne!(second, first);
+    // New connections use the new certificate: traffic keeps flowing.
+    let out = m.cmd(
+        "exec",
+        &[
+            "-n",
+            "demo",
+            "sleep",
+            "--",
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://web/after-rotation",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    // The connection opened before the rotation still carries data both ways.
+    std::fs::write(&flag, "").expect("flag");
+    let out = client.wait_with_output().expect("client");
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "long-lived connection: {}",
+        text(&out)
+    );
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("abcd"), "{body}");
+    assert_eq!(proxy_pids(&m), pids, "proxies restarted");
+    // The web side rotated too (its own identity, its own schedule).
+    let out = m.cmd("proxy-config", &["secret", "web.demo"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains("ACTIVE") && l.contains("true")),
+        "{}",
+        text(&out)
+    );
+    let out = m.cmd("down", &[]);
+    assert!(out.status.success(), "down: {}", text(&out));
+    m.up = false;
+}
+
+#[test]
+fn down_all_cleans_its_own_state_root_and_nothing_else() {
+    if !isthmus_local::testing::namespaces_available(
+        "down_all_cleans_its_own_state_root_and_nothing_else",
+    ) {
+        return;
+    }
+    // Two meshes, each with its own state root: `down --all` of one root must not see the other.
+    let mut crashed = Mesh::new("m", TWO_PODS);
+    let mut other = Mesh::new("n", TWO_PODS);
+    let out = crashed.up();
+    assert!(out.status.success(), "up: {}", text(&out));
+    let out = other.up();
+    assert!(out.status.success(), "up other: {}", text(&out));
+    let pids: Vec<u64> = crashed.pods()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["containers"][0]["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    let node = format!("isth-{}-node", crashed.name);
+    let dns = netns_pids(&node);
+    let sup: u64 = std::fs::read_to_string(crashed.root.join(&crashed.name).join("pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix_kill(sup);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(sup) {
+        assert!(Instant::now() < deadline, "supervisor survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Leftovers of a crashed run: pods, DNS and namespaces are still there.
+    assert_eq!(crashed.netns().len(), 3);
+    assert!(pids.iter().chain(&dns).all(|p| pid_alive(*p)));
+
+    let out = crashed.run(&["down", "--all"]);
+    assert!(out.status.success(), "down --all: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains(&format!(
+            "mesh \"{}\" down (leftovers of a crashed run)",
+            crashed.name
+        )),
+        "{stdout}"
+    );
+    crashed.up = false;
+    assert_eq!(crashed.netns(), Vec::<String>::new());
+    for p in pids.iter().chain(&dns) {
+        assert!(!pid_alive(*p), "process {p} survived down --all");
+    }
+    assert!(!crashed.root.join(&crashed.name).exists(), "state dir left");
+    // The other root's mesh is untouched (and named as not ours).
+    assert!(
+        stdout.contains(&format!("mesh \"{}\"", other.name)) && stdout.contains("left alone"),
+        "{stdout}"
+    );
+    assert_eq!(other.netns().len(), 3);
+    let out = other.cmd("status", &[]);
+    assert!(out.status.success(), "other mesh hurt: {}", text(&out));
+    assert_eq!(other.pod("web")["status"], "Running");
+    // A second `down --all` finds nothing to do.
+    let out = crashed.run(&["down", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to take down"),
+        "{}",
+        text(&out)
+    );
+    let out = other.cmd("down", &[]);
+    assert!(out.status.success(), "down other: {}", text(&out));
+    other.up = false;
 }
