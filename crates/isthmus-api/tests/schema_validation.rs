@@ -395,20 +395,7 @@ fn gateway_and_workload_entry_rules() {
 // Corpus
 
 fn corpora_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("ISTHMUS_CORPORA") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora"),
-    };
-    if dir.join("istio-validation").is_dir() {
-        Some(dir)
-    } else {
-        let msg = format!("SKIPPED: corpora not found at {}", dir.display());
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg} (CI=true: corpus-based tests must run)");
-        }
-        eprintln!("{msg}");
-        None
-    }
+    isthmus_testutil::corpora_dir(env!("CARGO_MANIFEST_DIR"), "istio-validation")
 }
 
 /// (file, index, name, _err, object without _err) for every document of the matching files.

@@ -12,23 +12,7 @@ use isthmus_api::{load_str, LoadOptions};
 use std::path::PathBuf;
 
 fn corpora() -> Option<PathBuf> {
-    let p = match std::env::var_os("ISTHMUS_CORPORA") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora"),
-    };
-    if p.join("istio-validation").is_dir() {
-        Some(p)
-    } else {
-        let msg = format!(
-            "SKIPPED: corpora not found at {} (set ISTHMUS_CORPORA)",
-            p.display()
-        );
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg} — corpus tests must run in CI");
-        }
-        eprintln!("\n!!!!!!!!!! {msg} !!!!!!!!!!\n");
-        None
-    }
+    isthmus_testutil::corpora_dir(env!("CARGO_MANIFEST_DIR"), "istio-validation")
 }
 
 /// True once src/schema holds the real CRD validator rather than the temporary shim.
