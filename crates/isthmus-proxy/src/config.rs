@@ -261,6 +261,16 @@ pub struct HttpManager {
     /// Downstream idle timeout for HTTP connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Dur>,
+    /// Envoy `use_remote_address` (default false): append the downstream peer to
+    /// `x-forwarded-for` and set `x-forwarded-proto` from the connection. Istio sets it on
+    /// gateways only; sidecars pass XFF through unchanged, so a request that crosses a
+    /// sidecar and then a gateway names the client once, not twice.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub use_remote_address: bool,
+    /// Envoy `xff_num_trusted_hops` (gateway `numTrustedProxies`): how many right-most XFF
+    /// entries are trusted proxies when choosing the trusted client address.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub xff_num_trusted_hops: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

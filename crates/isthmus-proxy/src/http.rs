@@ -40,6 +40,7 @@ pub async fn serve(
     routes: Arc<RoutesRt>,
     idle: Option<Duration>,
 ) {
+    let edge = Edge::of(&ctx, &routes);
     let ctx = Arc::new(ctx);
     let act = Arc::new(Activity::default());
     let act2 = act.clone();
@@ -47,7 +48,7 @@ pub async fn serve(
         let ctx = ctx.clone();
         let routes = routes.clone();
         let act = act2.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, routes, req, act).await) }
+        async move { Ok::<_, Infallible>(handle(ctx, routes, req, act, edge).await) }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client must send its request headers in time (slowloris guard).
@@ -81,6 +82,64 @@ pub async fn serve(
     if let Err(e) = res {
         tracing::debug!(error = %e, "downstream HTTP connection ended with error");
     }
+}
+
+/// The connection manager's edge settings (Envoy `use_remote_address`,
+/// `xff_num_trusted_hops`), looked up once per downstream connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Edge {
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+}
+
+impl Edge {
+    /// The settings of the HTTP chain whose compiled route table is `routes` (route tables
+    /// are compiled per chain, so identity finds the chain).
+    fn of(ctx: &ConnCtx, routes: &Arc<RoutesRt>) -> Edge {
+        for l in ctx.rt.listeners.values() {
+            for c in l.chains.iter().chain(l.default_chain.iter()) {
+                if !c.routes.as_ref().is_some_and(|r| Arc::ptr_eq(r, routes)) {
+                    continue;
+                }
+                if let crate::config::ChainAction::Http(h) = &c.spec.action {
+                    return Edge {
+                        use_remote_address: h.use_remote_address,
+                        xff_num_trusted_hops: h.xff_num_trusted_hops,
+                    };
+                }
+            }
+        }
+        Edge::default()
+    }
+}
+
+/// Envoy's request header mutation for `x-forwarded-for`: with `use_remote_address`
+/// (Istio gateways) the downstream peer is appended; without it (Istio sidecars) XFF passes
+/// through untouched. `x-forwarded-proto` is set from the downstream connection either way
+/// (isthmus keeps its earlier behaviour here; Envoy keeps an existing XFP on sidecars).
+/// Returns the XFF value forwarded (for the access log).
+pub fn forwarded_headers(
+    h: &mut HeaderMap,
+    edge: Edge,
+    peer: std::net::IpAddr,
+    tls: bool,
+) -> Option<String> {
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    let existing = hdr(h, "x-forwarded-for").filter(|x| !x.is_empty());
+    if !edge.use_remote_address {
+        return existing;
+    }
+    let xff = match existing {
+        Some(x) => format!("{x}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    Some(xff)
 }
 
 /// Envoy's default HCM idle timeout (1h).
@@ -438,6 +497,7 @@ async fn handle(
     routes: Arc<RoutesRt>,
     req: Request<Incoming>,
     act: Arc<Activity>,
+    edge: Edge,
 ) -> Response<RespBody> {
     let started = Instant::now();
     let stream = ActiveStream::new(act);
@@ -480,24 +540,14 @@ async fn handle(
             parts.headers.insert("x-request-id", v);
         }
     }
-    let xff = match hdr(&parts.headers, "x-forwarded-for") {
-        Some(x) if !x.is_empty() => format!("{x}, {}", ctx.peer.ip()),
-        _ => ctx.peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
-    }
+    let xff = forwarded_headers(&mut parts.headers, edge, ctx.peer.ip(), ctx.tls_terminated);
     let scheme = if ctx.tls_terminated { "https" } else { "http" };
-    parts.headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if ctx.tls_terminated { "https" } else { "http" }),
-    );
     let mut entry = LogEntry {
         start_time: Some(ctx.start.max(SystemTime::now())),
         method: Some(method.clone()),
         path: Some(path.clone()),
         protocol: Some(proto(downstream_version).to_string()),
-        x_forwarded_for: Some(xff),
+        x_forwarded_for: xff,
         user_agent: hdr(&parts.headers, "user-agent"),
         request_id: hdr(&parts.headers, "x-request-id"),
         authority: Some(authority.clone()),

@@ -425,6 +425,8 @@ impl Conv {
                             .common_http_protocol_options
                             .as_ref()
                             .and_then(|o| dur(&o.idle_timeout)),
+                        use_remote_address: h.use_remote_address.unwrap_or(false),
+                        xff_num_trusted_hops: h.xff_num_trusted_hops.unwrap_or(0),
                     }));
                 }
             }

@@ -19,7 +19,7 @@ fn http_cfg(vhosts: Value, clusters: Value) -> Value {
         "node": {"workloadName": "istio-ingressgateway", "namespace": "istio-system", "app": "istio-ingressgateway",
                  "canonicalService": "istio-ingressgateway", "clusterId": "Kubernetes"},
         "listeners": [{"name": "0.0.0.0_8080", "address": "127.0.0.1:0", "filterChains": [
-            {"action": {"http": {"routeConfig": {"name": "http.8080", "virtualHosts": vhosts}}}}]}],
+            {"action": {"http": {"useRemoteAddress": true, "routeConfig": {"name": "http.8080", "virtualHosts": vhosts}}}}]}],
         "clusters": clusters
     })
 }
