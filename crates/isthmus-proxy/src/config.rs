@@ -307,6 +307,43 @@ pub struct Route {
     pub request_headers: HeaderOps,
     #[serde(default, skip_serializing_if = "is_default")]
     pub response_headers: HeaderOps,
+    /// VirtualService `fault` (Envoy's HTTP fault filter, per route): delay, then abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultInjection>,
+}
+
+/// Envoy `envoy.filters.http.fault` per-route config as Istio writes it for `fault`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `fault.delay`: hold the request `fixedDelay` before routing it (flag `DI`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    pub fixed_delay: Dur,
+    /// Share of requests delayed, 0-100 (Istio `percentage.value`; absent = 100).
+    #[serde(default = "hundred")]
+    pub percentage: f64,
+}
+
+/// `fault.abort`: answer locally with `httpStatus` instead of routing (flag `FI`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    pub http_status: u16,
+    /// Share of requests aborted, 0-100 (absent = 100).
+    #[serde(default = "hundred")]
+    pub percentage: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -952,6 +989,22 @@ fn validate_routes(p: &mut Vec<String>, what: &str, cl: &BTreeSet<&str>, rt: &Ro
                 if let Some(re) = &h.safe_regex {
                     if let Err(e) = regex::Regex::new(re) {
                         p.push(format!("{rw}: header {} bad regex: {e}", h.name));
+                    }
+                }
+            }
+            if let Some(f) = &r.fault {
+                if let Some(a) = &f.abort {
+                    if !(200..=599).contains(&a.http_status) {
+                        p.push(format!(
+                            "{rw}: fault abort status {} out of range (hint: 200-599)",
+                            a.http_status
+                        ));
+                    }
+                }
+                let pcts = f.abort.iter().map(|a| a.percentage);
+                for pct in pcts.chain(f.delay.iter().map(|d| d.percentage)) {
+                    if !(0.0..=100.0).contains(&pct) {
+                        p.push(format!("{rw}: fault percentage {pct} not in 0-100"));
                     }
                 }
             }

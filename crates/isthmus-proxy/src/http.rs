@@ -48,6 +48,7 @@ pub async fn serve(
         let ctx = ctx.clone();
         let routes = routes.clone();
         let act = act2.clone();
+        let edge = edge.clone();
         async move { Ok::<_, Infallible>(handle(ctx, routes, req, act, edge).await) }
     });
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -86,10 +87,12 @@ pub async fn serve(
 
 /// The connection manager's edge settings (Envoy `use_remote_address`,
 /// `xff_num_trusted_hops`), looked up once per downstream connection.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Edge {
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
+    /// The HCM's stat prefix (`http.<prefix>.fault.*` counters).
+    pub stat_prefix: Arc<str>,
 }
 
 impl Edge {
@@ -105,6 +108,7 @@ impl Edge {
                     return Edge {
                         use_remote_address: h.use_remote_address,
                         xff_num_trusted_hops: h.xff_num_trusted_hops,
+                        stat_prefix: Arc::from(h.stat_prefix.as_str()),
                     };
                 }
             }
@@ -120,7 +124,7 @@ impl Edge {
 /// Returns the XFF value forwarded (for the access log).
 pub fn forwarded_headers(
     h: &mut HeaderMap,
-    edge: Edge,
+    edge: &Edge,
     peer: std::net::IpAddr,
     tls: bool,
 ) -> Option<String> {
@@ -140,6 +144,11 @@ pub fn forwarded_headers(
         h.insert("x-forwarded-for", v);
     }
     Some(xff)
+}
+
+/// Whether a fault with this percentage (0-100) applies to this request.
+fn fault_hit(pct: f64) -> bool {
+    pct >= 100.0 || (pct > 0.0 && rand::random::<f64>() * 100.0 < pct)
 }
 
 /// Envoy's default HCM idle timeout (1h).
@@ -540,7 +549,7 @@ async fn handle(
             parts.headers.insert("x-request-id", v);
         }
     }
-    let xff = forwarded_headers(&mut parts.headers, edge, ctx.peer.ip(), ctx.tls_terminated);
+    let xff = forwarded_headers(&mut parts.headers, &edge, ctx.peer.ip(), ctx.tls_terminated);
     let scheme = if ctx.tls_terminated { "https" } else { "http" };
     let mut entry = LogEntry {
         start_time: Some(ctx.start.max(SystemTime::now())),
@@ -622,6 +631,27 @@ async fn handle(
         }
         RouteAction::Route(t) => t.clone(),
     };
+    if let Some(f) = &route.spec.fault {
+        // Envoy's fault filter runs before the router: delay first, then maybe abort.
+        let fault_stat = |what: &str| format!("http.{}.fault.{what}", edge.stat_prefix);
+        if let Some(d) = f.delay.as_ref().filter(|d| fault_hit(d.percentage)) {
+            entry.add_flag("DI");
+            ctx.sh.stats.inc(&fault_stat("delays_injected"), 1);
+            tokio::time::sleep(d.fixed_delay.0).await;
+        }
+        if let Some(a) = f.abort.as_ref().filter(|a| fault_hit(a.percentage)) {
+            ctx.sh.stats.inc(&fault_stat("aborts_injected"), 1);
+            let cname = pick_weighted(target.cluster.as_deref(), &target.weighted_clusters);
+            let cluster = ctx.sh.runtime.load().clusters.get(&cname).cloned();
+            entry.upstream_cluster = Some(cname);
+            entry.response_code = a.http_status;
+            entry.add_flag("FI");
+            entry.response_code_details = Some("fault_filter_abort".into());
+            let mut resp = local_reply(a.http_status, "fault filter abort");
+            apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            return wrap(resp, fin(entry, cluster, None));
+        }
+    }
     apply_ops(&mut parts.headers, &route.spec.request_headers);
     let cname = pick_weighted(target.cluster.as_deref(), &target.weighted_clusters);
     entry.upstream_cluster = Some(cname.clone());

@@ -309,7 +309,10 @@ impl Conv {
                             (
                                 h.header.key.clone(),
                                 h.header.value.clone(),
-                                h.append_action == "APPEND_IF_EXISTS_OR_ADD",
+                                // Envoy's default (absent) is APPEND_IF_EXISTS_OR_ADD:
+                                // VirtualService `add` appends, `set` overwrites.
+                                h.append_action.is_empty()
+                                    || h.append_action == "APPEND_IF_EXISTS_OR_ADD",
                             )
                         })
                         .collect(),
@@ -324,6 +327,8 @@ impl Conv {
                         &r.response_headers_to_add,
                         &r.response_headers_to_remove,
                     ),
+                    // The IR carries no fault filter config yet (see crate docs).
+                    fault: None,
                 });
             }
             vhosts.push(VirtualHost {

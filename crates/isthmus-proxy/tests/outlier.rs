@@ -42,14 +42,22 @@ async fn single_endpoint_ejected_means_503_uh_then_returns_on_a_tick() {
     assert_eq!(o.stdout, "no healthy upstream");
     let lines = p.wait_lines(3).await;
     let f = fields(&lines[2]);
-    assert_eq!((f[2].as_str(), f[3].as_str()), ("503", "UH"), "{}", lines[2]);
+    assert_eq!(
+        (f[2].as_str(), f[3].as_str()),
+        ("503", "UH"),
+        "{}",
+        lines[2]
+    );
     let clusters = admin_get(&p, "/clusters").await;
     assert!(
         clusters.contains(&format!("flaky::{ep}::health_flags::/failed_outlier_check")),
         "{clusters}"
     );
     let st = p.proxy.stats();
-    assert_eq!(st.get("cluster.flaky.outlier_detection.ejections_active"), 1);
+    assert_eq!(
+        st.get("cluster.flaky.outlier_detection.ejections_active"),
+        1
+    );
     assert_eq!(
         st.get("cluster.flaky.outlier_detection.ejections_enforced_consecutive_5xx"),
         1
@@ -68,6 +76,9 @@ async fn single_endpoint_ejected_means_503_uh_then_returns_on_a_tick() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(st.get("cluster.flaky.outlier_detection.ejections_active"), 0);
+    assert_eq!(
+        st.get("cluster.flaky.outlier_detection.ejections_active"),
+        0
+    );
     assert_eq!(curl(&code("/get")).await.stdout, "200");
 }
