@@ -16,10 +16,15 @@
 //! DestinationRule lookup (winner, merged and shadowed rules), and following a cluster's
 //! endpoint into the next proxy (gateway or destination sidecar).
 
+mod confirm;
 mod engine;
 mod render;
 mod url;
 
+pub use confirm::{
+    confirm, parse_log_line, render_confirmation, ClientOutcome, Confirmation, HopCheck, LogLine,
+    Observed,
+};
 pub use engine::trace;
 pub use render::render_text;
 pub use url::{parse_url, ParsedUrl, UrlError};

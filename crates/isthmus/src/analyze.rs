@@ -1,13 +1,82 @@
-//! `isthmus analyze PATH...`: Istio's analyzer messages (IST codes, istioctl's format) and
-//! isthmus's own checks for the seeds' silent traps (ISM codes).
+//! `isthmus analyze PATH...` / `isthmus analyze --name MESH`: Istio's analyzer messages (IST
+//! codes, istioctl's format) and isthmus's own checks for the seeds' silent traps (ISM codes),
+//! on files or on the config a running mesh holds right now (after every `isthmus apply`).
 
 use crate::inputs::MeshArgs;
 use isthmus_analyze::{
-    analyze, exceeds_threshold, filter_output, load_for_analysis, AnalyzeOptions, Level,
-    OutputFormat,
+    analysis_input, analyze, exceeds_threshold, filter_output, load_for_analysis, AnalyzeOptions,
+    Level, OutputFormat,
 };
+use isthmus_supervisor::api::{self, Request, Response};
+use isthmus_supervisor::state;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// Every kind the supervisor holds, in the order a manifest directory usually lists them.
+const LIVE_KINDS: &[&str] = &[
+    "Namespace",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Service",
+    "Deployment",
+    "Pod",
+    "WorkloadEntry",
+    "ServiceEntry",
+    "Gateway",
+    "VirtualService",
+    "DestinationRule",
+    "Sidecar",
+];
+
+/// One request to the supervisor of mesh `name` (state root `$ISTHMUS_STATE_DIR`).
+pub(crate) fn mesh_call(name: &str, req: &Request) -> anyhow::Result<Response> {
+    let dir = state::MeshDir::new(&state::state_root(), name);
+    Ok(api::call(
+        name,
+        &dir.socket(),
+        req,
+        Duration::from_secs(10),
+    )?)
+}
+
+/// The configuration a running mesh holds: every object as one `kind: List` JSON text (the
+/// loaders read it like a file), and the mesh's DNS domain.
+pub(crate) struct LiveConfig {
+    pub text: String,
+    pub domain: String,
+}
+
+/// Reads the live objects from the supervisor (`Request::Objects` per kind), so analysis and
+/// trace see exactly what the proxies were compiled from, `isthmus apply` changes included.
+pub(crate) fn live_config(name: &str) -> anyhow::Result<LiveConfig> {
+    let Response::Status(status) = mesh_call(name, &Request::Status)? else {
+        anyhow::bail!("unexpected answer from the supervisor of mesh {name:?} (status)");
+    };
+    let mut items = Vec::new();
+    for kind in LIVE_KINDS {
+        let Response::Objects { objects } = mesh_call(
+            name,
+            &Request::Objects {
+                kind: kind.to_string(),
+            },
+        )?
+        else {
+            anyhow::bail!("unexpected answer from the supervisor of mesh {name:?} (objects)");
+        };
+        items.extend(objects);
+    }
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": items,
+    }))?;
+    Ok(LiveConfig {
+        text,
+        domain: status.domain,
+    })
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,6 +103,10 @@ pub struct Args {
     /// Run only Istio's analyzers (no ISM checks).
     #[arg(long = "istio-only")]
     pub istio_only: bool,
+    /// Analyze the live config of this running mesh (`isthmus up --name`) instead of files;
+    /// like istioctl against a cluster, only namespace `default` unless `-n NS` or `-A`.
+    #[arg(long, conflicts_with_all = ["paths", "files"])]
+    pub name: Option<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -59,12 +132,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let mut paths = args.paths.clone();
     paths.extend(args.files.iter().cloned());
-    if paths.is_empty() {
-        anyhow::bail!("nothing to analyze: give files or directories (isthmus analyze DIR)");
-    }
-    // istioctl analyzes objects even when the webhook would refuse them (and reports that as
-    // IST0106 etc.), so use the analysis loader rather than the admission loader.
-    let input = load_for_analysis(&paths, None)?;
+    // Live: cluster objects always have a namespace, and istioctl reports on the current
+    // namespace (`default`) unless told otherwise.
+    let (input, namespace, domain, scope) = match &args.name {
+        Some(name) => {
+            let live = live_config(name)?;
+            let input = analysis_input(vec![(String::new(), live.text)], Some("default"));
+            let ns = if args.all_namespaces {
+                None
+            } else {
+                Some(args.namespace.clone().unwrap_or_else(|| "default".into()))
+            };
+            let scope = match &ns {
+                Some(n) => format!("namespace: {n}"),
+                None => "all namespaces".to_string(),
+            };
+            (input, ns, live.domain, Some(scope))
+        }
+        None => {
+            if paths.is_empty() {
+                anyhow::bail!(
+                    "nothing to analyze: give files or directories (isthmus analyze DIR), or a running mesh (isthmus analyze --name MESH)"
+                );
+            }
+            // istioctl analyzes objects even when the webhook would refuse them (and reports
+            // that as IST0106 etc.), so use the analysis loader rather than the admission one.
+            let input = load_for_analysis(&paths, None)?;
+            (
+                input,
+                args.namespace.clone(),
+                args.mesh.domain.clone(),
+                None,
+            )
+        }
+    };
     for note in &input.notes {
         eprintln!("note: {note}");
     }
@@ -78,15 +179,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => input.mesh.clone(),
     };
     let opts = AnalyzeOptions {
-        namespace: args.namespace.clone(),
+        namespace,
         isthmus_analyzers: !args.istio_only,
         sources: input.sources.clone(),
-        domain_suffix: args.mesh.domain.clone(),
+        domain_suffix: domain,
         request_authentications: input.request_authentications.clone(),
         ..AnalyzeOptions::default()
     };
     let msgs = analyze(&input.objects, &mesh, &opts);
-    print!("{}", format.render(&filter_output(&msgs, output_level)));
+    let shown = filter_output(&msgs, output_level);
+    let mut out = format.render(&shown);
+    if let (Some(scope), true) = (&scope, shown.is_empty()) {
+        // istioctl's wording for a cluster: what was analyzed is a namespace, not files.
+        out = out.replace("the given files", scope);
+    }
+    print!("{out}");
     let failed = exceeds_threshold(&msgs, failure);
     Ok(if failed {
         ExitCode::from(1)

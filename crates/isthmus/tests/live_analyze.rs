@@ -1,0 +1,386 @@
+//! `isthmus analyze --name MESH` and `isthmus trace --name MESH [--confirm]` against a real
+//! running mesh (root, network namespaces): the bundled egress-double-mtls example (seed 001)
+//! is brought up under a unique name, analysed and traced from its live config, the traced
+//! request is run and confirmed from the proxies' access logs, and a live `apply` changes
+//! what analysis and trace report. The mesh is always taken down (Drop).
+//! Without root/nftables the test prints a loud SKIPPED line, and fails when CI=true.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Copies an example, pointing `command: ["isthmus", ...]` at the binary under test.
+fn copy_example(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .expect("read example dir")
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        let to = dst.join(e.file_name());
+        if p.is_dir() {
+            copy_example(&p, &to);
+        } else if p.extension().and_then(|x| x.to_str()) == Some("yaml") {
+            let text = std::fs::read_to_string(&p).expect("read yaml");
+            std::fs::write(
+                &to,
+                text.replace("command: [\"isthmus\",", &format!("command: [\"{BIN}\",")),
+            )
+            .expect("write yaml");
+        } else {
+            std::fs::copy(&p, &to).expect("copy");
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A mesh brought up for one test, with its own name and state root; down on drop.
+struct Mesh {
+    name: String,
+    root: PathBuf,
+    dir: PathBuf,
+    up: bool,
+}
+
+impl Mesh {
+    fn up(example: &str, tag: &str) -> Mesh {
+        let name = format!("la{}{tag}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("isthmus-live-analyze-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy_example(&repo().join("examples").join(example), &dir.join("mesh"));
+        let mut m = Mesh {
+            name,
+            root: dir.join("state"),
+            dir,
+            up: false,
+        };
+        let out = m.cmd("up", &["mesh"]);
+        m.up = out.status.success();
+        assert!(m.up, "up {example}: {}", text(&out));
+        m
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("ISTHMUS_STATE_DIR", &self.root)
+            .current_dir(&self.dir)
+            .output()
+            .expect("run isthmus")
+    }
+
+    fn cmd(&self, sub: &str, args: &[&str]) -> Output {
+        let mut a = vec![sub, "--name", &self.name];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
+
+    fn write(&self, file: &str, body: &str) -> String {
+        let p = self.dir.join(file);
+        std::fs::write(&p, body).expect("write");
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if self.up {
+            let out = self.cmd("down", &[]);
+            if !out.status.success() {
+                eprintln!("down {} failed: {}", self.name, text(&out));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `Level [CODE] (Kind ns/name FILE:LINE) text` without the file location, so messages from
+/// files and from a live mesh (which has no files) compare equal.
+fn without_location(line: &str) -> String {
+    let Some(open) = line.find(" (") else {
+        return line.to_string();
+    };
+    let Some(close) = line[open..].find(')').map(|i| open + i) else {
+        return line.to_string();
+    };
+    let inner: Vec<&str> = line[open + 2..close].split(' ').collect();
+    if inner.len() == 3 {
+        format!(
+            "{} ({} {}){}",
+            &line[..open],
+            inner[0],
+            inner[1],
+            &line[close + 1..]
+        )
+    } else {
+        line.to_string()
+    }
+}
+
+fn lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(without_location)
+        .collect()
+}
+
+/// The hop-2 DR of seed 001 without its identity pin (subjectAltNames): valid config that
+/// ISM0016 reports.
+const DR_NO_SAN: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: partner-originate-mtls
+  namespace: istio-system
+spec:
+  host: api.partner.example.com
+  exportTo: [\".\"]
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls:
+        mode: MUTUAL
+        credentialName: partner-client-credential
+        sni: api.partner.example.com
+";
+
+#[test]
+fn live_analyze_and_trace_confirm_on_egress_double_mtls() {
+    // Offline first (no root needed): the reference output for the live comparison.
+    let files = repo().join("examples/egress-double-mtls");
+    let files = files.to_string_lossy().to_string();
+    let offline = Command::new(BIN)
+        .args(["analyze", "-A", &files])
+        .output()
+        .expect("run isthmus");
+    let offline_lines = lines(&offline);
+    assert!(!offline_lines.is_empty(), "{}", text(&offline));
+    if !isthmus_local::testing::namespaces_available(
+        "live_analyze_and_trace_confirm_on_egress_double_mtls",
+    ) {
+        return;
+    }
+    let m = Mesh::up("egress-double-mtls", "dm");
+
+    // 1. analyze --name: the files' messages, from the supervisor's objects (no file:line);
+    // anything more can only be about the objects the demo profile added.
+    let live = m.cmd("analyze", &["-A"]);
+    assert_eq!(live.status.code(), offline.status.code(), "{}", text(&live));
+    let live_lines = lines(&live);
+    for l in &offline_lines {
+        if l.starts_with('\u{2714}') {
+            continue;
+        }
+        assert!(
+            live_lines.contains(l),
+            "live analysis lacks {l:?}:\n{}",
+            text(&live)
+        );
+    }
+    for l in &live_lines {
+        assert!(
+            !l.contains(".yaml:"),
+            "live messages carry no file location: {l}"
+        );
+    }
+    // Default scope is namespace `default`, as istioctl against a cluster.
+    let scoped = m.cmd("analyze", &["-n", "mesh-test"]);
+    for l in lines(&scoped) {
+        assert!(
+            l.starts_with('\u{2714}') || l.contains(" mesh-test/"),
+            "-n mesh-test reported another namespace: {l}"
+        );
+    }
+    let default_ns = m.cmd("analyze", &[]);
+    let out = String::from_utf8_lossy(&default_ns.stdout).to_string();
+    assert!(
+        out.contains("No validation issues found when analyzing namespace: default.")
+            || out.lines().all(|l| l.contains(" default/")),
+        "{}",
+        text(&default_ns)
+    );
+
+    // 2. trace --name --confirm: the request runs in sleep's pod; hop 1 (sleep's sidecar) and
+    // hop 2 (the egress gateway) each logged the predicted cluster.
+    let t = m.cmd(
+        "trace",
+        &[
+            "-n",
+            "mesh-test",
+            "deploy/sleep",
+            "http://api.partner.example.com/",
+            "--confirm",
+        ],
+    );
+    let out = String::from_utf8_lossy(&t.stdout).to_string();
+    assert_eq!(t.status.code(), Some(0), "{}", text(&t));
+    assert!(
+        out.contains("CONFIRMED: the proxies' access logs show the predicted path (2 hop(s))."),
+        "{out}"
+    );
+    assert!(
+        out.contains("  client:    ok — predicted an answer from"),
+        "{out}"
+    );
+    let hop1 = out
+        .lines()
+        .find(|l| l.starts_with("  hop 1 mesh-test/sleep"))
+        .unwrap_or_else(|| panic!("no hop 1 check:\n{out}"));
+    assert!(
+        hop1.contains("(sidecar outbound): confirmed — same cluster"),
+        "{hop1}"
+    );
+    let hop2 = out
+        .lines()
+        .find(|l| l.starts_with("  hop 2 istio-system/istio-egressgateway"))
+        .unwrap_or_else(|| panic!("no hop 2 check:\n{out}"));
+    assert!(
+        hop2.contains("(gateway): confirmed — same cluster"),
+        "{hop2}"
+    );
+    assert!(
+        out.contains(
+            "logged    \"GET /\" 200 - via_upstream cluster=outbound|443||api.partner.example.com"
+        ),
+        "{out}"
+    );
+    // The same as JSON, with the confirmation attached to the trace.
+    let j = m.cmd(
+        "trace",
+        &[
+            "-n",
+            "mesh-test",
+            "deploy/sleep",
+            "http://api.partner.example.com/",
+            "--confirm",
+            "-o",
+            "json",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&j.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&j)));
+    assert_eq!(v["confirmation"]["agrees"], true, "{v}");
+    assert_eq!(
+        v["confirmation"]["hops"][1]["logged"]["upstream_cluster"],
+        "outbound|443||api.partner.example.com",
+        "{v}"
+    );
+    assert_eq!(v["confirmation"]["client"]["http_code"], "200", "{v}");
+
+    // 3. A request that never reaches a proxy (the name does not resolve): the predicted hop
+    // logged nothing, and the confirmation fails loudly.
+    let bad = m.cmd(
+        "trace",
+        &[
+            "-n",
+            "mesh-test",
+            "deploy/sleep",
+            "http://nothing.invalid/",
+            "--confirm",
+            "--confirm-timeout",
+            "5",
+        ],
+    );
+    let out = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(
+        out.contains("): MISSING — predicted on the path, but this proxy logged nothing"),
+        "{out}"
+    );
+    assert!(out.contains("CONFIRM FAILED"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("error: CONFIRM FAILED"),
+        "{}",
+        text(&bad)
+    );
+
+    // 4. Live config: after `apply`, analysis reports what the mesh now runs.
+    assert!(
+        !live_lines.iter().any(|l| l.contains("[ISM0016]")),
+        "{live_lines:?}"
+    );
+    let f = m.write("dr-no-san.yaml", DR_NO_SAN);
+    let applied = m.cmd("apply", &["-f", &f]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let after = m.cmd("analyze", &["-A"]);
+    let after_lines = lines(&after);
+    assert!(
+        after_lines.iter().any(|l| l.starts_with(
+            "Warning [ISM0016] (DestinationRule istio-system/partner-originate-mtls) trafficPolicy.portLevelSettings[0].tls originates MUTUAL TLS to api.partner.example.com without subjectAltNames"
+        )),
+        "{}",
+        text(&after)
+    );
+    // The path itself is unchanged and still confirmed.
+    let t = m.cmd(
+        "trace",
+        &[
+            "-n",
+            "mesh-test",
+            "deploy/sleep",
+            "http://api.partner.example.com/",
+            "--confirm",
+        ],
+    );
+    assert_eq!(t.status.code(), Some(0), "{}", text(&t));
+
+    // 5. The seed's bypass trap, live: without the mesh route the sidecar sends the call out
+    // through PassthroughCluster. Trace predicts the bypass (exit 1), and the logs confirm it:
+    // the sidecar logged PassthroughCluster and the egress gateway logged nothing.
+    let f = m.write("vs-without-mesh-route.yaml", VS_WITHOUT_MESH_ROUTE);
+    let applied = m.cmd("apply", &["-f", &f]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let t = m.cmd(
+        "trace",
+        &[
+            "-n",
+            "mesh-test",
+            "deploy/sleep",
+            "http://api.partner.example.com/",
+            "--confirm",
+        ],
+    );
+    let out = String::from_utf8_lossy(&t.stdout).to_string();
+    assert_eq!(t.status.code(), Some(1), "{}", text(&t));
+    assert!(out.contains("RESULT: BYPASS"), "{out}");
+    assert!(out.contains("cluster=PassthroughCluster"), "{out}");
+    assert!(!out.contains("UNPREDICTED"), "{out}");
+    assert!(
+        out.contains("CONFIRMED: the proxies' access logs show the predicted path (1 hop(s))."),
+        "{out}"
+    );
+}
+
+/// Seed 001's VirtualService without its mesh route (the bypass trap).
+const VS_WITHOUT_MESH_ROUTE: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: partner-via-egress
+  namespace: istio-system
+spec:
+  hosts: [api.partner.example.com]
+  gateways: [istio-system/egress-partner]
+  http:
+  - match:
+    - gateways: [istio-system/egress-partner]
+      port: 8443
+    route:
+    - destination:
+        host: api.partner.example.com
+        port: {number: 443}
+      weight: 100
+";
