@@ -337,6 +337,15 @@ fn action(
                     .request_headers_to_remove
                     .extend(req.remove.iter().cloned());
             }
+            // Istio folds a single destination's response headers into the route (with
+            // several destinations they belong to the weighted cluster entry, which the IR
+            // does not carry yet).
+            if let (Some(resp), 1) = (&hd.response, h.route.len()) {
+                route.response_headers_to_add.extend(headers_to_add(resp));
+                route
+                    .response_headers_to_remove
+                    .extend(resp.remove.iter().cloned());
+            }
         }
     }
     route.route = Some(a);
@@ -505,4 +514,108 @@ pub fn l4_applies(
         gateways.to_vec()
     };
     gws.iter().any(|g| rc.gateways.contains(g)) && source_matches(ctx, source_labels, source_ns)
+}
+
+/// The VirtualService `headers` mapping (route level and per destination), compiled for a
+/// gateway from YAML as users write it.
+#[cfg(test)]
+mod headers_mapping_tests {
+    const YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ingressgateway, namespace: istio-system, labels: {istio: ingressgateway}}
+spec: {containers: [{name: istio-proxy, image: auto}]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: ["app.example.com"]
+  gateways: [gw]
+  http:
+  - headers:
+      request: {set: {x-route: r}}
+      response: {remove: [server]}
+    route:
+    - destination: {host: app.example.com, port: {number: 80}}
+      headers:
+        request: {add: {x-dest: d}}
+        response: {set: {x-dest-resp: dr}, remove: [x-internal]}
+"#;
+
+    #[test]
+    fn single_destination_headers_fold_into_the_route() {
+        let loaded =
+            isthmus_api::load_str("inline.yaml", YAML, &isthmus_api::LoadOptions::default());
+        assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
+        let snap = isthmus_model::Snapshot::build(
+            &loaded.objects,
+            isthmus_api::MeshConfig::default(),
+            "cluster.local",
+        )
+        .0;
+        let node = snap
+            .resolve_proxy("ingressgateway.istio-system", None)
+            .expect("gateway proxy");
+        let cfg = crate::compile(&snap, &node).config;
+        let route = cfg
+            .routes
+            .iter()
+            .flat_map(|rc| rc.virtual_hosts.iter())
+            .flat_map(|vh| vh.routes.iter())
+            .find(|r| r.route.is_some())
+            .expect("a routed route");
+        let kv = |v: &[isthmus_xds::route::HeaderValueOption]| -> Vec<(String, String, String)> {
+            v.iter()
+                .map(|h| {
+                    (
+                        h.header.key.clone(),
+                        h.header.value.clone(),
+                        h.append_action.clone(),
+                    )
+                })
+                .collect()
+        };
+        let req = kv(&route.request_headers_to_add);
+        assert!(
+            req.contains(&("x-dest".into(), "d".into(), String::new())),
+            "{req:?}"
+        );
+        assert!(
+            req.contains(&(
+                "x-route".into(),
+                "r".into(),
+                "OVERWRITE_IF_EXISTS_OR_ADD".into()
+            )),
+            "{req:?}"
+        );
+        let resp = kv(&route.response_headers_to_add);
+        assert!(
+            resp.contains(&(
+                "x-dest-resp".into(),
+                "dr".into(),
+                "OVERWRITE_IF_EXISTS_OR_ADD".into()
+            )),
+            "{resp:?}"
+        );
+        assert!(route
+            .response_headers_to_remove
+            .contains(&"x-internal".to_string()));
+        assert!(route
+            .response_headers_to_remove
+            .contains(&"server".to_string()));
+    }
 }
