@@ -203,8 +203,19 @@ pub fn live_dump(dump: &serde_json::Value, cfg: &isthmus_proxy::ProxyConfig) -> 
         .collect();
     secrets.extend(live);
     secrets.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    // The proxy's own runtime form of the same config (what `isthmus proxy` reads), keys
+    // redacted: scripts that looked at the runtime shape keep working.
+    let mut runtime = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(list) = runtime.get_mut("secrets").and_then(|s| s.as_array_mut()) {
+        for s in list {
+            if s.get("privateKey").is_some() {
+                s["privateKey"] = json!({ "inlineString": REDACTED });
+            }
+        }
+    }
     if let Some(o) = out.as_object_mut() {
         o.insert("secrets".into(), serde_json::Value::Array(secrets));
+        o.insert(BODY_RUNTIME.into(), runtime);
     }
     out
 }
