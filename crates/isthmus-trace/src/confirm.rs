@@ -352,7 +352,18 @@ fn check_hop(i: usize, h: &Hop, lines: Option<&Vec<String>>, request_id: Option<
         }
         (None, Some(c)) => {
             if line.upstream_cluster.as_deref() == Some(c.as_str()) {
-                (true, "same cluster".into())
+                // The path is as predicted; say so, but do not hide a failure beyond it.
+                if line.flags == "-" {
+                    (true, "same cluster".into())
+                } else {
+                    (
+                        true,
+                        format!(
+                            "same cluster (it logged {} {}: the request failed at or beyond this hop)",
+                            line.code, line.flags
+                        ),
+                    )
+                }
             } else {
                 (
                     false,
@@ -644,6 +655,30 @@ mod tests {
                 "CONFIRMED: the proxies' access logs show the predicted path (2 hop(s))."
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failure_beyond_a_confirmed_hop_is_named_not_hidden() {
+        let uf = GW_LINE.replace(" 200 - via_upstream", " 503 UF,URX upstream_reset");
+        let c = confirm(
+            &two_hops(),
+            &observed(
+                &[
+                    ("mesh-test/sleep-1", &[SC_LINE]),
+                    ("istio-system/gw-1", &[&uf]),
+                ],
+                "503",
+                0,
+            ),
+        );
+        assert!(c.agrees, "{c:#?}");
+        assert!(
+            c.hops[1]
+                .detail
+                .contains("same cluster (it logged 503 UF,URX"),
+            "{}",
+            c.hops[1].detail
         );
     }
 

@@ -76,12 +76,16 @@ impl Mesh {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        let start = std::time::Instant::now();
+        let out = Command::new(BIN)
             .args(args)
             .env("ISTHMUS_STATE_DIR", &self.root)
             .current_dir(&self.dir)
             .output()
-            .expect("run isthmus")
+            .expect("run isthmus");
+        // Timings help tell a slow machine from a hang when a run fails in CI.
+        eprintln!("[{:>6.1}s] isthmus {}", start.elapsed().as_secs_f64(), args.join(" "));
+        out
     }
 
     fn cmd(&self, sub: &str, args: &[&str]) -> Output {
@@ -314,7 +318,7 @@ fn live_analyze_and_trace_confirm_on_egress_double_mtls() {
         "{live_lines:?}"
     );
     let f = m.write("dr-no-san.yaml", DR_NO_SAN);
-    let applied = m.cmd("apply", &["-f", &f]);
+    let applied = m.cmd("apply", &["-f", &f, "--timeout", "90"]);
     assert!(applied.status.success(), "{}", text(&applied));
     let after = m.cmd("analyze", &["-A"]);
     let after_lines = lines(&after);
@@ -342,7 +346,7 @@ fn live_analyze_and_trace_confirm_on_egress_double_mtls() {
     // through PassthroughCluster. Trace predicts the bypass (exit 1), and the logs confirm it:
     // the sidecar logged PassthroughCluster and the egress gateway logged nothing.
     let f = m.write("vs-without-mesh-route.yaml", VS_WITHOUT_MESH_ROUTE);
-    let applied = m.cmd("apply", &["-f", &f]);
+    let applied = m.cmd("apply", &["-f", &f, "--timeout", "90"]);
     assert!(applied.status.success(), "{}", text(&applied));
     let t = m.cmd(
         "trace",
@@ -363,6 +367,69 @@ fn live_analyze_and_trace_confirm_on_egress_double_mtls() {
         out.contains("CONFIRMED: the proxies' access logs show the predicted path (1 hop(s))."),
         "{out}"
     );
+}
+
+/// Predicted failures confirmed live (seeds 003/004, registry-only example): REGISTRY_ONLY's
+/// block_all answers 502 at the sidecar and HTTPS to an unregistered host dies in
+/// BlackHoleCluster (curl exit 35); the registered host goes through the egress gateway.
+#[test]
+fn live_trace_confirm_registry_only_failures_and_gateway_path() {
+    if !isthmus_local::testing::namespaces_available(
+        "live_trace_confirm_registry_only_failures_and_gateway_path",
+    ) {
+        return;
+    }
+    let m = Mesh::up("registry-only", "ro");
+    let trace = |url: &str| {
+        let t = m.cmd("trace", &["-n", "demo", "sleep", url, "--confirm"]);
+        (
+            t.status.code(),
+            String::from_utf8_lossy(&t.stdout).to_string(),
+            text(&t),
+        )
+    };
+    let (code, out, all) = trace("http://api.partner.example/registered");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(
+        out.contains("CONFIRMED: the proxies' access logs show the predicted path (2 hop(s))."),
+        "{all}"
+    );
+    assert!(
+        out.contains(
+            "  client:    ok — predicted an answer from api.partner.example:80, got HTTP 200"
+        ),
+        "{all}"
+    );
+    assert!(
+        out.contains("cluster=outbound|80||api.partner.example"),
+        "{all}"
+    );
+
+    let (code, out, all) = trace("http://unregistered.example/blocked");
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        out.contains("  client:    ok — predicted HTTP 502, got HTTP 502"),
+        "{all}"
+    );
+    assert!(
+        out.contains("(sidecar outbound): confirmed — logged 502 as predicted"),
+        "{all}"
+    );
+    assert!(out.contains("CONFIRMED"), "{all}");
+
+    let (code, out, all) = trace("https://unregistered.example/blocked");
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        out.contains("  client:    ok — predicted curl exit 35, got curl exit 35"),
+        "{all}"
+    );
+    assert!(
+        out.contains("confirmed — logged BlackHoleCluster as predicted"),
+        "{all}"
+    );
+    assert!(out.contains("CONFIRMED"), "{all}");
+    // HTTPS carries no request id the proxies can see; the egress gateway must stay silent.
+    assert!(!out.contains("UNPREDICTED"), "{all}");
 }
 
 /// Seed 001's VirtualService without its mesh route (the bypass trap).
