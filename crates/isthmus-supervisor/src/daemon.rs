@@ -1289,6 +1289,42 @@ mod tests {
     }
 
     #[test]
+    fn apply_and_delete_name_resources_as_kubectl_does() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se, namespace: a}\nspec:\n  hosts: [x.example]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: a}\ntype: Opaque\ndata: {k: dg==}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: a}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n";
+        let loaded = isthmus_api::load_str("t.yaml", text, &LoadOptions::default());
+        assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
+        let got: Vec<(String, String)> = loaded
+            .objects
+            .iter()
+            .map(|o| (resource_kind(o), resource_plural(o)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "serviceentry.networking.istio.io".to_string(),
+                    "serviceentries.networking.istio.io".to_string()
+                ),
+                ("secret".to_string(), "secrets".to_string()),
+                (
+                    "gateway.networking.istio.io".to_string(),
+                    "gateways.networking.istio.io".to_string()
+                ),
+            ]
+        );
+        assert!(loaded.objects.iter().all(|o| live_kind(o.kind)));
+        let pod = isthmus_api::load_str(
+            "p.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, command: [x]}]\n",
+            &LoadOptions::default(),
+        );
+        let e = Shared::load_changes(&[("p.yaml".into(), "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, command: [x]}]\n".into())], "deleted from")
+            .expect_err("pods are fixed");
+        assert!(e.contains("fixed at `up`"), "{e}");
+        assert!(pod.objects.iter().all(|o| !live_kind(o.kind)));
+    }
+
+    #[test]
     fn claim_refuses_a_live_mesh_and_replaces_a_dead_one() {
         let tmp = tempfile::tempdir().expect("tmp");
         let d = MeshDir::new(tmp.path(), "claimtest");
