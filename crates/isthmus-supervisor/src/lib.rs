@@ -28,8 +28,9 @@
 //! with ACK/NACK; the agent starts from a bootstrap file so proxies keep serving when the
 //! control plane is gone. Sidecar pods get nftables capture (15001/15006; the proxy runs as
 //! uid 1337, exempt like istio-iptables' `--uid-owner`) instead of VIP rules. `isthmus apply`
-//! validates Istio config atomically, recompiles every proxy and pushes what changed; pods,
-//! Services and Secrets are fixed at `up`. Ingress gateway Services are published on host
+//! validates Istio config (and Secrets) atomically, recompiles every proxy and pushes what
+//! changed; pods and Services are fixed at `up` (Secret *volumes* keep the content they had
+//! at `up`). Ingress gateway Services are published on host
 //! loopback. `--profile demo` (default) adds istio-system's ingress and egress gateways
 //! ([`profile`]).
 //!
