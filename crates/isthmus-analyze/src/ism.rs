@@ -97,6 +97,11 @@ pub(crate) static ALL: &[Analyzer] = &[
         codes: &["ISM0016"],
         run: origination_without_verification,
     },
+    Analyzer {
+        name: "isthmus.SubsetBlockAnalyzer",
+        codes: &["ISM0017"],
+        run: subset_block_replaces_top_level,
+    },
 ];
 
 fn with_fix(mut m: Message, fix: &str) -> Message {
@@ -1572,6 +1577,78 @@ fn origination_without_verification(c: &Ctx<'_>, out: &mut Vec<Message>) {
                 ),
                 &fix,
             ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ISM0017: a subset's connectionPool / outlierDetection replaces the destination-level block
+// whole (Istio's `MergeTrafficPolicy`), so fields set only at the destination level are lost.
+
+/// Leaf paths (`tcp.maxConnections`) with their values.
+fn leaf_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(x, &p, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn subset_block_replaces_top_level(c: &Ctx<'_>, out: &mut Vec<Message>) {
+    for o in c.of(Kind::DestinationRule) {
+        let Some(subsets) = o.raw.pointer("/spec/subsets").and_then(|s| s.as_array()) else {
+            continue;
+        };
+        for block in ["connectionPool", "outlierDetection"] {
+            let Some(top) = o.raw.pointer(&format!("/spec/trafficPolicy/{block}")) else {
+                continue;
+            };
+            let mut top_leaves = Vec::new();
+            leaf_paths(top, "", &mut top_leaves);
+            // Sorted, whatever map order serde_json was built with: deterministic messages.
+            top_leaves.sort();
+            for (j, s) in subsets.iter().enumerate() {
+                let Some(sub) = s.pointer(&format!("/trafficPolicy/{block}")) else {
+                    continue;
+                };
+                let mut sub_leaves = Vec::new();
+                leaf_paths(sub, "", &mut sub_leaves);
+                let lost: Vec<String> = top_leaves
+                    .iter()
+                    .filter(|(p, _)| !sub_leaves.iter().any(|(q, _)| q == p))
+                    .map(|(p, v)| format!("{p} ({v})"))
+                    .collect();
+                if lost.is_empty() {
+                    continue;
+                }
+                let name = s.get("name").and_then(|n| n.as_str()).unwrap_or("");
+                let verb = if lost.len() == 1 { "is" } else { "are" };
+                let field = format!("spec.subsets[{j}].trafficPolicy.{block}");
+                out.push(with_fix(
+                    c.msg(
+                        o,
+                        &mt::ISM_SUBSET_BLOCK_REPLACES_TOP_LEVEL,
+                        &[
+                            name.into(),
+                            block.into(),
+                            block.into(),
+                            lost.join(", ").into(),
+                            verb.into(),
+                        ],
+                        Some(field),
+                    ),
+                    "repeat the destination-level settings you want to keep inside the subset's block (a subset block replaces the whole block above it)",
+                ));
+            }
         }
     }
 }

@@ -394,6 +394,7 @@ pub const ISM_TYPES: &[MessageType] = &[
     ISM_VS_PORT_NOT_ON_GATEWAY,
     ISM_GATEWAY_PORT_NOT_ON_SERVICE,
     ISM_ORIGINATION_WITHOUT_VERIFICATION,
+    ISM_SUBSET_BLOCK_REPLACES_TOP_LEVEL,
 ];
 
 mt!(
@@ -470,4 +471,12 @@ mt!(
     "OriginationWithoutServerVerification",
     Warning,
     "%s originates %s TLS to %s %s."
+);
+
+mt!(
+    ISM_SUBSET_BLOCK_REPLACES_TOP_LEVEL,
+    "ISM0017",
+    "SubsetBlockReplacesTopLevel",
+    Warning,
+    "Subset %q sets %s, which replaces the destination-level %s as a whole (blocks are not merged field by field): %s %s not applied to this subset."
 );

@@ -995,3 +995,53 @@ fn ism0016_origination_must_verify_the_server() {
         found[0]
     );
 }
+
+#[test]
+fn ism0017_subset_block_replaces_the_destination_block_whole() {
+    const A: &str = "isthmus.SubsetBlockAnalyzer";
+    // Seed 001's hop-1 rule with a destination-level pool and a subset that only tunes HTTP:
+    // the subset's connectionPool replaces the whole block, so the tcp limits are gone.
+    let top = "  host: istio-egressgateway.istio-system.svc.cluster.local\n  subsets:\n";
+    let with_pool = "  host: istio-egressgateway.istio-system.svc.cluster.local\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 100, connectTimeout: 5s}\n  subsets:\n";
+    let sub = "  - name: partner\n    trafficPolicy:\n";
+    let bad = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[
+                (top, with_pool),
+                (sub, "  - name: partner\n    trafficPolicy:\n      connectionPool:\n        http: {http2MaxRequests: 10}\n"),
+            ],
+        ),
+    );
+    let found = codes(&bad, "ISM0017");
+    assert_eq!(found.len(), 1, "{bad:?}");
+    let m = &found[0];
+    assert!(
+        m.starts_with(
+            "Warning [ISM0017] (DestinationRule istio-system/egressgateway-partner t.yaml:"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("Subset \"partner\" sets connectionPool, which replaces the destination-level connectionPool as a whole"), "{m}");
+    assert!(
+        m.contains(
+            "tcp.connectTimeout (5s), tcp.maxConnections (100) are not applied to this subset"
+        ),
+        "{m}"
+    );
+    // The subset repeats what it keeps: silent. So is the seed as written.
+    let ok = run(
+        A,
+        &example_with(
+            "egress-double-mtls",
+            &[
+                (top, with_pool),
+                (sub, "  - name: partner\n    trafficPolicy:\n      connectionPool:\n        tcp: {maxConnections: 100, connectTimeout: 5s}\n        http: {http2MaxRequests: 10}\n"),
+            ],
+        ),
+    );
+    assert!(codes(&ok, "ISM0017").is_empty(), "{ok:?}");
+    let seed = run(A, &example_with("egress-double-mtls", &[]));
+    assert!(codes(&seed, "ISM0017").is_empty(), "{seed:?}");
+}
