@@ -36,6 +36,30 @@ use crate::netns;
 /// Default PATH for container processes whose env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// PATH of container processes: [`DEFAULT_PATH`] plus, last, the directory of the running
+/// executable. Pods of the bundled examples run `isthmus echo` as their "image"; with this the
+/// name resolves to the binary that runs the mesh wherever it was installed (`cargo install`
+/// puts it in `~/.cargo/bin`, which is not on a container's PATH) or built, while system tools
+/// keep precedence (the directory comes last).
+pub fn container_path() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.to_string_lossy().into_owned()));
+        match dir {
+            Some(d)
+                if !d.is_empty()
+                    && !d.contains(':')
+                    && !DEFAULT_PATH.split(':').any(|p| p == d) =>
+            {
+                format!("{DEFAULT_PATH}:{d}")
+            }
+            _ => DEFAULT_PATH.to_string(),
+        }
+    })
+}
+
 /// Errors of the process layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -519,7 +543,7 @@ impl PodSandbox {
         .arg("isthmus-init")
         .args(&spec.argv);
         c.env_clear();
-        c.env("PATH", DEFAULT_PATH);
+        c.env("PATH", container_path());
         c.env("HOSTNAME", &self.hostname);
         c.env("HOME", "/root");
         for (k, v) in &spec.env {
@@ -569,7 +593,7 @@ impl PodSandbox {
             }
         };
         c.env_clear();
-        c.env("PATH", DEFAULT_PATH);
+        c.env("PATH", container_path());
         c.env("HOSTNAME", &self.hostname);
         c.env("HOME", "/root");
         for (k, v) in &spec.env {
@@ -941,6 +965,15 @@ async fn wait_stop(stop: &mut watch::Receiver<Option<Duration>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_path_appends_the_running_executables_directory() {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().expect("exe dir").to_string_lossy().into_owned();
+        let path = container_path();
+        assert!(path.starts_with(DEFAULT_PATH), "{path}");
+        assert_eq!(path.split(':').next_back(), Some(dir.as_str()), "{path}");
+    }
 
     #[test]
     fn tail_takes_last_lines() {

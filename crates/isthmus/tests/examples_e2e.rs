@@ -236,7 +236,14 @@ fn ingress_routing() {
         |scheme: &str, p: u16, path: &str| format!("{scheme}://httpbin.example.com:{p}{path}");
 
     // Host match: the catch-all route answers 200 (httpbin's /anything/get).
-    let (rc, body, status) = host_curl(&["--resolve", &host(http), &url("http", http, "/get")]);
+    let get = url("http", http, "/get");
+    let mut first = (None, String::new(), String::new());
+    let ready = eventually(30, || {
+        first = host_curl(&["--resolve", &host(http), &get]);
+        first.2 == "200"
+    });
+    assert!(ready, "{get}: {first:?}");
+    let (rc, body, status) = first;
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
     assert_eq!(json["server"], "httpbin", "{json}");
@@ -289,8 +296,14 @@ fn ingress_routing() {
 
     // Swap the two routes: the catch-all is first and now takes /status/418 too.
     m.apply(&repo().join("examples/variants/ingress-routing/vs-swapped.yaml"));
-    let (_, body, status) =
-        host_curl(&["--resolve", &host(http), &url("http", http, "/status/418")]);
+    let teapot = url("http", http, "/status/418");
+    let mut swapped = (None, String::new(), String::new());
+    let pushed = eventually(30, || {
+        swapped = host_curl(&["--resolve", &host(http), &teapot]);
+        swapped.2 == "200"
+    });
+    assert!(pushed, "swapped routes never took effect: {swapped:?}");
+    let (_, body, status) = swapped;
     assert_eq!(status, "200", "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
     assert_eq!(json["path"], "/anything/status/418", "{json}");
@@ -337,6 +350,28 @@ impl Mesh {
         let mut a = vec!["curl", "-sS", "-m", "5", "-w", "\n%{http_code}"];
         a.extend_from_slice(args);
         split_code(&self.exec(ns, pod, &a))
+    }
+
+    /// The first call of a live test, retried (up to 30s) until it answers `want`: `up` is
+    /// ready once every proxy has its config, but the pods' own servers (echo, nginx) may
+    /// still be binding their ports.
+    fn curl_until(
+        &self,
+        ns: &str,
+        pod: &str,
+        args: &[&str],
+        want: &str,
+    ) -> (Option<i32>, String, String) {
+        let mut last = (None, String::new(), String::new());
+        let ok = eventually(30, || {
+            last = self.curl(ns, pod, args);
+            last.2 == want
+        });
+        assert!(
+            ok,
+            "{ns}/{pod} curl {args:?} never answered {want}: {last:?}"
+        );
+        last
     }
 }
 
@@ -567,11 +602,6 @@ fn https_over_mtls_pools_land_in_the_proxy_that_opens_each_hop() {
 
 // ---------------------------------------------------------------------------------------------
 // 4. egress-double-mtls (seed 001, T90)
-//
-// The DR-hop2 variants (SIMPLE -> nginx 400, Secret in the wrong namespace -> 503 UF) are not
-// asserted live yet: after `apply` the gateway keeps reusing its pooled hop-2 connection (old
-// TLS context), and a credentialName Secret the gateway cannot read makes the proxy refuse the
-// whole config instead of failing that cluster with UF (reported to the owners).
 
 #[test]
 fn egress_double_mtls() {
@@ -586,10 +616,11 @@ fn egress_double_mtls() {
     let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
     let sleep_ip = m.pod_ip("mesh-test", "sleep");
     // The app calls plain http://; nginx verified the gateway's partner-issued client cert.
-    let (rc, body, status) = m.curl(
+    let (rc, body, status) = m.curl_until(
         "mesh-test",
         "deploy/sleep",
         &["http://api.partner.example.com/"],
+        "200",
     );
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     assert!(body.contains("verify=SUCCESS"), "{body}");
@@ -610,6 +641,58 @@ fn egress_double_mtls() {
         line.contains(&format!(" {sleep_ip}:")),
         "downstream is not the client: {line}"
     );
+
+    // DR-hop2 switched to SIMPLE: the gateway's pool drains the old MUTUAL connections and the
+    // next request reaches nginx without a client certificate.
+    m.apply(&repo().join("examples/variants/egress-double-mtls/dr-hop2-simple.yaml"));
+    let mut last = (None, String::new(), String::new());
+    let switched = eventually(30, || {
+        last = m.curl(
+            "mesh-test",
+            "deploy/sleep",
+            &["http://api.partner.example.com/simple"],
+        );
+        last.2 == "400"
+    });
+    assert!(switched, "SIMPLE hop 2 never got nginx's 400: {last:?}");
+    assert!(
+        last.1.contains("No required SSL certificate was sent"),
+        "{last:?}"
+    );
+
+    // DR-hop2 naming a Secret in the app's namespace: the gateway cannot use it, hop 2 fails
+    // at use with UF (503), the rest of its config stays in place.
+    m.apply(&repo().join("examples/variants/egress-double-mtls/dr-hop2-wrong-namespace.yaml"));
+    let failed = eventually(30, || {
+        last = m.curl(
+            "mesh-test",
+            "deploy/sleep",
+            &["http://api.partner.example.com/wrong-ns"],
+        );
+        last.2 == "503"
+    });
+    assert!(failed, "wrong-namespace Secret did not give 503: {last:?}");
+    let mut uf = String::new();
+    let logged = eventually(10, || {
+        let log = m.gateway_log("istio-system", "istio-egressgateway");
+        uf = log
+            .lines()
+            .find(|l| l.contains("/wrong-ns") && l.contains(" 503 UF"))
+            .unwrap_or_default()
+            .to_string();
+        !uf.is_empty()
+    });
+    assert!(logged, "no 503 UF line for /wrong-ns in the gateway log");
+    assert!(uf.contains("outbound|443||api.partner.example.com"), "{uf}");
+    // Envoy logs %UPSTREAM_TRANSPORT_FAILURE_REASON% with spaces as underscores.
+    assert!(
+        uf.contains("\"TLS_error:_Secret_is_not_supplied_by_SDS\""),
+        "{uf}"
+    );
+    assert!(
+        last.1.contains("TLS error: Secret is not supplied by SDS"),
+        "{last:?}"
+    );
     m.down();
 }
 
@@ -626,7 +709,12 @@ fn registry_only() {
     let mut m = Mesh::up("registry-only", "ro", &[]);
     let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
     // Registered: out through the egress gateway, 200.
-    let (rc, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/registered"]);
+    let (rc, body, status) = m.curl_until(
+        "demo",
+        "sleep",
+        &["http://api.partner.example/registered"],
+        "200",
+    );
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
     assert_eq!(
@@ -669,7 +757,12 @@ fn registry_only() {
     let variant = repo().join("examples/variants/registry-only/mesh-allow-any.yaml");
     let variant = variant.to_string_lossy().to_string();
     let mut m = Mesh::up("registry-only", "ra", &["--mesh-config", &variant]);
-    let (rc, body, status) = m.curl("demo", "sleep", &["http://unregistered.example/open"]);
+    let (rc, body, status) = m.curl_until(
+        "demo",
+        "sleep",
+        &["http://unregistered.example/open"],
+        "200",
+    );
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     let (rc, body, status) = m.curl(
         "demo",
@@ -750,7 +843,12 @@ fn bypass_trap() {
     }
     let mut m = Mesh::up("bypass-trap", "bt", &[]);
     let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
-    let (rc, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/routed"]);
+    let (rc, body, status) = m.curl_until(
+        "demo",
+        "sleep",
+        &["http://api.partner.example/routed"],
+        "200",
+    );
     assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
     assert_eq!(json["peer_ip"], gw_ip.as_str(), "{json}");
@@ -783,7 +881,13 @@ fn bypass_trap() {
         &["--mesh-config", &mc.to_string_lossy()],
     );
     m.apply(&repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"));
-    let (_, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/blocked"]);
+    // Once the change is pushed: blocked (block_all, 502).
+    let (_, body, status) = m.curl_until(
+        "demo",
+        "sleep",
+        &["http://api.partner.example/blocked"],
+        "502",
+    );
     assert_eq!(status, "502", "{body}");
     let log = m.gateway_log("istio-system", "istio-egressgateway");
     assert!(!log.contains("/blocked"), "{log}");
@@ -804,20 +908,25 @@ fn https_over_mtls() {
     let gw_ip = m.pod_ip("istio-vt-t91", "t91-egress");
     let client_ip = m.pod_ip("istio-vt-t91", "client");
     // The client sees the outside server's own self-signed certificate (verify result 18).
-    let out = m.exec(
-        "istio-vt-t91",
-        "client",
-        &[
-            "curl",
-            "-sS",
-            "-k",
-            "-m",
-            "5",
-            "-w",
-            "\n%{ssl_verify_result} %{http_code}",
-            "https://api.partner.example/t91",
-        ],
-    );
+    // Retried: the outside server may still be binding its port right after `up`.
+    let mut out = m.exec("istio-vt-t91", "client", &["true"]);
+    eventually(30, || {
+        out = m.exec(
+            "istio-vt-t91",
+            "client",
+            &[
+                "curl",
+                "-sS",
+                "-k",
+                "-m",
+                "5",
+                "-w",
+                "\n%{ssl_verify_result} %{http_code}",
+                "https://api.partner.example/t91",
+            ],
+        );
+        split_code(&out).2.ends_with(" 200")
+    });
     let (rc, body, verify_and_code) = split_code(&out);
     assert_eq!(
         (rc, verify_and_code.as_str()),
@@ -876,11 +985,26 @@ fn https_over_mtls() {
         gw.contains("\"maxConnections\":222"),
         "DR2 pool not in the gateway"
     );
-    // (The live dump is the proxy's own config; the xDS `requireClientCertificate: true` is
-    // asserted offline above. Here: the 8443 chain terminates mesh mTLS against ROOTCA.)
-    assert!(
-        gw.contains("\"serverNames\":[\"api.partner.example\"]},\"tls\":{\"mode\":\"ISTIO_MUTUAL\",\"certificates\":[\"default\"],\"validation\":\"ROOTCA\""),
-        "gateway 8443 chain does not verify client certs: {gw}"
+    // The gateway's live 8443 listener: SNI = the outside host, mesh mTLS terminated with a
+    // required client certificate (seed S1).
+    let dump: serde_json::Value =
+        serde_json::from_str(&m.admin("istio-vt-t91", "deploy/t91-egress", "/config_dump"))
+            .expect("config_dump json");
+    let l8443 = dump["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "0.0.0.0_8443"))
+        .unwrap_or_else(|| panic!("no 0.0.0.0_8443 listener: {dump}"));
+    let chain = l8443["filterChains"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter().find(|c| {
+                c["filterChainMatch"]["serverNames"] == serde_json::json!(["api.partner.example"])
+            })
+        })
+        .unwrap_or_else(|| panic!("no api.partner.example chain: {l8443}"));
+    assert_eq!(
+        chain["transportSocket"]["typedConfig"]["requireClientCertificate"], true,
+        "{chain}"
     );
     // `tls.mode: tcp` is rejected with kubectl's message, exit 1.
     let invalid = repo().join("examples/invalid/dr-mode-tcp-invalid.yaml");
@@ -956,7 +1080,7 @@ fn sidecar_scope() {
     );
     // The imported services still work from the scoped client.
     for url in ["http://web/x", "http://catalog.shared/x"] {
-        let (rc, body, status) = m.curl("demo", "sleep", &[url]);
+        let (rc, body, status) = m.curl_until("demo", "sleep", &[url], "200");
         assert_eq!((rc, status.as_str()), (Some(0), "200"), "{url}: {body}");
     }
     m.down();
