@@ -50,7 +50,10 @@ impl Host {
     /// Whether the host is ejected. Ejection ends on an interval tick, not at an instant,
     /// so `now` is not consulted (kept for callers that pass it).
     pub fn ejected(&self, _now: Instant) -> bool {
-        self.outlier.lock().unwrap_or_else(|e| e.into_inner()).ejected
+        self.outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ejected
     }
 
     /// How many times outlier detection ejected this host.
@@ -441,8 +444,7 @@ impl ClusterRuntime {
             let mut g = h.outlier.lock().unwrap_or_else(|e| e.into_inner());
             if !g.ejected {
                 if g.backoff > 0
-                    && g
-                        .last_unejection
+                    && g.last_unejection
                         .is_some_and(|t| now.saturating_duration_since(t) >= od.interval.0)
                 {
                     g.backoff -= 1;
@@ -508,8 +510,7 @@ impl ClusterRuntime {
                 // An ejection may have raced the decision to stop: keep ticking then.
                 let busy = c.hosts.iter().any(|h| h.ejected(Instant::now()));
                 if !busy
-                    || c
-                        .ticker_on
+                    || c.ticker_on
                         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                         .is_err()
                 {
@@ -775,7 +776,8 @@ mod tests {
         assert!(!h.ejected(Instant::now()));
         assert_eq!(active(), 0);
         assert_eq!(
-            c.stats.get("cluster.c.outlier_detection.ejections_enforced_total"),
+            c.stats
+                .get("cluster.c.outlier_detection.ejections_enforced_total"),
             1
         );
     }

@@ -84,12 +84,7 @@ impl Pool {
         // Dropping the last sender of an idle HTTP/1 connection closes it; HTTP/2
         // connections close once their in-flight streams (which hold senders) end.
         drop(idle);
-        for (_, (_, info)) in self
-            .h2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-        {
+        for (_, (_, info)) in self.h2.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             info.expired.store(true, Ordering::Release);
         }
         n

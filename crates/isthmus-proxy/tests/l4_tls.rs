@@ -411,10 +411,7 @@ async fn bad_config_is_refused_whole() {
         .update(serde_json::from_value(bad).unwrap())
         .await
         .unwrap_err();
-    assert!(
-        err.to_string().contains("secret \"broken\""),
-        "{err}"
-    );
+    assert!(err.to_string().contains("secret \"broken\""), "{err}");
     assert!(p.proxy.listener_addr("new").is_none());
     assert_eq!(p.addr("tcp"), addr);
     let mut c = TcpStream::connect(addr).await.unwrap();
