@@ -601,10 +601,10 @@ async fn handle(
         RouteAction::DirectResponse(d) => {
             entry.response_code = d.status;
             entry.response_code_details = Some("direct_response".into());
-            return wrap(
-                local_reply(d.status, d.body.as_deref().unwrap_or("")),
-                fin(entry, None, None),
-            );
+            // Envoy applies the route's response header edits to direct responses too.
+            let mut resp = local_reply(d.status, d.body.as_deref().unwrap_or(""));
+            apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            return wrap(resp, fin(entry, None, None));
         }
         RouteAction::Redirect(r) => {
             let code = r.response_code.unwrap_or(301);
@@ -624,10 +624,9 @@ async fn handle(
                     .to_string(),
             };
             let p = r.path.clone().unwrap_or_else(|| path.clone());
-            return wrap(
-                redirect_reply(code, &format!("{scheme}://{host}{port}{p}")),
-                fin(entry, None, None),
-            );
+            let mut resp = redirect_reply(code, &format!("{scheme}://{host}{port}{p}"));
+            apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            return wrap(resp, fin(entry, None, None));
         }
         RouteAction::Route(t) => t.clone(),
     };

@@ -205,3 +205,21 @@ fn xds_header_append_action_default_is_append() {
         ]
     );
 }
+
+#[tokio::test]
+async fn direct_response_gets_the_route_response_headers() {
+    let p = start(json!({
+        "listeners": [{"name": "http", "address": "127.0.0.1:0", "filterChains": [
+            {"action": {"http": {"routeConfig": {"name": "80", "virtualHosts": [
+                {"name": "app", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "directResponse": {"status": 418, "body": "teapot"},
+                     "responseHeaders": {"set": [["x-direct", "yes", false]]}}]}]}}}}]}],
+        "clusters": []
+    }))
+    .await;
+    let url = format!("http://127.0.0.1:{}/", p.addr("http").port());
+    let o = curl(&s(&["-i", &url])).await;
+    assert!(o.stdout.starts_with("HTTP/1.1 418"), "{}", o.stdout);
+    assert!(o.stdout.contains("x-direct: yes"), "{}", o.stdout);
+    assert!(o.stdout.ends_with("teapot"), "{}", o.stdout);
+}
