@@ -1101,23 +1101,31 @@ fn ingress_passthrough() {
     let resolve = format!("httpbin.example.com:{p}:127.0.0.1");
     let url = format!("https://httpbin.example.com:{p}/status/418");
     // 418 from httpbin itself, with httpbin's own certificate: the gateway did not decrypt.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-v",
-            "--insecure",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--resolve",
-            &resolve,
-            &url,
-        ])
-        .output()
-        .expect("curl");
+    // Retried: right after `up` httpbin may still be binding its port (the gateway resets).
+    let teapot = || {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-v",
+                "--insecure",
+                "-m",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                &resolve,
+                &url,
+            ])
+            .output()
+            .expect("curl")
+    };
+    let mut out = teapot();
+    eventually(30, || {
+        out = teapot();
+        out.stdout == b"418"
+    });
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "418",
