@@ -147,6 +147,13 @@ async fn get(c: &mut Client, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Idle HTTP/1 connections in the current version's pool of the partner cluster.
+fn idle(p: &TestProxy) -> usize {
+    p.proxy.shared.runtime.load().clusters["outbound|443||partner.example"]
+        .pool
+        .idle_count()
+}
+
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !f() {
@@ -206,6 +213,7 @@ async fn mutual_to_simple_drains_pool_next_request_sends_no_cert() {
     })
     .await;
     // U3 is pooled and reused: still no certificate, no new connection.
+    wait_for("U3 back in the pool", || idle(&p) == 1).await;
     assert_eq!(get(&mut a, "/get").await, (200, "cert=no".into()));
     assert_eq!(seen.open.load(Ordering::SeqCst), 1);
 }
@@ -221,6 +229,7 @@ async fn unchanged_cluster_keeps_its_pool_across_updates() {
         start(serde_json::to_value(cfg(partner, true, &server_ca, &client_cert)).unwrap()).await;
     let mut a = client(p.addr("http")).await;
     assert_eq!(get(&mut a, "/get").await, (200, "cert=yes".into()));
+    wait_for("the connection back in the pool", || idle(&p) == 1).await;
     p.proxy
         .update(cfg(partner, true, &server_ca, &client_cert))
         .await
