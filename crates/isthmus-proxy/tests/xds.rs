@@ -276,3 +276,75 @@ fn example_runtime_config_is_valid() {
     let again: ProxyConfig = serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
     assert_eq!(again, cfg);
 }
+
+/// The seed's double-mTLS egress gateway, compiled, with its `credentialName` Secret not
+/// served (e.g. it lives in another namespace): the config is accepted, the partner cluster
+/// fails with Envoy's "Secret is not supplied by SDS", and once the Secret is served the same
+/// cluster (not rebuilt) completes the MUTUAL handshake with the partner.
+#[tokio::test]
+async fn compiled_double_mtls_gateway_without_credential_is_accepted_and_waits_for_it() {
+    let path = golden_dir().join("double-mtls/gateway.json");
+    if !path.exists() {
+        let msg = format!("SKIPPED: {} not found", path.display());
+        eprintln!("{msg}");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        return;
+    }
+    const CRED: &str = "kubernetes://partner-client-credential";
+    const PARTNER: &str = "outbound|443||api.partner.example.com";
+    let ca = Ca::new("partner-root");
+    let partner = https_backend(
+        "partner",
+        &ca.leaf(&["api.partner.example.com"], &[]),
+        Some(&ca),
+    )
+    .await;
+    let mut full = from_xds(&load(&path)).unwrap();
+    with_real_secrets(&mut full, &ca, &["gateway.example"]);
+    loopback_listeners(&mut full);
+    let c = full
+        .clusters
+        .iter_mut()
+        .find(|c| c.name == PARTNER)
+        .expect("partner cluster");
+    c.endpoints = vec![Endpoint {
+        address: partner.ip().to_string(),
+        port: partner.port(),
+        weight: 1,
+    }];
+    assert_eq!(
+        c.tls.as_ref().and_then(|t| t.certificate.as_deref()),
+        Some(CRED)
+    );
+    let mut without = full.clone();
+    without.secrets.retain(|s| s.name != CRED);
+
+    let stats = Arc::new(isthmus_proxy::stats::Stats::default());
+    let rt = isthmus_proxy::runtime::Runtime::build(without, None, &stats)
+        .expect("a missing credential is not a NACK");
+    let cluster = rt.clusters[PARTNER].clone();
+    let err = match cluster.connect(partner, None).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected without the client certificate"),
+    };
+    assert_eq!(err.flag(), "UF");
+    assert_eq!(
+        err.transport_reason().as_deref(),
+        Some("TLS_error:_Secret_is_not_supplied_by_SDS")
+    );
+    assert_eq!(
+        stats.get(&format!(
+            "cluster.{PARTNER}.client_ssl_socket_factory.upstream_context_secrets_not_ready"
+        )),
+        1
+    );
+
+    let rt2 = isthmus_proxy::runtime::Runtime::build(full, Some(&rt), &stats).expect("ACK");
+    assert!(
+        Arc::ptr_eq(&rt2.clusters[PARTNER], &cluster),
+        "the cluster is kept, only the secret arrived"
+    );
+    if let Err(e) = cluster.connect(partner, None).await {
+        panic!("MUTUAL handshake after the secret arrived: {e}");
+    }
+}
