@@ -1,8 +1,9 @@
 //! Compile time per proxy in a mesh of N services, each with a VirtualService and a
 //! DestinationRule (two subsets): one gateway binding all of them, one sidecar seeing all.
-//! `ISTHMUS_BENCH_SERVICES` overrides N (default 10000). Goal: < 100 ms per proxy, linear.
+//! N = 1k, 5k and 10k (`ISTHMUS_BENCH_SERVICES=N[,M...]` overrides). Goal: < 100 ms per proxy,
+//! linear growth.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use isthmus_api::{load_str, LoadOptions, MeshConfig};
 use isthmus_compile::compile;
 use isthmus_model::Snapshot;
@@ -27,44 +28,56 @@ apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-
 }
 
 fn bench(c: &mut Criterion) {
-    let n: usize = std::env::var("ISTHMUS_BENCH_SERVICES")
+    // 1k/5k/10k by default, to show the growth is linear; `ISTHMUS_BENCH_SERVICES=N[,M...]`
+    // picks other sizes.
+    let sizes: Vec<usize> = std::env::var("ISTHMUS_BENCH_SERVICES")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let t = std::time::Instant::now();
-    let loaded = load_str("bench.yaml", &mesh_yaml(n), &LoadOptions::default());
-    assert!(
-        loaded.rejections.is_empty(),
-        "{:?}",
-        loaded.rejections.first()
-    );
-    let load_time = t.elapsed();
-    let t = std::time::Instant::now();
-    let (snap, _) = Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
-    eprintln!(
-        "{n} services: load {load_time:?}, snapshot build {:?}",
-        t.elapsed()
-    );
-    let gw = snap
-        .resolve_proxy("gw.istio-system", None)
-        .expect("gateway");
-    let sc = snap.resolve_proxy("client.bench", None).expect("sidecar");
-    let g = compile(&snap, &gw);
-    let s = compile(&snap, &sc);
-    eprintln!(
-        "gateway: {} listeners, {} vhosts, {} clusters; sidecar: {} listeners, {} vhosts, {} clusters",
-        g.config.listeners.len(),
-        g.config.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
-        g.config.clusters.len(),
-        s.config.listeners.len(),
-        s.config.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
-        s.config.clusters.len()
-    );
-    let mut group = c.benchmark_group(format!("compile_{n}_services"));
-    group.sample_size(10);
-    group.bench_function("gateway", |b| b.iter(|| compile(&snap, &gw)));
-    group.bench_function("sidecar", |b| b.iter(|| compile(&snap, &sc)));
-    group.finish();
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
+    for n in sizes {
+        let t = std::time::Instant::now();
+        let loaded = load_str("bench.yaml", &mesh_yaml(n), &LoadOptions::default());
+        assert!(
+            loaded.rejections.is_empty(),
+            "{:?}",
+            loaded.rejections.first()
+        );
+        let load_time = t.elapsed();
+        let t = std::time::Instant::now();
+        let (snap, _) = Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
+        eprintln!(
+            "{n} services: load {load_time:?}, snapshot build {:?}",
+            t.elapsed()
+        );
+        let gw = snap
+            .resolve_proxy("gw.istio-system", None)
+            .expect("gateway");
+        let sc = snap.resolve_proxy("client.bench", None).expect("sidecar");
+        let g = compile(&snap, &gw);
+        let s = compile(&snap, &sc);
+        eprintln!(
+            "gateway: {} listeners, {} vhosts, {} clusters; sidecar: {} listeners, {} vhosts, {} clusters",
+            g.config.listeners.len(),
+            g.config.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
+            g.config.clusters.len(),
+            s.config.listeners.len(),
+            s.config.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
+            s.config.clusters.len()
+        );
+        drop((g, s));
+        let mut group = c.benchmark_group("compile");
+        group.sample_size(10);
+        // Criterion's `iter` drops each result inside the measurement: freeing a proxy's
+        // config is part of its cost.
+        group.bench_with_input(BenchmarkId::new("gateway", n), &n, |b, _| {
+            b.iter(|| compile(&snap, &gw))
+        });
+        group.bench_with_input(BenchmarkId::new("sidecar", n), &n, |b, _| {
+            b.iter(|| compile(&snap, &sc))
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, bench);

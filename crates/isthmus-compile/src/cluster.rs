@@ -1,8 +1,9 @@
 //! CDS/EDS: outbound service clusters with every DestinationRule field mapped as istiod maps it
 //! (reference §3), plus BlackHole/Passthrough and sidecar inbound clusters.
 
-use crate::policy::{merge_subset, port_level, Policy};
+use crate::policy::{merge_subset_ref, port_level, port_level_ref, PolicyRef};
 use crate::scope::Ctx;
+use crate::scope::FastMap;
 use crate::tls;
 use isthmus_api::istio::ConnectionPoolSettings;
 use isthmus_model::{MergedDestinationRule, Protocol, Resolution, Service, ServicePort};
@@ -10,6 +11,7 @@ use isthmus_xds::cluster::{ClusterFilter, UseDownstreamProtocolConfig};
 use isthmus_xds::core::Empty;
 use isthmus_xds::*;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 const MAX: u32 = u32::MAX;
 
@@ -31,34 +33,89 @@ fn clamp(v: Option<i64>) -> Option<u32> {
         .map(|x| u32::try_from(x).unwrap_or(MAX))
 }
 
+/// The outbound clusters (and EDS assignments) of one service, as one proxy kind builds them
+/// with one DestinationRule.
+struct ServiceClusters {
+    clusters: Vec<Arc<Cluster>>,
+    endpoints: Vec<Arc<ClusterLoadAssignment>>,
+}
+
+/// Per-snapshot cache of outbound service clusters, shared by every proxy compiled from the
+/// snapshot (istiod keeps the same kind of CDS cache). A service's clusters are a pure function
+/// of the service, the DestinationRule the proxy selected for it, and whether the proxy is a
+/// gateway (everything else they read is mesh config, fixed per snapshot), so that triple is
+/// the key; the snapshot being immutable keeps the addresses in the key stable. A service whose
+/// build reported a diagnostic or referenced an SDS secret is not cached: those side effects
+/// (some name the proxy) must happen on every compile.
+#[derive(Default)]
+pub(crate) struct ClusterCache {
+    by_service: Mutex<FastMap<(usize, usize, bool), Arc<ServiceClusters>>>,
+}
+
+impl ClusterCache {
+    fn get(&self, key: &(usize, usize, bool)) -> Option<Arc<ServiceClusters>> {
+        let map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).cloned()
+    }
+    fn put(&self, key: (usize, usize, bool), v: ServiceClusters) {
+        let mut map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, Arc::new(v));
+    }
+}
+
 pub fn build_clusters(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
     let services = ctx.services.clone();
+    let per_service = services.len() * 3;
+    cfg.clusters.reserve(per_service + 4);
+    cfg.endpoints.reserve(per_service);
+    let cache = ctx.snap.extension::<ClusterCache>();
+    let gateway = ctx.proxy.is_gateway();
     for svc in services {
-        let dr = ctx
-            .snap
-            .destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc);
+        let dr = ctx.destination_rule(svc);
         if let Some(d) = dr {
-            ctx.applied_drs.insert(d.meta.label(), d);
+            ctx.applied(d);
         }
+        let key = (
+            svc as *const Service as usize,
+            dr.map_or(0, |d| d as *const MergedDestinationRule as usize),
+            gateway,
+        );
+        if let Some(hit) = cache.get(&key) {
+            cfg.clusters.extend(hit.clusters.iter().cloned());
+            cfg.endpoints.extend(hit.endpoints.iter().cloned());
+            continue;
+        }
+        let (c0, e0) = (cfg.clusters.len(), cfg.endpoints.len());
+        let (d0, s0) = (ctx.diags.len(), ctx.sds_ref_calls);
         for port in &svc.ports {
             if port.protocol == Protocol::Udp {
                 continue;
             }
             let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-            let (base, _) = port_level(top, port.port);
-            build_one(ctx, cfg, svc, port, None, base.clone(), dr);
+            let (base, _) = port_level_ref(top, port.port);
+            build_one(ctx, cfg, svc, port, None, base, dr);
             if let Some(d) = dr {
                 for s in &d.spec.subsets {
-                    let pol = merge_subset(base.clone(), s.traffic_policy.as_ref(), port.port);
+                    let pol = merge_subset_ref(base, s.traffic_policy.as_ref(), port.port);
                     build_one(ctx, cfg, svc, port, Some(s), pol, dr);
                 }
             }
         }
+        if ctx.diags.len() == d0 && ctx.sds_ref_calls == s0 {
+            cache.put(
+                key,
+                ServiceClusters {
+                    clusters: cfg.clusters[c0..].to_vec(),
+                    endpoints: cfg.endpoints[e0..].to_vec(),
+                },
+            );
+        }
     }
-    cfg.clusters.push(blackhole(ctx));
-    cfg.clusters.push(passthrough(ctx, PASSTHROUGH));
+    cfg.clusters.push(Arc::new(blackhole(ctx)));
+    cfg.clusters.push(Arc::new(passthrough(ctx, PASSTHROUGH)));
     if !ctx.proxy.is_gateway() {
-        cfg.clusters.push(passthrough(ctx, INBOUND_PASSTHROUGH));
+        cfg.clusters
+            .push(Arc::new(passthrough(ctx, INBOUND_PASSTHROUGH)));
         build_inbound(ctx, cfg);
     }
 }
@@ -159,18 +216,29 @@ fn load_assignment(
     }
 }
 
+/// The `istio.metadata_exchange` upstream filter every in-mesh cluster carries (built once).
+fn metadata_exchange() -> ClusterFilter {
+    static TEMPLATE: std::sync::OnceLock<ClusterFilter> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| ClusterFilter {
+            name: "istio.metadata_exchange".into(),
+            typed_config: serde_json::json!({"@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange", "protocol": "istio-peer-exchange"}),
+        })
+        .clone()
+}
+
 #[allow(clippy::too_many_arguments)]
-fn build_one(
-    ctx: &mut Ctx,
+fn build_one<'a>(
+    ctx: &mut Ctx<'a>,
     cfg: &mut ProxyConfig,
-    svc: &Service,
+    svc: &'a Service,
     port: &ServicePort,
-    subset: Option<&isthmus_api::istio::Subset>,
-    policy: Option<Policy>,
-    dr: Option<&MergedDestinationRule>,
+    subset: Option<&'a isthmus_api::istio::Subset>,
+    policy: Option<PolicyRef<'a>>,
+    dr: Option<&'a MergedDestinationRule>,
 ) {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
-    let name = format!("outbound|{}|{}|{}", port.port, subset_name, svc.hostname);
+    let name = crate::route::cluster_name(port.port, subset_name, &svc.hostname);
     let policy = policy.unwrap_or_default();
     let gateway = ctx.proxy.is_gateway();
     let mut c = Cluster {
@@ -180,13 +248,12 @@ fn build_one(
     };
 
     // Discovery type and load balancing.
-    let lb_simple = policy.load_balancer.as_ref().and_then(|l| l.simple.clone());
+    let lb_simple: Option<&str> = policy.load_balancer.and_then(|l| l.simple.as_deref());
     let mut resolution = svc.resolution;
     if resolution == Resolution::Passthrough && gateway {
         resolution = Resolution::ClientSideLb; // gateways cannot use the original destination
     }
-    let orig_dst =
-        resolution == Resolution::Passthrough || lb_simple.as_deref() == Some("PASSTHROUGH");
+    let orig_dst = resolution == Resolution::Passthrough || lb_simple == Some("PASSTHROUGH");
     if orig_dst {
         c.r#type = DiscoveryType::OriginalDst;
         c.lb_policy = "CLUSTER_PROVIDED".into();
@@ -215,23 +282,22 @@ fn build_one(
                     eds_config: ConfigSource::ads(),
                     service_name: name.clone(),
                 });
-                cfg.endpoints.push(load_assignment(
+                cfg.endpoints.push(Arc::new(load_assignment(
                     &name,
                     svc,
                     port.port,
                     subset.map(|s| &s.labels),
                     false,
-                ));
+                )));
             }
         }
-        c.lb_policy = match lb_simple.as_deref() {
+        c.lb_policy = match lb_simple {
             Some("ROUND_ROBIN") => String::new(),
             Some("RANDOM") => "RANDOM".into(),
             _ => "LEAST_REQUEST".into(),
         };
         if let Some(ch) = policy
             .load_balancer
-            .as_ref()
             .and_then(|l| l.consistent_hash.as_ref())
         {
             if ch.get("maglev").is_some() {
@@ -253,7 +319,7 @@ fn build_one(
     let no_meta = isthmus_model::ConfigMeta::default();
     let meta: Option<&isthmus_model::ConfigMeta> = dr.map(|d| &d.meta);
     let empty_pool = ConnectionPoolSettings::default();
-    let pool = policy.connection_pool.as_ref().unwrap_or(&empty_pool);
+    let pool = policy.connection_pool.unwrap_or(&empty_pool);
 
     // connectTimeout and circuit breakers (always emitted, Istio's MaxUint32 defaults).
     let mut th = default_thresholds();
@@ -285,8 +351,8 @@ fn build_one(
     c.circuit_breakers = Some(th);
 
     // TCP keepalive: mesh first, then the DR field by field.
-    let mesh_ka = ctx.snap.mesh.tcp_keepalive.clone();
-    let dr_ka = pool.tcp.as_ref().and_then(|t| t.tcp_keepalive.clone());
+    let mesh_ka = ctx.snap.mesh.tcp_keepalive.as_ref();
+    let dr_ka = pool.tcp.as_ref().and_then(|t| t.tcp_keepalive.as_ref());
     if mesh_ka.is_some() || dr_ka.is_some() {
         let mut ka = TcpKeepalive::default();
         for (src, k) in [("mesh", mesh_ka), ("dr", dr_ka)] {
@@ -389,7 +455,7 @@ fn build_one(
 
     // Outlier detection (only when the DR sets it) and the panic threshold.
     let mut lb_common = CommonLbConfig::default();
-    if let Some(od) = &policy.outlier_detection {
+    if let Some(od) = policy.outlier_detection {
         let mut o = isthmus_xds::OutlierDetection {
             enforcing_success_rate: Some(0),
             ..Default::default()
@@ -434,7 +500,7 @@ fn build_one(
 
     // TLS: the DR's, else auto-mTLS.
     let mut istio_md = IstioMetadata::default();
-    match (&policy.tls, dr) {
+    match (policy.tls, dr) {
         (Some(t), Some(d)) if t.mode() != "DISABLE" => {
             let up = tls::upstream(
                 ctx,
@@ -498,8 +564,8 @@ fn build_one(
 
     // Metadata.
     if let Some(d) = dr {
-        if policy != Policy::default() || subset.is_some() || d.spec.traffic_policy.is_some() {
-            istio_md.config = Some(d.meta.config_path());
+        if !policy.is_empty() || subset.is_some() || d.spec.traffic_policy.is_some() {
+            istio_md.config = Some(ctx.config_path(&d.meta));
         }
     }
     if subset.is_some() {
@@ -513,13 +579,10 @@ fn build_one(
     if svc.mesh_external {
         istio_md.external = Some(true);
     } else {
-        c.filters = vec![ClusterFilter {
-            name: "istio.metadata_exchange".into(),
-            typed_config: serde_json::json!({"@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange", "protocol": "istio-peer-exchange"}),
-        }];
+        c.filters = vec![metadata_exchange()];
     }
     c.metadata.filter_metadata.istio = Some(istio_md);
-    cfg.clusters.push(c);
+    cfg.clusters.push(Arc::new(c));
 }
 
 /// `inbound|PORT||` clusters for the Services selecting this sidecar's workload. Only the DR's
@@ -601,6 +664,6 @@ fn build_inbound(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
                 ..Default::default()
             }],
         });
-        cfg.clusters.push(c);
+        cfg.clusters.push(Arc::new(c));
     }
 }

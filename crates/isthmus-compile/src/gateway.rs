@@ -23,6 +23,10 @@ struct Entry<'a> {
     protocol: Protocol,
     target: u32,
     bind: String,
+    /// `ns/name` of the Gateway and [`Entry::host_pairs`], computed once: every visible
+    /// VirtualService is checked against every server (10k VSs on one gateway).
+    gw_key: String,
+    pairs: Vec<(Option<String>, String)>,
 }
 
 impl Entry<'_> {
@@ -86,28 +90,29 @@ impl Entry<'_> {
 /// VS hosts of `vs` that this server exposes (VS host, narrowed to the server host when the VS
 /// host is the broader wildcard).
 fn bound_hosts(e: &Entry, vs: &VirtualServiceConfig) -> Vec<String> {
-    let gw = e.gw_name();
-    let bound = vs.spec.gateways.contains(&gw)
+    let gw = e.gw_key.as_str();
+    let has = |list: &[String]| list.iter().any(|g| g == gw);
+    let bound = has(&vs.spec.gateways)
         || vs
             .spec
             .http
             .iter()
-            .any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)))
+            .any(|h| h.matches.iter().any(|m| has(&m.gateways)))
         || vs
             .spec
             .tcp
             .iter()
-            .any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)))
+            .any(|h| h.matches.iter().any(|m| has(&m.gateways)))
         || vs
             .spec
             .tls
             .iter()
-            .any(|h| h.matches.iter().any(|m| m.gateways.contains(&gw)));
+            .any(|h| h.matches.iter().any(|m| has(&m.gateways)));
     if !bound {
         return vec![];
     }
     let mut out = Vec::new();
-    for (ns, sh) in e.host_pairs() {
+    for (ns, sh) in &e.pairs {
         if ns
             .as_deref()
             .is_some_and(|n| n != "*" && n != vs.meta.namespace)
@@ -115,9 +120,9 @@ fn bound_hosts(e: &Entry, vs: &VirtualServiceConfig) -> Vec<String> {
             continue;
         }
         for vh in &vs.spec.hosts {
-            let h = if host_matches(&sh, vh) {
+            let h = if host_matches(sh, vh) {
                 vh.clone()
-            } else if host_matches(vh, &sh) {
+            } else if host_matches(vh, sh) {
                 sh.clone()
             } else {
                 continue;
@@ -160,7 +165,7 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
                     }
                 }
             }
-            let e = Entry {
+            let mut e = Entry {
                 gw,
                 index: i,
                 server: s,
@@ -169,7 +174,11 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
                 protocol: Protocol::parse(&p.protocol),
                 target,
                 bind: s.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                gw_key: String::new(),
+                pairs: Vec::new(),
             };
+            e.gw_key = e.gw_name();
+            e.pairs = e.host_pairs();
             let key = (target, e.bind.clone());
             if let Some(first) = groups.get(&key).and_then(|v| v.first()) {
                 // Only plain-text HTTP servers merge with each other, and TLS servers with TLS
@@ -281,11 +290,7 @@ fn server_chains(
             // SNI-DNAT: one chain per visible service port whose host the server covers.
             let services = ctx.services.clone();
             for svc in services {
-                if svc.mesh_external
-                    || !e
-                        .host_pairs()
-                        .iter()
-                        .any(|(_, h)| host_matches(h, &svc.hostname))
+                if svc.mesh_external || !e.pairs.iter().any(|(_, h)| host_matches(h, &svc.hostname))
                 {
                     continue;
                 }
@@ -346,7 +351,7 @@ fn server_chains(
                     let sni: Vec<String> = m
                         .sni_hosts
                         .iter()
-                        .filter(|s| e.host_pairs().iter().any(|(_, h)| hosts_intersect(h, s)))
+                        .filter(|s| e.pairs.iter().any(|(_, h)| hosts_intersect(h, s)))
                         .cloned()
                         .collect();
                     let dup: Vec<String> = sni
@@ -528,9 +533,19 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
             if routes.is_empty() {
                 continue;
             }
-            for h in hosts {
+            // The last host takes the routes by move: one VS host per server is the norm.
+            let last = hosts.len() - 1;
+            let mut routes = Some(routes);
+            for (k, h) in hosts.into_iter().enumerate() {
                 let entry = vhosts.entry(h).or_insert_with(|| (e.port, Vec::new()));
-                entry.1.extend(routes.iter().cloned());
+                match (k == last, routes.as_ref()) {
+                    (false, Some(r)) => entry.1.extend(r.iter().cloned()),
+                    _ => {
+                        if let Some(r) = routes.take() {
+                            entry.1.extend(r);
+                        }
+                    }
+                }
             }
         }
     }
@@ -554,17 +569,27 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
     };
     for (host, (port, mut routes)) in vhosts {
         // Several VSs for one host: catch-all routes move to the end (SortVHostRoutes).
-        let (mut normal, catch): (Vec<Route>, Vec<Route>) =
-            routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
-        normal.extend(catch);
+        // Skipped when no catch-all precedes another route (the common single-VS case).
+        let catch_first = routes
+            .iter()
+            .position(|r| is_catch_all(&r.r#match))
+            .is_some_and(|i| routes[i + 1..].iter().any(|r| !is_catch_all(&r.r#match)));
+        let normal = if catch_first {
+            let (mut normal, catch): (Vec<Route>, Vec<Route>) =
+                routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
+            normal.extend(catch);
+            normal
+        } else {
+            routes
+        };
         let require_tls = if redirect.contains_key(&host) {
             "ALL".to_string()
         } else {
             String::new()
         };
         out.virtual_hosts.push(VirtualHost {
-            name: format!("{host}:{port}"),
-            domains: vec![host.clone()],
+            name: crate::route::concat(&[&host, ":", crate::route::itoa_u32(port).as_str()]),
+            domains: vec![host],
             routes: normal,
             require_tls,
             ..Default::default()

@@ -26,6 +26,81 @@ impl Policy {
     }
 }
 
+/// [`Policy`] borrowed from the DestinationRule: what the cluster builder works from, so that
+/// layering the four blocks for every (service, port, subset) copies nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PolicyRef<'p> {
+    pub load_balancer: Option<&'p LoadBalancerSettings>,
+    pub connection_pool: Option<&'p ConnectionPoolSettings>,
+    pub outlier_detection: Option<&'p OutlierDetection>,
+    pub tls: Option<&'p ClientTlsSettings>,
+}
+
+impl PolicyRef<'_> {
+    /// No block set (equal to `Policy::default()`).
+    pub fn is_empty(&self) -> bool {
+        self.load_balancer.is_none()
+            && self.connection_pool.is_none()
+            && self.outlier_detection.is_none()
+            && self.tls.is_none()
+    }
+}
+
+/// [`port_level`] without copying.
+pub fn port_level_ref(tp: Option<&TrafficPolicy>, port: u32) -> (Option<PolicyRef<'_>>, bool) {
+    let Some(tp) = tp else { return (None, false) };
+    if let Some(p) = tp
+        .port_level_settings
+        .iter()
+        .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+    {
+        return (
+            Some(PolicyRef {
+                load_balancer: p.load_balancer.as_ref(),
+                connection_pool: p.connection_pool.as_ref(),
+                outlier_detection: p.outlier_detection.as_ref(),
+                tls: p.tls.as_ref(),
+            }),
+            true,
+        );
+    }
+    (
+        Some(PolicyRef {
+            load_balancer: tp.load_balancer.as_ref(),
+            connection_pool: tp.connection_pool.as_ref(),
+            outlier_detection: tp.outlier_detection.as_ref(),
+            tls: tp.tls.as_ref(),
+        }),
+        false,
+    )
+}
+
+/// [`merge_subset`] without copying.
+pub fn merge_subset_ref<'p>(
+    base: Option<PolicyRef<'p>>,
+    subset: Option<&'p TrafficPolicy>,
+    port: u32,
+) -> Option<PolicyRef<'p>> {
+    let (sub, has_port) = port_level_ref(subset, port);
+    let Some(sub) = sub else { return base };
+    let Some(mut out) = base else {
+        return Some(sub);
+    };
+    if has_port || sub.connection_pool.is_some() {
+        out.connection_pool = sub.connection_pool;
+    }
+    if has_port || sub.outlier_detection.is_some() {
+        out.outlier_detection = sub.outlier_detection;
+    }
+    if has_port || sub.load_balancer.is_some() {
+        out.load_balancer = sub.load_balancer;
+    }
+    if has_port || sub.tls.is_some() {
+        out.tls = sub.tls;
+    }
+    Some(out)
+}
+
 /// `GetPortLevelTrafficPolicy`: a matching portLevelSettings entry replaces the whole policy
 /// (nothing is inherited from the top level). Returns the policy and whether a port entry matched.
 pub fn port_level(tp: Option<&TrafficPolicy>, port: u32) -> (Option<Policy>, bool) {

@@ -138,6 +138,7 @@ pub fn render(
     let clusters: Vec<&Cluster> = cfg
         .clusters
         .iter()
+        .map(|c| &**c)
         .filter(|c| cluster_matches(&c.name, filter))
         .collect();
     let listeners: Vec<&Listener> = cfg
@@ -160,6 +161,7 @@ pub fn render(
     let endpoints: Vec<&ClusterLoadAssignment> = cfg
         .endpoints
         .iter()
+        .map(|e| &**e)
         .filter(|e| cluster_matches(&e.cluster_name, filter))
         .collect();
     let secrets: Vec<&Secret> = cfg

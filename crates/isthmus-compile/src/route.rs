@@ -33,6 +33,21 @@ pub fn vs_gateways(vs: &VirtualServiceConfig) -> Vec<String> {
     }
 }
 
+/// Whether a match block (its own `gateways`, else the VS's, else `mesh`) is bound to one of
+/// `rc.gateways`; borrowed, because it runs for every match block of every visible VS.
+fn gateways_hit(vs: &VirtualServiceConfig, match_gateways: &[String], rc: &RouteCtx) -> bool {
+    let gws: &[String] = if match_gateways.is_empty() {
+        &vs.spec.gateways
+    } else {
+        match_gateways
+    };
+    if gws.is_empty() {
+        rc.gateways.contains("mesh")
+    } else {
+        gws.iter().any(|g| rc.gateways.contains(g))
+    }
+}
+
 fn source_matches(ctx: &Ctx, labels: &BTreeMap<String, String>, ns: Option<&str>) -> bool {
     labels
         .iter()
@@ -49,12 +64,7 @@ fn match_applies(
     if m.port.is_some_and(|p| p != rc.port) {
         return false;
     }
-    let gws = if m.gateways.is_empty() {
-        vs_gateways(vs)
-    } else {
-        m.gateways.clone()
-    };
-    if !gws.iter().any(|g| rc.gateways.contains(g)) {
+    if !gateways_hit(vs, &m.gateways, rc) {
         return false;
     }
     source_matches(ctx, &m.source_labels, m.source_namespace.as_deref())
@@ -150,10 +160,10 @@ pub fn is_catch_all(m: &RouteMatch) -> bool {
 }
 
 /// The cluster a destination maps to: `outbound|PORT|SUBSET|HOST`.
-pub fn destination_cluster(
-    ctx: &mut Ctx,
-    vs: &VirtualServiceConfig,
-    d: &Destination,
+pub fn destination_cluster<'a>(
+    ctx: &mut Ctx<'a>,
+    vs: &'a VirtualServiceConfig,
+    d: &'a Destination,
     default_port: u32,
 ) -> String {
     let svc = ctx.service(&d.host);
@@ -164,13 +174,13 @@ pub fn destination_cluster(
         .filter(|p| *p > 0)
         .or_else(|| svc.filter(|s| s.ports.len() == 1).map(|s| s.ports[0].port))
         .unwrap_or(default_port);
-    let subset = d.subset.clone().unwrap_or_default();
+    let subset: &'a str = d.subset.as_deref().unwrap_or("");
     match svc {
         None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "DestinationHostNotFound", Some("spec.route.destination.host"), format!("destination host {:?} is not a service visible to {}/{}; requests routed to it fail with 503 NC (no cluster)", d.host, ctx.proxy.namespace, ctx.proxy.name))),
         Some(s) => {
             if !subset.is_empty() {
-                ctx.used_subsets.insert((s.hostname.clone(), subset.clone()));
-                let dr = ctx.snap.destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, s);
+                ctx.used_subsets.insert((s.hostname.as_str(), subset));
+                let dr = ctx.destination_rule(s);
                 if !dr.is_some_and(|dr| dr.spec.subsets.iter().any(|x| x.name == subset)) {
                     ctx.diags.push(diag(&vs.meta, Severity::Warning, "SubsetNotFound", Some("spec.route.destination.subset"), format!("subset {subset:?} of {:?} is defined by no DestinationRule visible to {}/{}; requests routed to it fail with 503 NC", d.host, ctx.proxy.namespace, ctx.proxy.name)));
                 }
@@ -180,10 +190,71 @@ pub fn destination_cluster(
             }
         }
     }
-    format!("outbound|{port}|{subset}|{}", d.host)
+    cluster_name(port, subset, &d.host)
 }
 
-fn default_retry() -> RetryPolicy {
+/// `outbound|PORT|SUBSET|HOST`, built with one exact allocation (this runs for every cluster
+/// and route destination of every proxy).
+pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
+    let buf = itoa_u32(port);
+    let p = buf.as_str();
+    let mut s = String::with_capacity(11 + p.len() + subset.len() + host.len());
+    s.push_str("outbound|");
+    s.push_str(p);
+    s.push('|');
+    s.push_str(subset);
+    s.push('|');
+    s.push_str(host);
+    s
+}
+
+/// The concatenation of `parts` with one exact allocation (`format!` costs ~10x as much on the
+/// per-route and per-vhost names).
+pub fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
+/// A port number as decimal text on the stack.
+pub struct PortText {
+    buf: [u8; 10],
+    start: usize,
+}
+
+impl PortText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+pub fn itoa_u32(mut n: u32) -> PortText {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    PortText { buf, start: i }
+}
+
+/// Istio's default retry policy. Built once and cloned: the `json!` host predicate costs a map
+/// insert per route otherwise, and every route without `retries` carries this policy.
+fn default_retry() -> std::sync::Arc<RetryPolicy> {
+    static TEMPLATE: std::sync::OnceLock<std::sync::Arc<RetryPolicy>> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| std::sync::Arc::new(build_default_retry()))
+        .clone()
+}
+
+fn build_default_retry() -> RetryPolicy {
     RetryPolicy {
         retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
             .into(),
@@ -219,10 +290,10 @@ fn headers_to_add(ops: &isthmus_api::istio::HeaderOperations) -> Vec<HeaderValue
     v
 }
 
-fn action(
-    ctx: &mut Ctx,
-    vs: &VirtualServiceConfig,
-    h: &HttpRoute,
+fn action<'a>(
+    ctx: &mut Ctx<'a>,
+    vs: &'a VirtualServiceConfig,
+    h: &'a HttpRoute,
     default_port: u32,
     route: &mut Route,
 ) {
@@ -269,7 +340,7 @@ fn action(
         None => Some(default_retry()),
         Some(r) if r.attempts <= 0 => None,
         Some(r) => {
-            let mut p = default_retry();
+            let mut p = build_default_retry();
             p.num_retries = Some(u32::try_from(r.attempts).unwrap_or(u32::MAX));
             if let Some(on) = &r.retry_on {
                 p.retry_on = on.clone();
@@ -282,7 +353,7 @@ fn action(
                 .per_try_timeout
                 .as_deref()
                 .and_then(|t| ctx.parse_duration(&vs.meta, "spec.http.retries.perTryTimeout", t));
-            Some(p)
+            Some(std::sync::Arc::new(p))
         }
     };
     if let Some(rw) = &h.rewrite {
@@ -293,16 +364,24 @@ fn action(
         let c = destination_cluster(ctx, vs, m, default_port);
         a.request_mirror_policies = vec![RequestMirrorPolicy { cluster: c, runtime_fraction: h.mirror_percentage.as_ref().map(|p| serde_json::json!({"defaultValue": {"numerator": (p.value * 10000.0) as u64, "denominator": "MILLION"}})) }];
     }
-    let dests: Vec<(String, i64)> = h
-        .route
-        .iter()
-        .map(|d| {
-            (
-                destination_cluster(ctx, vs, &d.destination, default_port),
-                d.weight,
-            )
-        })
-        .collect();
+    // A single destination (the common case) needs no list.
+    let single = match h.route.as_slice() {
+        [d] => Some(destination_cluster(ctx, vs, &d.destination, default_port)),
+        _ => None,
+    };
+    let mut dests: Vec<(String, i64)> = if single.is_some() {
+        Vec::new()
+    } else {
+        h.route
+            .iter()
+            .map(|d| {
+                (
+                    destination_cluster(ctx, vs, &d.destination, default_port),
+                    d.weight,
+                )
+            })
+            .collect()
+    };
     if let Some(first) = h.route.first() {
         let port = first
             .destination
@@ -311,19 +390,21 @@ fn action(
             .map(|p| p.number)
             .unwrap_or(default_port);
         route.decorator = Some(Decorator {
-            operation: format!("{}:{port}/*", first.destination.host),
+            operation: concat(&[&first.destination.host, ":", itoa_u32(port).as_str(), "/*"]),
         });
     }
-    if dests.len() == 1 {
-        a.cluster = Some(dests[0].0.clone());
+    if single.is_some() {
+        a.cluster = single;
+    } else if dests.len() == 1 {
+        a.cluster = dests.pop().map(|(n, _)| n);
     } else if dests.len() > 1 {
         a.weighted_clusters = Some(WeightedCluster {
             clusters: dests
-                .iter()
+                .into_iter()
                 .filter(|(_, w)| *w > 0)
                 .map(|(n, w)| ClusterWeight {
-                    name: n.clone(),
-                    weight: u32::try_from(*w).unwrap_or(0),
+                    name: n,
+                    weight: u32::try_from(w).unwrap_or(0),
                 })
                 .collect(),
             total_weight: None,
@@ -353,33 +434,31 @@ fn action(
 
 /// Translates one VirtualService's `http` routes for one listener/server port. Returns the
 /// routes and whether a catch-all route ended the list.
-pub fn translate_http(
-    ctx: &mut Ctx,
-    vs: &VirtualServiceConfig,
+pub fn translate_http<'a>(
+    ctx: &mut Ctx<'a>,
+    vs: &'a VirtualServiceConfig,
     rc: &RouteCtx,
     default_port: u32,
 ) -> (Vec<Route>, bool) {
     let mut out = Vec::new();
+    let mut config_path: Option<String> = None;
     for (i, h) in vs.spec.http.iter().enumerate() {
         if h.delegate.is_some() {
             ctx.diags.push(diag(&vs.meta, Severity::Warning, "DelegateUnsupported", Some("spec.http.delegate"), format!("http[{i}] delegates; delegation is not compiled by isthmus yet, the route is skipped")));
             continue;
         }
-        let blocks: Vec<Option<&HttpMatchRequest>> = if h.matches.is_empty() {
-            let gws = vs_gateways(vs);
-            if gws.iter().any(|g| rc.gateways.contains(g)) {
-                vec![None]
-            } else {
-                vec![]
-            }
+        // One route per applicable match block; a rule without matches is one block.
+        let blocks = if h.matches.is_empty() {
+            usize::from(gateways_hit(vs, &[], rc))
         } else {
-            h.matches
-                .iter()
-                .filter(|m| match_applies(ctx, vs, m, rc))
-                .map(Some)
-                .collect()
+            h.matches.len()
         };
-        for m in blocks {
+        for b in 0..blocks {
+            let m: Option<&HttpMatchRequest> = match h.matches.get(b) {
+                None => None,
+                Some(m) if match_applies(ctx, vs, m, rc) => Some(m),
+                Some(_) => continue,
+            };
             let mut r = Route {
                 r#match: route_match(m),
                 ..Default::default()
@@ -390,8 +469,11 @@ pub fn translate_http(
                 (None, Some(b)) => b.to_string(),
                 (None, None) => String::new(),
             };
+            let path = config_path
+                .get_or_insert_with(|| vs.meta.config_path())
+                .clone();
             r.metadata.filter_metadata.istio = Some(IstioMetadata {
-                config: Some(vs.meta.config_path()),
+                config: Some(path),
                 ..Default::default()
             });
             action(ctx, vs, h, default_port, &mut r);
@@ -414,7 +496,7 @@ pub fn translate_http(
                     .iter()
                     .filter(|later| {
                         if later.matches.is_empty() {
-                            vs_gateways(vs).iter().any(|g| rc.gateways.contains(g))
+                            gateways_hit(vs, &[], rc)
                         } else {
                             later.matches.iter().any(|m| match_applies(ctx, vs, m, rc))
                         }
@@ -450,17 +532,17 @@ pub fn default_route(cluster: &str, host: &str, port: u32) -> Route {
             ..Default::default()
         }),
         decorator: Some(Decorator {
-            operation: format!("{host}:{port}/*"),
+            operation: concat(&[host, ":", itoa_u32(port).as_str(), "/*"]),
         }),
         ..Default::default()
     }
 }
 
 /// tcp_proxy for a list of L4 route destinations.
-pub fn tcp_proxy_for(
-    ctx: &mut Ctx,
-    vs: &VirtualServiceConfig,
-    route: &[RouteDestination],
+pub fn tcp_proxy_for<'a>(
+    ctx: &mut Ctx<'a>,
+    vs: &'a VirtualServiceConfig,
+    route: &'a [RouteDestination],
     default_port: u32,
     stat_prefix_fallback: &str,
 ) -> TcpProxy {
@@ -508,12 +590,7 @@ pub fn l4_applies(
     if port.is_some_and(|p| p != rc.port) {
         return false;
     }
-    let gws = if gateways.is_empty() {
-        vs_gateways(vs)
-    } else {
-        gateways.to_vec()
-    };
-    gws.iter().any(|g| rc.gateways.contains(g)) && source_matches(ctx, source_labels, source_ns)
+    gateways_hit(vs, gateways, rc) && source_matches(ctx, source_labels, source_ns)
 }
 
 /// The VirtualService `headers` mapping (route level and per destination), compiled for a

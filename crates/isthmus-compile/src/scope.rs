@@ -9,7 +9,40 @@ use isthmus_model::{
     VirtualServiceConfig,
 };
 use isthmus_xds::Duration;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a for the per-compile maps keyed by host names and pointers: they are looked up once
+/// or more per service (10k+ per proxy), where SipHash's DoS resistance buys nothing (keys come
+/// from the operator's own config) and costs ~5% of a compile.
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf29ce484222325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        self.0 = h;
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write(&n.to_le_bytes());
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+pub type FastSet<K> = HashSet<K, BuildHasherDefault<Fnv>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboundMode {
@@ -23,22 +56,34 @@ pub struct Ctx<'a> {
     pub diags: Vec<Diagnostic>,
     /// Visible services, one per hostname, sorted by hostname.
     pub services: Vec<&'a Service>,
-    pub by_host: HashMap<&'a str, &'a Service>,
+    pub by_host: FastMap<&'a str, &'a Service>,
     pub sidecar: Option<&'a SidecarConfig>,
     pub mode: OutboundMode,
     pub connect_timeout: Duration,
     /// VirtualServices visible from the proxy namespace, oldest first.
     pub virtual_services: Vec<&'a VirtualServiceConfig>,
-    /// (DR config label, subset) pairs that some compiled route used.
-    pub used_subsets: BTreeSet<(String, String)>,
-    /// DRs that produced clusters for this proxy: label → (DR, subsets).
-    pub applied_drs: BTreeMap<String, &'a MergedDestinationRule>,
+    /// (host, subset) pairs that some compiled route used.
+    pub used_subsets: FastSet<(&'a str, &'a str)>,
+    /// DRs that produced clusters for this proxy, in first-use order without repeats (by
+    /// address: a map keyed by names costs a string-comparing tree insert per service).
+    pub applied_drs: Vec<&'a MergedDestinationRule>,
+    applied_seen: FastSet<usize>,
+    /// The outbound DR of each service this proxy resolved (by the service's address in the
+    /// snapshot): clusters, routes and TCP chains all ask for it, and each lookup walks
+    /// istiod's namespace precedence and allocates.
+    dr_memo: FastMap<usize, Option<&'a MergedDestinationRule>>,
+    /// `filterMetadata.istio.config` paths by config address, formatted once per compile.
+    config_paths: FastMap<usize, String>,
     /// `kubernetes://` SDS names referenced by clusters/listeners, with every config (Gateway,
     /// DestinationRule) that referenced them, in first-reference order without repeats.
     pub sds_refs: BTreeMap<String, Vec<isthmus_model::ConfigMeta>>,
     /// Mesh VirtualServices by exact host (oldest first), and wildcard hosts (oldest first).
-    pub mesh_vs_exact: HashMap<String, Vec<&'a VirtualServiceConfig>>,
+    pub mesh_vs_exact: FastMap<&'a str, Vec<&'a VirtualServiceConfig>>,
     pub mesh_vs_wild: Vec<(String, &'a VirtualServiceConfig)>,
+    /// `.svc.<domain>`: the suffix short vhost domains are derived from.
+    pub svc_suffix: String,
+    /// How many SDS references were recorded (cluster caching skips builds that record any).
+    pub sds_ref_calls: usize,
 }
 
 fn parse_egress(h: &str, sidecar_ns: &str) -> (String, String) {
@@ -85,7 +130,8 @@ impl<'a> Ctx<'a> {
                 }),
             }
         };
-        let mut by_host: HashMap<&str, &Service> = HashMap::new();
+        let mut by_host: FastMap<&str, &Service> =
+            FastMap::with_capacity_and_hasher(snap.services.len(), Default::default());
         for s in &snap.services {
             if !s.visible_from(ns) || !imported(&s.namespace, &s.hostname) {
                 continue;
@@ -140,7 +186,7 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        let mut mesh_vs_exact: HashMap<String, Vec<&VirtualServiceConfig>> = HashMap::new();
+        let mut mesh_vs_exact: FastMap<&str, Vec<&VirtualServiceConfig>> = FastMap::default();
         let mut mesh_vs_wild: Vec<(String, &VirtualServiceConfig)> = Vec::new();
         for v in &virtual_services {
             let mesh = v.spec.gateways.is_empty()
@@ -157,7 +203,7 @@ impl<'a> Ctx<'a> {
                 if h.starts_with('*') {
                     mesh_vs_wild.push((h.clone(), v));
                 } else {
-                    mesh_vs_exact.entry(h.clone()).or_default().push(v);
+                    mesh_vs_exact.entry(h.as_str()).or_default().push(v);
                 }
             }
         }
@@ -202,11 +248,16 @@ impl<'a> Ctx<'a> {
             mode,
             connect_timeout,
             virtual_services,
-            used_subsets: BTreeSet::new(),
-            applied_drs: BTreeMap::new(),
+            used_subsets: FastSet::default(),
+            applied_drs: Vec::new(),
+            applied_seen: FastSet::default(),
+            dr_memo: FastMap::default(),
+            config_paths: FastMap::default(),
             sds_refs: BTreeMap::new(),
             mesh_vs_exact,
             mesh_vs_wild,
+            svc_suffix: format!(".svc.{}", snap.domain_suffix),
+            sds_ref_calls: 0,
         }
     }
 
@@ -224,6 +275,38 @@ impl<'a> Ctx<'a> {
 
     pub fn service(&self, host: &str) -> Option<&'a Service> {
         self.by_host.get(host).copied()
+    }
+
+    /// Records that `dr` produced clusters for this proxy.
+    pub fn applied(&mut self, dr: &'a MergedDestinationRule) {
+        if self
+            .applied_seen
+            .insert(dr as *const MergedDestinationRule as usize)
+        {
+            self.applied_drs.push(dr);
+        }
+    }
+
+    /// The merged DestinationRule this proxy uses for `svc` (outbound), memoised per compile.
+    pub fn destination_rule(&mut self, svc: &'a Service) -> Option<&'a MergedDestinationRule> {
+        let key = svc as *const Service as usize;
+        if let Some(d) = self.dr_memo.get(&key) {
+            return *d;
+        }
+        let d = self
+            .snap
+            .destination_rule(&self.proxy.namespace, &self.proxy.labels, svc);
+        self.dr_memo.insert(key, d);
+        d
+    }
+
+    /// `meta.config_path()`, formatted once per config object and compile. `meta` must live in
+    /// the snapshot (its address is the key).
+    pub fn config_path(&mut self, meta: &'a isthmus_model::ConfigMeta) -> String {
+        self.config_paths
+            .entry(meta as *const isthmus_model::ConfigMeta as usize)
+            .or_insert_with(|| meta.config_path())
+            .clone()
     }
 
     /// Parses an API duration; a bad one is reported on `meta` and ignored.
@@ -252,47 +335,61 @@ impl<'a> Ctx<'a> {
     pub fn unused_subset_diagnostics(&mut self) {
         // A subset is "used" if any VS anywhere in the snapshot routes to it: subsets are
         // consumed by other proxies' routes too, so look at all VSs, not only this proxy's.
-        // Borrowed pairs: this runs once per proxy over every VS in the mesh, so no clones.
-        let snap: &'a Snapshot = self.snap;
-        let mut used: std::collections::HashSet<(&str, &str)> = self
-            .used_subsets
-            .iter()
-            .map(|(h, s)| (h.as_str(), s.as_str()))
-            .collect();
-        for v in &snap.virtual_services {
-            let dests = v
-                .spec
-                .http
-                .iter()
-                .flat_map(|h| h.route.iter().map(|d| &d.destination))
-                .chain(
-                    v.spec
-                        .tcp
-                        .iter()
-                        .flat_map(|t| t.route.iter().map(|d| &d.destination)),
-                )
-                .chain(
-                    v.spec
-                        .tls
-                        .iter()
-                        .flat_map(|t| t.route.iter().map(|d| &d.destination)),
-                );
-            for d in dests {
-                if let Some(s) = &d.subset {
-                    used.insert((d.host.as_str(), s.as_str()));
-                }
-            }
-        }
+        // That set is the same for every proxy, so it is computed once per snapshot.
+        let routed = self.snap.extension::<RoutedSubsets>();
+        let routed = routed.get(self.snap);
         let mut out = Vec::new();
-        for dr in self.applied_drs.values() {
+        for dr in &self.applied_drs {
             for s in &dr.spec.subsets {
-                if !used.contains(&(dr.host.as_str(), s.name.as_str())) {
+                let used = self
+                    .used_subsets
+                    .contains(&(dr.host.as_str(), s.name.as_str()))
+                    || routed
+                        .get(dr.host.as_str())
+                        .is_some_and(|set| set.contains(s.name.as_str()));
+                if !used {
                     out.push(diag(&dr.meta, Severity::Info, "SubsetNotRouted", Some("spec.subsets"), format!("subset {:?} of host {:?} is not the destination of any VirtualService route; its trafficPolicy never takes effect", s.name, dr.host)));
                 }
             }
         }
-        drop(used);
         self.diags.extend(out);
+    }
+}
+
+/// host → subsets that some VirtualService route (http, tcp or tls) of the snapshot targets.
+#[derive(Default)]
+struct RoutedSubsets(std::sync::OnceLock<FastMap<String, FastSet<String>>>);
+
+impl RoutedSubsets {
+    fn get(&self, snap: &Snapshot) -> &FastMap<String, FastSet<String>> {
+        self.0.get_or_init(|| {
+            let mut m: FastMap<String, FastSet<String>> = FastMap::default();
+            for v in &snap.virtual_services {
+                let dests = v
+                    .spec
+                    .http
+                    .iter()
+                    .flat_map(|h| h.route.iter().map(|d| &d.destination))
+                    .chain(
+                        v.spec
+                            .tcp
+                            .iter()
+                            .flat_map(|t| t.route.iter().map(|d| &d.destination)),
+                    )
+                    .chain(
+                        v.spec
+                            .tls
+                            .iter()
+                            .flat_map(|t| t.route.iter().map(|d| &d.destination)),
+                    );
+                for d in dests {
+                    if let Some(s) = &d.subset {
+                        m.entry(d.host.clone()).or_default().insert(s.clone());
+                    }
+                }
+            }
+            m
+        })
     }
 }
 

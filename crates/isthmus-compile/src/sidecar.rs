@@ -70,8 +70,8 @@ fn mesh_set() -> BTreeSet<String> {
 /// matching a port the host's service does not declare (seed 001 trap 3: traffic then bypasses
 /// the intended path via allow_any).
 fn mesh_vs_diagnostics(ctx: &mut Ctx) {
-    let mut hosts: Vec<&String> = ctx.mesh_vs_exact.keys().collect();
-    hosts.sort();
+    let mut hosts: Vec<&str> = ctx.mesh_vs_exact.keys().copied().collect();
+    hosts.sort_unstable();
     let mut out = Vec::new();
     for h in hosts {
         let list = &ctx.mesh_vs_exact[h];
@@ -107,7 +107,7 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
     let services = ctx.services.clone();
     let mut http_ports: BTreeSet<u32> = BTreeSet::new();
     let mut tcp_listeners: BTreeMap<String, (Listener, String)> = BTreeMap::new();
-    for svc in &services {
+    for &svc in &services {
         for p in &svc.ports {
             if p.protocol == Protocol::Udp {
                 continue;
@@ -189,7 +189,7 @@ fn outbound_listener(ctx: &Ctx, name: &str, addr: &str, port: u32) -> Listener {
 
 /// Filter chains of a TCP/TLS service port: SNI chains from VS `tls` routes, then the first
 /// applicable `tcp` route, else straight to the service's own cluster.
-fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain> {
+fn tcp_chains<'a>(ctx: &mut Ctx<'a>, svc: &'a Service, p: &ServicePort) -> Vec<FilterChain> {
     let mut out = Vec::new();
     let own = format!("outbound|{}||{}", p.port, svc.hostname);
     let mesh = mesh_set();
@@ -266,19 +266,15 @@ fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain>
         cluster: Some(own.clone()),
         ..Default::default()
     };
-    if let Some(dr) = ctx
-        .snap
-        .destination_rule(&ctx.proxy.namespace, &ctx.proxy.labels, svc)
-    {
+    if let Some(dr) = ctx.destination_rule(svc) {
         let (pol, _) = crate::policy::port_level(dr.spec.traffic_policy.as_ref(), p.port);
         if let Some(it) = pol
             .and_then(|p| p.connection_pool)
             .and_then(|c| c.tcp)
             .and_then(|t| t.idle_timeout)
         {
-            let meta = dr.meta.clone();
             t.idle_timeout = ctx.parse_duration(
-                &meta,
+                &dr.meta,
                 "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
                 &it,
             );
@@ -294,16 +290,16 @@ fn tcp_chains(ctx: &mut Ctx, svc: &Service, p: &ServicePort) -> Vec<FilterChain>
 /// Domains of a service's vhost (`generateVirtualHostDomains`): FQDN, the short forms a client
 /// in the proxy's namespace can use, and the VIP.
 fn domains_for(ctx: &Ctx, svc: &Service) -> Vec<String> {
-    let mut d = vec![svc.hostname.clone()];
+    let mut d = Vec::with_capacity(5);
+    d.push(svc.hostname.clone());
     if svc.registry == Registry::Kubernetes {
-        let suffix = format!(".svc.{}", ctx.snap.domain_suffix);
-        if let Some(base) = svc.hostname.strip_suffix(&suffix) {
+        if let Some(base) = svc.hostname.strip_suffix(ctx.svc_suffix.as_str()) {
             if let Some((name, ns)) = base.split_once('.') {
                 if ns == ctx.proxy.namespace {
                     d.push(name.to_string());
                 }
-                d.push(format!("{name}.{ns}.svc"));
-                d.push(format!("{name}.{ns}"));
+                d.push(crate::route::concat(&[name, ".", ns, ".svc"]));
+                d.push(crate::route::concat(&[name, ".", ns]));
             }
         }
     }
@@ -339,13 +335,17 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
         {
             Some(vs) => translate_http(ctx, vs, &rctx, port).0,
             None => vec![default_route(
-                &format!("outbound|{port}||{}", svc.hostname),
+                &crate::route::cluster_name(port, "", &svc.hostname),
                 &svc.hostname,
                 port,
             )],
         };
         rc.virtual_hosts.push(VirtualHost {
-            name: format!("{}:{port}", svc.hostname),
+            name: crate::route::concat(&[
+                &svc.hostname,
+                ":",
+                crate::route::itoa_u32(port).as_str(),
+            ]),
             domains: domains_for(ctx, svc),
             routes,
             include_request_attempt_count_in_response: true,

@@ -333,6 +333,7 @@ pub fn inbound_mtls() -> DownstreamTlsContext {
 
 /// Records that `meta` references the SDS resource `name` (for secret status and diagnostics).
 fn add_sds_ref(ctx: &mut Ctx, name: &str, meta: &ConfigMeta) {
+    ctx.sds_ref_calls += 1;
     let metas = ctx.sds_refs.entry(name.to_string()).or_default();
     if !metas
         .iter()

@@ -261,6 +261,73 @@ impl DestinationRuleIndex {
             .copied()
     }
 
+    /// `select(&lookup(..), ..)` without building the candidate list: the compiler asks this for
+    /// every service of every proxy (10k+ per compile).
+    pub fn lookup_select(
+        &self,
+        proxy_ns: &str,
+        service_ns: &str,
+        host: &str,
+        proxy_labels: &BTreeMap<String, String>,
+        outbound: bool,
+    ) -> Option<&MergedDestinationRule> {
+        // One pass: the first selector DR that applies, else the last selector-less one.
+        fn pick<'a>(
+            cands: impl Iterator<Item = &'a MergedDestinationRule>,
+            proxy_ns: &str,
+            proxy_labels: &BTreeMap<String, String>,
+            outbound: bool,
+        ) -> (bool, Option<&'a MergedDestinationRule>) {
+            let mut any = false;
+            let mut last_plain = None;
+            for d in cands {
+                any = true;
+                match &d.selector {
+                    Some(sel) => {
+                        if outbound
+                            && d.meta.namespace == proxy_ns
+                            && sel.iter().all(|(k, v)| proxy_labels.get(k) == Some(v))
+                        {
+                            return (true, Some(d));
+                        }
+                    }
+                    None => last_plain = Some(d),
+                }
+            }
+            (any, last_plain)
+        }
+        let local = if proxy_ns != self.root_namespace {
+            self.namespace_local
+                .get(proxy_ns)
+                .and_then(|i| i.lookup(host))
+        } else {
+            self.root_namespace_local.lookup(host)
+        };
+        if let Some(v) = local {
+            if !v.is_empty() {
+                return pick(v.iter(), proxy_ns, proxy_labels, outbound).1;
+            }
+        }
+        for ns in [service_ns, self.root_namespace.as_str()] {
+            if let Some(v) = self
+                .exported_by_namespace
+                .get(ns)
+                .and_then(|i| i.lookup(host))
+            {
+                let visible = v.iter().filter(|d| {
+                    d.export_to.is_empty()
+                        || d.export_to.contains("*")
+                        || d.export_to.contains(proxy_ns)
+                });
+                let (any, d) = pick(visible, proxy_ns, proxy_labels, outbound);
+                if any {
+                    return d;
+                }
+            }
+        }
+        None
+    }
+
     /// Every consolidated DR (for analysis: DRs whose host matches no service).
     pub fn all(&self) -> impl Iterator<Item = &MergedDestinationRule> {
         let a = self

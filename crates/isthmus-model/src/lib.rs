@@ -56,6 +56,29 @@ pub struct Snapshot {
     /// configs, so it versions every proxy's config without hashing the output.
     pub fingerprint: String,
     by_host: HashMap<String, Vec<usize>>,
+    ext: Extensions,
+}
+
+/// Derived data other crates attach to a snapshot, one value per type (the compiler keeps its
+/// per-snapshot cluster cache here, so every proxy compiled from one snapshot shares the
+/// clusters that do not depend on the proxy). It lives and dies with the snapshot. A clone
+/// starts empty: the snapshot's fields are public, and a modified clone must never see values
+/// derived from the original.
+#[derive(Default)]
+struct Extensions(
+    std::sync::Mutex<HashMap<std::any::TypeId, std::sync::Arc<dyn std::any::Any + Send + Sync>>>,
+);
+
+impl Clone for Extensions {
+    fn clone(&self) -> Extensions {
+        Extensions::default()
+    }
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extensions")
+    }
 }
 
 fn meta_of(o: &Object) -> ConfigMeta {
@@ -779,6 +802,7 @@ impl Snapshot {
             secret_types,
             dr_index,
             by_host,
+            ext: Extensions::default(),
         };
         (snap, diags)
     }
@@ -830,14 +854,37 @@ impl Snapshot {
         proxy_labels: &BTreeMap<String, String>,
         service: &Service,
     ) -> Option<&MergedDestinationRule> {
-        let cands = self
-            .dr_index
-            .lookup(proxy_ns, &service.namespace, &service.hostname);
-        DestinationRuleIndex::select(&cands, proxy_ns, proxy_labels, true)
+        self.dr_index.lookup_select(
+            proxy_ns,
+            &service.namespace,
+            &service.hostname,
+            proxy_labels,
+            true,
+        )
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
         self.secrets.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The value of type `T` attached to this snapshot, created with `T::default()` on first
+    /// use. Values must be pure functions of the snapshot: the snapshot is immutable once built
+    /// (mutate a clone instead; clones start without extensions).
+    pub fn extension<T: std::any::Any + Send + Sync + Default>(&self) -> std::sync::Arc<T> {
+        let mut map = match self.ext.0.lock() {
+            Ok(m) => m,
+            // A panic while another thread held the lock leaves nothing half-written here
+            // (entries are inserted whole), so the map is still usable.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let any = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| std::sync::Arc::new(T::default()))
+            .clone();
+        drop(map);
+        // The entry for TypeId::of::<T>() is only ever a T.
+        any.downcast::<T>()
+            .unwrap_or_else(|_| std::sync::Arc::new(T::default()))
     }
 
     /// The SPIFFE identity of a service account.

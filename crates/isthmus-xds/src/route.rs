@@ -3,6 +3,7 @@
 use crate::core::{is_false, DataSource, Metadata, RegexMatcher, StringMatcher};
 use crate::Duration;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -165,8 +166,10 @@ pub struct RouteAction {
     /// `0s` disables the route timeout (Istio's default when the VS sets none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_policy: Option<RetryPolicy>,
+    /// Shared (`Arc`): nearly every route carries Istio's default policy, so compiled routes
+    /// point at one copy instead of allocating a dozen strings and JSON maps each.
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::arc_opt")]
+    pub retry_policy: Option<Arc<RetryPolicy>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_stream_duration: Option<MaxStreamDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
