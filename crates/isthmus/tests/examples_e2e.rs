@@ -72,7 +72,7 @@ impl Mesh {
             up: false,
             published: Vec::new(),
         };
-        let mut args = vec!["mesh"];
+        let mut args = vec!["mesh", "--timeout", "240"];
         args.extend_from_slice(extra);
         let out = m.cmd("up", &args);
         m.up = out.status.success();
@@ -126,7 +126,8 @@ impl Mesh {
     /// Applies a variant file from `examples/variants/...`; asserts success.
     fn apply(&self, file: &Path) {
         let f = file.to_string_lossy().to_string();
-        let out = self.cmd("apply", &["-f", &f]);
+        // Generous ACK deadline: CI runs every mesh test in parallel on two cores.
+        let out = self.cmd("apply", &["--timeout", "120", "-f", &f]);
         assert!(out.status.success(), "apply {f}: {}", text(&out));
     }
 

@@ -108,7 +108,8 @@ impl Mesh {
             dir,
             up: false,
         };
-        let out = m.cmd("up", &["mesh"]);
+        // Generous readiness deadline: CI runs every mesh test in parallel on two cores.
+        let out = m.cmd("up", &["mesh", "--timeout", "240"]);
         m.up = out.status.success();
         assert!(m.up, "up {EXAMPLE}: {}", text(&out));
         m
