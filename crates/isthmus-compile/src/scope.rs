@@ -186,7 +186,10 @@ impl<'a> Ctx<'a> {
                 }
             }
         }
-        let mut mesh_vs_exact: FastMap<&str, Vec<&VirtualServiceConfig>> = FastMap::default();
+        // Sized up front: these grow to one entry per service / VS, and rehashing 10k-entry
+        // tables showed up at ~7% of a compile.
+        let mut mesh_vs_exact: FastMap<&str, Vec<&VirtualServiceConfig>> =
+            FastMap::with_capacity_and_hasher(virtual_services.len(), Default::default());
         let mut mesh_vs_wild: Vec<(String, &VirtualServiceConfig)> = Vec::new();
         for v in &virtual_services {
             let mesh = v.spec.gateways.is_empty()
@@ -238,6 +241,7 @@ impl<'a> Ctx<'a> {
                 Duration::from_secs(10)
             }
         };
+        let n = services.len();
         Ctx {
             snap,
             proxy,
@@ -248,10 +252,10 @@ impl<'a> Ctx<'a> {
             mode,
             connect_timeout,
             virtual_services,
-            used_subsets: FastSet::default(),
+            used_subsets: FastSet::with_capacity_and_hasher(2 * n, Default::default()),
             applied_drs: Vec::new(),
             applied_seen: FastSet::default(),
-            dr_memo: FastMap::default(),
+            dr_memo: FastMap::with_capacity_and_hasher(n, Default::default()),
             config_paths: FastMap::default(),
             sds_refs: BTreeMap::new(),
             mesh_vs_exact,
