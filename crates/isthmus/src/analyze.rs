@@ -48,6 +48,14 @@ pub(crate) struct LiveConfig {
     pub domain: String,
 }
 
+/// The supervisor reports its objects but not a `--mesh-config` file given to `up`: say which
+/// mesh config a live analysis or trace assumes when the mesh has no `istio` ConfigMap.
+pub(crate) fn default_mesh_note(name: &str) -> String {
+    format!(
+        "note: mesh {name:?} has no istio ConfigMap: using Istio's default mesh config (if it was started with --mesh-config FILE, pass the same --mesh-config FILE here)"
+    )
+}
+
 /// Reads the live objects from the supervisor (`Request::Objects` per kind), so analysis and
 /// trace see exactly what the proxies were compiled from, `isthmus apply` changes included.
 pub(crate) fn live_config(name: &str) -> anyhow::Result<LiveConfig> {
@@ -138,6 +146,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(name) => {
             let live = live_config(name)?;
             let input = analysis_input(vec![(String::new(), live.text)], Some("default"));
+            if args.mesh.mesh_config.is_none()
+                && isthmus_api::find_mesh_config(&input.objects).is_none()
+            {
+                eprintln!("{}", default_mesh_note(name));
+            }
             let ns = if args.all_namespaces {
                 None
             } else {

@@ -105,7 +105,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => match find_mesh_config(&loaded.objects) {
                     Some((o, text)) => MeshConfig::from_yaml(text)
                         .map_err(|e| anyhow::anyhow!("{}: mesh config: {e}", o.label()))?,
-                    None => MeshConfig::default(),
+                    None => {
+                        eprintln!("{}", crate::analyze::default_mesh_note(name));
+                        MeshConfig::default()
+                    }
                 },
             };
             inputs::snapshot(&loaded, mesh, &live.domain)
