@@ -1757,6 +1757,44 @@ fn gateway_credential_secrets_are_applied_and_deleted_live() {
         "key leaked: {cred}"
     );
 
+    // Deleting only the Secret: the gateway keeps its listener but is served no credential
+    // (handshakes fail), and the live secret table says the credential is MISSING.
+    let out = m.cmd("delete", &["-f", "two.yaml"]);
+    assert!(out.status.success(), "delete secret: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "secret \"web-cred\" deleted\n"
+    );
+    poll(30, "handshakes fail without the Secret", || {
+        served_subject(port).is_none().then_some(())
+    });
+    let out = m.cmd(
+        "proxy-config",
+        &[
+            "secret",
+            "deploy/istio-ingressgateway",
+            "-n",
+            "istio-system",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("kubernetes://web-cred") && l.contains("MISSING")),
+        "{}",
+        text(&out)
+    );
+    // Supplied again, it is served again — still the same gateway process.
+    let out = m.cmd("apply", &["-f", "two.yaml"]);
+    assert!(out.status.success(), "re-apply secret: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "secret/web-cred created\n"
+    );
+    poll(30, "the gateway serves the Secret again", || {
+        served_subject(port).filter(|s| s.contains("two.example.com"))
+    });
+
     // Deleting the Secret with the Gateway server that uses it (one atomic delete): the
     // gateway stops serving TLS, still without a restart, and holds no credential any more.
     let out = m.cmd("delete", &["-f", "gone.yaml"]);
