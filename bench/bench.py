@@ -206,7 +206,9 @@ def start_all():
     start("nginx", nginx_base + ["-c", f"{WORK}/nginx-proxy.conf"], 9080)
     start(
         "isthmus",
-        [ISTHMUS, "proxy", "--config", f"{WORK}/isthmus.json", "--admin-address", "127.0.0.1:6900"],
+        # One worker like the peers (nbthread 1, worker_processes 1); BENCH_CONCURRENCY overrides.
+        [ISTHMUS, "proxy", "--config", f"{WORK}/isthmus.json", "--admin-address", "127.0.0.1:6900",
+         "--concurrency", os.environ.get("BENCH_CONCURRENCY", "1")],
         6080,
     )
     wait_port(6443)

@@ -3,11 +3,9 @@
 //! runtime once at accept, so it finishes on the config version it started with.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -15,6 +13,7 @@ use crate::accesslog::LogEntry;
 use crate::cluster::{ClusterRuntime, Upstream, UpstreamError};
 use crate::config::{ChainAction, Direction, WeightedCluster};
 use crate::peek::{self, Peek, PrefixedStream};
+pub use crate::relay::Down;
 use crate::runtime::{ConnFacts, Runtime};
 use crate::telemetry::{self, StreamFacts};
 use crate::Shared;
@@ -175,47 +174,68 @@ async fn handle(
         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         return;
     };
-    let down: Box<dyn Upstream> = Box::new(PrefixedStream::new(prefix, s));
-    let down: Box<dyn Upstream> = match &chain.tls {
-        None => down,
-        Some(cfg) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, cfg.accept(down))
-            .await
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ))
-            }) {
-            Ok(t) => {
-                let conn = t.get_ref().1;
-                ctx.peer_principal = isthmus_tls::peer_spiffe_id(conn);
-                if ctx.sni.is_none() {
-                    ctx.sni = conn.server_name().map(|s| s.to_string());
+    let is_http = matches!(chain.spec.action, ChainAction::Http(_));
+    let down: Down = match &chain.tls {
+        // Nothing terminates TLS on an L4 chain: keep the raw socket so the relay can splice.
+        None if !is_http => Down::Tcp(s, prefix),
+        None => Down::Io(Box::new(PrefixedStream::new(prefix, s))),
+        Some(cfg) => {
+            let down: Box<dyn Upstream> = Box::new(PrefixedStream::new(prefix, s));
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, cfg.accept(down))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ))
+                }) {
+                Ok(t) => {
+                    let conn = t.get_ref().1;
+                    ctx.peer_principal = isthmus_tls::peer_spiffe_id(conn);
+                    if ctx.sni.is_none() {
+                        ctx.sni = conn.server_name().map(|s| s.to_string());
+                    }
+                    ctx.tls_terminated = true;
+                    Down::Io(Box::new(t))
                 }
-                ctx.tls_terminated = true;
-                Box::new(t)
+                Err(e) => {
+                    sh.stats.inc(&format!("{lstat}.ssl.connection_error"), 1);
+                    tracing::debug!(error = %e, peer = %peer, "downstream TLS handshake failed");
+                    return;
+                }
             }
-            Err(e) => {
-                sh.stats.inc(&format!("{lstat}.ssl.connection_error"), 1);
-                tracing::debug!(error = %e, peer = %peer, "downstream TLS handshake failed");
-                return;
-            }
-        },
+        }
     };
+    // The L4 and HTTP paths are boxed so a connection's task is only as large as the path it
+    // takes (an idle passthrough connection should not carry hyper's connection state).
     match &chain.spec.action {
         ChainAction::TcpProxy(t) => {
             let cluster = pick_weighted(t.cluster.as_deref(), &t.weighted_clusters);
             let attempts = t.max_connect_attempts.unwrap_or(1).max(1);
             let idle = t.idle_timeout.map(|d| d.0).unwrap_or(DEFAULT_TCP_IDLE);
             let max = t.max_downstream_connection_duration.map(|d| d.0);
-            tcp_proxy(ctx, down, &cluster, attempts, idle, max).await;
+            Box::pin(tcp_proxy(ctx, down, &cluster, attempts, idle, max)).await;
         }
         ChainAction::Passthrough(_) => {
-            tcp_proxy(ctx, down, "PassthroughCluster", 1, DEFAULT_TCP_IDLE, None).await;
+            Box::pin(tcp_proxy(
+                ctx,
+                down,
+                "PassthroughCluster",
+                1,
+                DEFAULT_TCP_IDLE,
+                None,
+            ))
+            .await;
         }
         ChainAction::Http(h) => {
-            if let Some(routes) = chain.routes.clone() {
-                crate::http::serve(ctx, down, routes, h.idle_timeout.map(|d| d.0)).await;
+            if let (Some(routes), Down::Io(down)) = (chain.routes.clone(), down) {
+                Box::pin(crate::http::serve(
+                    ctx,
+                    down,
+                    routes,
+                    h.idle_timeout.map(|d| d.0),
+                ))
+                .await;
             }
         }
     }
@@ -258,7 +278,7 @@ pub fn pick_weighted(single: Option<&str>, w: &[WeightedCluster]) -> String {
 
 async fn tcp_proxy(
     ctx: ConnCtx,
-    mut down: Box<dyn Upstream>,
+    down: Down,
     cluster_name: &str,
     attempts: u32,
     idle: Duration,
@@ -343,11 +363,7 @@ async fn tcp_proxy(
         response_code: None,
         flags: "-".into(),
     };
-    sh.stats.istio_inc(
-        "istio_tcp_connections_opened_total",
-        &telemetry::labels(&opened),
-        1,
-    );
+    telemetry::record_tcp_opened(&sh.stats, &opened);
     // The sooner of the cluster's maxConnectionDuration and the filter's downstream limit.
     let max_dur = match (
         cluster.spec.max_connection_duration.map(|d| d.0),
@@ -356,7 +372,7 @@ async fn tcp_proxy(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let (rx, tx, why) = relay(&mut down, up, idle, max_dur).await;
+    let (rx, tx, why) = crate::relay::relay(down, up, idle, max_dur).await;
     drop(guard);
     e.bytes_received = rx;
     e.bytes_sent = tx;
@@ -389,82 +405,8 @@ fn finish_tcp(ctx: &ConnCtx, mut e: LogEntry, cluster: Option<&Arc<ClusterRuntim
         response_code: None,
         flags: e.flags(),
     };
-    let l = telemetry::labels(&f);
-    let st = &ctx.sh.stats;
     if e.upstream_local_address.is_some() {
-        st.istio_inc("istio_tcp_connections_closed_total", &l, 1);
-        st.istio_inc("istio_tcp_received_bytes_total", &l, e.bytes_received);
-        st.istio_inc("istio_tcp_sent_bytes_total", &l, e.bytes_sent);
+        telemetry::record_tcp_closed(&ctx.sh.stats, &f, e.bytes_received, e.bytes_sent);
     }
     ctx.sh.log.load().write(&e);
-}
-
-/// Copy both ways until both sides are done, the idle timeout passes without traffic, or the
-/// max duration is reached. Returns (bytes from downstream, bytes to downstream, reason).
-pub async fn relay(
-    down: &mut Box<dyn Upstream>,
-    up: Box<dyn Upstream>,
-    idle: Duration,
-    max: Option<Duration>,
-) -> (u64, u64, Option<&'static str>) {
-    let rx = Arc::new(AtomicU64::new(0));
-    let tx = Arc::new(AtomicU64::new(0));
-    // Last activity, in ms since `base` (data only: keepalive probes never reach here).
-    let base = tokio::time::Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
-    let (mut dr, mut dw) = tokio::io::split(down);
-    let (mut ur, mut uw) = tokio::io::split(up);
-    let c1 = copy_one(&mut dr, &mut uw, rx.clone(), activity.clone(), base);
-    let c2 = copy_one(&mut ur, &mut dw, tx.clone(), activity.clone(), base);
-    let both = async { tokio::join!(c1, c2) };
-    tokio::pin!(both);
-    let deadline = max.map(|m| tokio::time::Instant::now() + m);
-    let reason = loop {
-        let last = base + Duration::from_millis(activity.load(Ordering::Relaxed));
-        let sleep = tokio::time::sleep_until(last + idle);
-        let dl = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = &mut both => break None,
-            _ = sleep => {
-                let last = base + Duration::from_millis(activity.load(Ordering::Relaxed));
-                if tokio::time::Instant::now() >= last + idle { break Some("idle_timeout"); }
-            }
-            _ = dl => break Some("DT"),
-        }
-    };
-    (
-        rx.load(Ordering::Relaxed),
-        tx.load(Ordering::Relaxed),
-        reason,
-    )
-}
-
-async fn copy_one<R, W>(
-    r: &mut R,
-    w: &mut W,
-    count: Arc<AtomicU64>,
-    activity: Arc<AtomicU64>,
-    base: tokio::time::Instant,
-) where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if w.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        activity.fetch_max(base.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    let _ = w.shutdown().await;
 }

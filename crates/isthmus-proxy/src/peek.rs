@@ -217,9 +217,10 @@ pub async fn peek_stream<R: AsyncRead + Unpin>(
     io: &mut R,
     timeout: Duration,
 ) -> io::Result<Peeked> {
+    // Reads go straight into `bytes` (no stack chunk: this future lives inside every
+    // connection's task, so a 4 KiB array here would be carried by every idle connection).
     let mut bytes = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut chunk = [0u8; 4096];
     loop {
         let res = parse_client_hello(&bytes);
         if res != Peek::NeedMore {
@@ -236,7 +237,10 @@ pub async fn peek_stream<R: AsyncRead + Unpin>(
                 timed_out: false,
             });
         }
-        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+        if bytes.capacity() - bytes.len() < 1024 {
+            bytes.reserve(4096);
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut bytes)).await {
             Err(_) => {
                 return Ok(Peeked {
                     result: Peek::NotTls,
@@ -252,7 +256,7 @@ pub async fn peek_stream<R: AsyncRead + Unpin>(
                     timed_out: false,
                 });
             }
-            Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     }

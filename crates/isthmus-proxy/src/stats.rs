@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Envoy's default histogram buckets, which Istio's histograms use (ms for durations,
 /// bytes for sizes).
@@ -18,24 +19,85 @@ pub const DURATION_BUCKETS: [f64; 19] = [
 /// Labels of an Istio standard metric, in Istio's emission order.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// A pre-resolved Envoy-style counter or gauge: hot paths keep the handle and bump it without
+/// the registry lock, a name lookup or an allocation.
+pub type Counter = Arc<AtomicI64>;
+
+/// A pre-resolved Istio counter series (one metric, one label set).
+pub type IstioCounter = Arc<AtomicU64>;
+
+/// One histogram series. Buckets are stored per bucket (not cumulative) so an observation
+/// touches one bucket; rendering turns them into Prometheus' cumulative `le` buckets.
+pub struct Hist {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    /// f64 bits of the running sum (updated with a compare-and-swap loop).
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0f64.to_bits()),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Hist {
+    /// Record one value: the first bucket whose bound holds it (none above the last bound or
+    /// for NaN: such values only count towards `+Inf`, as before).
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let mut cur = self.sum.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(cur) + v).to_bits();
+            match self
+                .sum
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative bucket counts (Prometheus `le` semantics), the sum and the count.
+    fn snapshot(&self) -> ([u64; DURATION_BUCKETS.len()], f64, u64) {
+        let mut acc = 0;
+        let cum = std::array::from_fn(|i| {
+            acc += self.buckets[i].load(Ordering::Relaxed);
+            acc
+        });
+        (
+            cum,
+            f64::from_bits(self.sum.load(Ordering::Relaxed)),
+            self.count.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    values: BTreeMap<String, i64>,
+    values: BTreeMap<String, Counter>,
     gauges: BTreeSet<String>,
-    istio_counters: BTreeMap<(&'static str, Labels), u64>,
-    istio_hist: BTreeMap<(&'static str, Labels), Hist>,
+    istio_counters: BTreeMap<(&'static str, Labels), IstioCounter>,
+    istio_hist: BTreeMap<(&'static str, Labels), Arc<Hist>>,
 }
 
-#[derive(Clone, Default)]
-struct Hist {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
+/// The proxy's stats registry. The lock only guards the name → cell maps: values live in
+/// atomic cells, so a caller holding a handle ([`Stats::counter`], [`Stats::istio_counter`],
+/// [`Stats::istio_hist`]) never takes it, and name-based updates of existing stats do not
+/// allocate.
 #[derive(Default)]
 pub struct Stats {
     inner: Mutex<Inner>,
+    /// Per-stream label resolution cache of [`crate::telemetry`] (Istio series by stream facts).
+    pub(crate) series_cache: crate::telemetry::SeriesCache,
 }
 
 impl Stats {
@@ -43,57 +105,92 @@ impl Stats {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn cell(g: &mut Inner, name: &str) -> Counter {
+        if let Some(c) = g.values.get(name) {
+            return c.clone();
+        }
+        g.values.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The counter cell for `name`, created at 0 if new (renders as a counter).
+    pub fn counter(&self, name: &str) -> Counter {
+        Self::cell(&mut self.lock(), name)
+    }
+
+    /// The gauge cell for `name`, created at 0 if new (renders as a gauge).
+    pub fn gauge(&self, name: &str) -> Counter {
+        let mut g = self.lock();
+        if !g.gauges.contains(name) {
+            g.gauges.insert(name.to_string());
+        }
+        Self::cell(&mut g, name)
+    }
+
     /// Increment a counter by `n`.
     pub fn inc(&self, name: &str, n: u64) {
         let mut g = self.lock();
-        *g.values.entry(name.to_string()).or_insert(0) += n as i64;
+        match g.values.get(name) {
+            Some(c) => {
+                c.fetch_add(n as i64, Ordering::Relaxed);
+            }
+            None => {
+                g.values
+                    .insert(name.to_string(), Arc::new(AtomicI64::new(n as i64)));
+            }
+        }
     }
 
     /// Make sure a counter exists (renders as 0) so operators can see it before it moves.
     pub fn touch(&self, name: &str) {
-        self.lock().values.entry(name.to_string()).or_insert(0);
+        let mut g = self.lock();
+        Self::cell(&mut g, name);
     }
 
     /// Add to a gauge (may be negative).
     pub fn gauge_add(&self, name: &str, d: i64) {
-        let mut g = self.lock();
-        g.gauges.insert(name.to_string());
-        *g.values.entry(name.to_string()).or_insert(0) += d;
+        self.gauge(name).fetch_add(d, Ordering::Relaxed);
     }
 
     pub fn gauge_set(&self, name: &str, v: i64) {
-        let mut g = self.lock();
-        g.gauges.insert(name.to_string());
-        g.values.insert(name.to_string(), v);
+        self.gauge(name).store(v, Ordering::Relaxed);
     }
 
     pub fn get(&self, name: &str) -> i64 {
-        self.lock().values.get(name).copied().unwrap_or(0)
+        self.lock()
+            .values
+            .get(name)
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The cell of one Istio counter series, created at 0 if new.
+    pub fn istio_counter(&self, metric: &'static str, labels: &Labels) -> IstioCounter {
+        let mut g = self.lock();
+        if let Some(c) = g.istio_counters.get(&(metric, labels.clone())) {
+            return c.clone();
+        }
+        g.istio_counters
+            .entry((metric, labels.clone()))
+            .or_default()
+            .clone()
+    }
+
+    /// The cell of one Istio histogram series, created empty if new.
+    pub fn istio_hist(&self, metric: &'static str, labels: &Labels) -> Arc<Hist> {
+        self.lock()
+            .istio_hist
+            .entry((metric, labels.clone()))
+            .or_default()
+            .clone()
     }
 
     pub fn istio_inc(&self, metric: &'static str, labels: &Labels, n: u64) {
-        let mut g = self.lock();
-        *g.istio_counters
-            .entry((metric, labels.clone()))
-            .or_insert(0) += n;
+        self.istio_counter(metric, labels)
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn istio_observe(&self, metric: &'static str, labels: &Labels, v: f64) {
-        let mut g = self.lock();
-        let h = g
-            .istio_hist
-            .entry((metric, labels.clone()))
-            .or_insert_with(|| Hist {
-                buckets: vec![0; DURATION_BUCKETS.len()],
-                ..Default::default()
-            });
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-            if v <= *b {
-                h.buckets[i] += 1;
-            }
-        }
-        h.sum += v;
-        h.count += 1;
+        self.istio_hist(metric, labels).observe(v);
     }
 
     /// Envoy `/stats` text: `name: value`, sorted, optionally filtered by a regex.
@@ -102,13 +199,13 @@ impl Stats {
         let mut out = String::new();
         for (k, v) in &g.values {
             if filter.is_none_or(|f| f.is_match(k)) {
-                let _ = writeln!(out, "{k}: {v}");
+                let _ = writeln!(out, "{k}: {}", v.load(Ordering::Relaxed));
             }
         }
         for ((m, l), v) in &g.istio_counters {
             let name = format!("istiocustom.{m}{}", envoy_tags(l));
             if filter.is_none_or(|f| f.is_match(&name)) {
-                let _ = writeln!(out, "{name}: {v}");
+                let _ = writeln!(out, "{name}: {}", v.load(Ordering::Relaxed));
             }
         }
         out
@@ -121,10 +218,11 @@ impl Stats {
         let mut by_family: BTreeMap<String, Vec<(String, i64, bool)>> = BTreeMap::new();
         for (k, v) in &g.values {
             let (fam, labels) = prom_name(k);
-            by_family
-                .entry(fam)
-                .or_default()
-                .push((labels, *v, g.gauges.contains(k)));
+            by_family.entry(fam).or_default().push((
+                labels,
+                v.load(Ordering::Relaxed),
+                g.gauges.contains(k),
+            ));
         }
         for (fam, rows) in &by_family {
             let ty = if rows.iter().any(|r| r.2) {
@@ -143,7 +241,12 @@ impl Stats {
                 let _ = writeln!(out, "# TYPE {m} counter");
                 last = m;
             }
-            let _ = writeln!(out, "{m}{{{}}} {v}", prom_labels(l));
+            let _ = writeln!(
+                out,
+                "{m}{{{}}} {}",
+                prom_labels(l),
+                v.load(Ordering::Relaxed)
+            );
         }
         last = "";
         for ((m, l), h) in &g.istio_hist {
@@ -152,12 +255,13 @@ impl Stats {
                 last = m;
             }
             let base = prom_labels(l);
+            let (buckets, sum, count) = h.snapshot();
             for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{m}_bucket{{{base},le=\"{b}\"}} {}", h.buckets[i]);
+                let _ = writeln!(out, "{m}_bucket{{{base},le=\"{b}\"}} {}", buckets[i]);
             }
-            let _ = writeln!(out, "{m}_bucket{{{base},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{m}_sum{{{base}}} {}", h.sum);
-            let _ = writeln!(out, "{m}_count{{{base}}} {}", h.count);
+            let _ = writeln!(out, "{m}_bucket{{{base},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{m}_sum{{{base}}} {sum}");
+            let _ = writeln!(out, "{m}_count{{{base}}} {count}");
         }
         out
     }
