@@ -237,57 +237,71 @@ impl Drop for HostRq {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authenticate",
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones Envoy strips), as pre-parsed
+/// names so stripping them costs no parsing or allocation per request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::PROXY_AUTHENTICATE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<String> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    for n in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
-        if n == "te"
-            && h.get("te")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
+    // Headers named in `Connection` are hop-by-hop too (collected only when one is present;
+    // `Vec::new` does not allocate). HeaderName parsing lower-cases the tokens.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(http::header::CONNECTION) {
+        for t in v.as_bytes().split(|b| *b == b',') {
+            if let Ok(n) = HeaderName::from_bytes(t.trim_ascii()) {
+                // `keep-alive`/`close` (the usual tokens) need no extra removal.
+                if n != "close" && !HOP_BY_HOP.contains(&n) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    // `TE: trailers` survives (gRPC needs it).
+    let keep_te = h
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // One pass over the (few) names present instead of a hashed removal per hop-by-hop name:
+    // most messages carry none or one of them.
+    let mut present: [bool; HOP_BY_HOP.len()] = [false; HOP_BY_HOP.len()];
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present[i] = true;
+        }
+    }
+    let found = HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p);
+    for n in found.map(|(n, _)| n).chain(named.iter()) {
+        if keep_te && n == http::header::TE {
             continue;
         }
-        h.remove(n.as_str());
+        h.remove(n);
     }
 }
 
-fn uuid_v4() -> String {
+/// A random (v4) UUID for `x-request-id`, formatted on the stack.
+fn uuid_v4() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut out = [b'-'; 36];
+    let mut o = 0;
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            o += 1; // the '-' already there
+        }
+        out[o] = HEX[(x >> 4) as usize];
+        out[o + 1] = HEX[(x & 0x0f) as usize];
+        o += 2;
+    }
+    out
 }
 
 fn proto(v: Version) -> &'static str {
@@ -300,8 +314,11 @@ fn proto(v: Version) -> &'static str {
 }
 
 fn hdr(h: &HeaderMap, n: &str) -> Option<String> {
-    h.get(n)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    // Header values are almost always ASCII: take the fast exact path before the lossy one.
+    h.get(n).map(|v| match std::str::from_utf8(v.as_bytes()) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    })
 }
 
 /// Emits the access log and metrics when the response stream ends.
@@ -460,6 +477,20 @@ fn local_reply(status: u16, body: &str) -> Response<RespBody> {
     r
 }
 
+/// Envoy's router marks the local reply of a circuit-breaker overflow (flag UO) with
+/// `x-envoy-overloaded: true`, and no Envoy retries a response carrying it: an overloaded
+/// gateway's 503 must reach the caller instead of being multiplied by every sidecar's retries.
+fn mark_overloaded(mut r: Response<RespBody>, entry: &LogEntry) -> Response<RespBody> {
+    if entry.response_flags.contains(&"UO") {
+        r.headers_mut()
+            .insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    }
+    r
+}
+
+/// `x-envoy-overloaded` (see [`mark_overloaded`]).
+const X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+
 fn redirect_reply(code: u16, location: &str) -> Response<RespBody> {
     let mut r = local_reply(code, "");
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -545,7 +576,7 @@ async fn handle(
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
+        if let Ok(v) = HeaderValue::from_bytes(&uuid_v4()) {
             parts.headers.insert("x-request-id", v);
         }
     }
@@ -672,13 +703,14 @@ async fn handle(
         entry.add_flag("UO");
         entry.response_code_details =
             Some("upstream_reset_before_response_started{overflow}".into());
-        return wrap(
+        let reply = mark_overloaded(
             local_reply(
                 503,
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             ),
-            fin(entry, Some(cluster), None),
+            &entry,
         );
+        return wrap(reply, fin(entry, Some(cluster), None));
     }
     cluster.stats.gauge_add(
         &crate::cluster::stat(cluster.name(), "upstream_rq_active"),
@@ -694,10 +726,8 @@ async fn handle(
             Ok(resp) => wrap(resp, fin(entry, Some(cluster), Some(rq))),
             Err((status, body)) => {
                 entry.response_code = status;
-                wrap(
-                    local_reply(status, body),
-                    fin(entry, Some(cluster), Some(rq)),
-                )
+                let reply = mark_overloaded(local_reply(status, body), &entry);
+                wrap(reply, fin(entry, Some(cluster), Some(rq)))
             }
         };
     }
@@ -771,10 +801,8 @@ async fn handle(
         }
         Err((status, body)) => {
             entry.response_code = status;
-            wrap(
-                local_reply(status, &body),
-                fin(entry, Some(cluster), Some(rq)),
-            )
+            let reply = mark_overloaded(local_reply(status, &body), &entry);
+            wrap(reply, fin(entry, Some(cluster), Some(rq)))
         }
     }
 }
@@ -1101,7 +1129,9 @@ async fn forward(
                 cluster
                     .stats
                     .inc(&st(&format!("upstream_rq_{}xx", status / 100)), 1);
-                if retriable_status(retry, status) && retry.num_retries > 0 {
+                // Envoy never retries a response an upstream Envoy marked overloaded.
+                let overloaded = resp.headers().contains_key(X_ENVOY_OVERLOADED);
+                if retriable_status(retry, status) && retry.num_retries > 0 && !overloaded {
                     if !last && matches!(body, BodySrc::Buffered(_)) && budget.take() {
                         cluster.stats.inc(&st("upstream_rq_retry"), 1);
                         drop(resp);
@@ -1159,10 +1189,19 @@ mod tests {
 
     #[test]
     fn request_ids_are_uuid_v4() {
-        let a = uuid_v4();
+        let a = String::from_utf8(uuid_v4().to_vec()).unwrap();
         assert_eq!(a.len(), 36);
+        let groups: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            vec![8, 4, 4, 4, 12],
+            "{a}"
+        );
+        assert!(a
+            .bytes()
+            .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
-        assert_ne!(a, uuid_v4());
+        assert_ne!(uuid_v4(), uuid_v4());
     }
 }
