@@ -31,6 +31,11 @@ pub struct ConnInfo {
     pub local: Option<SocketAddr>,
     pub requests: AtomicU32,
     pub expired: AtomicBool,
+    /// Wakes the connection's idle-timeout task when it leaves the idle list (checked out,
+    /// found closed or removed), so that task ends at once instead of sleeping out the idle
+    /// timeout (1h by default) once per request. Not the `ConnInfo` itself: the task must
+    /// not keep the connection's `CxGuard` alive.
+    idle_wake: Arc<Notify>,
     _guard: CxGuard,
 }
 
@@ -101,6 +106,7 @@ impl Pool {
         let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = g.get_mut(key)?;
         while let Some((s, info)) = list.pop() {
+            info.idle_wake.notify_one();
             if !s.is_closed() && s.is_ready() && !info.expired.load(Ordering::Acquire) {
                 return Some(Checkout {
                     sender: Sender::H1(s),
@@ -134,7 +140,12 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(key)
         {
-            l.retain(|(_, i)| i.id != id);
+            l.retain(|(_, i)| {
+                if i.id == id {
+                    i.idle_wake.notify_one();
+                }
+                i.id != id
+            });
         }
         let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         if g.get(key).is_some_and(|(_, i)| i.id == id) {
@@ -219,6 +230,7 @@ async fn open(
         local,
         requests: AtomicU32::new(0),
         expired: AtomicBool::new(false),
+        idle_wake: Arc::new(Notify::new()),
         _guard: guard,
     });
     let io = TokioIo::new(io);
@@ -324,6 +336,7 @@ impl Checkout {
                         return;
                     }
                     let id = info.id;
+                    let wake = info.idle_wake.clone();
                     cluster
                         .pool
                         .idle
@@ -338,14 +351,15 @@ impl Checkout {
                         .idle_timeout
                         .map(|d| d.0)
                         .unwrap_or(DEFAULT_IDLE_TIMEOUT);
-                    let requests_before = cluster.pool.requests_marker(&key, id);
-                    tokio::time::sleep(idle).await;
-                    // Still idle with the same request count: close it.
-                    if cluster.pool.requests_marker(&key, id) == requests_before
-                        && requests_before.is_some()
-                    {
-                        cluster.pool.remove_conn(&key, id);
-                        cluster.inc("upstream_cx_idle_timeout");
+                    tokio::select! {
+                        // Left the idle list (reused or discarded): this idle period is over.
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(idle) => {
+                            // Idle for the whole timeout: close it.
+                            if cluster.pool.remove_idle(&key, id) {
+                                cluster.inc("upstream_cx_idle_timeout");
+                            }
+                        }
                     }
                 });
             }
@@ -354,16 +368,14 @@ impl Checkout {
 }
 
 impl Pool {
-    /// The request count of an idle connection, `None` when it is not idle.
-    fn requests_marker(&self, key: &PoolKey, id: u64) -> Option<u32> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .and_then(|l| {
-                l.iter()
-                    .find(|(_, i)| i.id == id)
-                    .map(|(_, i)| i.requests.load(Ordering::Acquire))
-            })
+    /// Remove an idle connection (closing it); false if it is no longer in the idle list.
+    fn remove_idle(&self, key: &PoolKey, id: u64) -> bool {
+        let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(l) = g.get_mut(key) else {
+            return false;
+        };
+        let before = l.len();
+        l.retain(|(_, i)| i.id != id);
+        l.len() != before
     }
 }
