@@ -370,6 +370,51 @@ async fn retries_exhausted_is_urx() {
 }
 
 #[tokio::test]
+async fn an_overloaded_upstream_envoy_503_is_not_retried() {
+    // Envoy's retry state never retries a response carrying x-envoy-overloaded: a gateway's
+    // circuit-breaker 503 must not be multiplied by every calling sidecar's retries.
+    let (hb, count) = http_backend("httpbin").await;
+    let p = start(http_cfg(
+        json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": HB,
+            "retryPolicy": {"numRetries": 2, "retryOn": "5xx,gateway-error", "perTryTimeout": "5s"}}}]}]),
+        json!([httpbin_cluster(hb)]),
+    ))
+    .await;
+    let port = p.addr("0.0.0.0_8080").port();
+    let o = curl(&s(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Host: a.example",
+        &format!("http://127.0.0.1:{port}/overloaded"),
+    ]))
+    .await;
+    assert!(o.stdout.starts_with("HTTP/1.1 503"), "{}", o.stdout);
+    assert!(
+        o.stdout.to_ascii_lowercase().contains("x-envoy-overloaded: true"),
+        "the marker reaches the caller: {}",
+        o.stdout
+    );
+    let f = fields(&p.wait_lines(1).await[0]);
+    assert_eq!((f[2].as_str(), f[3].as_str()), ("503", "-"), "no URX: not retried");
+    let st = p.proxy.stats();
+    assert_eq!(st.get(&format!("cluster.{HB}.upstream_rq_retry")), 0);
+    assert_eq!(st.get(&format!("cluster.{HB}.upstream_rq_503")), 1);
+    assert_eq!(count.get(), 1, "one upstream connection, one attempt");
+    // A plain 503 on the same route is still retried (the policy itself works).
+    assert_eq!(get_code(port, "a.example", "/status/503", &[]).await, 503);
+    assert_eq!(
+        p.proxy
+            .stats()
+            .get(&format!("cluster.{HB}.upstream_rq_retry")),
+        2
+    );
+}
+
+#[tokio::test]
 async fn connect_failure_is_503_uf_and_unknown_cluster_nc() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -403,12 +448,39 @@ async fn max_connections_and_pending_overflow_is_503_uo() {
     let p = start(http_cfg(json!([{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": HB}}]}]), json!([c]))).await;
     let port = p.addr("0.0.0.0_8080").port();
     // Three concurrent slow requests: one on the connection, one pending, one overflows.
-    let a = tokio::spawn(get_code(port, "a.example", "/delay/600", &[]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each step waits for the proxy's own counters (not for wall-clock time), so the order
+    // holds on a loaded machine.
+    let counter = |name: &'static str| {
+        let stats = p.proxy.stats();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while stats.get(&format!("cluster.{HB}.{name}")) < 1 {
+                assert!(std::time::Instant::now() < deadline, "{name} never reached 1");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let a = tokio::spawn(get_code(port, "a.example", "/delay/3000", &[]));
+    counter("upstream_cx_total").await;
     let b = tokio::spawn(get_code(port, "a.example", "/delay/10", &[]));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let c3 = get_code(port, "a.example", "/delay/10", &[]).await;
-    assert_eq!(c3, 503);
+    counter("upstream_rq_pending_total").await;
+    let o = curl(&s(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Host: a.example",
+        &format!("http://127.0.0.1:{port}/delay/10"),
+    ]))
+    .await;
+    assert!(o.stdout.starts_with("HTTP/1.1 503"), "{}", o.stdout);
+    assert!(
+        o.stdout.to_ascii_lowercase().contains("x-envoy-overloaded: true"),
+        "Envoy marks the overflow reply: {}",
+        o.stdout
+    );
     assert_eq!(a.await.unwrap(), 200);
     assert_eq!(
         b.await.unwrap(),

@@ -102,15 +102,25 @@ async fn backend_handler(
     if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
+    // `/overloaded` answers like an Envoy whose circuit breaker overflowed.
+    let overloaded = path == "/overloaded";
+    if overloaded {
+        status = 503;
+    }
     let _ = req.into_body().collect().await;
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    if overloaded {
+        r.headers_mut()
+            .insert("x-envoy-overloaded", "true".parse().unwrap());
+    }
     r.headers_mut()
         .insert("connection", "keep-alive".parse().unwrap());
     Ok(r)
 }
 
-/// Plain HTTP/1.1 + h2c backend. Paths: `/status/N` answers N, `/delay/MS` sleeps.
+/// Plain HTTP/1.1 + h2c backend. Paths: `/status/N` answers N, `/delay/MS` sleeps,
+/// `/overloaded` answers 503 with `x-envoy-overloaded: true`.
 pub async fn http_backend(name: &str) -> (SocketAddr, Counter) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
