@@ -143,7 +143,10 @@ async fn handle(
             .listener_filters_timeout
             .map(|d| d.0)
             .unwrap_or(DEFAULT_PEEK_TIMEOUT);
-        match peek::peek_stream(&mut s, timeout).await {
+        // Boxed (like the TLS handshake and the upstream connect below): a connection's task
+        // is sized for its largest await point, and these states are over before the
+        // connection settles into its long (mostly idle) relay or keep-alive phase.
+        match Box::pin(peek::peek_stream(&mut s, timeout)).await {
             Ok(p) => {
                 match p.result {
                     Peek::Tls(info) => {
@@ -181,7 +184,7 @@ async fn handle(
         None => Down::Io(Box::new(PrefixedStream::new(prefix, s))),
         Some(cfg) => {
             let down: Box<dyn Upstream> = Box::new(PrefixedStream::new(prefix, s));
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, cfg.accept(down))
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, Box::pin(cfg.accept(down)))
                 .await
                 .unwrap_or_else(|_| {
                     Err(std::io::Error::new(
@@ -320,11 +323,11 @@ async fn tcp_proxy(
                 return;
             }
         };
-        let res: Result<_, UpstreamError> = async {
+        let res: Result<_, UpstreamError> = Box::pin(async {
             let addr = cluster.resolve(&host).await?;
             let (io, local, _) = cluster.connect(addr, None).await?;
             Ok((io, addr, local))
-        }
+        })
         .await;
         match res {
             Ok((io, addr, local)) => {
@@ -334,7 +337,7 @@ async fn tcp_proxy(
             Err(err) => {
                 cluster.record_result(&host, 503);
                 tracing::debug!(error = %err, "tcp upstream connect failed");
-                if let Ok(a) = cluster.resolve(&host).await {
+                if let Ok(a) = Box::pin(cluster.resolve(&host)).await {
                     e.upstream_host = Some(a);
                 }
                 if tries >= attempts {
