@@ -969,7 +969,11 @@ mod tests {
     #[test]
     fn container_path_appends_the_running_executables_directory() {
         let exe = std::env::current_exe().expect("current exe");
-        let dir = exe.parent().expect("exe dir").to_string_lossy().into_owned();
+        let dir = exe
+            .parent()
+            .expect("exe dir")
+            .to_string_lossy()
+            .into_owned();
         let path = container_path();
         assert!(path.starts_with(DEFAULT_PATH), "{path}");
         assert_eq!(path.split(':').next_back(), Some(dir.as_str()), "{path}");

@@ -80,7 +80,10 @@ async fn zero_percent_abort_and_delay_do_nothing() {
         let o = curl(&code_of(&url)).await;
         assert!(o.stdout.ends_with("\n200"), "{}", o.stdout);
     }
-    assert!(hits.0.load(Ordering::SeqCst) >= 1, "requests reached the upstream");
+    assert!(
+        hits.0.load(Ordering::SeqCst) >= 1,
+        "requests reached the upstream"
+    );
     let lines = p.wait_lines(5).await;
     assert!(lines.iter().all(|l| fields(l)[3] == "-"), "{lines:?}");
 }

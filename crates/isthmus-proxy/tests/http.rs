@@ -394,12 +394,18 @@ async fn an_overloaded_upstream_envoy_503_is_not_retried() {
     .await;
     assert!(o.stdout.starts_with("HTTP/1.1 503"), "{}", o.stdout);
     assert!(
-        o.stdout.to_ascii_lowercase().contains("x-envoy-overloaded: true"),
+        o.stdout
+            .to_ascii_lowercase()
+            .contains("x-envoy-overloaded: true"),
         "the marker reaches the caller: {}",
         o.stdout
     );
     let f = fields(&p.wait_lines(1).await[0]);
-    assert_eq!((f[2].as_str(), f[3].as_str()), ("503", "-"), "no URX: not retried");
+    assert_eq!(
+        (f[2].as_str(), f[3].as_str()),
+        ("503", "-"),
+        "no URX: not retried"
+    );
     let st = p.proxy.stats();
     assert_eq!(st.get(&format!("cluster.{HB}.upstream_rq_retry")), 0);
     assert_eq!(st.get(&format!("cluster.{HB}.upstream_rq_503")), 1);
@@ -455,7 +461,10 @@ async fn max_connections_and_pending_overflow_is_503_uo() {
         async move {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while stats.get(&format!("cluster.{HB}.{name}")) < 1 {
-                assert!(std::time::Instant::now() < deadline, "{name} never reached 1");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} never reached 1"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -477,7 +486,9 @@ async fn max_connections_and_pending_overflow_is_503_uo() {
     .await;
     assert!(o.stdout.starts_with("HTTP/1.1 503"), "{}", o.stdout);
     assert!(
-        o.stdout.to_ascii_lowercase().contains("x-envoy-overloaded: true"),
+        o.stdout
+            .to_ascii_lowercase()
+            .contains("x-envoy-overloaded: true"),
         "Envoy marks the overflow reply: {}",
         o.stdout
     );

@@ -84,7 +84,11 @@ impl Mesh {
             .output()
             .expect("run isthmus");
         // Timings help tell a slow machine from a hang when a run fails in CI.
-        eprintln!("[{:>6.1}s] isthmus {}", start.elapsed().as_secs_f64(), args.join(" "));
+        eprintln!(
+            "[{:>6.1}s] isthmus {}",
+            start.elapsed().as_secs_f64(),
+            args.join(" ")
+        );
         out
     }
 
