@@ -47,6 +47,9 @@ pub enum Request {
     },
     /// Push status of every proxy.
     Proxies,
+    /// The mesh config the control plane compiles with (from `--mesh-config FILE`, the
+    /// `istio` ConfigMap, or Istio's defaults), so live analysis and trace use the same one.
+    MeshConfig,
     /// Tear the mesh down and exit.
     Shutdown,
 }
@@ -221,6 +224,11 @@ pub enum Response {
     Proxies {
         /// Node id → status.
         proxies: std::collections::BTreeMap<String, serde_json::Value>,
+    },
+    /// The mesh config in force.
+    MeshConfig {
+        /// As Istio's MeshConfig (camelCase JSON).
+        mesh: isthmus_api::MeshConfig,
     },
     /// Request accepted (shutdown).
     Ok,

@@ -652,6 +652,9 @@ impl Shared {
                     .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or_default()))
                     .collect(),
             },
+            Request::MeshConfig => Response::MeshConfig {
+                mesh: self.mesh_config.clone(),
+            },
             Request::Shutdown => {
                 let _ = self.shutdown.send(true);
                 Response::Ok

@@ -48,12 +48,23 @@ pub(crate) struct LiveConfig {
     pub domain: String,
 }
 
-/// The supervisor reports its objects but not a `--mesh-config` file given to `up`: say which
-/// mesh config a live analysis or trace assumes when the mesh has no `istio` ConfigMap.
+/// Said when the supervisor cannot report its mesh config (it always can today; kept so an
+/// analysis never silently assumes defaults).
 pub(crate) fn default_mesh_note(name: &str) -> String {
     format!(
-        "note: mesh {name:?} has no istio ConfigMap: using Istio's default mesh config (if it was started with --mesh-config FILE, pass the same --mesh-config FILE here)"
+        "note: mesh {name:?} did not report its mesh config: using Istio's default mesh config (if it was started with --mesh-config FILE, pass the same --mesh-config FILE here)"
     )
+}
+
+/// The `istio` ConfigMap (istio-system, `data.mesh`) a loader reads the mesh config from —
+/// synthesized for a live mesh started with `--mesh-config FILE`, whose objects hold none.
+fn mesh_config_map(mesh: &isthmus_api::MeshConfig) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": serde_json::to_string_pretty(mesh)?},
+    }))
 }
 
 /// Reads the live objects from the supervisor (`Request::Objects` per kind), so analysis and
@@ -74,6 +85,16 @@ pub(crate) fn live_config(name: &str) -> anyhow::Result<LiveConfig> {
             anyhow::bail!("unexpected answer from the supervisor of mesh {name:?} (objects)");
         };
         items.extend(objects);
+    }
+    let has_mesh_config = items.iter().any(|o| {
+        o["kind"] == "ConfigMap"
+            && o["metadata"]["name"] == "istio"
+            && o["metadata"]["namespace"] == "istio-system"
+    });
+    if !has_mesh_config {
+        if let Response::MeshConfig { mesh } = mesh_call(name, &Request::MeshConfig)? {
+            items.push(mesh_config_map(&mesh)?);
+        }
     }
     let text = serde_json::to_string_pretty(&serde_json::json!({
         "apiVersion": "v1",

@@ -455,3 +455,70 @@ spec:
         port: {number: 443}
       weight: 100
 ";
+
+/// A mesh started with `--mesh-config FILE` (no `istio` ConfigMap among its objects): live
+/// trace and analyze must use the mesh config the control plane compiles with, reported by
+/// the supervisor — here REGISTRY_ONLY, so an unregistered host is predicted to hit block_all.
+#[test]
+fn live_trace_uses_the_mesh_config_file_given_to_up() {
+    if !isthmus_local::testing::namespaces_available(
+        "live_trace_uses_the_mesh_config_file_given_to_up",
+    ) {
+        return;
+    }
+    let name = format!("la{}mc", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("isthmus-live-analyze-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_example(&repo().join("examples/registry-only"), &dir.join("mesh"));
+    // Move the mesh config from the `istio` ConfigMap to a --mesh-config file.
+    let cm = dir.join("mesh/00-mesh.yaml");
+    let manifest = std::fs::read_to_string(&cm).expect("read 00-mesh.yaml");
+    let (config_map, rest) = manifest
+        .split_once("\n---\n")
+        .expect("00-mesh.yaml starts with the istio ConfigMap");
+    assert!(config_map.contains("kind: ConfigMap"), "{config_map}");
+    std::fs::write(&cm, rest).expect("write 00-mesh.yaml");
+    std::fs::write(
+        dir.join("mesh-config.yaml"),
+        "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\naccessLogFile: /dev/stdout\n",
+    )
+    .expect("write mesh-config.yaml");
+    let mut m = Mesh {
+        name,
+        root: dir.join("state"),
+        dir,
+        up: false,
+    };
+    let out = m.cmd("up", &["mesh", "--mesh-config", "mesh-config.yaml"]);
+    m.up = out.status.success();
+    assert!(m.up, "up: {}", text(&out));
+
+    let t = m.cmd(
+        "trace",
+        &["-n", "demo", "sleep", "http://unregistered.example/blocked"],
+    );
+    let all = text(&t);
+    assert!(!all.contains("mesh config"), "no fallback note: {all}");
+    assert!(
+        all.contains("RESULT: FAILS at demo/sleep (sidecar outbound): 502"),
+        "REGISTRY_ONLY from the --mesh-config file: {all}"
+    );
+    assert!(all.contains("vhost:     block_all"), "{all}");
+
+    // The same request really is blocked (the prediction matches the running proxies).
+    let t = m.cmd(
+        "trace",
+        &[
+            "-n",
+            "demo",
+            "sleep",
+            "http://unregistered.example/blocked",
+            "--confirm",
+        ],
+    );
+    let all = text(&t);
+    assert!(
+        all.contains("  client:    ok — predicted HTTP 502, got HTTP 502"),
+        "{all}"
+    );
+}
