@@ -260,6 +260,8 @@ struct Shared {
     push: isthmus_push::PushServer,
     /// The mesh DNS process (stopped at teardown).
     dns_proc: Mutex<Option<crate::dns_proc::DnsProcess>>,
+    /// What the mesh DNS process serves (rewritten when applied ServiceEntries change it).
+    dns_spec: Mutex<Option<crate::dns_proc::DnsSpec>>,
     /// Serialises compile+push sequences (apply, delete, certificate rotation).
     push_lock: Mutex<()>,
     proxies: Mutex<Vec<crate::proxies::ProxyReg>>,
@@ -581,6 +583,7 @@ impl Shared {
                 Err(e) => return Err(format!("not applied (the mesh is unchanged): {e}")),
             }
         }
+        self.refresh_sidecar_dns(&snapshot);
         *lock(&self.objects) = objects;
         *lock(&self.snapshot) = snapshot;
         let mut versions = BTreeMap::new();
@@ -589,6 +592,35 @@ impl Shared {
             versions.insert(node, v);
         }
         Ok(versions)
+    }
+
+    /// Keeps the sidecars' DNS in step with the ServiceEntries: hosts applied to (or deleted
+    /// from) the running mesh resolve to their VIPs at once, as Istio's DNS proxy learns them
+    /// from istiod, without restarting the DNS process.
+    fn refresh_sidecar_dns(&self, snapshot: &Snapshot) {
+        let table = self
+            .plan
+            .sidecar_dns_table(&crate::plan::service_entry_vips(snapshot));
+        let spec = {
+            let mut guard = lock(&self.dns_spec);
+            let Some(spec) = guard.as_mut() else { return };
+            let Some(server) = spec.servers.iter_mut().find(|s| s.role == "sidecar") else {
+                return;
+            };
+            if server.table == table {
+                return;
+            }
+            server.table = table;
+            spec.clone()
+        };
+        if let Some(p) = lock(&self.dns_proc).as_mut() {
+            match p.reload(&self.dir.dir, &spec) {
+                Ok(()) => {
+                    tracing::info!("sidecar DNS table updated for the applied ServiceEntries")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot update the sidecar DNS table"),
+            }
+        }
     }
 
     /// Pushes rotated workload certificates: every proxy whose identity got a new
@@ -736,6 +768,7 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
         push: isthmus_push::PushServer::new(),
         push_lock: Mutex::new(()),
         dns_proc: Mutex::new(None),
+        dns_spec: Mutex::new(None),
         proxies: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
         published: Mutex::new(Vec::new()),
@@ -815,12 +848,7 @@ async fn build(
     let node = mesh.node_netns().to_string();
     // The sidecars' DNS proxy: mesh names plus ServiceEntry VIPs, on a 4th bridge address.
     let sidecar_ip = crate::proxies::sidecar_dns_ip(mesh.subnet());
-    let mut sidecar_entries = plan.mesh_dns.clone();
-    for (host, ip) in &plan.service_entry_vips {
-        sidecar_entries
-            .entry(host.clone())
-            .or_insert_with(|| vec![*ip]);
-    }
+    let sidecar_entries = plan.sidecar_dns_table(&plan.service_entry_vips);
     isthmus_local::cmd::ip(&[
         "-n",
         &node,
@@ -861,7 +889,8 @@ async fn build(
             .map_err(SupervisorError::DnsProcess)?;
     tracing::info!(pid = dns_proc.pid(), "mesh DNS process started");
     *lock(&shared.dns_proc) = Some(dns_proc);
-    tokio::spawn(keep_dns_running(shared.clone(), exe.clone(), spec.clone()));
+    *lock(&shared.dns_spec) = Some(spec);
+    tokio::spawn(keep_dns_running(shared.clone(), exe.clone()));
     *lock(&shared.dns) = (
         SocketAddr::from((mesh.dns_ip(), 53)).to_string(),
         SocketAddr::from((mesh.outside_dns_ip(), 53)).to_string(),
@@ -938,7 +967,7 @@ async fn build(
 
 /// Restarts the mesh DNS process if it dies while the mesh runs (it is not a pod, so nothing
 /// else would).
-async fn keep_dns_running(shared: Arc<Shared>, exe: PathBuf, spec: crate::dns_proc::DnsSpec) {
+async fn keep_dns_running(shared: Arc<Shared>, exe: PathBuf) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if *shared.shutdown.borrow() || matches!(*lock(&shared.phase), Phase::Stopping) {
@@ -952,6 +981,9 @@ async fn keep_dns_running(shared: Arc<Shared>, exe: PathBuf, spec: crate::dns_pr
             continue;
         }
         tracing::warn!("mesh DNS process exited; restarting it");
+        let Some(spec) = lock(&shared.dns_spec).clone() else {
+            return;
+        };
         match crate::dns_proc::DnsProcess::start(&exe, &shared.dir.dir, &spec, DNS_START_TIMEOUT)
             .await
         {

@@ -62,37 +62,63 @@ pub fn run(config: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers first: SIGHUP's default action would kill a process that is reloaded
+        // before it finished binding.
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return Err("cannot install signal handlers".to_string());
+        };
         let mut servers = Vec::new();
+        let mut tables = Vec::new();
         for s in &spec.servers {
             let forward = s
                 .forward
                 .clone()
                 .map(|t| Forward::Table(DnsTable::from_entries(t)));
-            let server = DnsServer::bind(
-                None,
-                s.addr,
-                DnsTable::from_entries(s.table.clone()),
-                forward,
-            )
+            let table = DnsTable::from_entries(s.table.clone());
+            tables.push((s.role.clone(), table.clone()));
+            let server = DnsServer::bind(None, s.addr, table, forward)
             .await
             .map_err(|e| format!("{} DNS on {}: {e}", s.role, s.addr))?;
             tracing::info!(role = %s.role, addr = %s.addr, names = s.table.len(), "mesh DNS serving");
             servers.push(server);
         }
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return Err("cannot install signal handlers".to_string());
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => reload_tables(config, &tables),
+            }
         }
         drop(servers);
         Ok(())
     })
+}
+
+/// SIGHUP: re-reads the spec and swaps each server's table in place (matched by role), so
+/// names of a ServiceEntry applied to the running mesh resolve without a restart. A bad
+/// spec keeps the tables being served.
+fn reload_tables(config: &Path, tables: &[(String, DnsTable)]) {
+    let spec = match std::fs::read_to_string(config)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str::<DnsSpec>(&t).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(config = %config.display(), error = %e, "DNS reload refused; serving the previous tables");
+            return;
+        }
+    };
+    for (role, table) in tables {
+        if let Some(s) = spec.servers.iter().find(|s| &s.role == role) {
+            table.replace(s.table.clone());
+            tracing::info!(role = %role, names = s.table.len(), "mesh DNS table reloaded");
+        }
+    }
 }
 
 /// The running `isthmus mesh-dns` of a mesh, owned by the supervisor. Dropping it stops it.
@@ -162,6 +188,19 @@ impl DnsProcess {
             }
         }
         Ok(p)
+    }
+
+    /// Rewrites the spec under `mesh_dir` and tells the process to reload its tables.
+    pub fn reload(&mut self, mesh_dir: &Path, spec: &DnsSpec) -> Result<(), String> {
+        let path = spec_path(mesh_dir);
+        let json = serde_json::to_string_pretty(spec).map_err(|e| e.to_string())?;
+        std::fs::write(&path, json).map_err(|e| format!("write {}: {e}", path.display()))?;
+        let pid = i32::try_from(self.child.id()).map_err(|e| e.to_string())?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .map_err(|e| format!("signal mesh DNS (pid {pid}): {e}"))
     }
 
     /// Its pid.

@@ -442,6 +442,19 @@ fn plan_pod(objects: &[Object], w: &Workload) -> Result<PodPlan, PlanError> {
 }
 
 impl MeshPlan {
+    /// The sidecars' DNS table: the mesh's names plus every ServiceEntry host's VIP (a
+    /// Kubernetes name wins over a ServiceEntry host of the same name).
+    pub fn sidecar_dns_table(
+        &self,
+        service_entry_vips: &BTreeMap<String, Ipv4Addr>,
+    ) -> BTreeMap<String, Vec<Ipv4Addr>> {
+        let mut table = self.mesh_dns.clone();
+        for (host, ip) in service_entry_vips {
+            table.entry(host.clone()).or_insert_with(|| vec![*ip]);
+        }
+        table
+    }
+
     /// Plans the mesh for `objects` as modelled by `snapshot`.
     pub fn build(objects: &[Object], snapshot: &Snapshot) -> Result<MeshPlan, PlanError> {
         let mut pods = Vec::new();
@@ -453,14 +466,10 @@ impl MeshPlan {
         let mut services = Vec::new();
         let mut vips = Vec::new();
         let mut mesh_dns: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-        let mut service_entry_vips = BTreeMap::new();
+        let service_entry_vips = service_entry_vips(snapshot);
         for s in &snapshot.services {
             match s.registry {
-                Registry::ServiceEntry => {
-                    if let Some(v) = s.vip().and_then(|v| v.parse::<Ipv4Addr>().ok()) {
-                        service_entry_vips.insert(s.hostname.clone(), v);
-                    }
-                }
+                Registry::ServiceEntry => {}
                 Registry::Kubernetes => {
                     let what = format!("Service {}/{}", s.namespace, s.name);
                     let cluster_ip = match s.address.as_deref() {
@@ -553,6 +562,16 @@ impl MeshPlan {
             domain: snapshot.domain_suffix.clone(),
         })
     }
+}
+
+/// ServiceEntry host → VIP (declared or auto-allocated), as the sidecars' DNS answers them.
+pub fn service_entry_vips(snapshot: &Snapshot) -> BTreeMap<String, Ipv4Addr> {
+    snapshot
+        .services
+        .iter()
+        .filter(|s| matches!(s.registry, Registry::ServiceEntry))
+        .filter_map(|s| Some((s.hostname.clone(), s.vip()?.parse::<Ipv4Addr>().ok()?)))
+        .collect()
 }
 
 #[cfg(test)]

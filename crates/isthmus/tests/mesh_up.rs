@@ -974,10 +974,61 @@ fn registry_only_sidecars_reach_service_entries_but_not_other_outside_hosts() {
         "{}",
         text(&out)
     );
+
+    // A ServiceEntry applied to the running mesh: its host resolves to its VIP at once (the
+    // DNS process reloads its tables, no restart) and the host is allowed out.
+    let resolve = |host: &str| {
+        let out = m.cmd(
+            "exec",
+            &["-n", "demo", "sleep", "--", "getent", "hosts", host],
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(
+        !resolve("other.example").starts_with("240.240."),
+        "before the apply other.example is not a mesh name"
+    );
+    std::fs::write(m.dir.join("se-other.yaml"), SE_OTHER).expect("write se-other.yaml");
+    let out = m.cmd("apply", &["-f", "se-other.yaml", "--timeout", "120"]);
+    assert!(out.status.success(), "apply: {}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut answer = resolve("other.example");
+    while !answer.starts_with("240.240.") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        answer = resolve("other.example");
+    }
+    assert!(
+        answer.starts_with("240.240."),
+        "the applied ServiceEntry's host resolves to its VIP: {answer:?}"
+    );
+    assert_eq!(code("http://other.example/now-in-registry"), "200");
+    // Deleting it takes the name back out of the sidecars' DNS.
+    let out = m.cmd("delete", &["-f", "se-other.yaml", "--timeout", "120"]);
+    assert!(out.status.success(), "delete: {}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut answer = resolve("other.example");
+    while answer.starts_with("240.240.") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        answer = resolve("other.example");
+    }
+    assert!(!answer.starts_with("240.240."), "{answer:?}");
+    assert_eq!(code("http://other.example/not-in-registry-again"), "502");
+
     let out = m.cmd("down", &[]);
     assert!(out.status.success(), "down: {}", text(&out));
     m.up = false;
 }
+
+const SE_OTHER: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other, namespace: demo}
+spec:
+  hosts: [other.example]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#;
 
 const REDIRECT_VS: &str = r#"
 apiVersion: networking.istio.io/v1
