@@ -568,7 +568,8 @@ def idle(scen, kind, who, rep):
 def save():
     os.makedirs(OUT, exist_ok=True)
     meta = {"commit": os.environ.get("BENCH_COMMIT", "?"), "nice": os.environ.get("BENCH_NICE", "0"), "secs": SECS, "repeats": REPEATS, "idle_conns": IDLE_N, "loadgen_cpu": LOADGEN_CPU,
-            "server_cpu": SERVER_CPU, "started": STARTED, "uptime_at_start": UPTIME_START}
+            "server_cpu": SERVER_CPU, "started": STARTED, "uptime_at_start": UPTIME_START,
+            "isthmus_concurrency": os.environ.get("BENCH_CONCURRENCY", "1")}
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"meta": meta, "runs": results}, f, indent=1)
 
