@@ -8,44 +8,15 @@
 //! Examples whose live run needs a proxy/supervisor feature that is not there yet are covered
 //! offline here (validate / proxy-config / analyze), see the per-test comments.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn example(name: &str) -> PathBuf {
     repo().join("examples").join(name)
-}
-
-/// Copies `src` into `dst`, pointing `command: ["isthmus", ...]` at the binary under test.
-fn copy_example(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    let mut entries: Vec<_> = std::fs::read_dir(src)
-        .expect("read example dir")
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.path());
-    for e in entries {
-        let p = e.path();
-        let to = dst.join(e.file_name());
-        if p.is_dir() {
-            copy_example(&p, &to);
-        } else if p.extension().and_then(|x| x.to_str()) == Some("yaml") {
-            let text = std::fs::read_to_string(&p).expect("read yaml");
-            std::fs::write(
-                &to,
-                text.replace("command: [\"isthmus\",", &format!("command: [\"{BIN}\",")),
-            )
-            .expect("write yaml");
-        } else {
-            std::fs::copy(&p, &to).expect("copy");
-        }
-    }
 }
 
 struct Mesh {
@@ -161,15 +132,6 @@ impl Drop for Mesh {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs `curl ARGS -w '\n%{http_code}'` on the host; returns (exit code, body, http code).

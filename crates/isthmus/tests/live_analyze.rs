@@ -5,49 +5,11 @@
 //! what analysis and trace report. The mesh is always taken down (Drop).
 //! Without root/nftables the test prints a loud SKIPPED line, and fails when CI=true.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Copies an example, pointing `command: ["isthmus", ...]` at the binary under test.
-fn copy_example(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    let mut entries: Vec<_> = std::fs::read_dir(src)
-        .expect("read example dir")
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.path());
-    for e in entries {
-        let p = e.path();
-        let to = dst.join(e.file_name());
-        if p.is_dir() {
-            copy_example(&p, &to);
-        } else if p.extension().and_then(|x| x.to_str()) == Some("yaml") {
-            let text = std::fs::read_to_string(&p).expect("read yaml");
-            std::fs::write(
-                &to,
-                text.replace("command: [\"isthmus\",", &format!("command: [\"{BIN}\",")),
-            )
-            .expect("write yaml");
-        } else {
-            std::fs::copy(&p, &to).expect("copy");
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A mesh brought up for one test, with its own name and state root; down on drop.
 struct Mesh {

@@ -4,11 +4,12 @@
 //! and with other namespace tests. Without root/nftables they print a loud SKIPPED line, and
 //! fail when CI=true (see `isthmus_local::testing::namespaces_available`).
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
 
 struct Mesh {
     name: String,
@@ -93,15 +94,6 @@ impl Drop for Mesh {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn pid_alive(pid: u64) -> bool {

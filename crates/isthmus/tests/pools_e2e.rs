@@ -13,11 +13,13 @@
 //! Root + network namespaces: without them the test prints a loud SKIPPED line and fails when
 //! CI=true.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_isthmus");
 const EXAMPLE: &str = "pool-placement";
 /// Hop-1 cluster in the client sidecars (DR-hop1).
 const HOP1: &str = "outbound|443|partner|istio-egressgateway.istio-system.svc.cluster.local";
@@ -26,43 +28,6 @@ const HOP2: &str = "outbound|80||api.partner.example";
 /// How long A1/A2 hold their hop-2 connections: the whole B1/B2 sequence runs inside it, with
 /// readiness polls of their own, so only a stall of this order could reorder the requests.
 const HOLD_SECS: u64 = 25;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Copies the example, pointing `command: ["isthmus", ...]` at the binary under test.
-fn copy_example(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    let mut entries: Vec<_> = std::fs::read_dir(src)
-        .expect("read example dir")
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.path());
-    for e in entries {
-        let p = e.path();
-        let to = dst.join(e.file_name());
-        if p.extension().and_then(|x| x.to_str()) == Some("yaml") {
-            let text = std::fs::read_to_string(&p).expect("read yaml");
-            std::fs::write(
-                &to,
-                text.replace("command: [\"isthmus\",", &format!("command: [\"{BIN}\",")),
-            )
-            .expect("write yaml");
-        } else if p.is_file() {
-            std::fs::copy(&p, &to).expect("copy");
-        }
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn offline(args: &[&str]) -> String {
     let out = Command::new(BIN)
