@@ -118,7 +118,14 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
             }
             let addr = svc.vip().unwrap_or("0.0.0.0").to_string();
             let name = format!("{addr}_{}", p.port);
-            if let Some((_, owner)) = tcp_listeners.get(&name) {
+            if let Some((l, owner)) = tcp_listeners.get_mut(&name) {
+                // Address-less TLS services share `0.0.0.0_PORT`, told apart by SNI (Istio's
+                // sniHosts = [hostname] when the service has no VIP); anything else collides.
+                let chains = tcp_chains(ctx, svc, p);
+                if sni_chains_merge(l, &chains) {
+                    l.filter_chains.extend(chains);
+                    continue;
+                }
                 ctx.diags.push(diag(&svc.meta, Severity::Warning, "OutboundListenerConflict", Some("spec.ports"), format!("{} port {} has no address of its own and {owner} already owns listener {name}; traffic to it goes to {owner}", svc.hostname, p.port)));
                 continue;
             }
@@ -170,6 +177,24 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
     cfg.listeners.push(virtual_outbound(ctx));
     let inbound = virtual_inbound(ctx, cfg);
     cfg.listeners.push(inbound);
+}
+
+/// Whether `chains` can join listener `l`: every chain on both sides matches on SNI and no
+/// server name is claimed twice (Envoy refuses overlapping filter chain matches).
+fn sni_chains_merge(l: &Listener, chains: &[FilterChain]) -> bool {
+    let all_sni = |cs: &[FilterChain]| cs.iter().all(|c| !c.server_names().is_empty());
+    if !all_sni(&l.filter_chains) || !all_sni(chains) {
+        return false;
+    }
+    let taken: BTreeSet<&String> = l
+        .filter_chains
+        .iter()
+        .flat_map(|c| c.server_names())
+        .collect();
+    chains
+        .iter()
+        .flat_map(|c| c.server_names())
+        .all(|n| !taken.contains(n))
 }
 
 fn outbound_listener(ctx: &Ctx, name: &str, addr: &str, port: u32) -> Listener {
@@ -280,11 +305,30 @@ fn tcp_chains<'a>(ctx: &mut Ctx<'a>, svc: &'a Service, p: &ServicePort) -> Vec<F
             );
         }
     }
+    // A TLS port without a VIP is reached on `0.0.0.0_PORT`: only SNI tells its services
+    // apart, so the default chain matches the service's own hostname (Istio's
+    // buildSidecarOutboundTLSFilterChainOpts: sniHosts = [hostname] when there is no VIP).
+    let filter_chain_match =
+        (p.protocol.is_tls() && svc.vip().is_none()).then(|| FilterChainMatch {
+            server_names: vec![svc.hostname.clone()],
+            ..Default::default()
+        });
+    if filter_chain_match.is_some() && seen_sni_covers(&out, &svc.hostname) {
+        return out;
+    }
     out.push(FilterChain {
+        filter_chain_match,
         filters: vec![Filter::tcp_proxy(t)],
         ..Default::default()
     });
     out
+}
+
+/// Whether a VS `tls` chain already matches `host` (its default chain would overlap).
+fn seen_sni_covers(chains: &[FilterChain], host: &str) -> bool {
+    chains
+        .iter()
+        .any(|c| c.server_names().iter().any(|n| n == host))
 }
 
 /// Domains of a service's vhost (`generateVirtualHostDomains`): FQDN, the short forms a client

@@ -82,11 +82,8 @@ fn t91_hop1_pool_compiles_into_the_client_sidecar() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| {
-            l["name"].as_str().unwrap().ends_with("_443")
-                && l["name"].as_str().unwrap().starts_with("240.240.")
-        })
-        .expect("SE VIP listener");
+        .find(|l| l["name"] == "0.0.0.0_443")
+        .expect("0.0.0.0_443 listener (no DNS capture: the SE's VIP is not used)");
     assert_eq!(
         l["filterChains"][0]["filterChainMatch"]["serverNames"],
         json!(["api.partner.example"])

@@ -531,6 +531,7 @@ impl Snapshot {
                     spec.cluster_ip.clone()
                 },
                 auto_allocated_address: None,
+                auto_allocated_in_use: false,
                 resolution: if headless {
                     Resolution::Passthrough
                 } else {
@@ -675,6 +676,7 @@ impl Snapshot {
                     ports: ports.clone(),
                     address,
                     auto_allocated_address: None,
+                    auto_allocated_in_use: false,
                     resolution,
                     mesh_external: se.location() == "MESH_EXTERNAL",
                     export_to: se.export_to.clone(),
@@ -686,11 +688,22 @@ impl Snapshot {
             }
         }
         let vips = allocate_se_vips(&se_vip_keys);
+        // Proxies consume the allocation only with DNS capture (Istio's
+        // `nodeUsesAutoallocatedIPs`: auto-allocation on — the controller is, since 1.25 — AND
+        // `ISTIO_META_DNS_CAPTURE`, off by default). Without it the app resolves the host's real
+        // address, listeners stay `0.0.0.0_PORT`, and a call that misses every route leaves
+        // through PassthroughCluster to that real address (seed 001, trap 3).
+        let dns_capture = mesh
+            .default_config
+            .proxy_metadata
+            .get("ISTIO_META_DNS_CAPTURE")
+            .is_some_and(|v| v == "true");
         for s in &mut se_services {
             if s.address.is_none() {
                 s.auto_allocated_address = vips
                     .get(&(s.namespace.clone(), s.hostname.clone()))
                     .cloned();
+                s.auto_allocated_in_use = dns_capture;
             }
         }
         services.extend(se_services);

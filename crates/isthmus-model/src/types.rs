@@ -226,9 +226,15 @@ pub struct Service {
     /// Cluster IP / SE address; `None` when the service has none (headless, SE without addresses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// VIP auto-allocated from 240.240.0.0/16 for ServiceEntries without addresses.
+    /// VIP auto-allocated from 240.240.0.0/16 for ServiceEntries without addresses (what
+    /// Istio's allocator writes into the ServiceEntry's `status.addresses`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_allocated_address: Option<String>,
+    /// Whether proxies use `auto_allocated_address`: only with DNS capture
+    /// (`ISTIO_META_DNS_CAPTURE: "true"` in the mesh's `defaultConfig.proxyMetadata`), as
+    /// Istio's `nodeUsesAutoallocatedIPs`; otherwise apps resolve the real address.
+    #[serde(skip)]
+    pub auto_allocated_in_use: bool,
     pub resolution: Resolution,
     pub mesh_external: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -257,11 +263,13 @@ impl Service {
     pub fn visible_from(&self, ns: &str) -> bool {
         export_visible(&self.export_to, &self.namespace, ns)
     }
-    /// The VIP a client connects to, auto-allocated or declared.
+    /// The VIP a client connects to: declared, or auto-allocated when proxies use it.
     pub fn vip(&self) -> Option<&str> {
-        self.address
-            .as_deref()
-            .or(self.auto_allocated_address.as_deref())
+        self.address.as_deref().or(if self.auto_allocated_in_use {
+            self.auto_allocated_address.as_deref()
+        } else {
+            None
+        })
     }
 }
 

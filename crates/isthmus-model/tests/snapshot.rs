@@ -202,6 +202,33 @@ spec:
 }
 
 #[test]
+fn service_entry_vips_are_used_only_with_dns_capture() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: x}
+spec:
+  hosts: [api.partner.example]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+"#;
+    let loaded = load_str("test.yaml", yaml, &LoadOptions::default());
+    // Istio's default: allocated (status) but not used by proxies; apps resolve the real host.
+    let (off, _) = Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
+    let svc = off.service_for("api.partner.example", "x").unwrap();
+    assert!(svc.auto_allocated_address.is_some());
+    assert_eq!(svc.vip(), None);
+    let mesh = MeshConfig::from_yaml(
+        "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n",
+    )
+    .unwrap();
+    let (on, _) = Snapshot::build(&loaded.objects, mesh, "cluster.local");
+    let svc = on.service_for("api.partner.example", "x").unwrap();
+    assert_eq!(svc.vip(), svc.auto_allocated_address.as_deref());
+    assert!(svc.vip().is_some_and(|v| v.starts_with("240.240.")));
+}
+
+#[test]
 fn workload_selector_drs_apply_only_to_matching_proxies() {
     let yaml = format!(
         "{BASE}{}",

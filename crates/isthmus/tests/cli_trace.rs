@@ -275,10 +275,8 @@ fn trace_https_over_mtls_app_tls_inside_mesh_mtls_then_app_tls_only() {
     assert_eq!(hops.len(), 2, "{v:#}");
     let h1 = &hops[0];
     assert_eq!(h1["proxy"], "istio-vt-t91/client");
-    assert!(
-        s(&h1["listener"]).starts_with("240.240.") && s(&h1["listener"]).ends_with("_443"),
-        "the SE's auto-allocated VIP listener: {v:#}"
-    );
+    // No DNS capture (Istio's default): the SE's port has no VIP, its listener is 0.0.0.0_443.
+    assert_eq!(h1["listener"], "0.0.0.0_443", "{v:#}");
     assert_eq!(h1["chain_match"], "SNI api.partner.example");
     assert_eq!(h1["route"], Value::Null, "TCP proxy: no HTTP route");
     assert_eq!(
@@ -811,8 +809,9 @@ fn trace_egress_sni_passthrough_cnn_leg_without_mesh_route_bypasses_the_gateway(
 
 #[test]
 fn trace_sni_flag_changes_the_chain_and_host_header_changes_the_vhost() {
-    // An app SNI the sidecar's SNI chain does not know falls to the listener's other chain:
-    // straight to the external service, no gateway, no mesh mTLS.
+    // An app SNI the sidecar's SNI chains do not know falls to the listener's default chain
+    // (no VIP without DNS capture: 0.0.0.0_443 tells services apart by SNI only): out through
+    // PassthroughCluster under ALLOW_ANY, no gateway, no mesh mTLS.
     let (code, v) = trace_json(&[
         "-f",
         "examples/https-over-mtls",
@@ -829,9 +828,9 @@ fn trace_sni_flag_changes_the_chain_and_host_header_changes_the_vhost() {
     assert_eq!(v["hops"][0]["arrives"]["sni"], "wrong.example");
     assert_eq!(
         v["hops"][0]["chain_match"],
-        "any connection (the chain sets no match criteria)"
+        "default chain: no filter chain matched"
     );
-    assert_eq!(v["hops"][0]["cluster"], "outbound|443||api.partner.example");
+    assert_eq!(v["hops"][0]["cluster"], "PassthroughCluster");
     assert_eq!(v["verdict"]["status"], "bypass");
     // The Host header, not the URL host, selects the gateway's virtual host.
     let (code, v) = trace_json(&[

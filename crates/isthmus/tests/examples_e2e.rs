@@ -795,10 +795,10 @@ fn bypass_trap_offline_trace() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Live: the intended path, then the trap. The bypassed call's answer is not asserted yet: the
-/// mesh DNS answers the ServiceEntry host with its auto-allocated VIP, so PassthroughCluster
-/// dials 240.240.x.y:80 (503 UF, network unreachable) where the seed saw the partner answer
-/// (reported). What holds is asserted: the gateway sees nothing, REGISTRY_ONLY blocks with 502.
+/// Live: the intended path, then the trap (seed 001, T90): without the mesh leg the call still
+/// succeeds under ALLOW_ANY, straight to the partner's real address through PassthroughCluster
+/// (zero TLS layers: the partner sees the client pod and plain HTTP), and the gateway logs
+/// nothing; REGISTRY_ONLY plus the missing route blocks it (502).
 #[test]
 fn bypass_trap() {
     if !root_ok("bypass_trap") {
@@ -806,6 +806,7 @@ fn bypass_trap() {
     }
     let mut m = Mesh::up("bypass-trap", "bt", &[]);
     let gw_ip = m.pod_ip("istio-system", "istio-egressgateway");
+    let sleep_ip = m.pod_ip("demo", "sleep");
     let (rc, body, status) = m.curl_until(
         "demo",
         "sleep",
@@ -821,7 +822,16 @@ fn bypass_trap() {
     assert!(log.contains("\"GET /routed HTTP/1.1\" 200"), "{log}");
 
     m.apply(&repo().join("examples/variants/bypass-trap/vs-without-mesh-route.yaml"));
-    let _ = m.curl("demo", "sleep", &["http://api.partner.example/bypassed"]);
+    let (rc, body, status) = m.curl("demo", "sleep", &["http://api.partner.example/bypassed"]);
+    assert_eq!((rc, status.as_str()), (Some(0), "200"), "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+    assert_eq!(
+        json["peer_ip"],
+        sleep_ip.as_str(),
+        "not straight from the client: {json}"
+    );
+    assert_eq!(json["scheme"], "http", "zero TLS layers: {json}");
+    assert!(json["tls"].is_null(), "{json}");
     let log = m.gateway_log("istio-system", "istio-egressgateway");
     assert!(
         !log.contains("/bypassed"),

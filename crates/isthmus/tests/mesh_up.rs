@@ -873,6 +873,7 @@ metadata: {name: istio, namespace: istio-system}
 data:
   mesh: |
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+    defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: "true"}}
 ---
 apiVersion: v1
 kind: Namespace
@@ -940,7 +941,8 @@ fn registry_only_sidecars_reach_service_entries_but_not_other_outside_hosts() {
     };
     // Both names resolve (outside-world resolver) to the same outside pod; only the one
     // with a ServiceEntry is allowed out under REGISTRY_ONLY (BlackHoleCluster: 502).
-    // The sidecar's DNS proxy answers the ServiceEntry host with its auto-allocated VIP.
+    // With DNS capture on (mesh proxyMetadata), the sidecar's DNS proxy answers the
+    // ServiceEntry host with its auto-allocated VIP.
     let out = m.cmd(
         "exec",
         &[
