@@ -36,7 +36,8 @@
 //!
 //! DNS: pods without a sidecar ask kube-dns (service names); sidecar pods' queries are
 //! DNATed to the sidecar DNS proxy ([`proxies::sidecar_dns_ip`]), which also answers
-//! ServiceEntry hosts with their VIPs (240.240.0.0/16 auto-allocation), while the proxy's own
+//! ServiceEntry hosts with their VIPs (declared, or auto-allocated from 240.240.0.0/16 when the
+//! mesh turns DNS capture on: `ISTIO_META_DNS_CAPTURE`), while the proxy's own
 //! lookups (uid 1337) still reach kube-dns — Istio's DNS capture. Unknown names go to the
 //! outside-world resolver.
 //!
