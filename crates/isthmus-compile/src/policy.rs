@@ -16,12 +16,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn from_top(tp: &TrafficPolicy) -> Policy {
-        Policy {
-            load_balancer: tp.load_balancer.clone(),
-            connection_pool: tp.connection_pool.clone(),
-            outlier_detection: tp.outlier_detection.clone(),
-            tls: tp.tls.clone(),
+    /// Borrows the four blocks.
+    pub fn as_ref(&self) -> PolicyRef<'_> {
+        PolicyRef {
+            load_balancer: self.load_balancer.as_ref(),
+            connection_pool: self.connection_pool.as_ref(),
+            outlier_detection: self.outlier_detection.as_ref(),
+            tls: self.tls.as_ref(),
         }
     }
 }
@@ -37,6 +38,16 @@ pub struct PolicyRef<'p> {
 }
 
 impl PolicyRef<'_> {
+    /// Copies the four blocks.
+    pub fn to_policy(&self) -> Policy {
+        Policy {
+            load_balancer: self.load_balancer.cloned(),
+            connection_pool: self.connection_pool.cloned(),
+            outlier_detection: self.outlier_detection.cloned(),
+            tls: self.tls.cloned(),
+        }
+    }
+
     /// No block set (equal to `Policy::default()`).
     pub fn is_empty(&self) -> bool {
         self.load_balancer.is_none()
@@ -83,9 +94,19 @@ pub fn merge_subset_ref<'p>(
 ) -> Option<PolicyRef<'p>> {
     let (sub, has_port) = port_level_ref(subset, port);
     let Some(sub) = sub else { return base };
-    let Some(mut out) = base else {
+    let Some(base) = base else {
         return Some(sub);
     };
+    Some(override_blocks(base, sub, has_port))
+}
+
+/// The subset's blocks replace the base's one by one; a subset port entry (`has_port`)
+/// replaces all four, even with nothing.
+fn override_blocks<'p>(
+    mut out: PolicyRef<'p>,
+    sub: PolicyRef<'p>,
+    has_port: bool,
+) -> PolicyRef<'p> {
     if has_port || sub.connection_pool.is_some() {
         out.connection_pool = sub.connection_pool;
     }
@@ -98,29 +119,14 @@ pub fn merge_subset_ref<'p>(
     if has_port || sub.tls.is_some() {
         out.tls = sub.tls;
     }
-    Some(out)
+    out
 }
 
 /// `GetPortLevelTrafficPolicy`: a matching portLevelSettings entry replaces the whole policy
 /// (nothing is inherited from the top level). Returns the policy and whether a port entry matched.
 pub fn port_level(tp: Option<&TrafficPolicy>, port: u32) -> (Option<Policy>, bool) {
-    let Some(tp) = tp else { return (None, false) };
-    if let Some(p) = tp
-        .port_level_settings
-        .iter()
-        .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
-    {
-        return (
-            Some(Policy {
-                load_balancer: p.load_balancer.clone(),
-                connection_pool: p.connection_pool.clone(),
-                outlier_detection: p.outlier_detection.clone(),
-                tls: p.tls.clone(),
-            }),
-            true,
-        );
-    }
-    (Some(Policy::from_top(tp)), false)
+    let (p, has_port) = port_level_ref(tp, port);
+    (p.map(|p| p.to_policy()), has_port)
 }
 
 /// `MergeSubsetTrafficPolicy`: the subset overrides block by block; a subset port entry
@@ -130,24 +136,7 @@ pub fn merge_subset(
     subset: Option<&TrafficPolicy>,
     port: u32,
 ) -> Option<Policy> {
-    let (sub, has_port) = port_level(subset, port);
-    let Some(sub) = sub else { return base };
-    let Some(mut out) = base else {
-        return Some(sub);
-    };
-    if has_port || sub.connection_pool.is_some() {
-        out.connection_pool = sub.connection_pool;
-    }
-    if has_port || sub.outlier_detection.is_some() {
-        out.outlier_detection = sub.outlier_detection;
-    }
-    if has_port || sub.load_balancer.is_some() {
-        out.load_balancer = sub.load_balancer;
-    }
-    if has_port || sub.tls.is_some() {
-        out.tls = sub.tls;
-    }
-    Some(out)
+    merge_subset_ref(base.as_ref().map(Policy::as_ref), subset, port).map(|p| p.to_policy())
 }
 
 #[cfg(test)]
