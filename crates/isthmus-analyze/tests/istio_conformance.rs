@@ -8,23 +8,7 @@ use isthmus_api::MeshConfig;
 use std::path::PathBuf;
 
 fn corpora() -> Option<PathBuf> {
-    let p = match std::env::var_os("ISTHMUS_CORPORA") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora"),
-    };
-    if p.join("istio-analyzers/cases.tsv").is_file() {
-        Some(p)
-    } else {
-        let msg = format!(
-            "SKIPPED: corpora not found at {} (set ISTHMUS_CORPORA)",
-            p.display()
-        );
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg} — corpus tests must run in CI");
-        }
-        eprintln!("\n!!!!!!!!!! {msg} !!!!!!!!!!\n");
-        None
-    }
+    isthmus_testutil::corpora_dir(env!("CARGO_MANIFEST_DIR"), "istio-analyzers")
 }
 
 const DEFAULT_INGRESS: &str = r#"
