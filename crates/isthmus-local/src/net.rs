@@ -47,6 +47,14 @@ pub enum NetError {
         /// Node namespace found.
         netns: String,
     },
+    /// The node bridge is not as `ip` created it.
+    #[error("mesh bridge in `{node}`: {reason}")]
+    Bridge {
+        /// Node namespace.
+        node: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A pod with this key already exists.
     #[error("pod `{0}` already has a network namespace in this mesh")]
     PodExists(String),
@@ -109,6 +117,26 @@ pub struct PodNet {
     pub prefix_len: u8,
     /// Name of the node-side veth end.
     pub veth: String,
+}
+
+/// Pins the bridge's MAC address. A Linux bridge whose address was never set takes the lowest
+/// MAC of its ports and changes it whenever a pod's veth joins; pods that already resolved the
+/// bridge address (the control plane, the DNS) then keep sending to the old MAC, and a TCP
+/// connection that still receives data never re-resolves: an agent's ACK is retransmitted into
+/// the void while its push session looks alive. Setting the address explicitly (to the one it
+/// has now) freezes it (`addr_assign_type` 3, "set").
+fn pin_bridge_address(node: &str) -> Result<(), NetError> {
+    let shown = cmd::ip(&["-n", node, "-o", "link", "show", BRIDGE])?;
+    let mut words = shown.split_whitespace();
+    let mac = words
+        .find(|w| *w == "link/ether")
+        .and_then(|_| words.next())
+        .ok_or_else(|| NetError::Bridge {
+            node: node.to_string(),
+            reason: format!("no MAC address on {BRIDGE}: {shown}"),
+        })?;
+    cmd::ip(&["-n", node, "link", "set", BRIDGE, "address", mac])?;
+    Ok(())
 }
 
 /// One mesh's network: node namespace, bridge, and pods. Dropping it does NOT tear anything
@@ -336,6 +364,7 @@ impl MeshNet {
         cmd::ip(&["netns", "add", n])?;
         cmd::ip(&["-n", n, "link", "set", "lo", "up"])?;
         cmd::ip(&["-n", n, "link", "add", BRIDGE, "type", "bridge"])?;
+        pin_bridge_address(n)?;
         let len = self.cfg.subnet.prefix_len().to_string();
         for ip in [self.gateway_ip(), self.dns_ip(), self.outside_dns_ip()] {
             cmd::ip(&[

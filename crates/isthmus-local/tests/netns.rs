@@ -94,6 +94,18 @@ async fn pods_connect_across_bridge_and_down_removes_everything() {
     let links_before = host_links();
     let tables_before = capture::list_tables(None).expect("nft");
     let mesh = fresh_mesh("tconn");
+    // The bridge's MAC is pinned (assign type 3, "set"), so pods joining cannot change it
+    // under peers that already resolved it.
+    let assign = std::process::Command::new("ip")
+        .args(["netns", "exec", mesh.node_netns(), "cat"])
+        .arg(format!("/sys/class/net/{}/addr_assign_type", net::BRIDGE))
+        .output()
+        .expect("read addr_assign_type");
+    assert_eq!(
+        String::from_utf8_lossy(&assign.stdout).trim(),
+        "3",
+        "{assign:?}"
+    );
     let a = mesh.add_pod("default/client").expect("pod a");
     let b = mesh.add_pod("default/server").expect("pod b");
     assert_ne!(a.ip, b.ip);

@@ -811,7 +811,6 @@ async fn run_inner(cfg: &DaemonConfig, dir: &MeshDir) -> Result<(), SupervisorEr
     let mut net_cfg = MeshNetConfig::new(&cfg.name);
     net_cfg.subnet = POD_SUBNET.parse().unwrap_or(net_cfg.subnet);
     let mesh = MeshNet::up(net_cfg)?;
-    pin_bridge_mac(mesh.node_netns());
     *lock(&shared.node_netns) = mesh.node_netns().to_string();
     let cert_ttl = cfg.workload_cert_ttl.unwrap_or(DEFAULT_WORKLOAD_CERT_TTL);
     let built = build(&shared, &mesh, &loaded.plan, cert_ttl, &mut shutdown_rx).await;
@@ -1238,34 +1237,6 @@ async fn teardown(shared: &Arc<Shared>, mesh: &MeshNet) {
         let _ = isthmus_local::net::cleanup_mesh(&mesh.config().prefix, mesh.mesh());
     }
     tracing::info!(mesh = %shared.name, "mesh down");
-}
-
-/// Pins the node bridge's MAC address. A Linux bridge whose address was never set takes the
-/// lowest MAC of its ports and changes it whenever a pod's veth joins; pods that already
-/// resolved the bridge address (the control plane at 10.244.0.1, the DNS) then keep sending
-/// to the old MAC — and a TCP connection that still receives data never re-resolves, so an
-/// agent's ACK is retransmitted into the void while its push session looks alive. Setting
-/// the address explicitly (to the one it has now) freezes it.
-fn pin_bridge_mac(node: &str) {
-    let bridge = isthmus_local::net::BRIDGE;
-    let shown = match isthmus_local::cmd::ip(&["-n", node, "-o", "link", "show", bridge]) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the bridge address; pods may lose the control plane when the bridge MAC changes");
-            return;
-        }
-    };
-    let mut words = shown.split_whitespace();
-    let Some(mac) = words
-        .find(|w| *w == "link/ether")
-        .and_then(|_| words.next())
-    else {
-        tracing::warn!(%shown, "no MAC address on the mesh bridge");
-        return;
-    };
-    if let Err(e) = isthmus_local::cmd::ip(&["-n", node, "link", "set", bridge, "address", mac]) {
-        tracing::warn!(error = %e, "cannot pin the bridge MAC address");
-    }
 }
 
 /// Runs [`run`] on a fresh multi-threaded runtime (the `isthmus supervise` entry point).
