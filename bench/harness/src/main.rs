@@ -4,13 +4,16 @@
 //! `h2load` reports no latency percentiles, and OpenSSL-based clients (wrk, curl, python ssl)
 //! spend ~0.8 ms of client CPU per full handshake, which caps a handshake-rate test at the
 //! client instead of at the proxy. This harness is a single-threaded tokio client using rustls
-//! (ring), so one pinned core can drive several thousand TLS 1.3 handshakes per second.
+//! (aws-lc-rs, X25519 only, one shared ClientConfig, many connections in flight), so one pinned
+//! core can drive several thousand TLS 1.3 handshakes per second; with `CAFILE = insecure` it
+//! skips server verification like `h2load` (handshake-rate scenarios), so its cost per
+//! handshake is one X25519 key pair + one shared secret, well below any server's.
 //!
 //! Subcommands (all print exactly one JSON object on stdout):
 //! - `h1rate ADDR PATH CONNS SECS RATE`: open-loop HTTP/1.1 at a fixed request rate over CONNS
 //!   keep-alive connections; latency is measured from each request's *scheduled* send time,
 //!   so queueing behind a slow response counts (coordinated-omission corrected, like wrk2).
-//! - `tls MODE ADDR SNI CAFILE PATH CONNS SECS` with MODE = `keepalive` (requests over kept-alive
+//! - `tls MODE ADDR SNI CAFILE PATH CONNS SECS` (CAFILE: PEM file or `insecure`) with MODE = `keepalive` (requests over kept-alive
 //!   TLS connections), `new` (one full TLS 1.3 handshake per request, resumption disabled) or
 //!   `bulk` (CONNS downloads of PATH, reports bytes).
 //!
@@ -256,21 +259,99 @@ async fn h1rate(addr: SocketAddr, path: String, conns: usize, secs: f64, rate: f
     Ok(())
 }
 
-fn client_config(cafile: &str) -> io::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cafile)
-        .map_err(|e| io::Error::other(format!("{cafile}: {e}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io::Error::other(format!("{cafile}: {e}")))?;
-    for c in certs {
-        roots.add(c).map_err(|e| io::Error::other(format!("{cafile}: {e}")))?;
+/// The client's crypto provider: aws-lc-rs restricted to X25519 key exchange, so every server
+/// (rustls, OpenSSL in nginx and HAProxy) negotiates the same group in one round trip and the
+/// client computes exactly one key share per handshake (the provider's default list starts with
+/// the post-quantum hybrid X25519MLKEM768, which OpenSSL 3.0 does not know and rustls servers
+/// would pick: a different, costlier handshake per peer).
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    Arc::new(p)
+}
+
+/// Server certificate "verifier" of `CAFILE = insecure`: accepts any chain and any handshake
+/// signature, like `h2load`/`oha --insecure`. A handshake-rate load generator that verifies the
+/// chain and the CertificateVerify signature spends more CPU per handshake (two ECDSA
+/// verifications) than the server spends signing, so it, not the server, sets the rate. The
+/// server still does its full handshake (key share, certificate, signature, Finished).
+#[derive(Debug)]
+struct AcceptAnyServer(Vec<rustls::SignatureScheme>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.clone()
+    }
+}
+
+/// One client config for the whole run (every connection shares it). `cafile` is a PEM CA file
+/// to verify servers against, or `insecure` to skip verification (see [`AcceptAnyServer`]).
+fn client_config(cafile: &str) -> io::Result<Arc<rustls::ClientConfig>> {
+    let provider = client_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| io::Error::other(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let builder = if cafile == "insecure" {
+        let schemes = provider.signature_verification_algorithms.supported_schemes();
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(schemes)))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cafile)
+            .map_err(|e| io::Error::other(format!("{cafile}: {e}")))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| io::Error::other(format!("{cafile}: {e}")))?;
+        for c in certs {
+            roots.add(c).map_err(|e| io::Error::other(format!("{cafile}: {e}")))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    // HARNESS_CLIENT_CERT / HARNESS_CLIENT_KEY (PEM): present a client certificate, for servers
+    // that require one (the ISTIO_MUTUAL hop's direct path).
+    let mut cfg = match (std::env::var("HARNESS_CLIENT_CERT"), std::env::var("HARNESS_CLIENT_KEY")) {
+        (Ok(cert), Ok(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+                .map_err(|e| io::Error::other(format!("{cert}: {e}")))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| io::Error::other(format!("{cert}: {e}")))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key)
+                .map_err(|e| io::Error::other(format!("{key}: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| io::Error::other(format!("client certificate: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     // Every `new` connection must pay a full handshake, as in the reference protocol
     // (origin has session cache and tickets off).
     cfg.resumption = rustls::client::Resumption::disabled();
