@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.environ.get("BENCH_WORK", "/tmp/isthmus-bench")
@@ -44,6 +45,15 @@ PORTS = {
     "term": {"direct": 8443, "haproxy": 7445, "nginx": 9445, "isthmus": 6445},
 }
 PROXIES = ["haproxy", "nginx", "isthmus"]
+# Handshake-rate scenarios: the harness skips server verification (like h2load/oha --insecure)
+# and offers X25519 only, so its cost per handshake stays well below any server's and every path
+# is driven by the same client. BENCH_HS_CLIENT=<CA file> verifies instead (the old protocol).
+HS_CLIENT = os.environ.get("BENCH_HS_CLIENT", "insecure")
+# ISTIO_MUTUAL hop: client -> proxy A (plain HTTP/1.1, kept alive) -> new mutual-TLS connection
+# per request -> proxy B (requires a client certificate) -> origin :8080. A listens on the first
+# port, B on the second. "direct" is the application doing the mutual-TLS handshake itself with an
+# nginx origin that requires a client certificate (mtls-origin.conf), no proxies.
+MTLS_PORTS = {"direct": (8446, 8446), "haproxy": (7446, 7447), "nginx": (9446, 9447), "isthmus": (6446, 6447)}
 
 procs = {}  # name -> Popen
 results = []
@@ -145,7 +155,34 @@ def setup_files():
             f"openssl x509 -req -in ec.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
             f"-extfile leaf.ext -out ec.crt 2>/dev/null && cat ec.crt ec.key > ec.pem"
         )
+    setup_mtls_certs()
     render(os.path.join(HERE, "conf"), WORK)
+
+
+def setup_mtls_certs():
+    """Mesh root and two workload SVIDs (ECDSA P-256) for the ISTIO_MUTUAL hop scenario.
+
+    Like Istio's: the root is a CA with keyCertSign; each SVID carries its SPIFFE ID as a URI SAN,
+    digitalSignature and serverAuth+clientAuth. The server SVID also has the DNS name
+    server.bench.svc.cluster.local so the peers, which check host names and not SPIFFE IDs
+    (nginx proxy_ssl_verify, HAProxy verifyhost), verify B's identity too; isthmus checks the
+    SPIFFE URI SAN (DestinationRule ISTIO_MUTUAL subjectAltNames) and the trust domain."""
+    d = f"{WORK}/mtls"
+    if os.path.exists(f"{d}/server.pem"):
+        return
+    os.makedirs(d, exist_ok=True)
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    sh(f"cd {d} && "
+       f"openssl req -x509 {ec} -keyout root.key -out root.crt -days 30 -subj /O=cluster.local "
+       f"-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature "
+       f"2>/dev/null")
+    for name, san in (("client", "URI:spiffe://cluster.local/ns/bench/sa/client"),
+                      ("server", "URI:spiffe://cluster.local/ns/bench/sa/server,DNS:server.bench.svc.cluster.local")):
+        sh(f"cd {d} && openssl req {ec} -keyout {name}.key -out {name}.csr -subj /O=bench 2>/dev/null && "
+           f"printf 'subjectAltName=critical,{san}\\nbasicConstraints=critical,CA:FALSE\\n"
+           f"keyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth,clientAuth\\n' > {name}.ext && "
+           f"openssl x509 -req -in {name}.csr -CA root.crt -CAkey root.key -CAcreateserial -days 30 "
+           f"-extfile {name}.ext -out {name}.crt 2>/dev/null && cat {name}.crt {name}.key > {name}.pem")
 
 
 def render(src, dst):
@@ -434,16 +471,19 @@ def run_all():
         for rep in range(REPEATS):
             for who in targets:
                 port = PORTS["sni"][who]
+                # HS_CLIENT (no verification, X25519 only) for every path: see HS_CLIENT.
                 measured("sni_handshake", who, rep,
-                         [HARNESS, "tls", "new", f"127.0.0.1:{port}", "backend.test", ca, "/small.txt", "32",
-                          str(SECS)], parse_json, server_for(who))
+                         [HARNESS, "tls", "new", f"127.0.0.1:{port}", "backend.test", HS_CLIENT, "/small.txt", "32",
+                          str(SECS)], parse_json, server_for(who), {"client": HS_CLIENT})
     if want("term"):
         for rep in range(REPEATS):
             for who in targets:
                 port = PORTS["term"][who]
                 measured("term_handshake", who, rep,
-                         [HARNESS, "tls", "new", f"127.0.0.1:{port}", "backend.test", ca, "/small.txt", "32",
-                          str(SECS)], parse_json, server_for(who))
+                         [HARNESS, "tls", "new", f"127.0.0.1:{port}", "backend.test", HS_CLIENT, "/small.txt", "32",
+                          str(SECS)], parse_json, server_for(who), {"client": HS_CLIENT})
+    if want("mtls"):
+        mtls_hop()
     if "termka" in ONLY:  # kept-alive TLS termination: only on request (time budget)
         for rep in range(REPEATS):
             for who in targets:
@@ -458,6 +498,174 @@ def run_all():
             for kind, scen in (("h1", "idle_http"), ("sni", "idle_passthrough")):
                 for who in targets:
                     idle(scen, kind, who, rep)
+
+
+def mtls_start():
+    """Starts proxies A and B of every peer and the direct path's mTLS origin (all on the server
+    CPU, like every other server); returns {who: [process names]} for CPU accounting."""
+    nginx_base = ["nginx", "-p", WORK, "-e", f"{WORK}/logs/nginx-err.log", "-g", "daemon off;"]
+    conc = os.environ.get("BENCH_CONCURRENCY", "1")
+    specs = {
+        "direct": [("mtls-origin", nginx_base + ["-c", f"{WORK}/mtls-origin.conf"], 8446)],
+        "haproxy": [("mtls-haproxy-b", ["haproxy", "-db", "-f", f"{WORK}/mtls-haproxy-b.cfg"], 7447),
+                    ("mtls-haproxy-a", ["haproxy", "-db", "-f", f"{WORK}/mtls-haproxy-a.cfg"], 7446)],
+        "nginx": [("mtls-nginx-b", nginx_base + ["-c", f"{WORK}/mtls-nginx-b.conf"], 9447),
+                  ("mtls-nginx-a", nginx_base + ["-c", f"{WORK}/mtls-nginx-a.conf"], 9446)],
+        "isthmus": [("mtls-isthmus-b", [ISTHMUS, "proxy", "--config", f"{WORK}/mtls-isthmus-b.json",
+                                        "--admin-address", "127.0.0.1:6902", "--concurrency", conc], 6447),
+                    ("mtls-isthmus-a", [ISTHMUS, "proxy", "--config", f"{WORK}/mtls-isthmus-a.json",
+                                        "--admin-address", "127.0.0.1:6901", "--concurrency", conc], 6446)],
+    }
+    for who, parts in specs.items():
+        for name, cmd, port in parts:
+            start(name, cmd, port)
+    return {who: [n for n, _, _ in parts] for who, parts in specs.items()}
+
+
+B_QUERIES = {"nginx": 0, "haproxy": 0}
+
+
+def b_accepts(who):
+    """Connections accepted so far by proxy B of `who` (its own counter: nginx stub_status,
+    HAProxy CumConns, isthmus downstream_cx_total), not counting the queries of this counter
+    (nginx and HAProxy count the status connection itself)."""
+    if who in B_QUERIES:
+        B_QUERIES[who] += 1
+        return b_accepts_raw(who) - B_QUERIES[who]
+    return b_accepts_raw(who)
+
+
+def b_accepts_raw(who):
+    if who == "nginx":
+        with urllib.request.urlopen("http://127.0.0.1:9448/", timeout=5) as r:
+            return int(r.read().decode().splitlines()[2].split()[0])
+    if who == "haproxy":
+        with socket.socket(socket.AF_UNIX) as u:
+            u.settimeout(5)
+            u.connect(f"{WORK}/mtls-haproxy-b.sock")
+            u.sendall(b"show info\n")
+            data = b""
+            while chunk := u.recv(65536):
+                data += chunk
+        return int(re.search(rb"^CumConns: (\d+)", data, re.M).group(1))
+    if who == "isthmus":
+        with urllib.request.urlopen("http://127.0.0.1:6902/stats?filter=downstream_cx_total", timeout=5) as r:
+            text = r.read().decode()
+        return int(re.search(r"listener\.127\.0\.0\.1_6447\.downstream_cx_total: (\d+)", text).group(1))
+    raise ValueError(who)
+
+
+def mtls_check():
+    """Every hop answers 200 with the full body, and each proxy A opens a NEW connection to B
+    per request: 5 requests over one kept-alive client connection must make B accept 5
+    connections (B's own counter). B refuses a client without a certificate."""
+    ctx_c = ssl.create_default_context(cafile=f"{WORK}/mtls/root.crt")
+    ctx_c.check_hostname = False
+    ctx_c.load_cert_chain(f"{WORK}/mtls/client.crt", f"{WORK}/mtls/client.key")
+    for who, (pa, pb) in MTLS_PORTS.items():
+        before = b_accepts(who) if who != "direct" else 0
+        s = socket.create_connection(("127.0.0.1", pa), timeout=5)
+        if who == "direct":
+            s = ctx_c.wrap_socket(s, server_hostname="server.bench.svc.cluster.local")
+        n = 1 if who == "direct" else 5
+        for i in range(n):
+            last = i == n - 1
+            s.sendall(b"GET /1k.txt HTTP/1.1\r\nHost: server.bench.svc.cluster.local\r\n"
+                      + (b"Connection: close\r\n" if last else b"") + b"\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 1024:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200") or len(body) != 1024:
+                raise RuntimeError(f"mtls check failed for {who}:{pa} request {i}: {head[:200]!r} body={len(body)}")
+        s.close()
+        if who != "direct":
+            got = b_accepts(who) - before
+            if got != n:
+                raise RuntimeError(f"{who}: {n} requests made B :{pb} accept {got} connections, not {n} "
+                                   f"(A must open a new mutual-TLS connection per request)")
+        # No client certificate: B must refuse.
+        bad = ssl.create_default_context(cafile=f"{WORK}/mtls/root.crt")
+        bad.check_hostname = False
+        try:
+            t = bad.wrap_socket(socket.create_connection(("127.0.0.1", pb), timeout=5),
+                                server_hostname="server.bench.svc.cluster.local")
+            t.sendall(b"GET /1k.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = t.recv(100)
+            t.close()
+            if got.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"{who}: B :{pb} served a client without a certificate")
+        except (ssl.SSLError, ConnectionError, OSError):
+            pass
+    log("mtls hop checked: 200 + 1024-byte body on every path, one A->B connection per request, "
+        "B refuses clients without a certificate")
+
+
+def mtls_hop():
+    """ISTIO_MUTUAL hop: new mutual-TLS handshakes/s and CPU per handshake (A + B)."""
+    names = mtls_start()
+    try:
+        mtls_check()
+        for rep in range(REPEATS):
+            for who in ["direct"] + PROXIES:
+                pa, _ = MTLS_PORTS[who]
+                parts = names[who]
+                if who == "direct":
+                    env = dict(os.environ, HARNESS_CLIENT_CERT=f"{WORK}/mtls/client.crt",
+                               HARNESS_CLIENT_KEY=f"{WORK}/mtls/client.key")
+                    cmd = [HARNESS, "tls", "new", f"127.0.0.1:{pa}", "server.bench.svc.cluster.local", HS_CLIENT,
+                           "/small.txt", "32", str(SECS)]
+                    parse = parse_json
+                else:
+                    env = None
+                    cmd = ["wrk", "-t1", "-c32", f"-d{SECS}s", f"http://127.0.0.1:{pa}/small.txt"]
+                    parse = parse_wrk
+                la = loadavg()
+                c0 = {n: cpu_secs(n) for n in parts}
+                o0 = cpu_secs("origin")
+                t0 = time.time()
+                r = subprocess.run(NICE + ["taskset", "-c", LOADGEN_CPU] + cmd, capture_output=True, text=True,
+                                   timeout=SECS + 60, env=env)
+                wall = time.time() - t0
+                c1 = {n: cpu_secs(n) for n in parts}
+                o1 = cpu_secs("origin")
+                cpu = {n: round(c1[n] - c0[n], 3) for n in parts}
+                rec = {"scenario": "mtls_hop", "who": who, "repeat": rep, "loadavg": la, "wall": round(wall, 3),
+                       "proxy_cpu_s": round(sum(cpu.values()), 3), "origin_cpu_s": round(o1 - o0, 3),
+                       "rc": r.returncode, "client": "wrk -c32 keep-alive" if who != "direct" else HS_CLIENT}
+                if who != "direct":
+                    rec["proxy_a_cpu_s"] = cpu[parts[1]]
+                    rec["proxy_b_cpu_s"] = cpu[parts[0]]
+                try:
+                    rec.update(parse(r.stdout))
+                except Exception as e:  # noqa: BLE001 - a parse failure voids the run
+                    rec["void"] = f"parse: {e}: {r.stdout[-400:]} {r.stderr[-400:]}"
+                if r.returncode != 0:
+                    rec["void"] = f"exit {r.returncode}: {r.stderr[-400:]}"
+                if rec.get("errors"):
+                    rec["void"] = f"{rec['errors']} errors"
+                if "rps" not in rec and "per_sec" in rec:
+                    rec["rps"] = rec["per_sec"]
+                if rec.get("requests") and not rec.get("void"):
+                    # One new A->B mutual-TLS handshake per request (checked in mtls_check).
+                    rec["handshakes_per_s"] = rec.get("rps")
+                    rec["cpu_us_per_handshake"] = round(rec["proxy_cpu_s"] / rec["requests"] * 1e6, 1)
+                results.append(rec)
+                log(json.dumps(rec))
+                save()
+    finally:
+        for who, parts in names.items():
+            for n in parts:
+                p = procs.pop(n, None)
+                if p is not None and p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+                    try:
+                        p.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(p.pid, signal.SIGKILL)
 
 
 def mesh_yaml(n):
@@ -587,7 +795,7 @@ PROFILE_LOADS = {
     "bulk": lambda: [HARNESS, "tls", "bulk", f"127.0.0.1:{PORTS['sni']['isthmus']}", "backend.test",
                      f"{WORK}/ca.crt", "/big.bin", "1", "1"],
     "term": lambda: [HARNESS, "tls", "new", f"127.0.0.1:{PORTS['term']['isthmus']}", "backend.test",
-                     f"{WORK}/ca.crt", "/small.txt", "32", str(SECS)],
+                     HS_CLIENT, "/small.txt", "32", str(SECS)],
 }
 
 
