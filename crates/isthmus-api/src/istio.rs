@@ -166,6 +166,15 @@ pub struct HttpRoute {
     pub mirror: Option<Destination>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
+    /// Deprecated `mirrorPercent` (`google.protobuf.UInt32Value`: a bare integer in YAML, or
+    /// `{value: N}`), kept raw like the other blocks validation reads; see
+    /// [`HttpRoute::mirror_percent_value`].
+    #[serde(
+        rename = "mirrorPercent",
+        alias = "mirror_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mirror_percent: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,6 +194,148 @@ pub struct Percent {
 pub struct Delegate {
     pub name: String,
     pub namespace: Option<String>,
+}
+
+// `fault`, `corsPolicy` and `mirrors` stay raw JSON on [`HttpRoute`] because validation
+// (`validation/vs.rs`) reports Istio's messages on shapes a typed decode would reject outright
+// (a non-string grpcStatus, a null mirror). The compiler reads them through the typed views
+// below, which decode leniently: a block that validation accepted always decodes.
+
+impl HttpRoute {
+    /// The typed `fault` block (`HTTPFaultInjection`); `None` when absent or not an object.
+    pub fn fault_spec(&self) -> Option<HttpFaultInjection> {
+        self.fault
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// The typed `corsPolicy` block.
+    pub fn cors_spec(&self) -> Option<CorsPolicy> {
+        self.cors_policy
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// The typed `mirrors` list (`HTTPMirrorPolicy`), in order; entries that do not decode
+    /// (validation rejects them) are skipped.
+    pub fn mirror_policies(&self) -> Vec<HttpMirrorPolicy> {
+        self.mirrors
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect()
+    }
+
+    /// Deprecated `mirrorPercent` as a number, whether written bare (`50`) or wrapped
+    /// (`{value: 50}`).
+    pub fn mirror_percent_value(&self) -> Option<u32> {
+        let v = self.mirror_percent.as_ref()?;
+        let n = v
+            .as_u64()
+            .or_else(|| v.get("value").and_then(|x| x.as_u64()))?;
+        Some(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
+
+/// `HTTPFaultInjection`: delay and/or abort a share of the requests a route matches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpFaultInjection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `HTTPFaultInjection.Delay`. Without `percentage` (and without the deprecated integer
+/// `percent`) Istio writes 0%: no request is delayed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultDelay {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<Duration>,
+    /// Not supported by Istio ("Exponential faults are not yet supported"): the delay is dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    /// Deprecated integer percentage (0-100), used only when `percentage` is absent.
+    pub percent: i64,
+}
+
+/// `HTTPFaultInjection.Abort`. Without `percentage` no request is aborted (Envoy's unset
+/// FractionalPercent is 0).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultAbort {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i64>,
+    /// gRPC status name (`UNAVAILABLE`, ...), see [`grpc_status_code`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+/// gRPC status names Istio accepts in `abort.grpcStatus` → their numeric codes
+/// (`pkg/util/grpc.SupportedGRPCStatus`).
+pub fn grpc_status_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    CODES.iter().position(|c| *c == name).map(|i| i as u32)
+}
+
+/// `CorsPolicy` on an HTTP route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CorsPolicy {
+    /// Deprecated exact-origin list, used only when `allowOrigins` is absent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    /// `None` (absent) differs from `Some([])`: Istio only falls back to `allowOrigin` when the
+    /// field is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_origins: Option<Vec<StringMatch>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// `FORWARD` (default) or `IGNORE`: what happens to preflights whose origin does not match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<String>,
+}
+
+/// `HTTPMirrorPolicy`: one entry of `mirrors`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

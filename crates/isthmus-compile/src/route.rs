@@ -4,16 +4,22 @@
 
 use crate::diag;
 use crate::scope::Ctx;
-use isthmus_api::istio::{Destination, HttpMatchRequest, HttpRoute, RouteDestination, StringMatch};
+use isthmus_api::istio::{
+    grpc_status_code, CorsPolicy, Destination, Headers, HttpFaultInjection, HttpMatchRequest,
+    HttpRetry, HttpRewrite, HttpRoute, RouteDestination, StringMatch,
+};
 use isthmus_api::Severity;
 use isthmus_model::VirtualServiceConfig;
 use isthmus_xds::core::{DataSource, RegexMatcher};
 use isthmus_xds::listener::{TcpClusterWeight, TcpWeightedClusters};
 use isthmus_xds::route::{
-    ClusterWeight, Decorator, HeaderMatcher, HeaderValue, HeaderValueOption, MaxStreamDuration,
-    QueryParameterMatcher, RedirectAction, RequestMirrorPolicy, RetryPolicy,
+    ClusterWeight, CorsPolicy as XCorsPolicy, Decorator, FaultAbort as XFaultAbort,
+    FaultDelay as XFaultDelay, FractionalPercent, HeaderMatcher, HeaderValue, HeaderValueOption,
+    HttpFault, MaxStreamDuration, PerFilterConfig, QueryParameterMatcher, RedirectAction,
+    RequestMirrorPolicy, RetryPolicy, RuntimeFractionalPercent, CORS_FILTER, FAULT_FILTER,
 };
 use isthmus_xds::*;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Where routes are being built.
@@ -166,31 +172,49 @@ pub fn destination_cluster<'a>(
     d: &'a Destination,
     default_port: u32,
 ) -> String {
-    let svc = ctx.service(&d.host);
-    let port = d
-        .port
-        .as_ref()
-        .map(|p| p.number)
-        .filter(|p| *p > 0)
+    let port = d.port.as_ref().map(|p| p.number).filter(|p| *p > 0);
+    cluster_for(
+        ctx,
+        vs,
+        &d.host,
+        d.subset.as_deref().unwrap_or(""),
+        port,
+        default_port,
+    )
+}
+
+/// [`destination_cluster`] for a destination that does not live in the snapshot (decoded
+/// `mirrors`): the subset is recorded as used under the DestinationRule's own copy of its name.
+fn cluster_for<'a>(
+    ctx: &mut Ctx<'a>,
+    vs: &'a VirtualServiceConfig,
+    host: &str,
+    subset: &str,
+    port: Option<u32>,
+    default_port: u32,
+) -> String {
+    let svc = ctx.service(host);
+    let port = port
         .or_else(|| svc.filter(|s| s.ports.len() == 1).map(|s| s.ports[0].port))
         .unwrap_or(default_port);
-    let subset: &'a str = d.subset.as_deref().unwrap_or("");
     match svc {
-        None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "DestinationHostNotFound", Some("spec.route.destination.host"), format!("destination host {:?} is not a service visible to {}/{}; requests routed to it fail with 503 NC (no cluster)", d.host, ctx.proxy.namespace, ctx.proxy.name))),
+        None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "DestinationHostNotFound", Some("spec.route.destination.host"), format!("destination host {host:?} is not a service visible to {}/{}; requests routed to it fail with 503 NC (no cluster)", ctx.proxy.namespace, ctx.proxy.name))),
         Some(s) => {
             if !subset.is_empty() {
-                ctx.used_subsets.insert((s.hostname.as_str(), subset));
                 let dr = ctx.destination_rule(s);
-                if !dr.is_some_and(|dr| dr.spec.subsets.iter().any(|x| x.name == subset)) {
-                    ctx.diags.push(diag(&vs.meta, Severity::Warning, "SubsetNotFound", Some("spec.route.destination.subset"), format!("subset {subset:?} of {:?} is defined by no DestinationRule visible to {}/{}; requests routed to it fail with 503 NC", d.host, ctx.proxy.namespace, ctx.proxy.name)));
+                match dr.and_then(|dr| dr.spec.subsets.iter().find(|x| x.name == subset)) {
+                    Some(x) => {
+                        ctx.used_subsets.insert((s.hostname.as_str(), x.name.as_str()));
+                    }
+                    None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "SubsetNotFound", Some("spec.route.destination.subset"), format!("subset {subset:?} of {host:?} is defined by no DestinationRule visible to {}/{}; requests routed to it fail with 503 NC", ctx.proxy.namespace, ctx.proxy.name))),
                 }
             }
             if s.port(port).is_none() {
-                ctx.diags.push(diag(&vs.meta, Severity::Warning, "DestinationPortNotFound", Some("spec.route.destination.port"), format!("service {:?} has no port {port}; requests routed to it fail with 503 NC", d.host)));
+                ctx.diags.push(diag(&vs.meta, Severity::Warning, "DestinationPortNotFound", Some("spec.route.destination.port"), format!("service {host:?} has no port {port}; requests routed to it fail with 503 NC")));
             }
         }
     }
-    cluster_name(port, subset, &d.host)
+    cluster_name(port, subset, host)
 }
 
 /// `outbound|PORT|SUBSET|HOST`, built with one exact allocation (this runs for every cluster
@@ -290,13 +314,361 @@ fn headers_to_add(ops: &isthmus_api::istio::HeaderOperations) -> Vec<HeaderValue
     v
 }
 
+/// One HTTP route as it is compiled: a VirtualService `http` entry, or a delegate's entry
+/// merged into the root's (Istio `mergeHTTPRoute`). Everything borrows from the snapshot except
+/// a merged route's name and matches, so destinations keep the snapshot's lifetime.
+struct HttpView<'a> {
+    name: Option<Cow<'a, str>>,
+    matches: Cow<'a, [HttpMatchRequest]>,
+    /// Where `route`, `redirect` and `directResponse` come from (always the leaf route).
+    leaf: &'a HttpRoute,
+    /// The VS whose namespace resolved the leaf's short names (root or delegate); destination
+    /// diagnostics name it.
+    leaf_vs: &'a VirtualServiceConfig,
+    rewrite: Option<&'a HttpRewrite>,
+    timeout: Option<&'a str>,
+    retries: Option<&'a HttpRetry>,
+    /// Routes whose `fault` / `corsPolicy` / `headers` / mirror settings apply (leaf, or the
+    /// root's when the leaf leaves them unset).
+    fault_from: &'a HttpRoute,
+    cors_from: &'a HttpRoute,
+    headers: Option<&'a Headers>,
+    mirror_from: &'a HttpRoute,
+    mirror_pct_from: &'a HttpRoute,
+    mirror_percent_from: &'a HttpRoute,
+    mirrors_from: (&'a HttpRoute, &'a VirtualServiceConfig),
+}
+
+impl<'a> HttpView<'a> {
+    fn plain(vs: &'a VirtualServiceConfig, h: &'a HttpRoute) -> Self {
+        HttpView {
+            name: h.name.as_deref().map(Cow::Borrowed),
+            matches: Cow::Borrowed(&h.matches),
+            leaf: h,
+            leaf_vs: vs,
+            rewrite: h.rewrite.as_ref(),
+            timeout: h.timeout.as_deref(),
+            retries: h.retries.as_ref(),
+            fault_from: h,
+            cors_from: h,
+            headers: h.headers.as_ref(),
+            mirror_from: h,
+            mirror_pct_from: h,
+            mirror_percent_from: h,
+            mirrors_from: (h, vs),
+        }
+    }
+
+    /// Istio `mergeHTTPRoute(root, delegate)`: `None` when a delegate match conflicts with
+    /// every root match (the delegate route is dropped).
+    fn merged(
+        root_vs: &'a VirtualServiceConfig,
+        root: &'a HttpRoute,
+        dvs: &'a VirtualServiceConfig,
+        leaf: &'a HttpRoute,
+    ) -> Option<Self> {
+        let matches = merge_matches(&root.matches, &leaf.matches)?;
+        let name = match (leaf.name.as_deref(), root.name.as_deref()) {
+            (None | Some(""), r) => r.map(Cow::Borrowed),
+            (Some(l), None | Some("")) => Some(Cow::Borrowed(l)),
+            (Some(l), Some(r)) => Some(Cow::Owned(concat(&[r, "-", l]))),
+        };
+        let pick = |has: fn(&HttpRoute) -> bool| if has(leaf) { leaf } else { root };
+        Some(HttpView {
+            name,
+            matches: Cow::Owned(matches),
+            leaf,
+            leaf_vs: dvs,
+            rewrite: leaf.rewrite.as_ref().or(root.rewrite.as_ref()),
+            timeout: leaf.timeout.as_deref().or(root.timeout.as_deref()),
+            retries: leaf.retries.as_ref().or(root.retries.as_ref()),
+            fault_from: pick(|h| h.fault.is_some()),
+            cors_from: pick(|h| h.cors_policy.is_some()),
+            headers: leaf.headers.as_ref().or(root.headers.as_ref()),
+            mirror_from: pick(|h| h.mirror.is_some()),
+            mirror_pct_from: pick(|h| h.mirror_percentage.is_some()),
+            mirror_percent_from: pick(|h| h.mirror_percent.is_some()),
+            mirrors_from: if leaf.mirrors.is_empty() {
+                (root, root_vs)
+            } else {
+                (leaf, dvs)
+            },
+        })
+    }
+}
+
+/// Istio `mergeHTTPMatchRequests`: every delegate match must fit inside at least one root
+/// match (it yields one merged match per root match it fits); one that fits none drops the
+/// whole delegate route.
+fn merge_matches(
+    root: &[HttpMatchRequest],
+    leaf: &[HttpMatchRequest],
+) -> Option<Vec<HttpMatchRequest>> {
+    if root.is_empty() {
+        return Some(leaf.to_vec());
+    }
+    if leaf.is_empty() {
+        return Some(root.to_vec());
+    }
+    let mut out = Vec::new();
+    for sub in leaf {
+        let mut found = false;
+        for r in root {
+            if match_conflict(r, sub) {
+                continue;
+            }
+            out.push(merge_match(r, sub));
+            found = true;
+        }
+        if !found {
+            return None;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Istio `mergeHTTPMatchRequest`: the delegate's fields win; unset ones come from the root.
+/// Source labels, source namespace and gateways are the delegate's (they do not apply to
+/// delegates, whose root decides where they are bound).
+fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
+    let mut out = leaf.clone();
+    out.name = match (leaf.name.as_deref(), root.name.as_deref()) {
+        (None | Some(""), r) => r.map(String::from),
+        (Some(l), None | Some("")) => Some(l.to_string()),
+        (Some(l), Some(r)) => Some(concat(&[r, "-", l])),
+    };
+    out.uri = leaf.uri.clone().or_else(|| root.uri.clone());
+    out.scheme = leaf.scheme.clone().or_else(|| root.scheme.clone());
+    out.method = leaf.method.clone().or_else(|| root.method.clone());
+    out.authority = leaf.authority.clone().or_else(|| root.authority.clone());
+    let union = |r: &BTreeMap<String, StringMatch>, l: &BTreeMap<String, StringMatch>| {
+        let mut m = r.clone();
+        m.extend(l.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m
+    };
+    out.headers = union(&root.headers, &leaf.headers);
+    out.without_headers = union(&root.without_headers, &leaf.without_headers);
+    out.query_params = union(&root.query_params, &leaf.query_params);
+    if out.port.is_none_or(|p| p == 0) {
+        out.port = root.port;
+    }
+    out
+}
+
+/// Istio `hasConflict`: whether the delegate match can match a request the root match cannot.
+fn match_conflict(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+    let pairs = [
+        (&root.uri, &leaf.uri),
+        (&root.scheme, &leaf.scheme),
+        (&root.method, &leaf.method),
+        (&root.authority, &leaf.authority),
+    ];
+    if pairs
+        .iter()
+        .any(|(r, l)| string_match_conflict(r.as_ref(), l.as_ref()))
+    {
+        return true;
+    }
+    if leaf
+        .headers
+        .iter()
+        .any(|(k, l)| string_match_conflict(root.headers.get(k), Some(l)))
+        || leaf
+            .without_headers
+            .iter()
+            .any(|(k, l)| string_match_conflict(root.without_headers.get(k), Some(l)))
+        || leaf
+            .query_params
+            .iter()
+            .any(|(k, l)| string_match_conflict(root.query_params.get(k), Some(l)))
+    {
+        return true;
+    }
+    if root.ignore_uri_case != leaf.ignore_uri_case {
+        return true;
+    }
+    matches!((root.port, leaf.port), (Some(r), Some(l)) if r > 0 && l > 0 && r != l)
+}
+
+/// Istio `stringMatchConflict`: regexes always conflict; an exact root needs the same exact
+/// leaf; a prefix root needs a leaf (exact or prefix) that starts with it.
+fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bool {
+    let (Some(r), Some(l)) = (root, leaf) else {
+        return false;
+    };
+    let nz = |o: &Option<String>| o.as_deref().filter(|s| !s.is_empty()).map(String::from);
+    if nz(&r.regex).is_some() || nz(&l.regex).is_some() {
+        return true;
+    }
+    if let Some(exact) = nz(&r.exact) {
+        return nz(&l.prefix).is_some() || nz(&l.exact).as_deref() != Some(exact.as_str());
+    }
+    if let Some(prefix) = nz(&r.prefix) {
+        if let Some(lp) = nz(&l.prefix) {
+            return !lp.starts_with(&prefix);
+        }
+        if let Some(le) = nz(&l.exact) {
+            return !le.starts_with(&prefix);
+        }
+    }
+    true
+}
+
+/// The routes of `vs`'s `http` list with delegates expanded (Istio
+/// `mergeVirtualServicesIfNeeded`): a `delegate` entry is replaced by the delegate VS's routes
+/// merged into it. A missing or unexported delegate drops that one entry, with a diagnostic
+/// on the root; the delegate's own `hosts`/`gateways` play no part.
+fn expand_delegates<'a>(ctx: &mut Ctx<'a>, vs: &'a VirtualServiceConfig) -> Vec<HttpView<'a>> {
+    let mut out = Vec::with_capacity(vs.spec.http.len());
+    for (i, h) in vs.spec.http.iter().enumerate() {
+        let Some(d) = &h.delegate else {
+            out.push(HttpView::plain(vs, h));
+            continue;
+        };
+        let ns = d
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&vs.meta.namespace);
+        let field = format!("spec.http[{i}].delegate");
+        let found =
+            ctx.snap.virtual_services.iter().find(|c| {
+                c.meta.name == d.name && c.meta.namespace == ns && c.spec.hosts.is_empty()
+            });
+        let Some(dvs) = found else {
+            let has_hosts = ctx
+                .snap
+                .virtual_services
+                .iter()
+                .any(|c| c.meta.name == d.name && c.meta.namespace == ns);
+            let why = if has_hosts {
+                "exists but lists hosts, so it is a root VirtualService, not a delegate (delegates have no hosts)"
+            } else {
+                "does not exist"
+            };
+            ctx.diags.push(diag(&vs.meta, Severity::Warning, "DelegateNotFound", Some(&field), format!("http[{i}] delegates to VirtualService {ns}/{}, which {why}; istiod drops this http route, so requests it would match fall through to the next route", d.name)));
+            continue;
+        };
+        if !isthmus_model::export_visible(
+            &dvs.spec.export_to,
+            &dvs.meta.namespace,
+            &vs.meta.namespace,
+        ) {
+            ctx.diags.push(diag(&vs.meta, Severity::Warning, "DelegateNotExported", Some(&field), format!("http[{i}] delegates to VirtualService {ns}/{}, whose exportTo {:?} does not include namespace {:?}; istiod drops this http route", d.name, dvs.spec.export_to, vs.meta.namespace)));
+            continue;
+        }
+        for (j, leaf) in dvs.spec.http.iter().enumerate() {
+            match HttpView::merged(vs, h, dvs, leaf) {
+                Some(v) => out.push(v),
+                None => ctx.diags.push(diag(&dvs.meta, Severity::Warning, "DelegateMatchConflict", Some(&format!("spec.http[{j}].match")), format!("http[{j}] of delegate {ns}/{} has a match that fits none of the matches of root {}/{} http[{i}] (a delegate may only narrow the root's uri/scheme/method/authority/header/query matches, never use regex); istiod drops this route", d.name, vs.meta.namespace, vs.meta.name))),
+            }
+        }
+    }
+    out
+}
+
+/// Istio `MirrorPercent`: `mirrorPercentage`, else the deprecated `mirrorPercent`, else 100%;
+/// an explicit 0 disables the mirror.
+fn mirror_fraction(pct: &HttpRoute, pct_int: &HttpRoute) -> Option<RuntimeFractionalPercent> {
+    let default_value = if let Some(p) = &pct.mirror_percentage {
+        (p.value > 0.0).then(|| FractionalPercent::from_percent(p.value))?
+    } else if let Some(n) = pct_int.mirror_percent_value() {
+        (n > 0).then(|| FractionalPercent::from_integer(n))?
+    } else {
+        FractionalPercent::from_integer(100)
+    };
+    Some(RuntimeFractionalPercent { default_value })
+}
+
+/// Istio `TranslateFault`. A delay without `fixedDelay` (exponential) and an abort without a
+/// supported error type are dropped, as istiod drops them; no delay and no abort → no filter
+/// config at all.
+fn translate_fault(
+    ctx: &mut Ctx,
+    meta: &isthmus_model::ConfigMeta,
+    f: &HttpFaultInjection,
+) -> Option<HttpFault> {
+    let mut out = HttpFault::default();
+    if let Some(d) = &f.delay {
+        let percentage = match &d.percentage {
+            Some(p) => FractionalPercent::from_percent(p.value),
+            None => FractionalPercent::from_integer(u32::try_from(d.percent).unwrap_or(0)),
+        };
+        match &d.fixed_delay {
+            Some(fd) => {
+                if let Some(dur) = ctx.parse_duration(meta, "spec.http.fault.delay.fixedDelay", fd)
+                {
+                    out.delay = Some(XFaultDelay {
+                        fixed_delay: Some(dur),
+                        percentage: Some(percentage),
+                    });
+                }
+            }
+            None => ctx.diags.push(diag(meta, Severity::Warning, "FaultDelayUnsupported", Some("spec.http.fault.delay"), "fault.delay has no fixedDelay (exponentialDelay is not supported by Istio); the delay is not injected")),
+        }
+    }
+    if let Some(a) = &f.abort {
+        let percentage = a
+            .percentage
+            .as_ref()
+            .map(|p| FractionalPercent::from_percent(p.value));
+        if let Some(s) = a.http_status {
+            out.abort = Some(XFaultAbort {
+                http_status: Some(u32::try_from(s).unwrap_or(0)),
+                grpc_status: None,
+                percentage,
+            });
+        } else if let Some(code) = a.grpc_status.as_deref().and_then(grpc_status_code) {
+            out.abort = Some(XFaultAbort {
+                http_status: None,
+                grpc_status: Some(code),
+                percentage,
+            });
+        } else {
+            ctx.diags.push(diag(meta, Severity::Warning, "FaultAbortUnsupported", Some("spec.http.fault.abort"), "fault.abort has neither httpStatus nor a known grpcStatus (http2Error is not supported by Istio); the abort is not injected"));
+        }
+    }
+    (out.delay.is_some() || out.abort.is_some()).then_some(out)
+}
+
+/// Istio `TranslateCORSPolicy`.
+fn translate_cors(ctx: &mut Ctx, meta: &isthmus_model::ConfigMeta, c: &CorsPolicy) -> XCorsPolicy {
+    let origins: Vec<StringMatcher> = match &c.allow_origins {
+        Some(list) => list.iter().filter_map(string_matcher).collect(),
+        None => c
+            .allow_origin
+            .iter()
+            .map(|o| StringMatcher::exact(o.clone()))
+            .collect(),
+    };
+    let max_age = c
+        .max_age
+        .as_deref()
+        .and_then(|m| ctx.parse_duration(meta, "spec.http.corsPolicy.maxAge", m))
+        .map(|d| d.as_std().as_secs().to_string())
+        .unwrap_or_default();
+    XCorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age,
+        allow_credentials: c.allow_credentials,
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: FractionalPercent::from_integer(100),
+        }),
+        forward_not_matching_preflights: Some(c.unmatched_preflights.as_deref() != Some("IGNORE")),
+    }
+}
+
 fn action<'a>(
     ctx: &mut Ctx<'a>,
     vs: &'a VirtualServiceConfig,
-    h: &'a HttpRoute,
+    v: &HttpView<'a>,
     default_port: u32,
     route: &mut Route,
 ) {
+    let h = v.leaf;
     if let Some(dr) = &h.direct_response {
         route.direct_response = Some(DirectResponseAction {
             status: dr.status,
@@ -326,9 +698,8 @@ fn action<'a>(
         return;
     }
     let mut a = RouteAction::default();
-    let timeout = h
+    let timeout = v
         .timeout
-        .as_deref()
         .and_then(|t| ctx.parse_duration(&vs.meta, "spec.http.timeout", t))
         .unwrap_or(Duration::ZERO);
     a.timeout = Some(timeout);
@@ -336,7 +707,7 @@ fn action<'a>(
         max_stream_duration: Some(timeout),
         grpc_timeout_header_max: Some(timeout),
     });
-    a.retry_policy = match &h.retries {
+    a.retry_policy = match v.retries {
         None => Some(default_retry()),
         Some(r) if r.attempts <= 0 => None,
         Some(r) => {
@@ -356,17 +727,68 @@ fn action<'a>(
             Some(std::sync::Arc::new(p))
         }
     };
-    if let Some(rw) = &h.rewrite {
+    if let Some(rw) = v.rewrite {
         a.prefix_rewrite = rw.uri.clone();
         a.host_rewrite_literal = rw.authority.clone();
     }
-    if let Some(m) = &h.mirror {
-        let c = destination_cluster(ctx, vs, m, default_port);
-        a.request_mirror_policies = vec![RequestMirrorPolicy { cluster: c, runtime_fraction: h.mirror_percentage.as_ref().map(|p| serde_json::json!({"defaultValue": {"numerator": (p.value * 10000.0) as u64, "denominator": "MILLION"}})) }];
+    if let Some(m) = &v.mirror_from.mirror {
+        if let Some(fraction) = mirror_fraction(v.mirror_pct_from, v.mirror_percent_from) {
+            let c = destination_cluster(ctx, v.leaf_vs, m, default_port);
+            a.request_mirror_policies.push(RequestMirrorPolicy {
+                cluster: c,
+                runtime_fraction: Some(fraction),
+                trace_sampled: Some(false),
+            });
+        }
+    }
+    let (mirrors_route, mirrors_vs) = v.mirrors_from;
+    for mp in mirrors_route.mirror_policies() {
+        // Istio `MirrorPercentByPolicy`: absent → 100%, explicit 0 → no mirror.
+        let fraction = match &mp.percentage {
+            Some(p) if p.value > 0.0 => FractionalPercent::from_percent(p.value),
+            Some(_) => continue,
+            None => FractionalPercent::from_integer(100),
+        };
+        if mp.destination.host.is_empty() {
+            continue;
+        }
+        // `mirrors` is raw JSON the model does not normalise: short names expand with the
+        // namespace of the VS that wrote them, like every other destination.
+        let host = isthmus_model::host::resolve_short_name(
+            &mp.destination.host,
+            &mirrors_vs.meta.namespace,
+            &ctx.snap.domain_suffix,
+        );
+        let port = mp
+            .destination
+            .port
+            .as_ref()
+            .map(|p| p.number)
+            .filter(|p| *p > 0);
+        let c = cluster_for(
+            ctx,
+            mirrors_vs,
+            &host,
+            mp.destination.subset.as_deref().unwrap_or(""),
+            port,
+            default_port,
+        );
+        a.request_mirror_policies.push(RequestMirrorPolicy {
+            cluster: c,
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: fraction,
+            }),
+            trace_sampled: Some(false),
+        });
     }
     // A single destination (the common case) needs no list.
     let single = match h.route.as_slice() {
-        [d] => Some(destination_cluster(ctx, vs, &d.destination, default_port)),
+        [d] => Some(destination_cluster(
+            ctx,
+            v.leaf_vs,
+            &d.destination,
+            default_port,
+        )),
         _ => None,
     };
     let mut dests: Vec<(String, i64)> = if single.is_some() {
@@ -376,7 +798,7 @@ fn action<'a>(
             .iter()
             .map(|d| {
                 (
-                    destination_cluster(ctx, vs, &d.destination, default_port),
+                    destination_cluster(ctx, v.leaf_vs, &d.destination, default_port),
                     d.weight,
                 )
             })
@@ -432,6 +854,15 @@ fn action<'a>(
     route.route = Some(a);
 }
 
+/// Whether a view's match blocks (or, without matches, the VS binding) apply here.
+fn view_applies(ctx: &Ctx, vs: &VirtualServiceConfig, v: &HttpView, rc: &RouteCtx) -> bool {
+    if v.matches.is_empty() {
+        gateways_hit(vs, &[], rc)
+    } else {
+        v.matches.iter().any(|m| match_applies(ctx, vs, m, rc))
+    }
+}
+
 /// Translates one VirtualService's `http` routes for one listener/server port. Returns the
 /// routes and whether a catch-all route ended the list.
 pub fn translate_http<'a>(
@@ -442,19 +873,16 @@ pub fn translate_http<'a>(
 ) -> (Vec<Route>, bool) {
     let mut out = Vec::new();
     let mut config_path: Option<String> = None;
-    for (i, h) in vs.spec.http.iter().enumerate() {
-        if h.delegate.is_some() {
-            ctx.diags.push(diag(&vs.meta, Severity::Warning, "DelegateUnsupported", Some("spec.http.delegate"), format!("http[{i}] delegates; delegation is not compiled by isthmus yet, the route is skipped")));
-            continue;
-        }
+    let views = expand_delegates(ctx, vs);
+    for (i, v) in views.iter().enumerate() {
         // One route per applicable match block; a rule without matches is one block.
-        let blocks = if h.matches.is_empty() {
+        let blocks = if v.matches.is_empty() {
             usize::from(gateways_hit(vs, &[], rc))
         } else {
-            h.matches.len()
+            v.matches.len()
         };
         for b in 0..blocks {
-            let m: Option<&HttpMatchRequest> = match h.matches.get(b) {
+            let m: Option<&HttpMatchRequest> = match v.matches.get(b) {
                 None => None,
                 Some(m) if match_applies(ctx, vs, m, rc) => Some(m),
                 Some(_) => continue,
@@ -463,7 +891,7 @@ pub fn translate_http<'a>(
                 r#match: route_match(m),
                 ..Default::default()
             };
-            r.name = match (h.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
+            r.name = match (v.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
                 (Some(a), Some(b)) => format!("{a}.{b}"),
                 (Some(a), None) => a.to_string(),
                 (None, Some(b)) => b.to_string(),
@@ -476,8 +904,8 @@ pub fn translate_http<'a>(
                 config: Some(path),
                 ..Default::default()
             });
-            action(ctx, vs, h, default_port, &mut r);
-            if let Some(hd) = &h.headers {
+            action(ctx, vs, v, default_port, &mut r);
+            if let Some(hd) = v.headers {
                 if let Some(req) = &hd.request {
                     r.request_headers_to_add.extend(headers_to_add(req));
                     r.request_headers_to_remove
@@ -489,18 +917,33 @@ pub fn translate_http<'a>(
                         .extend(resp.remove.iter().cloned());
                 }
             }
+            if v.fault_from.fault.is_some() {
+                match v.fault_from.fault_spec() {
+                    Some(f) => {
+                        if let Some(f) = translate_fault(ctx, &vs.meta, &f) {
+                            r.typed_per_filter_config
+                                .insert(FAULT_FILTER.into(), PerFilterConfig::Fault(f));
+                        }
+                    }
+                    None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "FaultUnreadable", Some("spec.http.fault"), "the fault block could not be read as HTTPFaultInjection; no fault is injected")),
+                }
+            }
+            if v.cors_from.cors_policy.is_some() {
+                match v.cors_from.cors_spec() {
+                    Some(c) => {
+                        let c = translate_cors(ctx, &vs.meta, &c);
+                        r.typed_per_filter_config
+                            .insert(CORS_FILTER.into(), PerFilterConfig::Cors(c));
+                    }
+                    None => ctx.diags.push(diag(&vs.meta, Severity::Warning, "CorsPolicyUnreadable", Some("spec.http.corsPolicy"), "the corsPolicy block could not be read as CorsPolicy; no CORS policy applies")),
+                }
+            }
             let catch_all = is_catch_all(&r.r#match);
             out.push(r);
             if catch_all {
-                let shadowed = vs.spec.http[i + 1..]
+                let shadowed = views[i + 1..]
                     .iter()
-                    .filter(|later| {
-                        if later.matches.is_empty() {
-                            gateways_hit(vs, &[], rc)
-                        } else {
-                            later.matches.iter().any(|m| match_applies(ctx, vs, m, rc))
-                        }
-                    })
+                    .filter(|later| view_applies(ctx, vs, later, rc))
                     .count();
                 if shadowed > 0 {
                     ctx.diags.push(diag(&vs.meta, Severity::Info, "RoutesAfterCatchAll", Some("spec.http"), format!("http[{i}] matches every request; the {shadowed} route(s) after it that apply here (port {}) are never used", rc.port)));

@@ -3,6 +3,7 @@
 use crate::core::{is_false, DataSource, Metadata, RegexMatcher, StringMatcher};
 use crate::Duration;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +103,11 @@ pub struct Route {
     pub decorator: Option<Decorator>,
     #[serde(skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
+    /// Per-route HTTP filter settings keyed by filter name ([`FAULT_FILTER`],
+    /// [`CORS_FILTER`]): VirtualService `fault` and `corsPolicy` land here, as istiod writes
+    /// them, rather than in the HCM's filter list.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub typed_per_filter_config: BTreeMap<String, PerFilterConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub request_headers_to_add: Vec<HeaderValueOption>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -228,12 +234,143 @@ pub struct MaxStreamDuration {
     pub grpc_timeout_header_max: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `RouteAction.RequestMirrorPolicy`: shadow a share of the requests to another cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RequestMirrorPolicy {
     pub cluster: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime_fraction: Option<serde_json::Value>,
+    pub runtime_fraction: Option<RuntimeFractionalPercent>,
+    /// istiod always writes `false` (mirrored requests do not force trace sampling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_sampled: Option<bool>,
+}
+
+/// `envoy.type.v3.FractionalPercent`. protojson drops zero values, so `HUNDRED` (the enum's
+/// zero) and a zero numerator are absent from istiod's JSON; the defaults reproduce that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FractionalPercent {
+    #[serde(skip_serializing_if = "is_zero")]
+    pub numerator: u32,
+    /// `""` (= `HUNDRED`), `TEN_THOUSAND` or `MILLION`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub denominator: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl FractionalPercent {
+    /// Istio's `translatePercentToFractionalPercent`: a `Percent` (0-100, fractional) as parts
+    /// per MILLION.
+    pub fn from_percent(value: f64) -> Self {
+        FractionalPercent {
+            numerator: (value * 10000.0).clamp(0.0, u32::MAX as f64) as u32,
+            denominator: "MILLION".into(),
+        }
+    }
+
+    /// Istio's `translateIntegerToFractionalPercent`: a whole percentage, per HUNDRED.
+    pub fn from_integer(value: u32) -> Self {
+        FractionalPercent {
+            numerator: value,
+            denominator: String::new(),
+        }
+    }
+
+    /// The share as a percentage (0-100), for enforcement.
+    pub fn as_percent(&self) -> f64 {
+        let den = match self.denominator.as_str() {
+            "TEN_THOUSAND" => 10_000.0,
+            "MILLION" => 1_000_000.0,
+            _ => 100.0,
+        };
+        (f64::from(self.numerator) / den * 100.0).min(100.0)
+    }
+}
+
+/// `envoy.config.core.v3.RuntimeFractionalPercent` (istiod sets only the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RuntimeFractionalPercent {
+    pub default_value: FractionalPercent,
+}
+
+/// Filter name of Envoy's HTTP fault filter (key in `typedPerFilterConfig`).
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// Filter name of Envoy's CORS filter.
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// A `typedPerFilterConfig` value: an `Any`, tagged by its `@type` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "@type")]
+pub enum PerFilterConfig {
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault")]
+    Fault(HttpFault),
+    #[serde(rename = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy")]
+    Cors(CorsPolicy),
+}
+
+/// `envoy.extensions.filters.http.fault.v3.HTTPFault` (Istio's `TranslateFault`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpFault {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `envoy.extensions.filters.common.fault.v3.FaultDelay`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultDelay {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<Duration>,
+    /// Always present in istiod's output (possibly `{}`, i.e. 0%).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<FractionalPercent>,
+}
+
+/// `envoy.extensions.filters.http.fault.v3.FaultAbort`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultAbort {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// Absent means 0%: Envoy aborts nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<FractionalPercent>,
+}
+
+/// `envoy.extensions.filters.http.cors.v3.CorsPolicy` (Istio's `TranslateCORSPolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CorsPolicy {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin_string_match: Vec<StringMatcher>,
+    /// Comma-joined lists, as Envoy takes them.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub allow_methods: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub allow_headers: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub expose_headers: String,
+    /// Seconds, as a decimal string.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub max_age: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_enabled: Option<RuntimeFractionalPercent>,
+    /// Whether preflights from origins that do not match go on to the upstream (Envoy's
+    /// default before 1.30, which Istio keeps unless `unmatchedPreflights: IGNORE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_not_matching_preflights: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
