@@ -891,11 +891,12 @@ pub fn translate_http<'a>(
                 r#match: route_match(m),
                 ..Default::default()
             };
+            // istiod: `in.Name + "." + match.Name` whenever the match is named, so a named
+            // match in an unnamed rule gives `.match`.
             r.name = match (v.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
-                (Some(a), Some(b)) => format!("{a}.{b}"),
-                (Some(a), None) => a.to_string(),
-                (None, Some(b)) => b.to_string(),
-                (None, None) => String::new(),
+                (a, Some(b)) if !b.is_empty() => concat(&[a.unwrap_or(""), ".", b]),
+                (Some(a), _) => a.to_string(),
+                (None, _) => String::new(),
             };
             let path = config_path
                 .get_or_insert_with(|| vs.meta.config_path())
@@ -1137,5 +1138,75 @@ spec:
         assert!(route
             .response_headers_to_remove
             .contains(&"server".to_string()));
+    }
+}
+
+/// Istio's delegate match rules (`stringMatchConflict`, `mergeHTTPMatchRequests`).
+#[cfg(test)]
+mod delegate_merge_tests {
+    use super::*;
+
+    fn sm(kind: &str, v: &str) -> StringMatch {
+        let mut m = StringMatch::default();
+        match kind {
+            "exact" => m.exact = Some(v.into()),
+            "prefix" => m.prefix = Some(v.into()),
+            _ => m.regex = Some(v.into()),
+        }
+        m
+    }
+
+    fn uri(kind: &str, v: &str) -> HttpMatchRequest {
+        HttpMatchRequest {
+            uri: Some(sm(kind, v)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn string_match_conflicts_follow_istio() {
+        let c = |r: (&str, &str), l: (&str, &str)| {
+            string_match_conflict(Some(&sm(r.0, r.1)), Some(&sm(l.0, l.1)))
+        };
+        assert!(!c(("prefix", "/a"), ("prefix", "/a/b")));
+        assert!(c(("prefix", "/a/b"), ("prefix", "/a")));
+        assert!(!c(("prefix", "/a"), ("exact", "/a/x")));
+        assert!(c(("exact", "/a"), ("prefix", "/a")));
+        assert!(!c(("exact", "/a"), ("exact", "/a")));
+        assert!(c(("exact", "/a"), ("exact", "/b")));
+        assert!(c(("regex", "/a.*"), ("exact", "/a")));
+        assert!(c(("prefix", "/a"), ("regex", "/a.*")));
+        assert!(!string_match_conflict(None, Some(&sm("regex", "x"))));
+    }
+
+    #[test]
+    fn delegate_matches_merge_per_fitting_root_match() {
+        let mut by_header = HttpMatchRequest::default();
+        by_header.headers.insert("x".into(), sm("exact", "1"));
+        let root = vec![uri("prefix", "/r"), by_header];
+        let merged = merge_matches(&root, &[uri("exact", "/r/1")]).expect("fits");
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert!(merged[1].headers.contains_key("x"));
+        assert_eq!(merged[1].uri, Some(sm("exact", "/r/1")));
+        // A leaf outside every root match drops the route.
+        assert!(merge_matches(&[uri("prefix", "/r")], &[uri("prefix", "/s")]).is_none());
+        // Ports must agree when both set; ignoreUriCase must be equal.
+        let mut p1 = uri("prefix", "/r");
+        p1.port = Some(80);
+        let mut p2 = uri("prefix", "/r/x");
+        p2.port = Some(81);
+        assert!(merge_matches(std::slice::from_ref(&p1), &[p2]).is_none());
+        let mut ci = uri("prefix", "/r/x");
+        ci.ignore_uri_case = true;
+        assert!(merge_matches(&[p1], &[ci]).is_none());
+        // No root matches: the delegate's are used as they are, and vice versa.
+        assert_eq!(
+            merge_matches(&[], &[uri("prefix", "/q")]).map(|v| v.len()),
+            Some(1)
+        );
+        assert_eq!(
+            merge_matches(&[uri("prefix", "/q")], &[]).map(|v| v.len()),
+            Some(1)
+        );
     }
 }

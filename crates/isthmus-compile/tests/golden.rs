@@ -115,6 +115,15 @@ fn golden_port_level_wipe() {
 }
 
 #[test]
+fn golden_vs_fault_cors_mirror() {
+    check("vs-fault-cors-mirror");
+}
+#[test]
+fn golden_vs_delegate() {
+    check("vs-delegate");
+}
+
+#[test]
 fn compilation_is_deterministic() {
     let a = common::load_case("double-mtls");
     let b = common::load_case("double-mtls");
