@@ -310,6 +310,9 @@ pub struct Route {
     /// VirtualService `fault` (Envoy's HTTP fault filter, per route): delay, then abort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultInjection>,
+    /// VirtualService `corsPolicy` (Envoy's CORS filter, per route; see [`crate::cors`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::cors::CorsPolicy>,
 }
 
 /// Envoy `envoy.filters.http.fault` per-route config as Istio writes it for `fault`.

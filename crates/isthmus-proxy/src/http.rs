@@ -628,6 +628,15 @@ async fn handle(
     if !route.spec.name.is_empty() {
         entry.route_name = Some(route.spec.name.clone());
     }
+    // CORS filter (before fault and router, Istio's order): may answer a preflight itself.
+    let cors = crate::cors::on_request(route.spec.cors.as_ref(), &parts.method, &parts.headers);
+    if cors.is_reply() {
+        entry.response_code = 200;
+        entry.response_code_details = Some("cors_response".into());
+        let mut resp = local_reply(200, "");
+        cors.apply(resp.headers_mut());
+        return wrap(resp, fin(entry, None, None));
+    }
     let target = match &route.spec.action {
         RouteAction::DirectResponse(d) => {
             entry.response_code = d.status;
@@ -635,6 +644,7 @@ async fn handle(
             // Envoy applies the route's response header edits to direct responses too.
             let mut resp = local_reply(d.status, d.body.as_deref().unwrap_or(""));
             apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            cors.apply(resp.headers_mut());
             return wrap(resp, fin(entry, None, None));
         }
         RouteAction::Redirect(r) => {
@@ -657,6 +667,7 @@ async fn handle(
             let p = r.path.clone().unwrap_or_else(|| path.clone());
             let mut resp = redirect_reply(code, &format!("{scheme}://{host}{port}{p}"));
             apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            cors.apply(resp.headers_mut());
             return wrap(resp, fin(entry, None, None));
         }
         RouteAction::Route(t) => t.clone(),
@@ -679,6 +690,7 @@ async fn handle(
             entry.response_code_details = Some("fault_filter_abort".into());
             let mut resp = local_reply(a.http_status, "fault filter abort");
             apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            cors.apply(resp.headers_mut());
             return wrap(resp, fin(entry, cluster, None));
         }
     }
@@ -797,6 +809,7 @@ async fn handle(
     match result {
         Ok(mut resp) => {
             apply_ops(resp.headers_mut(), &route.spec.response_headers);
+            cors.apply(resp.headers_mut());
             wrap(resp, fin(entry, Some(cluster), Some(rq)))
         }
         Err((status, body)) => {

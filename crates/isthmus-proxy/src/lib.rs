@@ -35,6 +35,7 @@ pub mod alloc {
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod cors;
 pub mod fuzz_logic;
 pub mod http;
 pub mod origdst;

@@ -203,6 +203,109 @@ impl Conv {
         h
     }
 
+    /// Envoy's per-route `HTTPFault` → the runtime fault. An unset percentage is 0% (Envoy's
+    /// default FractionalPercent), so such a delay/abort is dropped; a gRPC abort cannot be
+    /// honoured (the runtime answers HTTP statuses only) and refuses the config.
+    fn fault(&mut self, what: &str, f: &x::route::HttpFault) -> Option<FaultInjection> {
+        let pct = |p: &Option<x::route::FractionalPercent>| {
+            p.as_ref().map(|p| p.as_percent()).unwrap_or(0.0)
+        };
+        let delay = f.delay.as_ref().and_then(|d| {
+            let fixed = d.fixed_delay.as_ref()?;
+            Some(FaultDelay {
+                fixed_delay: Dur(fixed.as_std()),
+                percentage: pct(&d.percentage),
+            })
+        });
+        let abort = f.abort.as_ref().and_then(|a| {
+            if a.grpc_status.is_some() {
+                self.problems.push(format!(
+                    "{what}: fault abort with grpcStatus is not supported by this proxy (only httpStatus)"
+                ));
+                return None;
+            }
+            let status = a.http_status?;
+            match u16::try_from(status).ok().filter(|s| (200..600).contains(s)) {
+                Some(http_status) => Some(FaultAbort {
+                    http_status,
+                    percentage: pct(&a.percentage),
+                }),
+                None => {
+                    self.problems
+                        .push(format!("{what}: fault abort httpStatus {status} is not 200-599"));
+                    None
+                }
+            }
+        });
+        (delay.is_some() || abort.is_some()).then_some(FaultInjection { delay, abort })
+    }
+
+    /// Envoy's per-route `CorsPolicy` → [`crate::cors::CorsPolicy`]; `filterEnabled` at 0%
+    /// turns it off.
+    fn cors(&mut self, what: &str, c: &x::route::CorsPolicy) -> Option<crate::cors::CorsPolicy> {
+        use crate::cors::OriginMatch;
+        if c.filter_enabled
+            .as_ref()
+            .is_some_and(|f| f.default_value.numerator == 0)
+        {
+            return None;
+        }
+        let mut origins = Vec::new();
+        for m in &c.allow_origin_string_match {
+            let ci = |s: &str| {
+                if m.ignore_case {
+                    OriginMatch::SafeRegex(format!("(?i){}", regex::escape(s)))
+                } else {
+                    OriginMatch::Exact(s.to_string())
+                }
+            };
+            let o = if let Some(e) = &m.exact {
+                ci(e)
+            } else if let Some(p) = &m.prefix {
+                if m.ignore_case {
+                    OriginMatch::SafeRegex(format!("(?i){}.*", regex::escape(p)))
+                } else {
+                    OriginMatch::Prefix(p.clone())
+                }
+            } else if let Some(sfx) = &m.suffix {
+                if m.ignore_case {
+                    OriginMatch::SafeRegex(format!("(?i).*{}", regex::escape(sfx)))
+                } else {
+                    OriginMatch::Suffix(sfx.clone())
+                }
+            } else if let Some(x) = &m.contains {
+                if m.ignore_case {
+                    OriginMatch::SafeRegex(format!("(?i).*{}.*", regex::escape(x)))
+                } else {
+                    OriginMatch::Contains(x.clone())
+                }
+            } else if let Some(r) = &m.safe_regex {
+                if regex::Regex::new(&r.regex).is_err() {
+                    self.problems.push(format!(
+                        "{what}: CORS origin regex {:?} does not compile",
+                        r.regex
+                    ));
+                    continue;
+                }
+                OriginMatch::SafeRegex(r.regex.clone())
+            } else {
+                self.problems
+                    .push(format!("{what}: empty CORS allowOriginStringMatch entry"));
+                continue;
+            };
+            origins.push(o);
+        }
+        Some(crate::cors::CorsPolicy {
+            allow_origins: origins,
+            allow_methods: c.allow_methods.clone(),
+            allow_headers: c.allow_headers.clone(),
+            expose_headers: c.expose_headers.clone(),
+            max_age: c.max_age.clone(),
+            allow_credentials: c.allow_credentials.unwrap_or(false),
+            forward_not_matching_preflights: c.forward_not_matching_preflights.unwrap_or(true),
+        })
+    }
+
     fn route_table(&mut self, rc: &x::RouteConfiguration) -> RouteTable {
         let mut vhosts = Vec::new();
         for vh in &rc.virtual_hosts {
@@ -302,6 +405,14 @@ impl Conv {
                     self.problems.push(format!("{what}: route has no action"));
                     continue;
                 };
+                let mut fault = None;
+                let mut cors = None;
+                for cfg in r.typed_per_filter_config.values() {
+                    match cfg {
+                        x::route::PerFilterConfig::Fault(f) => fault = self.fault(&what, f),
+                        x::route::PerFilterConfig::Cors(c) => cors = self.cors(&what, c),
+                    }
+                }
                 let ops = |add: &[x::route::HeaderValueOption], remove: &[String]| HeaderOps {
                     set: add
                         .iter()
@@ -327,8 +438,8 @@ impl Conv {
                         &r.response_headers_to_add,
                         &r.response_headers_to_remove,
                     ),
-                    // The IR carries no fault filter config yet (see crate docs).
-                    fault: None,
+                    fault,
+                    cors,
                 });
             }
             vhosts.push(VirtualHost {
