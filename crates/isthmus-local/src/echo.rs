@@ -99,9 +99,9 @@ impl EchoTls {
         })
     }
 
-    /// The rustls server configuration (ring provider, ALPN h2 + http/1.1).
+    /// The rustls server configuration (the workspace's provider, ALPN h2 + http/1.1).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, EchoError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = isthmus_tls::provider();
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| EchoError::Pem {

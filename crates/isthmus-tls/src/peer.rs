@@ -16,7 +16,7 @@ pub fn peer_certificate(conn: &CommonState) -> Option<CertSummary> {
 /// The peer's SPIFFE ID: its first `spiffe://` URI SAN, as Istio's `istio_authn` filter takes
 /// it for `source_principal`/`destination_principal`. `None` without a certificate or SPIFFE SAN.
 pub fn peer_spiffe_id(conn: &CommonState) -> Option<String> {
-    peer_certificate(conn)?.spiffe_id().map(str::to_string)
+    crate::x509::spiffe_id_of_der(conn.peer_certificates()?.first()?.as_ref())
 }
 
 /// The peer's SPIFFE ID parsed as an Istio identity (`None` if absent or not Istio-shaped).

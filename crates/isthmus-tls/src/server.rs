@@ -48,9 +48,12 @@ pub struct ServerTlsOptions {
     pub min_version: Option<TlsVersion>,
     /// Maximum protocol version (`None` = TLSv1_3).
     pub max_version: Option<TlsVersion>,
-    /// Allow TLS session resumption (default off). A resumed session skips certificate
-    /// exchange, so after a rotation or a changed CA bundle a resumed connection would still
-    /// run on the old certificates; off means every new connection sees the current ones.
+    /// Allow TLS session resumption (default off) with stateless TLS 1.3 session tickets, as
+    /// Envoy does by default (BoringSSL: 2 tickets per full handshake, keys per context). A
+    /// resumed session skips certificate exchange, so tickets are bound to the certificates in
+    /// force when they were issued: any certificate rotation ([`crate::CertStore::swap`]) or a
+    /// rebuilt context (changed CA bundle) makes older tickets fail to decrypt and the client
+    /// falls back to a full handshake, like Envoy's new SSL context after an SDS update.
     pub session_resumption: bool,
 }
 
@@ -106,6 +109,51 @@ impl ServerTlsOptions {
     pub fn subject_alt_names(mut self, sans: &[&str]) -> Self {
         self.subject_alt_names = sans.iter().map(|s| s.to_string()).collect();
         self
+    }
+
+    /// Turns stateless session resumption (TLS 1.3 tickets) on or off; see
+    /// [`ServerTlsOptions::session_resumption`].
+    pub fn session_resumption(mut self, on: bool) -> Self {
+        self.session_resumption = on;
+        self
+    }
+}
+
+/// Session tickets that die with a certificate rotation: each ticket is prefixed with the
+/// process-wide rotation generation ([`crate::store::rotation_generation`]) at issue time and
+/// refused once it moved on. Rotations are rare (hours), so invalidating every context's tickets
+/// on any rotation costs a few full handshakes and keeps the rule simple: a resumed connection
+/// never outlives the certificate it was authenticated with.
+#[derive(Debug)]
+struct RotationBoundTickets {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+impl rustls::server::ProducesTickets for RotationBoundTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let sealed = self.inner.encrypt(plain)?;
+        let mut out = Vec::with_capacity(8 + sealed.len());
+        out.extend_from_slice(&crate::store::rotation_generation().to_be_bytes());
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let (generation, sealed) = cipher.split_at_checked(8)?;
+        let generation = u64::from_be_bytes(generation.try_into().ok()?);
+        if generation != crate::store::rotation_generation() {
+            tracing::debug!("session ticket from before a certificate rotation; full handshake");
+            return None;
+        }
+        self.inner.decrypt(sealed)
     }
 }
 
@@ -180,8 +228,18 @@ impl ServerTls {
             }
         }
         .with_cert_resolver(certs);
-        if !options.session_resumption {
-            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // Stateless resumption only (no server-side session cache to grow or to share).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        if options.session_resumption {
+            // One ticket key set per context, shared by both ALPN variants (they are the same
+            // context to a client); rotated by the provider's ticketer (6 h lifetime).
+            let inner = crate::ticketer().map_err(|e| TlsError::Verifier {
+                what: "session ticket keys".to_string(),
+                reason: e.to_string(),
+            })?;
+            config.ticketer = Arc::new(RotationBoundTickets { inner });
+            config.send_tls13_tickets = 2;
+        } else {
             config.send_tls13_tickets = 0;
         }
         let without_alpn = Arc::new(config.clone());

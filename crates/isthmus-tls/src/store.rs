@@ -7,6 +7,7 @@
 //! "changes are not retroactive" rule — and no listener has to be rebuilt.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -18,6 +19,16 @@ use rustls::SignatureScheme;
 use crate::error::TlsError;
 use crate::pem::certified_key_from_pem;
 use crate::x509::CertSummary;
+
+/// Certificate swaps and removals so far, in any store of the process.
+static ROTATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The process-wide certificate rotation generation: it moves on every [`CertStore::swap`] and
+/// [`CertStore::clear`]. Session tickets carry the generation they were issued in and are
+/// refused after it changed, so no resumed session outlives a rotated certificate.
+pub fn rotation_generation() -> u64 {
+    ROTATIONS.load(Ordering::Acquire)
+}
 
 /// A named, atomically replaceable certificate + key.
 ///
@@ -72,9 +83,11 @@ impl CertStore {
     }
 
     /// Replaces the certificate; new handshakes use it, open connections are unaffected.
+    /// Session tickets issued before the swap stop resuming (see [`rotation_generation`]).
     pub fn swap(&self, key: Arc<CertifiedKey>) {
         tracing::debug!(store = %self.name, "certificate replaced");
         self.current.store(Some(key));
+        ROTATIONS.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Parses and installs a PEM chain + key. On error the old certificate stays in place.
@@ -88,6 +101,7 @@ impl CertStore {
     pub fn clear(&self) {
         tracing::debug!(store = %self.name, "certificate removed");
         self.current.store(None);
+        ROTATIONS.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The current certificate, if any.

@@ -45,8 +45,10 @@ fn violation(msg: String) -> rustls::Error {
     ))))
 }
 
+/// The SANs of a peer certificate for [`PeerSanPolicy::check`] (per handshake: no subject or
+/// serial formatting, see [`CertSummary::sans_from_der`]).
 fn summarise(end_entity: &CertificateDer<'_>) -> Result<CertSummary, rustls::Error> {
-    CertSummary::from_der(end_entity.as_ref())
+    CertSummary::sans_from_der(end_entity.as_ref())
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
 }
 
@@ -69,10 +71,12 @@ impl PeerSanPolicy {
             let Some(id) = summary.spiffe_id() else {
                 return Err("peer certificate has no spiffe:// URI SAN".to_string());
             };
-            let ok = self
-                .trust_domains
-                .iter()
-                .any(|td| id.starts_with(&format!("{SPIFFE_PREFIX}{td}/")));
+            // `spiffe://<td>/...` without building the prefix string per handshake.
+            let rest = id.strip_prefix(SPIFFE_PREFIX).unwrap_or_default();
+            let ok = self.trust_domains.iter().any(|td| {
+                rest.strip_prefix(td.as_str())
+                    .is_some_and(|after| after.starts_with('/'))
+            });
             if !ok {
                 let tds: Vec<&str> = self.trust_domains.iter().map(String::as_str).collect();
                 return Err(format!(

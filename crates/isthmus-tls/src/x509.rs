@@ -66,6 +66,29 @@ impl CertSummary {
         Ok(Self::from_parsed(&cert))
     }
 
+    /// Parses only what SAN checks need (per handshake, in verifiers): `sans` and `is_ca` are
+    /// filled, `serial_hex`/`subject`/`issuer` are left empty and validity is 0. Skips the
+    /// distinguished-name and serial formatting that [`CertSummary::from_der`] does.
+    pub fn sans_from_der(der: &[u8]) -> Result<Self, TlsError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::BadCertificate {
+            what: "certificate".to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            sans.extend(ext.value.general_names.iter().filter_map(san_of));
+        }
+        Ok(CertSummary {
+            serial_hex: String::new(),
+            subject: String::new(),
+            issuer: String::new(),
+            sans,
+            not_before_unix: 0,
+            not_after_unix: 0,
+            is_ca: cert.is_ca(),
+        })
+    }
+
     /// Summarises an already parsed certificate.
     pub fn from_parsed(cert: &X509Certificate<'_>) -> Self {
         let mut sans = Vec::new();
@@ -117,6 +140,17 @@ impl CertSummary {
             .find(|s| s.kind == SanKind::Uri && s.value.starts_with(SPIFFE_PREFIX))
             .map(|s| s.value.as_str())
     }
+}
+
+/// The first `spiffe://` URI SAN of a DER certificate, found without building a
+/// [`CertSummary`] (this runs once per mutual-TLS handshake for the peer principal).
+pub fn spiffe_id_of_der(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let ext = cert.subject_alternative_name().ok()??;
+    ext.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with(SPIFFE_PREFIX) => Some(u.to_string()),
+        _ => None,
+    })
 }
 
 /// Serial number bytes → lowercase hex, dropping the DER sign-padding zero byte.
