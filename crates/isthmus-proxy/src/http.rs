@@ -32,8 +32,11 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bodies are buffered only when a retry policy may replay them; beyond this, no retries.
 pub const MAX_RETRY_BUFFER: usize = 1 << 20;
 
-type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub(crate) type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
+/// Serve a downstream HTTP connection: HTTP/1.1 with this crate's codec
+/// ([`crate::h1::server`]), which hands HTTP/2 (prior knowledge or ALPN `h2`, both start with
+/// the preface) and unusual HTTP/1 requests to hyper ([`serve_hyper`]).
 pub async fn serve(
     ctx: ConnCtx,
     io: Box<dyn Upstream>,
@@ -41,7 +44,19 @@ pub async fn serve(
     idle: Option<Duration>,
 ) {
     let edge = Edge::of(&ctx, &routes);
-    let ctx = Arc::new(ctx);
+    let idle = idle.unwrap_or(DEFAULT_HTTP_IDLE);
+    crate::h1::server::serve(Arc::new(ctx), io, routes, idle, edge).await
+}
+
+/// hyper's HTTP/1 + HTTP/2 server for a connection (HTTP/2, Upgrade, CONNECT, `Expect`,
+/// HTTP/1.0); `io` replays any bytes the HTTP/1.1 codec already read.
+pub(crate) async fn serve_hyper(
+    ctx: Arc<ConnCtx>,
+    io: Box<dyn Upstream>,
+    routes: Arc<RoutesRt>,
+    idle: Duration,
+    edge: Edge,
+) {
     let act = Arc::new(Activity::default());
     let act2 = act.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -60,7 +75,6 @@ pub async fn serve(
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // HCM idle timeout: close (gracefully) once no stream has been active for `idle`.
-    let idle = idle.unwrap_or(DEFAULT_HTTP_IDLE);
     let mut closing = false;
     let res = loop {
         // Timed from the end of the last stream (or the connection start).
@@ -532,13 +546,18 @@ fn wrap(resp: Response<RespBody>, fin: Finisher) -> Response<RespBody> {
     )
 }
 
-async fn handle(
+/// Route and forward one request (any downstream codec: the body type is the codec's).
+pub(crate) async fn handle<B>(
     ctx: Arc<ConnCtx>,
     routes: Arc<RoutesRt>,
-    req: Request<Incoming>,
+    req: Request<B>,
     act: Arc<Activity>,
     edge: Edge,
-) -> Response<RespBody> {
+) -> Response<RespBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let stream = ActiveStream::new(act);
     let (mut parts, body) = req.into_parts();
@@ -933,7 +952,11 @@ enum BodySrc {
 struct Limited;
 
 impl Limited {
-    async fn collect(body: Incoming, received: &AtomicU64) -> Option<Bytes> {
+    async fn collect<B>(body: B, received: &AtomicU64) -> Option<Bytes>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         let limited = http_body_util::Limited::new(body, MAX_RETRY_BUFFER);
         let b = limited.collect().await.ok()?.to_bytes();
         received.fetch_add(b.len() as u64, Ordering::Relaxed);

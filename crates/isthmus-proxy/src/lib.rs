@@ -37,6 +37,7 @@ pub mod config;
 pub mod conn;
 pub mod cors;
 pub mod fuzz_logic;
+pub mod h1;
 pub mod http;
 pub mod origdst;
 pub mod peek;
