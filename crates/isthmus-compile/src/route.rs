@@ -1210,3 +1210,53 @@ mod delegate_merge_tests {
         );
     }
 }
+
+/// `TranslateFault` details the goldens do not show (gRPC aborts, dropped parts).
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+
+    fn fault(yaml: &str) -> Option<HttpFault> {
+        let f: HttpFaultInjection =
+            serde_json::from_value(serde_json::from_str::<serde_json::Value>(yaml).expect("json"))
+                .expect("fault");
+        let snap = isthmus_model::Snapshot::build(
+            &[],
+            isthmus_api::MeshConfig::default(),
+            "cluster.local",
+        )
+        .0;
+        let node = isthmus_model::ProxyNode {
+            kind: isthmus_xds::ProxyType::Sidecar,
+            name: "t".into(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            service_account: "default".into(),
+            ip: "10.0.0.1".into(),
+            deployment: None,
+        };
+        let mut ctx = Ctx::new(&snap, &node);
+        translate_fault(&mut ctx, &isthmus_model::ConfigMeta::default(), &f)
+    }
+
+    #[test]
+    fn grpc_abort_uses_the_status_code_number() {
+        let f = fault(r#"{"abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 12.5}}}"#)
+            .expect("abort");
+        let a = f.abort.expect("abort");
+        assert_eq!((a.http_status, a.grpc_status), (None, Some(14)));
+        assert_eq!(a.percentage.map(|p| p.numerator), Some(125_000));
+        assert!(f.delay.is_none());
+    }
+
+    #[test]
+    fn unsupported_parts_are_dropped() {
+        assert!(fault(r#"{"delay": {"exponentialDelay": "1s"}}"#).is_none());
+        assert!(fault(r#"{"abort": {"http2Error": "x"}}"#).is_none());
+        let f = fault(r#"{"delay": {"fixedDelay": "1s"}, "abort": {"grpcStatus": "NOPE"}}"#)
+            .expect("delay kept");
+        assert!(f.abort.is_none());
+        let d = f.delay.expect("delay");
+        assert_eq!(d.percentage, Some(FractionalPercent::from_integer(0)));
+    }
+}
