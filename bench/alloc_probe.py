@@ -1,8 +1,20 @@
 #!/usr/bin/env python3
-"""How much of isthmus's L7 CPU is the allocator? Runs the HTTP/1.1 and HTTP/2 saturation loads
-against the same isthmus binary with glibc malloc and with jemalloc (LD_PRELOAD of Debian's
-libjemalloc2), alternating, REPEATS times; same pinning and accounting as bench.py.
-Writes $BENCH_OUT/alloc-probe.json. Usage: ISTHMUS_BIN=... HARNESS_BIN=... alloc_probe.py
+"""Memory and per-connection probes of the isthmus proxy (bench/analysis-s3-l4.md).
+
+Modes (first argument; default `l7`):
+  l7        How much of isthmus's L7 CPU is the allocator? Runs the HTTP/1.1 and HTTP/2
+            saturation loads against the same isthmus binary with glibc malloc and with jemalloc
+            (LD_PRELOAD of Debian's libjemalloc2), alternating, REPEATS times; same pinning and
+            accounting as bench.py. Writes $BENCH_OUT/alloc-probe.json.
+  idle      RSS per idle TLS passthrough connection: a fresh `isthmus proxy --concurrency 1`,
+            IDLE_N (default 1000) connections through the SNI passthrough listener, one request
+            each, held; (RSS during - RSS before) / connections, REPEATS times. Like bench.py's
+            idle scenario, without the peers; a load-independent figure (RSS, not time).
+  sni_new   Callgrind instructions of the proxy per new TLS passthrough connection (connect,
+            ClientHello peek, upstream connect, relay of one request, close), with bench/instr.py's
+            method; appends to $BENCH_OUT/instr.jsonl.
+  sni       Same for keep-alive 1 KiB requests through passthrough (bench/instr.py's `sni`).
+Usage: ISTHMUS_BIN=... HARNESS_BIN=... alloc_probe.py [l7|idle|sni_new|sni] [label]
 """
 import json
 import os
@@ -14,7 +26,7 @@ import bench  # noqa: E402
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 
 
-def main():
+def l7():
     bench.setup_files()
     nginx_base = ["nginx", "-p", bench.WORK, "-e", f"{bench.WORK}/logs/nginx-err.log", "-g", "daemon off;"]
     cmd = [bench.ISTHMUS, "proxy", "--config", f"{bench.WORK}/isthmus.json", "--admin-address", "127.0.0.1:6900"]
@@ -47,5 +59,93 @@ def main():
             print(scen, alloc, "cpu us/req", xs, "rps", rps)
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def idle(label):
+    """RSS per idle TLS passthrough connection (see the module doc)."""
+    import socket
+    import ssl
+    import time
+    import instr  # noqa: E402  (bench/instr.py: work dir, configs, process helpers)
+
+    n = int(os.environ.get("IDLE_N", "1000"))
+    instr.setup()
+    origin = instr.start(["nginx", "-p", instr.WORK, "-e", f"{instr.WORK}/logs/nginx-err.log", "-g", "daemon off;",
+                          "-c", f"{instr.WORK}/origin.conf"], "origin")
+    out = []
+    try:
+        instr.wait_port(8080)
+        for rep in range(bench.REPEATS):
+            p = instr.start([instr.ISTHMUS, "proxy", "--config", f"{instr.WORK}/isthmus.json",
+                             "--admin-address", "127.0.0.1:6900", "--concurrency", "1"], "isthmus-idle")
+            try:
+                instr.wait_port(6443, 60)
+                time.sleep(0.5)
+                ctx = ssl.create_default_context(cafile=f"{instr.WORK}/ca.crt")
+                before = rss_kib(p.pid)
+                socks = []
+                for _ in range(n):
+                    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 6443), timeout=10),
+                                        server_hostname="backend.test")
+                    s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: backend.test\r\n\r\n")
+                    got = b""
+                    while b"hello from origin" not in got:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            raise ConnectionError("closed")
+                        got += chunk
+                    socks.append(s)
+                time.sleep(2)
+                during = rss_kib(p.pid)
+                for s in socks:
+                    s.close()
+                rec = {"scenario": "idle_passthrough", "label": label, "repeat": rep, "conns": n,
+                       "rss_before_kib": before, "rss_during_kib": during,
+                       "kib_per_conn": round((during - before) / n, 3),
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                print(json.dumps(rec), flush=True)
+                out.append(rec)
+            finally:
+                instr.stop(p)
+    finally:
+        instr.stop(origin)
+    os.makedirs(bench.OUT, exist_ok=True)
+    with open(os.path.join(bench.OUT, "idle-probe.jsonl"), "a") as f:
+        for r in out:
+            f.write(json.dumps(r) + "\n")
+
+
+def instructions(which, label):
+    """Callgrind instructions per request/connection through passthrough (bench/instr.py)."""
+    import instr  # noqa: E402
+
+    # One new TLS connection through SNI passthrough per request: the proxy peeks the
+    # ClientHello, connects upstream and relays; the handshake itself is the origin's.
+    instr.SCENARIOS["sni_new"] = lambda k: instr.harness("new", 6443, "/small.txt", 4, max(2, k // 40))
+    instr.setup()
+    origin = instr.start(["nginx", "-p", instr.WORK, "-e", f"{instr.WORK}/logs/nginx-err.log", "-g", "daemon off;",
+                          "-c", f"{instr.WORK}/origin.conf"], "origin")
+    try:
+        instr.wait_port(8080)
+        instr.run(which, label)
+    finally:
+        instr.stop(origin)
+
+
 if __name__ == "__main__":
-    main()
+    mode = sys.argv[1] if len(sys.argv) > 1 else "l7"
+    lab = sys.argv[2] if len(sys.argv) > 2 else "unlabelled"
+    if mode == "l7":
+        l7()
+    elif mode == "idle":
+        idle(lab)
+    elif mode in ("sni_new", "sni"):
+        instructions(mode, lab)
+    else:
+        sys.exit(f"unknown mode {mode!r}; see the module doc")
