@@ -197,6 +197,8 @@ enum Target {
 pub struct AccessLogSink {
     target: Arc<Mutex<Target>>,
     encoding: LogEncoding,
+    /// Nothing is written (`Target::Off`): callers skip building log-only fields.
+    off: bool,
 }
 
 impl AccessLogSink {
@@ -204,6 +206,7 @@ impl AccessLogSink {
         AccessLogSink {
             target: Arc::new(Mutex::new(Target::Off)),
             encoding: LogEncoding::Text,
+            off: true,
         }
     }
 
@@ -214,6 +217,7 @@ impl AccessLogSink {
             AccessLogSink {
                 target: Arc::new(Mutex::new(Target::Memory(buf.clone()))),
                 encoding,
+                off: false,
             },
             buf,
         )
@@ -233,7 +237,13 @@ impl AccessLogSink {
         Ok(AccessLogSink {
             target: Arc::new(Mutex::new(target)),
             encoding: c.encoding,
+            off: false,
         })
+    }
+
+    /// Whether lines are written at all (fields only the log shows need not be built).
+    pub fn is_on(&self) -> bool {
+        !self.off
     }
 
     pub fn write(&self, e: &LogEntry) {

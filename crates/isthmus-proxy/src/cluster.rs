@@ -146,6 +146,22 @@ pub struct ClusterRuntime {
     created: Instant,
     /// Whether the interval-timer task runs (it stops when nothing is ejected or backed off).
     ticker_on: std::sync::atomic::AtomicBool,
+    /// The per-request stat cells, resolved on this cluster's first request (a sidecar holds
+    /// thousands of clusters that never see one, so nothing is allocated up front).
+    hot: std::sync::OnceLock<Box<HotStats>>,
+}
+
+/// Cells of the stats every proxied request touches. Looking them up by name cost a string
+/// build, a lock and a map search each, five times per request; the cells themselves are the
+/// same atomics `/stats` renders, and each is created on first use as before.
+#[derive(Default)]
+struct HotStats {
+    rq_total: std::sync::OnceLock<crate::stats::Counter>,
+    rq_active: std::sync::OnceLock<crate::stats::Counter>,
+    /// `upstream_rq_{1..5}xx`.
+    class: [std::sync::OnceLock<crate::stats::Counter>; 6],
+    /// `upstream_rq_<code>` for the (few) codes seen.
+    codes: std::sync::Mutex<Vec<(u16, crate::stats::Counter)>>,
 }
 
 /// Envoy names the stat prefix `cluster.<name>.`.
@@ -200,7 +216,60 @@ impl ClusterRuntime {
             pool: crate::pool::Pool::default(),
             created: Instant::now(),
             ticker_on: std::sync::atomic::AtomicBool::new(false),
+            hot: std::sync::OnceLock::new(),
         }
+    }
+
+    fn hot(&self) -> &HotStats {
+        self.hot.get_or_init(Box::default)
+    }
+
+    /// `upstream_rq_total` += 1.
+    pub fn inc_rq_total(&self) {
+        self.hot()
+            .rq_total
+            .get_or_init(|| {
+                self.stats
+                    .counter(&stat(&self.spec.name, "upstream_rq_total"))
+            })
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `upstream_rq_active` gauge += `d`.
+    pub fn add_rq_active(&self, d: i64) {
+        self.hot()
+            .rq_active
+            .get_or_init(|| {
+                self.stats
+                    .gauge(&stat(&self.spec.name, "upstream_rq_active"))
+            })
+            .fetch_add(d, Ordering::Relaxed);
+    }
+
+    /// `upstream_rq_<code>` and `upstream_rq_<N>xx` += 1 for a response from upstream.
+    pub fn inc_rq_status(&self, status: u16) {
+        let hot = self.hot();
+        let class = usize::from(status / 100).min(5);
+        hot.class[class]
+            .get_or_init(|| {
+                let mut n = *b"upstream_rq_0xx";
+                n[12] = b'0' + class as u8;
+                self.stats.counter(&stat(
+                    &self.spec.name,
+                    std::str::from_utf8(&n).unwrap_or(""),
+                ))
+            })
+            .fetch_add(1, Ordering::Relaxed);
+        let mut codes = hot.codes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = codes.iter().find(|(c, _)| *c == status) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let c = self
+            .stats
+            .counter(&stat(&self.spec.name, &format!("upstream_rq_{status}")));
+        c.fetch_add(1, Ordering::Relaxed);
+        codes.push((status, c));
     }
 
     pub fn name(&self) -> &str {

@@ -468,10 +468,7 @@ struct RqGuard(Arc<ClusterRuntime>);
 impl Drop for RqGuard {
     fn drop(&mut self) {
         self.0.rq_active.fetch_sub(1, Ordering::AcqRel);
-        self.0.stats.gauge_add(
-            &crate::cluster::stat(self.0.name(), "upstream_rq_active"),
-            -1,
-        );
+        self.0.add_rq_active(-1);
     }
 }
 
@@ -573,8 +570,11 @@ where
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let method = parts.method.as_str().to_string();
+    let method = parts.method.clone();
+    let method = method.as_str();
     let downstream_version = parts.version;
+    // Fields only the access log shows are built only when a log is written.
+    let log_on = ctx.sh.log.load().is_on();
     // Header handling a proxy owes: hop-by-hop removal, x-request-id, x-forwarded-for/proto.
     // HTTP/1.1 Upgrade (websocket): remembered before hop-by-hop headers go.
     let upgrade = if parts.version == Version::HTTP_11
@@ -603,12 +603,14 @@ where
     let scheme = if ctx.tls_terminated { "https" } else { "http" };
     let mut entry = LogEntry {
         start_time: Some(ctx.start.max(SystemTime::now())),
-        method: Some(method.clone()),
-        path: Some(path.clone()),
-        protocol: Some(proto(downstream_version).to_string()),
+        method: log_on.then(|| method.to_string()),
+        path: log_on.then(|| path.clone()),
+        protocol: log_on.then(|| proto(downstream_version).to_string()),
         x_forwarded_for: xff,
-        user_agent: hdr(&parts.headers, "user-agent"),
-        request_id: hdr(&parts.headers, "x-request-id"),
+        user_agent: hdr(&parts.headers, "user-agent").filter(|_| log_on),
+        request_id: log_on
+            .then(|| hdr(&parts.headers, "x-request-id"))
+            .flatten(),
         authority: Some(authority.clone()),
         downstream_local_address: Some(ctx.local),
         downstream_remote_address: Some(ctx.peer),
@@ -637,7 +639,7 @@ where
         );
         return wrap(redirect_reply(301, &loc), fin(entry, None, None));
     }
-    let route = vhost.and_then(|v| v.route(&method, &authority, &path, &parts.headers));
+    let route = vhost.and_then(|v| v.route(method, &authority, &path, &parts.headers));
     let Some(route) = route else {
         entry.response_code = 404;
         entry.add_flag("NR");
@@ -724,7 +726,7 @@ where
         entry.response_code_details = Some("cluster_not_found".into());
         return wrap(local_reply(503, ""), fin(entry, None, None));
     };
-    cluster.inc("upstream_rq_total");
+    cluster.inc_rq_total();
     // maxRequests breaker (mostly HTTP/2): beyond it, 503 UO.
     let max_rq = cluster.spec.circuit_breakers.max_requests as i64;
     if cluster.rq_active.fetch_add(1, Ordering::AcqRel) >= max_rq {
@@ -743,10 +745,7 @@ where
         );
         return wrap(reply, fin(entry, Some(cluster), None));
     }
-    cluster.stats.gauge_add(
-        &crate::cluster::stat(cluster.name(), "upstream_rq_active"),
-        1,
-    );
+    cluster.add_rq_active(1);
     let rq = RqGuard(cluster.clone());
     if let (Some(proto), Some(on_upgrade)) = (upgrade, on_upgrade) {
         return match upgrade_tunnel(
@@ -984,7 +983,7 @@ fn retriable_connect(p: &RetryPolicy) -> bool {
 async fn forward(
     ctx: &ConnCtx,
     cluster: &Arc<ClusterRuntime>,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     mut body: BodySrc,
     retry: &RetryPolicy,
     deadline: Option<tokio::time::Instant>,
@@ -1100,7 +1099,12 @@ async fn forward(
                 return Err((400, "bad request".into()));
             }
         };
-        *req.headers_mut() = parts.headers.clone();
+        // A single attempt takes the headers; only a possible retry needs a copy.
+        *req.headers_mut() = if max_attempts == 1 {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         if co.is_h2() {
             req.headers_mut().remove(http::header::HOST);
         } else if let Ok(v) = HeaderValue::from_str(authority) {
@@ -1161,10 +1165,7 @@ async fn forward(
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 cluster.record_result(&host, status);
-                cluster.stats.inc(&st(&format!("upstream_rq_{status}")), 1);
-                cluster
-                    .stats
-                    .inc(&st(&format!("upstream_rq_{}xx", status / 100)), 1);
+                cluster.inc_rq_status(status);
                 // Envoy never retries a response an upstream Envoy marked overloaded.
                 let overloaded = resp.headers().contains_key(X_ENVOY_OVERLOADED);
                 if retriable_status(retry, status) && retry.num_retries > 0 && !overloaded {
@@ -1185,10 +1186,10 @@ async fn forward(
                 co.release(cluster);
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
-                if let Ok(v) = HeaderValue::from_str(&service_ms.to_string()) {
-                    rp.headers
-                        .insert(HeaderName::from_static("x-envoy-upstream-service-time"), v);
-                }
+                rp.headers.insert(
+                    HeaderName::from_static("x-envoy-upstream-service-time"),
+                    HeaderValue::from(service_ms),
+                );
                 let rb: RespBody = rb.map_err(|err| -> BoxError { Box::new(err) }).boxed();
                 return Ok(Response::from_parts(rp, rb));
             }
