@@ -255,7 +255,7 @@ fn hcm(stat: &str, rds: &str) -> HttpConnectionManager {
             config_source: ConfigSource::ads(),
             route_config_name: rds.to_string(),
         }),
-        http_filters: vec![HttpFilter::router()],
+        http_filters: HttpFilter::istio_chain(),
         use_remote_address: Some(true),
         forward_client_cert_details: "SANITIZE_SET".into(),
         normalize_path: Some(true),

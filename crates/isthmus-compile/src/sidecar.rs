@@ -160,7 +160,7 @@ pub fn build(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
                     config_source: ConfigSource::ads(),
                     route_config_name: port.to_string(),
                 }),
-                http_filters: vec![HttpFilter::router()],
+                http_filters: HttpFilter::istio_chain(),
                 use_remote_address: Some(false),
                 forward_client_cert_details: "APPEND_FORWARD".into(),
                 normalize_path: Some(true),
@@ -550,7 +550,7 @@ fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
     vec![Filter::http_connection_manager(HttpConnectionManager {
         stat_prefix: format!("inbound_0.0.0.0_{target}"),
         route_config: Some(route),
-        http_filters: vec![HttpFilter::router()],
+        http_filters: HttpFilter::istio_chain(),
         use_remote_address: Some(false),
         forward_client_cert_details: "APPEND_FORWARD".into(),
         set_current_client_cert_details: Some(

@@ -279,6 +279,24 @@ impl HttpFilter {
             typed_config: serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}),
         }
     }
+
+    /// The HCM filter list istiod writes (`buildHTTPConnectionManager`): CORS, fault, router, in
+    /// that order, on every HTTP connection manager. The CORS and fault filters do nothing
+    /// until a route's `typedPerFilterConfig` configures them (VirtualService `corsPolicy` /
+    /// `fault`), and CORS before fault means a fault abort still carries the CORS headers.
+    pub fn istio_chain() -> Vec<HttpFilter> {
+        vec![
+            HttpFilter {
+                name: crate::route::CORS_FILTER.into(),
+                typed_config: serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}),
+            },
+            HttpFilter {
+                name: crate::route::FAULT_FILTER.into(),
+                typed_config: serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}),
+            },
+            HttpFilter::router(),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
