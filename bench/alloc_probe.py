@@ -59,6 +59,32 @@ def l7():
             print(scen, alloc, "cpu us/req", xs, "rps", rps)
 
 
+# PROBE_PORT_OFFSET moves every port of the probe (origin 8080/8082/8443, proxy 6080/6443/6445)
+# by this much, so a probe can run while another bench's origin holds the standard ports
+# (nginx binds them with reuseport, so a second origin would silently share them).
+OFF = int(os.environ.get("PROBE_PORT_OFFSET", "0"))
+
+
+def setup_instr():
+    """bench/instr.py's setup, with the ports moved by PROBE_PORT_OFFSET."""
+    import re
+    import instr  # noqa: E402
+
+    instr.setup()
+    if OFF:
+        for name in ("origin.conf", "isthmus.json"):
+            path = os.path.join(instr.WORK, name)
+            with open(path) as f:
+                text = f.read()
+            text = re.sub(r"127\.0\.0\.1:(\d{4})\b", lambda m: f"127.0.0.1:{int(m.group(1)) + OFF}", text)
+            text = re.sub(r'"port": (\d{4})\b', lambda m: f'"port": {int(m.group(1)) + OFF}', text)
+            with open(path, "w") as f:
+                f.write(text)
+        orig_wait = instr.wait_port
+        instr.wait_port = lambda port, timeout=60: orig_wait(port + OFF, timeout)
+    return instr
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -72,10 +98,9 @@ def idle(label):
     import socket
     import ssl
     import time
-    import instr  # noqa: E402  (bench/instr.py: work dir, configs, process helpers)
 
     n = int(os.environ.get("IDLE_N", "1000"))
-    instr.setup()
+    instr = setup_instr()
     origin = instr.start(["nginx", "-p", instr.WORK, "-e", f"{instr.WORK}/logs/nginx-err.log", "-g", "daemon off;",
                           "-c", f"{instr.WORK}/origin.conf"], "origin")
     out = []
@@ -83,7 +108,7 @@ def idle(label):
         instr.wait_port(8080)
         for rep in range(bench.REPEATS):
             p = instr.start([instr.ISTHMUS, "proxy", "--config", f"{instr.WORK}/isthmus.json",
-                             "--admin-address", "127.0.0.1:6900", "--concurrency", "1"], "isthmus-idle")
+                             "--admin-address", f"127.0.0.1:{6900 + OFF}", "--concurrency", "1"], "isthmus-idle")
             try:
                 instr.wait_port(6443, 60)
                 time.sleep(0.5)
@@ -91,7 +116,7 @@ def idle(label):
                 before = rss_kib(p.pid)
                 socks = []
                 for _ in range(n):
-                    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 6443), timeout=10),
+                    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 6443 + OFF), timeout=10),
                                         server_hostname="backend.test")
                     s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: backend.test\r\n\r\n")
                     got = b""
@@ -122,13 +147,14 @@ def idle(label):
 
 
 def instructions(which, label):
-    """Callgrind instructions per request/connection through passthrough (bench/instr.py)."""
-    import instr  # noqa: E402
+    """Callgrind instructions per request/connection through passthrough (bench/instr.py).
+    The proxy's admin port stays 6900 (instr.py's command line)."""
 
     # One new TLS connection through SNI passthrough per request: the proxy peeks the
     # ClientHello, connects upstream and relays; the handshake itself is the origin's.
-    instr.SCENARIOS["sni_new"] = lambda k: instr.harness("new", 6443, "/small.txt", 4, max(2, k // 40))
-    instr.setup()
+    instr = setup_instr()
+    instr.SCENARIOS["sni_new"] = lambda k: instr.harness("new", 6443 + OFF, "/small.txt", 4, max(2, k // 40))
+    instr.SCENARIOS["sni"] = lambda k: instr.harness("keepalive", 6443 + OFF, "/1k.txt", 4, max(2, k // 200))
     origin = instr.start(["nginx", "-p", instr.WORK, "-e", f"{instr.WORK}/logs/nginx-err.log", "-g", "daemon off;",
                           "-c", f"{instr.WORK}/origin.conf"], "origin")
     try:

@@ -23,7 +23,7 @@
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -451,19 +451,36 @@ impl TcpDir {
                     &mut fallback
                 }
             };
-            let n = match r.try_read(buf) {
+            // A short read drained the socket, so its readiness is cleared right away (the
+            // closure reports WouldBlock after the read): no extra `read` returning EAGAIN per
+            // message. `try_io` clears with the readiness tick taken before the read, like
+            // tokio's own `try_read`, so an event that arrives meanwhile is kept, and a seen
+            // EOF (read-closed) is never cleared.
+            let len = buf.len();
+            let mut got = 0usize;
+            let res = r.try_io(Interest::READABLE, || {
+                let sock = socket2::SockRef::from(r);
+                got = (&*sock).read(&mut buf[..])?;
+                if got > 0 && got < len {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(got)
+                }
+            });
+            let n = match res {
                 Ok(0) => {
                     self.read_done = true;
                     return;
                 }
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     self.read_done = true;
                     return;
                 }
             };
-            if n == buf.len() && self.mode == Mode::Copy {
+            if n == len && self.mode == Mode::Copy {
                 self.mode = Mode::Splice;
             }
             // Write at once (the common case takes it all); keep only what the socket left.
