@@ -3,7 +3,8 @@
 //! routes, terminating TLS/TCP servers from `tcp` routes, RDS `http.<port>` /
 //! `https.<port>.<name>.<gw>.<ns>`, and the 404 `blackhole` virtual host.
 
-use crate::route::{is_catch_all, l4_applies, tcp_proxy_for, translate_http, RouteCtx};
+use crate::route::{is_catch_all, l4_applies, tcp_proxy_for, RouteCtx};
+use crate::routecache::{gateway_vhost, http_routes};
 use crate::scope::Ctx;
 use crate::{diag, tls};
 use isthmus_api::istio::Server;
@@ -510,7 +511,9 @@ fn missed(ctx: &mut Ctx, e: &Entry, wanted: &str) {
 }
 
 fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfiguration {
-    let mut vhosts: BTreeMap<String, (u32, Vec<Route>)> = BTreeMap::new();
+    // host → (port, route tables of the VSs bound to it, each shared or this proxy's own).
+    type Tables = Vec<(std::sync::Arc<Vec<Route>>, Option<usize>)>;
+    let mut vhosts: BTreeMap<String, (u32, Tables)> = BTreeMap::new();
     let vss = ctx.virtual_services.clone();
     for e in &entries {
         let gw_set: BTreeSet<String> = BTreeSet::from([e.gw_name()]);
@@ -529,23 +532,16 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
                 }
                 continue;
             }
-            let (routes, _) = translate_http(ctx, vs, &rc, e.port);
-            if routes.is_empty() {
+            let r = http_routes(ctx, vs, &rc, e.port);
+            if r.routes.is_empty() {
                 continue;
             }
-            // The last host takes the routes by move: one VS host per server is the norm.
-            let last = hosts.len() - 1;
-            let mut routes = Some(routes);
-            for (k, h) in hosts.into_iter().enumerate() {
-                let entry = vhosts.entry(h).or_insert_with(|| (e.port, Vec::new()));
-                match (k == last, routes.as_ref()) {
-                    (false, Some(r)) => entry.1.extend(r.iter().cloned()),
-                    _ => {
-                        if let Some(r) = routes.take() {
-                            entry.1.extend(r);
-                        }
-                    }
-                }
+            for h in hosts {
+                vhosts
+                    .entry(h)
+                    .or_insert_with(|| (e.port, Vec::new()))
+                    .1
+                    .push((r.routes.clone(), r.shared));
             }
         }
     }
@@ -567,41 +563,73 @@ fn route_config(ctx: &mut Ctx, name: &str, entries: Vec<&Entry>) -> RouteConfigu
         ignore_port_in_host_matching: true,
         ..Default::default()
     };
-    for (host, (port, mut routes)) in vhosts {
-        // Several VSs for one host: catch-all routes move to the end (SortVHostRoutes).
-        // Skipped when no catch-all precedes another route (the common single-VS case).
-        let catch_first = routes
-            .iter()
-            .position(|r| is_catch_all(&r.r#match))
-            .is_some_and(|i| routes[i + 1..].iter().any(|r| !is_catch_all(&r.r#match)));
-        let normal = if catch_first {
-            let (mut normal, catch): (Vec<Route>, Vec<Route>) =
-                routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
-            normal.extend(catch);
-            normal
-        } else {
-            routes
-        };
+    for (host, (port, tables)) in vhosts {
         let require_tls = if redirect.contains_key(&host) {
             "ALL".to_string()
         } else {
             String::new()
         };
-        out.virtual_hosts.push(VirtualHost {
-            name: crate::route::concat(&[&host, ":", crate::route::itoa_u32(port).as_str()]),
-            domains: vec![host],
-            routes: normal,
+        // One shared table (the common case: one VS per host) makes a shareable vhost.
+        if let ([(routes, Some(table))], true) = (tables.as_slice(), require_tls.is_empty()) {
+            let vh = gateway_vhost(ctx, &host, port, *table, || {
+                gateway_vhost_of(&host, port, routes.clone(), String::new())
+            });
+            out.virtual_hosts.push(vh);
+            continue;
+        }
+        let routes = vhost_routes(&tables);
+        out.virtual_hosts.push(std::sync::Arc::new(gateway_vhost_of(
+            &host,
+            port,
+            routes,
             require_tls,
-            ..Default::default()
-        });
+        )));
     }
     if out.virtual_hosts.is_empty() {
         let port = entries.first().map(|e| e.port).unwrap_or(0);
-        out.virtual_hosts.push(VirtualHost {
+        out.virtual_hosts.push(std::sync::Arc::new(VirtualHost {
             name: format!("blackhole:{port}"),
             domains: vec!["*".into()],
             ..Default::default()
-        });
+        }));
     }
     out
+}
+
+/// The routes of one gateway vhost: its VSs' tables in order; with several, catch-all routes
+/// move to the end (SortVHostRoutes). One table is used as is (shared): a VS's own routes end
+/// at its first catch-all.
+fn vhost_routes(
+    tables: &[(std::sync::Arc<Vec<Route>>, Option<usize>)],
+) -> std::sync::Arc<Vec<Route>> {
+    if let [(only, _)] = tables {
+        return only.clone();
+    }
+    let mut routes: Vec<Route> = tables.iter().flat_map(|(t, _)| t.iter().cloned()).collect();
+    let catch_first = routes
+        .iter()
+        .position(|r| is_catch_all(&r.r#match))
+        .is_some_and(|i| routes[i + 1..].iter().any(|r| !is_catch_all(&r.r#match)));
+    if catch_first {
+        let (mut normal, catch): (Vec<Route>, Vec<Route>) =
+            routes.drain(..).partition(|r| !is_catch_all(&r.r#match));
+        normal.extend(catch);
+        routes = normal;
+    }
+    std::sync::Arc::new(routes)
+}
+
+fn gateway_vhost_of(
+    host: &str,
+    port: u32,
+    routes: std::sync::Arc<Vec<Route>>,
+    require_tls: String,
+) -> VirtualHost {
+    VirtualHost {
+        name: crate::route::concat(&[host, ":", crate::route::itoa_u32(port).as_str()]),
+        domains: vec![host.to_string()],
+        routes,
+        require_tls,
+        ..Default::default()
+    }
 }

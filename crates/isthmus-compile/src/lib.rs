@@ -15,6 +15,7 @@ mod gateway;
 pub mod policy;
 pub mod render;
 mod route;
+mod routecache;
 mod scope;
 pub mod secrets;
 mod sidecar;

@@ -450,7 +450,7 @@ fn route_table(routes: &[&RouteConfiguration]) -> String {
                     "404".into(),
                 ]);
             }
-            for r in &vh.routes {
+            for r in vh.routes.iter() {
                 let vs = if let Some(d) = &r.direct_response {
                     format!("{}", d.status)
                 } else {

@@ -63,7 +63,12 @@ pub struct Ctx<'a> {
     /// VirtualServices visible from the proxy namespace, oldest first.
     pub virtual_services: Vec<&'a VirtualServiceConfig>,
     /// (host, subset) pairs that some compiled route used.
-    pub used_subsets: FastSet<(&'a str, &'a str)>,
+    pub used_subsets: UsedSubsets<'a>,
+    /// While a shareable result (routes) is being built: every proxy-dependent lookup it made,
+    /// so that another proxy can check the result applies to it too (see [`DepLog`]).
+    pub(crate) deps: std::cell::RefCell<Option<DepLog>>,
+    /// The snapshot's shared route tables and vhosts (fetched once per compile).
+    pub(crate) route_cache: std::sync::Arc<crate::routecache::RouteCache>,
     /// DRs that produced clusters for this proxy, in first-use order without repeats (by
     /// address: a map keyed by names costs a string-comparing tree insert per service).
     pub applied_drs: Vec<&'a MergedDestinationRule>,
@@ -252,7 +257,12 @@ impl<'a> Ctx<'a> {
             mode,
             connect_timeout,
             virtual_services,
-            used_subsets: FastSet::with_capacity_and_hasher(2 * n, Default::default()),
+            used_subsets: UsedSubsets {
+                set: FastSet::with_capacity_and_hasher(2 * n, Default::default()),
+                ..Default::default()
+            },
+            deps: std::cell::RefCell::new(None),
+            route_cache: snap.extension::<crate::routecache::RouteCache>(),
             applied_drs: Vec::new(),
             applied_seen: FastSet::default(),
             dr_memo: FastMap::with_capacity_and_hasher(n, Default::default()),
@@ -278,7 +288,31 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn service(&self, host: &str) -> Option<&'a Service> {
-        self.by_host.get(host).copied()
+        let s = self.by_host.get(host).copied();
+        if let Some(log) = self.deps.borrow_mut().as_mut() {
+            log.services.push((host.to_string(), addr_of(s)));
+        }
+        s
+    }
+
+    /// Whether every lookup in `log` gives this proxy the same answer it gave the proxy the
+    /// log was recorded for (then a result built from those lookups is this proxy's too).
+    pub(crate) fn replays(&mut self, log: &DepLog) -> bool {
+        let by_host = &self.by_host;
+        if !log
+            .services
+            .iter()
+            .all(|(h, a)| addr_of(by_host.get(h.as_str()).copied()) == *a)
+        {
+            return false;
+        }
+        let snap = self.snap;
+        log.drs
+            .iter()
+            .all(|(idx, a)| match snap.services.get(*idx) {
+                Some(svc) => addr_of(self.destination_rule(svc)) == *a,
+                None => false,
+            })
     }
 
     /// Records that `dr` produced clusters for this proxy.
@@ -294,13 +328,33 @@ impl<'a> Ctx<'a> {
     /// The merged DestinationRule this proxy uses for `svc` (outbound), memoised per compile.
     pub fn destination_rule(&mut self, svc: &'a Service) -> Option<&'a MergedDestinationRule> {
         let key = svc as *const Service as usize;
-        if let Some(d) = self.dr_memo.get(&key) {
-            return *d;
+        let d = match self.dr_memo.get(&key) {
+            Some(d) => *d,
+            None => {
+                let d = self
+                    .snap
+                    .destination_rule(&self.proxy.namespace, &self.proxy.labels, svc);
+                self.dr_memo.insert(key, d);
+                d
+            }
+        };
+        if let Some(log) = self.deps.get_mut().as_mut() {
+            // The index in `snap.services` names the service without a pointer; a service
+            // that is not the snapshot's own (never the case today) makes the log unusable.
+            let base = self.snap.services.as_ptr() as usize;
+            let size = std::mem::size_of::<Service>().max(1);
+            let idx = key.wrapping_sub(base) / size;
+            if self
+                .snap
+                .services
+                .get(idx)
+                .is_some_and(|s| std::ptr::eq(s, svc))
+            {
+                log.drs.push((idx, addr_of(d)));
+            } else {
+                log.foreign = true;
+            }
         }
-        let d = self
-            .snap
-            .destination_rule(&self.proxy.namespace, &self.proxy.labels, svc);
-        self.dr_memo.insert(key, d);
         d
     }
 
@@ -357,6 +411,67 @@ impl<'a> Ctx<'a> {
             }
         }
         self.diags.extend(out);
+    }
+}
+
+/// The address of a snapshot object, 0 for none: lookups are compared by identity (the
+/// snapshot is immutable, so addresses are stable for its lifetime).
+pub(crate) fn addr_of<T>(x: Option<&T>) -> usize {
+    x.map_or(0, |x| x as *const T as usize)
+}
+
+/// The proxy-dependent lookups made while building one shareable result: which service each
+/// host name resolved to for the proxy (visibility: exportTo, Sidecar egress hosts, namespace
+/// preference) and which DestinationRule it selected for a service (namespace precedence,
+/// workloadSelector). Direct reads of the proxy's labels or namespace are not seen here; the
+/// caller keys on them itself.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DepLog {
+    pub services: Vec<(String, usize)>,
+    /// (index in `snap.services`, address of the selected merged DR or 0).
+    pub drs: Vec<(usize, usize)>,
+    /// A lookup that could not be logged: the result must not be shared.
+    pub foreign: bool,
+}
+
+/// (host, subset) pairs some compiled route of this proxy targets. Shared route tables replay
+/// the pairs their build recorded ([`UsedSubsets::replay`]), so the `SubsetNotRouted`
+/// diagnostics do not depend on whether a proxy built its routes or reused them.
+#[derive(Default)]
+pub struct UsedSubsets<'a> {
+    set: FastSet<(&'a str, &'a str)>,
+    replayed: FastMap<String, FastSet<String>>,
+    /// Pairs inserted while recording (a shareable build in progress).
+    pub(crate) log: Option<Vec<(String, String)>>,
+}
+
+impl<'a> UsedSubsets<'a> {
+    pub fn insert(&mut self, pair: (&'a str, &'a str)) -> bool {
+        if let Some(log) = self.log.as_mut() {
+            log.push((pair.0.to_string(), pair.1.to_string()));
+        }
+        self.set.insert(pair)
+    }
+
+    pub fn contains(&self, pair: &(&str, &str)) -> bool {
+        self.set.contains(pair)
+            || self
+                .replayed
+                .get(pair.0)
+                .is_some_and(|s| s.contains(pair.1))
+    }
+
+    /// Marks pairs a reused result's build recorded.
+    pub(crate) fn replay(&mut self, pairs: &[(String, String)]) {
+        for (h, s) in pairs {
+            if self.contains(&(h.as_str(), s.as_str())) {
+                continue;
+            }
+            self.replayed
+                .entry(h.clone())
+                .or_default()
+                .insert(s.clone());
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! (reference §5, §6).
 
 use crate::route::{default_route, l4_applies, tcp_proxy_for, translate_http, RouteCtx};
+use crate::routecache::{http_routes, sidecar_vhost};
 use crate::scope::{Ctx, OutboundMode};
 use crate::{diag, tls};
 use isthmus_api::Severity;
@@ -13,6 +14,7 @@ use isthmus_xds::listener::HttpFilter;
 use isthmus_xds::route::MaxStreamDuration;
 use isthmus_xds::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 fn catch_all_cluster(ctx: &Ctx) -> &'static str {
     match ctx.mode {
@@ -333,13 +335,13 @@ fn seen_sni_covers(chains: &[FilterChain], host: &str) -> bool {
 
 /// Domains of a service's vhost (`generateVirtualHostDomains`): FQDN, the short forms a client
 /// in the proxy's namespace can use, and the VIP.
-fn domains_for(ctx: &Ctx, svc: &Service) -> Vec<String> {
+fn domains_for(ctx: &Ctx, svc: &Service, short: bool) -> Vec<String> {
     let mut d = Vec::with_capacity(5);
     d.push(svc.hostname.clone());
     if svc.registry == Registry::Kubernetes {
         if let Some(base) = svc.hostname.strip_suffix(ctx.svc_suffix.as_str()) {
             if let Some((name, ns)) = base.split_once('.') {
-                if ns == ctx.proxy.namespace {
+                if short {
                     d.push(name.to_string());
                 }
                 d.push(crate::route::concat(&[name, ".", ns, ".svc"]));
@@ -351,6 +353,17 @@ fn domains_for(ctx: &Ctx, svc: &Service) -> Vec<String> {
         d.push(v.to_string());
     }
     d
+}
+
+/// Whether a client in the proxy's namespace reaches `svc` by its bare name (the one domain of
+/// a service vhost that depends on the proxy).
+fn short_name_applies(ctx: &Ctx, svc: &Service) -> bool {
+    svc.registry == Registry::Kubernetes
+        && svc
+            .hostname
+            .strip_suffix(ctx.svc_suffix.as_str())
+            .and_then(|base| base.split_once('.'))
+            .is_some_and(|(_, ns)| ns == ctx.proxy.namespace)
 }
 
 fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
@@ -373,28 +386,37 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
         if !p.protocol.is_http() {
             continue;
         }
-        let routes = match ctx
+        // The VS's routes (shared with other proxies when they depend on nothing that differs),
+        // else the default route (a function of the service and port: table id 0).
+        let (routes, table) = match ctx
             .mesh_vs_for(&svc.hostname)
             .filter(|v| !v.spec.http.is_empty())
         {
-            Some(vs) => translate_http(ctx, vs, &rctx, port).0,
-            None => vec![default_route(
-                &crate::route::cluster_name(port, "", &svc.hostname),
-                &svc.hostname,
-                port,
-            )],
+            Some(vs) => {
+                let r = http_routes(ctx, vs, &rctx, port);
+                (Some(r.routes), r.shared)
+            }
+            None => (None, Some(0)),
         };
-        rc.virtual_hosts.push(VirtualHost {
+        let short = short_name_applies(ctx, svc);
+        let vh = sidecar_vhost(ctx, svc, port, short, table, || VirtualHost {
             name: crate::route::concat(&[
                 &svc.hostname,
                 ":",
                 crate::route::itoa_u32(port).as_str(),
             ]),
-            domains: domains_for(ctx, svc),
-            routes,
+            domains: domains_for(ctx, svc, short),
+            routes: routes.unwrap_or_else(|| {
+                Arc::new(vec![default_route(
+                    &crate::route::cluster_name(port, "", &svc.hostname),
+                    &svc.hostname,
+                    port,
+                )])
+            }),
             include_request_attempt_count_in_response: true,
             ..Default::default()
         });
+        rc.virtual_hosts.push(vh);
     }
     // Hosts that are not services get a vhost on port 80 only (istiod's defaulting for unknown
     // hosts); a wildcard that covers a known service has already been applied to it.
@@ -433,13 +455,13 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
                     continue;
                 }
                 let (routes, _) = translate_http(ctx, vs, &rctx, port);
-                rc.virtual_hosts.push(VirtualHost {
+                rc.virtual_hosts.push(Arc::new(VirtualHost {
                     name: format!("{h}:{port}"),
                     domains: vec![h.clone()],
-                    routes,
+                    routes: Arc::new(routes),
                     include_request_attempt_count_in_response: true,
                     ..Default::default()
-                });
+                }));
             }
         }
     }
@@ -447,7 +469,7 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
         OutboundMode::AllowAny => VirtualHost {
             name: names::ALLOW_ANY.into(),
             domains: vec!["*".into()],
-            routes: vec![Route {
+            routes: Arc::new(vec![Route {
                 name: names::ALLOW_ANY.into(),
                 r#match: RouteMatch {
                     prefix: Some("/".into()),
@@ -463,14 +485,14 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }],
+            }]),
             include_request_attempt_count_in_response: true,
             ..Default::default()
         },
         OutboundMode::RegistryOnly => VirtualHost {
             name: names::BLOCK_ALL.into(),
             domains: vec!["*".into()],
-            routes: vec![Route {
+            routes: Arc::new(vec![Route {
                 name: names::BLOCK_ALL.into(),
                 r#match: RouteMatch {
                     prefix: Some("/".into()),
@@ -481,12 +503,12 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
                     body: None,
                 }),
                 ..Default::default()
-            }],
+            }]),
             include_request_attempt_count_in_response: true,
             ..Default::default()
         },
     };
-    rc.virtual_hosts.push(catch);
+    rc.virtual_hosts.push(Arc::new(catch));
     rc
 }
 
@@ -523,10 +545,10 @@ fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
     let route = RouteConfiguration {
         name: cfg_name.to_string(),
         validate_clusters: Some(false),
-        virtual_hosts: vec![VirtualHost {
+        virtual_hosts: vec![Arc::new(VirtualHost {
             name: format!("inbound|http|{target}"),
             domains: vec!["*".into()],
-            routes: vec![Route {
+            routes: Arc::new(vec![Route {
                 name: "default".into(),
                 r#match: RouteMatch {
                     prefix: Some("/".into()),
@@ -542,9 +564,9 @@ fn inbound_filters(target: u32, http: bool, cfg_name: &str) -> Vec<Filter> {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }],
+            }]),
             ..Default::default()
-        }],
+        })],
         ..Default::default()
     };
     vec![Filter::http_connection_manager(HttpConnectionManager {

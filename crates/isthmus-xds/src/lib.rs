@@ -97,7 +97,7 @@ pub struct ProxyConfig {
 
 /// Serde for `Vec<Arc<T>>` as a plain list of `T` (without serde's `rc` feature, which would
 /// change serde's features, and so rebuild every crate using serde, across the workspace).
-mod arc_vec {
+pub(crate) mod arc_vec {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::sync::Arc;
 
@@ -121,6 +121,22 @@ mod arc_vec {
             .into_iter()
             .map(Arc::new)
             .collect())
+    }
+}
+
+/// Serde for `Arc<T>` as `T` (see [`arc_vec`]).
+pub(crate) mod arc_val {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+        (**v).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Arc<T>, D::Error> {
+        Ok(Arc::new(T::deserialize(d)?))
     }
 }
 
@@ -344,7 +360,7 @@ mod tests {
         let rc = RouteConfiguration {
             name: "80".into(),
             ignore_port_in_host_matching: true,
-            virtual_hosts: vec![
+            virtual_hosts: [
                 VirtualHost {
                     name: "a".into(),
                     domains: vec!["a.example".into()],
@@ -360,7 +376,9 @@ mod tests {
                     domains: vec!["*".into()],
                     ..Default::default()
                 },
-            ],
+            ]
+            .map(std::sync::Arc::new)
+            .into(),
             ..Default::default()
         };
         assert_eq!(rc.find_virtual_host("a.example:80").unwrap().name, "a");

@@ -10,8 +10,12 @@ use std::sync::Arc;
 #[serde(rename_all = "camelCase", default)]
 pub struct RouteConfiguration {
     pub name: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub virtual_hosts: Vec<VirtualHost>,
+    /// Shared (`Arc`): a virtual host depends on the service, the VirtualService and a few
+    /// proxy properties only, so proxies compiled from one snapshot reuse them (10k vhosts per
+    /// proxy in a mesh of 10k services). Serialised as plain objects; edit one with
+    /// `Arc::make_mut`.
+    #[serde(skip_serializing_if = "Vec::is_empty", with = "crate::arc_vec")]
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validate_clusters: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,13 +55,17 @@ impl RouteConfiguration {
                 };
                 if let Some((r, l)) = rank {
                     if best.is_none_or(|(br, bl, _)| (r, l) > (br, bl)) {
-                        best = Some((r, l, vh));
+                        best = Some((r, l, &**vh));
                     }
                 }
             }
         }
         best.map(|(_, _, v)| v)
     }
+}
+
+fn is_empty_arc<T>(v: &Arc<Vec<T>>) -> bool {
+    v.is_empty()
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -78,8 +86,10 @@ fn strip_port(authority: &str) -> &str {
 pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
+    /// Shared (`Arc`) with the compiler's per-snapshot route tables: a VirtualService's
+    /// translated routes serve every proxy that resolves them alike. Serialised as a plain list.
+    #[serde(skip_serializing_if = "is_empty_arc", with = "crate::arc_val")]
+    pub routes: Arc<Vec<Route>>,
     #[serde(skip_serializing_if = "is_false")]
     pub include_request_attempt_count_in_response: bool,
     /// `ALL` / `EXTERNAL_ONLY` (gateway `httpsRedirect`).
