@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +18,7 @@ use crate::peek::{self, Peek, PrefixedStream};
 pub use crate::relay::Down;
 use crate::relay::{EndReason, Relay};
 use crate::runtime::{ConnFacts, Runtime};
+use crate::stats::Counter;
 use crate::telemetry::{self, StreamFacts};
 use crate::Shared;
 
@@ -35,7 +37,7 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Built once per listener, not per connection (stat names, the bound address).
-    let names = Arc::new(ListenerNames::new(name, l.local_addr().ok()));
+    let names = Arc::new(ListenerNames::new(&sh, name, l.local_addr().ok()));
     loop {
         tokio::select! {
             r = l.accept() => match r {
@@ -71,10 +73,11 @@ async fn conn_task<F: std::future::Future<Output = Option<L4Conn>>>(setup: Pin<B
 /// Per-listener names, shared by its connections.
 pub struct ListenerNames {
     pub name: String,
-    /// `listener.<addr>_<port>.downstream_cx_total` (Envoy names listener stats after the
-    /// bound address).
-    cx_total: String,
-    cx_active: String,
+    /// `listener.<addr>_<port>.downstream_cx_total` and `..._active` (Envoy names listener
+    /// stats after the bound address): the cells themselves, so a connection bumps atomics
+    /// instead of looking names up under the stats lock.
+    cx_total: Counter,
+    cx_active: Counter,
     no_match: String,
     ssl_error: String,
     /// The bound address when it is a specific one: then it is every accepted socket's local
@@ -83,14 +86,14 @@ pub struct ListenerNames {
 }
 
 impl ListenerNames {
-    fn new(name: String, bound: Option<SocketAddr>) -> ListenerNames {
+    fn new(sh: &Shared, name: String, bound: Option<SocketAddr>) -> ListenerNames {
         let prefix = match bound {
             Some(a) => format!("listener.{}_{}", a.ip(), a.port()),
             None => format!("listener.{name}"),
         };
         ListenerNames {
-            cx_total: format!("{prefix}.downstream_cx_total"),
-            cx_active: format!("{prefix}.downstream_cx_active"),
+            cx_total: sh.stats.counter(&format!("{prefix}.downstream_cx_total")),
+            cx_active: sh.stats.gauge(&format!("{prefix}.downstream_cx_active")),
             no_match: format!("{prefix}.no_filter_chain_match"),
             ssl_error: format!("{prefix}.ssl.connection_error"),
             fixed_local: bound.filter(|a| !a.ip().is_unspecified() && a.port() != 0),
@@ -156,8 +159,8 @@ async fn handle(
         Some(dst) if l.spec.use_original_dst => rt.virtual_listener_for(dst).unwrap_or(l),
         _ => l,
     };
-    sh.stats.inc(&names.cx_total, 1);
-    let active = ActiveCx::new(sh.clone(), names.clone());
+    names.cx_total.fetch_add(1, Ordering::Relaxed);
+    let active = ActiveCx::new(&names.cx_active);
     let mut ctx = ConnCtx {
         sh: sh.clone(),
         rt: rt.clone(),
@@ -290,18 +293,18 @@ async fn handle(
 }
 
 /// `listener.<addr>.downstream_cx_active` for the lifetime of a connection (drain visibility).
-struct ActiveCx(Arc<Shared>, Arc<ListenerNames>);
+struct ActiveCx(Counter);
 
 impl ActiveCx {
-    fn new(sh: Arc<Shared>, names: Arc<ListenerNames>) -> Self {
-        sh.stats.gauge_add(&names.cx_active, 1);
-        ActiveCx(sh, names)
+    fn new(gauge: &Counter) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        ActiveCx(gauge.clone())
     }
 }
 
 impl Drop for ActiveCx {
     fn drop(&mut self) {
-        self.0.stats.gauge_add(&self.1.cx_active, -1);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -453,6 +456,7 @@ async fn tcp_open(
             max_dur,
         ),
         close: TcpClose {
+            sh,
             active,
             rt,
             cluster,
@@ -480,6 +484,7 @@ pub(crate) struct L4Conn {
 
 /// The facts the access-log line and the close metrics need, gathered at connect time.
 struct TcpClose {
+    sh: Arc<Shared>,
     /// Dropped before the line is written, so the gauge is settled when the line appears.
     active: ActiveCx,
     /// The config version the connection started with (node identity for the metrics).
@@ -518,6 +523,7 @@ impl L4Conn {
         // Close both sockets first (as the relay ending does in Envoy), then the slots.
         drop(relay);
         let TcpClose {
+            sh,
             active,
             rt,
             cluster,
@@ -534,7 +540,6 @@ impl L4Conn {
             peer_principal,
         } = *log;
         drop(_guard);
-        let sh = active.0.clone();
         drop(active);
         cluster.stats.inc(
             &crate::cluster::stat(cluster.name(), "upstream_cx_tx_bytes_total"),
