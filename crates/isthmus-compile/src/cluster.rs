@@ -75,41 +75,7 @@ pub fn build_clusters(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
         if let Some(d) = dr {
             ctx.applied(d);
         }
-        let key = (
-            svc as *const Service as usize,
-            dr.map_or(0, |d| d as *const MergedDestinationRule as usize),
-            gateway,
-        );
-        if let Some(hit) = cache.get(&key) {
-            cfg.clusters.extend(hit.clusters.iter().cloned());
-            cfg.endpoints.extend(hit.endpoints.iter().cloned());
-            continue;
-        }
-        let (c0, e0) = (cfg.clusters.len(), cfg.endpoints.len());
-        let (d0, s0) = (ctx.diags.len(), ctx.sds_ref_calls);
-        for port in &svc.ports {
-            if port.protocol == Protocol::Udp {
-                continue;
-            }
-            let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-            let (base, _) = port_level_ref(top, port.port);
-            build_one(ctx, cfg, svc, port, None, base, dr);
-            if let Some(d) = dr {
-                for s in &d.spec.subsets {
-                    let pol = merge_subset_ref(base, s.traffic_policy.as_ref(), port.port);
-                    build_one(ctx, cfg, svc, port, Some(s), pol, dr);
-                }
-            }
-        }
-        if ctx.diags.len() == d0 && ctx.sds_ref_calls == s0 {
-            cache.put(
-                key,
-                ServiceClusters {
-                    clusters: cfg.clusters[c0..].to_vec(),
-                    endpoints: cfg.endpoints[e0..].to_vec(),
-                },
-            );
-        }
+        service_clusters(ctx, cfg, &cache, svc, dr, gateway);
     }
     cfg.clusters.push(Arc::new(blackhole(ctx)));
     cfg.clusters.push(Arc::new(passthrough(ctx, PASSTHROUGH)));
@@ -117,6 +83,80 @@ pub fn build_clusters(ctx: &mut Ctx, cfg: &mut ProxyConfig) {
         cfg.clusters
             .push(Arc::new(passthrough(ctx, INBOUND_PASSTHROUGH)));
         build_inbound(ctx, cfg);
+    }
+}
+
+/// The outbound clusters of `svc` with `dr`, from the cache or built (and cached when the
+/// build had no side effects).
+fn service_clusters<'a>(
+    ctx: &mut Ctx<'a>,
+    cfg: &mut ProxyConfig,
+    cache: &ClusterCache,
+    svc: &'a Service,
+    dr: Option<&'a MergedDestinationRule>,
+    gateway: bool,
+) {
+    let key = (
+        svc as *const Service as usize,
+        dr.map_or(0, |d| d as *const MergedDestinationRule as usize),
+        gateway,
+    );
+    if let Some(hit) = cache.get(&key) {
+        cfg.clusters.extend(hit.clusters.iter().cloned());
+        cfg.endpoints.extend(hit.endpoints.iter().cloned());
+        return;
+    }
+    let (c0, e0) = (cfg.clusters.len(), cfg.endpoints.len());
+    let (d0, s0) = (ctx.diags.len(), ctx.sds_ref_calls);
+    for port in &svc.ports {
+        if port.protocol == Protocol::Udp {
+            continue;
+        }
+        let top = dr.and_then(|d| d.spec.traffic_policy.as_ref());
+        let (base, _) = port_level_ref(top, port.port);
+        build_one(ctx, cfg, svc, port, None, base, dr);
+        if let Some(d) = dr {
+            for s in &d.spec.subsets {
+                let pol = merge_subset_ref(base, s.traffic_policy.as_ref(), port.port);
+                build_one(ctx, cfg, svc, port, Some(s), pol, dr);
+            }
+        }
+    }
+    if ctx.diags.len() == d0 && ctx.sds_ref_calls == s0 {
+        cache.put(
+            key,
+            ServiceClusters {
+                clusters: cfg.clusters[c0..].to_vec(),
+                endpoints: cfg.endpoints[e0..].to_vec(),
+            },
+        );
+    }
+}
+
+/// Snapshot preparation ([`crate::prepare`]): the outbound clusters of every service, for
+/// gateways and sidecars, with the DestinationRule a proxy in the service's own namespace
+/// selects (no workloadSelector match). A proxy that selects another DR misses the cache
+/// (the key holds the DR) and builds its own, so this only moves work, never changes output.
+pub(crate) fn prepare(snap: &isthmus_model::Snapshot) {
+    let cache = snap.extension::<ClusterCache>();
+    let no_labels = BTreeMap::new();
+    for kind in [ProxyType::Router, ProxyType::Sidecar] {
+        let node = crate::synthetic_proxy(kind, &snap.mesh.root_namespace);
+        let mut ctx = Ctx::new(snap, &node);
+        let mut cfg = ProxyConfig::default();
+        for svc in &snap.services {
+            let dr = snap.destination_rule(&svc.namespace, &no_labels, svc);
+            service_clusters(
+                &mut ctx,
+                &mut cfg,
+                &cache,
+                svc,
+                dr,
+                kind == ProxyType::Router,
+            );
+            cfg.clusters.clear();
+            cfg.endpoints.clear();
+        }
     }
 }
 

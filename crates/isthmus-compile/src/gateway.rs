@@ -12,6 +12,7 @@ use isthmus_api::Severity;
 use isthmus_model::host::{host_matches, hosts_intersect};
 use isthmus_model::{GatewayConfig, Protocol, TargetPort, VirtualServiceConfig};
 use isthmus_xds::listener::HttpFilter;
+use isthmus_xds::ProxyType;
 use isthmus_xds::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -631,5 +632,48 @@ fn gateway_vhost_of(
         routes,
         require_tls,
         ..Default::default()
+    }
+}
+
+/// Snapshot preparation ([`crate::prepare`]): the route tables and vhosts of every HTTP(S)
+/// server of every Gateway, one server at a time, for a label-less gateway proxy in the
+/// Gateway's namespace. A gateway proxy whose lookups differ, or that merges several servers
+/// on one port into one vhost, builds what it misses itself.
+pub(crate) fn prepare(snap: &isthmus_model::Snapshot) {
+    let mut by_ns: BTreeMap<&str, Vec<&GatewayConfig>> = BTreeMap::new();
+    for gw in &snap.gateways {
+        by_ns
+            .entry(gw.meta.namespace.as_str())
+            .or_default()
+            .push(gw);
+    }
+    for (ns, gws) in by_ns {
+        let node = crate::synthetic_proxy(ProxyType::Router, ns);
+        let mut ctx = Ctx::new(snap, &node);
+        for gw in gws {
+            for (i, s) in gw.spec.servers.iter().enumerate() {
+                let Some(p) = &s.port else { continue };
+                let mut e = Entry {
+                    gw,
+                    index: i,
+                    server: s,
+                    port: p.number,
+                    port_name: p.name.clone(),
+                    protocol: Protocol::parse(&p.protocol),
+                    target: p.number,
+                    bind: s.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                    gw_key: String::new(),
+                    pairs: Vec::new(),
+                };
+                e.gw_key = e.gw_name();
+                e.pairs = e.host_pairs();
+                let terminating_http = s.tls.is_some()
+                    && !e.is_passthrough()
+                    && (e.protocol == Protocol::Https || e.protocol.is_http());
+                if e.is_plain_http() || terminating_http {
+                    route_config(&mut ctx, "", vec![&e]);
+                }
+            }
+        }
     }
 }
