@@ -342,6 +342,12 @@ impl Conv {
                     matcher.query_parameters.push(qm);
                 }
                 let action = if let Some(a) = &r.route {
+                    // Mirrors only copy traffic (the primary request is unaffected), so they do
+                    // not refuse the config; but the shadow service silently getting nothing
+                    // would be a surprise, hence the warning.
+                    if !a.request_mirror_policies.is_empty() {
+                        tracing::warn!(route = %what, mirrors = a.request_mirror_policies.len(), "requestMirrorPolicies (VirtualService mirror/mirrors) are not supported by this proxy; no request is mirrored");
+                    }
                     let retry_policy = a.retry_policy.as_ref().map(|rp| RetryPolicy {
                         num_retries: rp.num_retries.unwrap_or(1),
                         per_try_timeout: dur(&rp.per_try_timeout),
