@@ -1190,7 +1190,7 @@ async fn forward(
                     HeaderName::from_static("x-envoy-upstream-service-time"),
                     HeaderValue::from(service_ms),
                 );
-                let rb: RespBody = rb.map_err(|err| -> BoxError { Box::new(err) }).boxed();
+                let rb: RespBody = rb.boxed();
                 return Ok(Response::from_parts(rp, rb));
             }
         }

@@ -10,15 +10,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
 use crate::cluster::{ClusterRuntime, CxGuard, Host, UpstreamError};
+use crate::h1::client::{H1Body, H1Conn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ReqBody = BoxBody<Bytes, BoxError>;
@@ -31,16 +32,14 @@ pub struct ConnInfo {
     pub local: Option<SocketAddr>,
     pub requests: AtomicU32,
     pub expired: AtomicBool,
-    /// Wakes the connection's idle-timeout task when it leaves the idle list (checked out,
-    /// found closed or removed), so that task ends at once instead of sleeping out the idle
-    /// timeout (1h by default) once per request. Not the `ConnInfo` itself: the task must
-    /// not keep the connection's `CxGuard` alive.
-    idle_wake: Arc<Notify>,
+    /// When the connection was opened (`maxConnectionDuration`).
+    created: Instant,
     _guard: CxGuard,
 }
 
 enum Sender {
-    H1(http1::SendRequest<ReqBody>),
+    /// Taken by the exchange; the response body parks it again.
+    H1(Option<H1Conn>),
     H2(http2::SendRequest<ReqBody>),
 }
 
@@ -49,23 +48,32 @@ pub struct Checkout {
     sender: Sender,
     pub info: Arc<ConnInfo>,
     pub key: PoolKey,
+    cluster: Arc<ClusterRuntime>,
 }
 
 /// Pool key: endpoint address plus the SNI used (auto SNI makes it vary per request host).
 pub type PoolKey = (SocketAddr, Option<String>);
 
-type IdleList = Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)>;
+/// Where a finished HTTP/1.1 exchange returns its connection.
+pub struct Returner {
+    cluster: Arc<ClusterRuntime>,
+    key: PoolKey,
+}
+
 type H2Conn = (http2::SendRequest<ReqBody>, Arc<ConnInfo>);
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, IdleList>>,
+    /// Idle HTTP/1.1 connections: bare sockets (no task, no buffer), most recent last.
+    idle: Mutex<HashMap<PoolKey, Vec<H1Conn>>>,
     h2: Mutex<HashMap<PoolKey, H2Conn>>,
     /// Woken whenever a connection slot or an idle connection becomes available.
     pub notify: Notify,
     next_id: AtomicU64,
     /// Set when a new config version replaced this cluster: connections are not reused.
     draining: AtomicBool,
+    /// Whether the idle sweeper task runs (one per pool, only while connections idle).
+    sweeping: AtomicBool,
 }
 
 impl Pool {
@@ -75,7 +83,7 @@ impl Pool {
     /// Returns how many idle connections were closed.
     pub fn drain(&self) -> usize {
         self.draining.store(true, Ordering::SeqCst);
-        let idle: Vec<(http1::SendRequest<ReqBody>, Arc<ConnInfo>)> = self
+        let idle: Vec<H1Conn> = self
             .idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -83,11 +91,11 @@ impl Pool {
             .flat_map(|(_, l)| l)
             .collect();
         let n = idle.len();
-        for (_, info) in &idle {
-            info.expired.store(true, Ordering::Release);
+        for c in &idle {
+            c.info.expired.store(true, Ordering::Release);
         }
-        // Dropping the last sender of an idle HTTP/1 connection closes it; HTTP/2
-        // connections close once their in-flight streams (which hold senders) end.
+        // Dropping an idle HTTP/1 connection closes it; HTTP/2 connections close once their
+        // in-flight streams (which hold senders) end.
         drop(idle);
         for (_, (_, info)) in self.h2.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             info.expired.store(true, Ordering::Release);
@@ -101,24 +109,51 @@ impl Pool {
     }
 }
 
+/// Why an idle connection may no longer be used (counted like Envoy's close reasons).
+fn idle_expiry(cluster: &ClusterRuntime, c: &H1Conn, now: Instant) -> Option<&'static str> {
+    let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
+    if c.info.expired.load(Ordering::Acquire)
+        || max_dur.is_some_and(|d| now.saturating_duration_since(c.info.created) >= d)
+    {
+        return Some("upstream_cx_max_duration_reached");
+    }
+    if now.saturating_duration_since(c.parked_at) >= idle_timeout(cluster) {
+        return Some("upstream_cx_idle_timeout");
+    }
+    None
+}
+
+fn idle_timeout(cluster: &ClusterRuntime) -> Duration {
+    cluster
+        .spec
+        .idle_timeout
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+}
+
 impl Pool {
-    fn take_idle(&self, key: &PoolKey) -> Option<Checkout> {
+    fn take_idle(&self, cluster: &Arc<ClusterRuntime>, key: &PoolKey) -> Option<Checkout> {
         let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = g.get_mut(key)?;
-        while let Some((s, info)) = list.pop() {
-            info.idle_wake.notify_one();
-            if !s.is_closed() && s.is_ready() && !info.expired.load(Ordering::Acquire) {
+        let now = Instant::now();
+        while let Some(mut c) = list.pop() {
+            if let Some(why) = idle_expiry(cluster, &c, now) {
+                cluster.inc(why);
+                continue;
+            }
+            if c.is_alive() {
                 return Some(Checkout {
-                    sender: Sender::H1(s),
-                    info,
+                    info: c.info.clone(),
+                    sender: Sender::H1(Some(c)),
                     key: key.clone(),
+                    cluster: cluster.clone(),
                 });
             }
         }
         None
     }
 
-    fn take_h2(&self, key: &PoolKey) -> Option<Checkout> {
+    fn take_h2(&self, cluster: &Arc<ClusterRuntime>, key: &PoolKey) -> Option<Checkout> {
         let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, info)) = g.get(key) {
             if !s.is_closed() && !info.expired.load(Ordering::Acquire) {
@@ -126,6 +161,7 @@ impl Pool {
                     sender: Sender::H2(s.clone()),
                     info: info.clone(),
                     key: key.clone(),
+                    cluster: cluster.clone(),
                 });
             }
             g.remove(key);
@@ -140,12 +176,7 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(key)
         {
-            l.retain(|(_, i)| {
-                if i.id == id {
-                    i.idle_wake.notify_one();
-                }
-                i.id != id
-            });
+            l.retain(|c| c.info.id != id);
         }
         let mut g = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         if g.get(key).is_some_and(|(_, i)| i.id == id) {
@@ -162,6 +193,89 @@ impl Pool {
             .map(|v| v.len())
             .sum()
     }
+
+    /// Close idle connections past their idle timeout or maximum duration; the next
+    /// deadline, or `None` (sweeper stops) when nothing idles.
+    fn sweep(&self, cluster: &ClusterRuntime) -> Option<Instant> {
+        let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let idle = idle_timeout(cluster);
+        let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
+        let mut next: Option<Instant> = None;
+        for list in g.values_mut() {
+            list.retain(|c| match idle_expiry(cluster, c, now) {
+                Some(why) => {
+                    cluster.inc(why);
+                    false
+                }
+                None => {
+                    let mut t = c.parked_at + idle;
+                    if let Some(d) = max_dur {
+                        t = t.min(c.info.created + d);
+                    }
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                    true
+                }
+            });
+        }
+        g.retain(|_, l| !l.is_empty());
+        if next.is_none() {
+            self.sweeping.store(false, Ordering::Release);
+        }
+        next
+    }
+}
+
+/// One timer task per pool while connections idle (instead of one per parked connection):
+/// it sleeps until the earliest idle deadline and closes what expired.
+fn ensure_sweeper(cluster: &Arc<ClusterRuntime>) {
+    if cluster.pool.sweeping.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak = Arc::downgrade(cluster);
+    tokio::spawn(async move {
+        loop {
+            let next = match weak.upgrade() {
+                Some(c) => c.pool.sweep(&c),
+                None => return,
+            };
+            match next {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => return,
+            }
+        }
+    });
+}
+
+/// Return a connection whose exchange completed to the idle list, honouring draining,
+/// `maxRequestsPerConnection` and `maxConnectionDuration`.
+pub fn park(ret: Returner, mut conn: H1Conn) {
+    let Returner { cluster, key } = ret;
+    if cluster.pool.is_draining() {
+        return; // replaced cluster: this exchange finished, the connection closes
+    }
+    let max_rq = cluster.spec.max_requests_per_connection.unwrap_or(0);
+    if max_rq > 0 && conn.info.requests.load(Ordering::Acquire) >= max_rq {
+        cluster.inc("upstream_cx_max_requests");
+        return;
+    }
+    let now = Instant::now();
+    conn.parked_at = now;
+    if let Some(why) = idle_expiry(&cluster, &conn, now) {
+        cluster.inc(why);
+        return;
+    }
+    conn.shrink();
+    cluster
+        .pool
+        .idle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .push(conn);
+    cluster.pool.notify.notify_waiters();
+    ensure_sweeper(&cluster);
 }
 
 /// Get a connection to `host`: reuse an idle one, open a new one within `maxConnections`, or
@@ -174,6 +288,14 @@ pub async fn acquire(
     wait: Option<Duration>,
 ) -> Result<Checkout, UpstreamError> {
     let key: PoolKey = (addr, sni);
+    // Fast path: an idle connection, without arming the wait notification.
+    if let Some(c) = cluster
+        .pool
+        .take_h2(cluster, &key)
+        .or_else(|| cluster.pool.take_idle(cluster, &key))
+    {
+        return Ok(c);
+    }
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     let mut pending = false;
     let res = loop {
@@ -182,8 +304,8 @@ pub async fn acquire(
         notified.as_mut().enable();
         if let Some(c) = cluster
             .pool
-            .take_h2(&key)
-            .or_else(|| cluster.pool.take_idle(&key))
+            .take_h2(cluster, &key)
+            .or_else(|| cluster.pool.take_idle(cluster, &key))
         {
             break Ok(c);
         }
@@ -230,18 +352,15 @@ async fn open(
         local,
         requests: AtomicU32::new(0),
         expired: AtomicBool::new(false),
-        idle_wake: Arc::new(Notify::new()),
+        created: Instant::now(),
         _guard: guard,
     });
-    let io = TokioIo::new(io);
-    let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
-    let driver_cluster = cluster.clone();
-    let driver_info = info.clone();
     let sender = if h2 {
-        let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+        let max_dur = cluster.spec.max_connection_duration.map(|d| d.0);
+        let (s, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Connect(key.0, std::io::Error::other(e)))?;
-        spawn_driver(driver_cluster, driver_info, key.clone(), max_dur, conn);
+        spawn_driver(cluster.clone(), info.clone(), key.clone(), max_dur, conn);
         cluster
             .pool
             .h2
@@ -250,13 +369,14 @@ async fn open(
             .insert(key.clone(), (s.clone(), info.clone()));
         Sender::H2(s)
     } else {
-        let (s, conn) = http1::handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Connect(key.0, std::io::Error::other(e)))?;
-        spawn_driver(driver_cluster, driver_info, key.clone(), max_dur, conn);
-        Sender::H1(s)
+        Sender::H1(Some(H1Conn::new(io, info.clone())))
     };
-    Ok(Checkout { sender, info, key })
+    Ok(Checkout {
+        sender,
+        info,
+        key,
+        cluster: cluster.clone(),
+    })
 }
 
 fn spawn_driver<F>(
@@ -274,8 +394,8 @@ fn spawn_driver<F>(
             tokio::select! {
                 _ = &mut conn => { drop(info); return; }
                 _ = tokio::time::sleep(d) => {
-                    // Drain: no new requests; an in-flight request finishes, then the
-                    // last sender handle drops and the connection closes.
+                    // Drain: no new requests; in-flight streams finish, then the last
+                    // sender handle drops and the connection closes.
                     info.expired.store(true, Ordering::Release);
                     cluster.inc("upstream_cx_max_duration_reached");
                     cluster.pool.remove_conn(&key, info.id);
@@ -287,15 +407,61 @@ fn spawn_driver<F>(
     });
 }
 
+/// A response body from either upstream protocol.
+pub enum UpBody {
+    H1(H1Body),
+    H2(hyper::body::Incoming),
+}
+
+impl hyper::body::Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpBody::H2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| -> BoxError { Box::new(e) }),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H1(b) => b.is_end_stream(),
+            UpBody::H2(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpBody::H1(b) => b.size_hint(),
+            UpBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 impl Checkout {
+    /// Send a request and return the response head; an HTTP/1.1 response body returns the
+    /// connection to the pool when it completes.
     pub async fn send(
         &mut self,
         req: http::Request<ReqBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+    ) -> Result<http::Response<UpBody>, BoxError> {
         self.info.requests.fetch_add(1, Ordering::AcqRel);
         match &mut self.sender {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
+            Sender::H1(c) => {
+                let conn = c
+                    .take()
+                    .ok_or_else(|| -> BoxError { "connection already used".into() })?;
+                let ret = Returner {
+                    cluster: self.cluster.clone(),
+                    key: self.key.clone(),
+                };
+                let r = conn.exchange(req, ret).await?;
+                Ok(r.map(UpBody::H1))
+            }
+            Sender::H2(s) => Ok(s.send_request(req).await?.map(UpBody::H2)),
         }
     }
 
@@ -303,79 +469,19 @@ impl Checkout {
         matches!(self.sender, Sender::H2(_))
     }
 
-    /// Give the connection back once the exchange is complete (HTTP/1: when `ready()` says
-    /// the response body has been read), honouring maxRequestsPerConnection and idleTimeout.
+    /// Done with the checkout. HTTP/1.1 connections went back with their response body
+    /// ([`park`]); an HTTP/2 connection honours maxRequestsPerConnection here.
     pub fn release(self, cluster: &Arc<ClusterRuntime>) {
-        if cluster.pool.is_draining() {
-            // Replaced cluster: finish this exchange, then close (dropping the sender).
-            cluster.pool.remove_conn(&self.key, self.info.id);
-            return;
-        }
-        let max_rq = cluster.spec.max_requests_per_connection.unwrap_or(0);
-        let n = self.info.requests.load(Ordering::Acquire);
-        match self.sender {
-            Sender::H2(_) => {
-                if max_rq > 0 && n >= max_rq {
-                    cluster.inc("upstream_cx_max_requests");
-                    cluster.pool.remove_conn(&self.key, self.info.id);
-                }
+        if let Sender::H2(_) = self.sender {
+            if cluster.pool.is_draining() {
+                cluster.pool.remove_conn(&self.key, self.info.id);
+                return;
             }
-            Sender::H1(mut s) => {
-                if max_rq > 0 && n >= max_rq {
-                    cluster.inc("upstream_cx_max_requests");
-                    return; // dropping the sender closes the connection
-                }
-                let cluster = cluster.clone();
-                let info = self.info;
-                let key = self.key;
-                tokio::spawn(async move {
-                    if s.ready().await.is_err()
-                        || info.expired.load(Ordering::Acquire)
-                        || cluster.pool.is_draining()
-                    {
-                        return;
-                    }
-                    let id = info.id;
-                    let wake = info.idle_wake.clone();
-                    cluster
-                        .pool
-                        .idle
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(key.clone())
-                        .or_default()
-                        .push((s, info));
-                    cluster.pool.notify.notify_waiters();
-                    let idle = cluster
-                        .spec
-                        .idle_timeout
-                        .map(|d| d.0)
-                        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
-                    tokio::select! {
-                        // Left the idle list (reused or discarded): this idle period is over.
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(idle) => {
-                            // Idle for the whole timeout: close it.
-                            if cluster.pool.remove_idle(&key, id) {
-                                cluster.inc("upstream_cx_idle_timeout");
-                            }
-                        }
-                    }
-                });
+            let max_rq = cluster.spec.max_requests_per_connection.unwrap_or(0);
+            if max_rq > 0 && self.info.requests.load(Ordering::Acquire) >= max_rq {
+                cluster.inc("upstream_cx_max_requests");
+                cluster.pool.remove_conn(&self.key, self.info.id);
             }
         }
-    }
-}
-
-impl Pool {
-    /// Remove an idle connection (closing it); false if it is no longer in the idle list.
-    fn remove_idle(&self, key: &PoolKey, id: u64) -> bool {
-        let mut g = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(l) = g.get_mut(key) else {
-            return false;
-        };
-        let before = l.len();
-        l.retain(|(_, i)| i.id != id);
-        l.len() != before
     }
 }

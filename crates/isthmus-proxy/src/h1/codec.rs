@@ -202,6 +202,135 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<ParseOutcome, FrameError> {
     })))
 }
 
+/// A parsed response head (interim 1xx responses are skipped by the caller).
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub parts: http::response::Parts,
+    /// The body's framing; `None` = delimited by close.
+    pub body: BodyState,
+    /// The upstream keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Parse a response head at the front of `buf` (taking its bytes out of the buffer when
+/// complete). `head_request`: the request was HEAD, so the response has no body whatever its
+/// fields say (RFC 9112 §6.3).
+pub fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, FrameError> {
+    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
+    let (head_len, nh, status, version) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let base = buf.as_ptr() as usize;
+        let off = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let len = match resp.parse(&buf[..]) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD {
+                    return Err(FrameError::TooLarge);
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(FrameError::TooLarge),
+            Err(_) => return Err(FrameError::Malformed("invalid response head")),
+        };
+        let status = http::StatusCode::from_u16(resp.code.unwrap_or(0))
+            .map_err(|_| FrameError::Malformed("invalid status code"))?;
+        let version = match resp.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        let nh = resp.headers.len();
+        for (s, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            *s = [
+                off(h.name.as_bytes()),
+                h.name.len() as u32,
+                off(h.value),
+                h.value.len() as u32,
+            ];
+        }
+        (len, nh, status, version)
+    };
+    let mut length: Option<u64> = None;
+    let mut te: Option<bool> = None; // Some(final coding is chunked)
+    let mut keep_alive = version == Version::HTTP_11;
+    for s in &spans[..nh] {
+        let name = &buf[s[0] as usize..(s[0] + s[1]) as usize];
+        let value = &buf[s[2] as usize..(s[2] + s[3]) as usize];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = parse_length(value)?;
+            if length.is_some_and(|l| l != v) {
+                return Err(FrameError::Malformed("conflicting content-length values"));
+            }
+            length = Some(v);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in value.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let code = status.as_u16();
+    let body = if bodyless(code, head_request) {
+        BodyState::Done
+    } else {
+        match (te, length) {
+            (Some(true), _) => BodyState::ChunkSize,
+            (Some(false), _) => BodyState::UntilClose,
+            (None, Some(n)) => BodyState::new(Framing::Length(n)),
+            (None, None) => BodyState::UntilClose,
+        }
+    };
+    if body == BodyState::UntilClose {
+        keep_alive = false;
+    }
+    let head = buf.split_to(head_len).freeze();
+    let mut headers = HeaderMap::with_capacity(nh);
+    for s in &spans[..nh] {
+        let name = HeaderName::from_bytes(&head[s[0] as usize..(s[0] + s[1]) as usize])
+            .map_err(|_| FrameError::Malformed("invalid header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(s[2] as usize..(s[2] + s[3]) as usize))
+                .map_err(|_| FrameError::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(ResponseHead {
+        parts,
+        body,
+        keep_alive,
+    }))
+}
+
+/// Append a request head (request line and fields) without the final CRLF.
+pub fn encode_request_head(w: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    w.extend_from_slice(method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(target.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in headers {
+        if k == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        w.extend_from_slice(k.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(v.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+}
+
 /// A `Content-Length` value: ASCII digits only (no sign, no list), at most 19 of them.
 fn parse_length(v: &[u8]) -> Result<u64, FrameError> {
     let v = v.trim_ascii();
@@ -227,6 +356,8 @@ pub enum BodyState {
     ChunkEnd,
     /// After the last chunk: trailer fields until an empty line (bytes seen so far).
     Trailers(usize),
+    /// A response delimited by the connection closing (no length, not chunked).
+    UntilClose,
 }
 
 /// One step of body decoding.
@@ -262,6 +393,12 @@ impl BodyState {
         loop {
             match *self {
                 BodyState::Done => return Ok(Decoded::End),
+                BodyState::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
                 BodyState::Length(n) => {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
@@ -620,6 +757,53 @@ mod tests {
         );
         assert_eq!(st, BodyState::Done);
         assert_eq!(&buf[..], b"GET");
+    }
+
+    #[test]
+    fn response_framing() {
+        let p = |s: &[u8], head: bool| parse_response(&mut BytesMut::from(s), head);
+        let r = p(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabc",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r.parts.status.as_u16(), r.body, r.keep_alive),
+            (200, BodyState::Length(3), true)
+        );
+        let r = p(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, BodyState::Done, "HEAD has no body");
+        let r = p(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, BodyState::ChunkSize);
+        let r = p(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.body, r.keep_alive), (BodyState::UntilClose, false));
+        let r = p(b"HTTP/1.0 204 No Content\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.body, r.keep_alive), (BodyState::Done, false));
+        assert!(p(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(p(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+            .unwrap()
+            .is_none());
+        let mut w = Vec::new();
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        encode_request_head(&mut w, &Method::POST, "/x?y", &h);
+        assert_eq!(w, b"POST /x?y HTTP/1.1\r\nhost: a\r\n".to_vec());
     }
 
     #[test]

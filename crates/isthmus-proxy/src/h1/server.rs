@@ -364,8 +364,9 @@ async fn write_response(
         let data = match frame {
             None => break,
             Some(Err(e)) => {
-                // Upstream reset mid-response: the client sees the connection close before
-                // the declared end, as with hyper.
+                // Upstream reset mid-response: what arrived goes out, then the client sees
+                // the connection close before the declared end (as with hyper).
+                let _ = flush_gather(shared, &mut w).await;
                 return Err(io::Error::other(e));
             }
             Some(Ok(f)) => match f.into_data() {
