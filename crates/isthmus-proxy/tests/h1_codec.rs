@@ -487,3 +487,45 @@ async fn curl_keepalive_reuses_one_connection() {
         .to_string();
     assert!(cx.ends_with(": 1"), "{cx}");
 }
+
+#[tokio::test]
+async fn upstream_framings_interim_responses_and_closed_pooled_connections() {
+    // (raw upstream response, expected status, expected body seen by the client)
+    let cases: [(&'static [u8], u16, &[u8]); 4] = [
+        (b"HTTP/1.1 200 OK\r\n\r\nbody-until-close", 200, b"body-until-close"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=1\r\nefg\r\n0\r\nx-trailer: 1\r\n\r\n",
+            200,
+            b"abcdefg",
+        ),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            201,
+            b"ok",
+        ),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 204, b""),
+    ];
+    for (raw, status, body) in cases {
+        // The backend closes every connection after its one response (without saying so):
+        // the second request must not be sent on the pooled, now closed connection.
+        let b = raw_backend(raw).await;
+        let p = start(cfg(b)).await;
+        for i in 0..2 {
+            let mut c = TcpStream::connect(p.addr("l")).await.unwrap();
+            c.write_all(format!("GET /f{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let r = read_resp(&mut c, &mut Vec::new(), false)
+                .await
+                .expect("response");
+            assert_eq!(
+                (r.status, r.body.as_slice()),
+                (status, body),
+                "request {i} for {:?}: {r:?}",
+                String::from_utf8_lossy(raw)
+            );
+            // Let the upstream's close reach the proxy before the next request.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
