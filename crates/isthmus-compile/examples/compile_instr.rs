@@ -54,7 +54,7 @@ fn main() {
         .iter()
         .map(|t| snap.resolve_proxy(t, None).expect("bench proxy resolves"))
         .collect();
-    if std::env::var_os("PREPARE").is_some() {
+    if std::env::var("PREPARE").is_ok_and(|v| !v.is_empty()) {
         prepare_pass(&snap);
     }
     let cold = cold_pass(&snap, &proxies);

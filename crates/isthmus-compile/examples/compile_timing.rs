@@ -80,6 +80,28 @@ fn main() {
         assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
         let (snap, _) =
             isthmus_model::Snapshot::build(&loaded.objects, MeshConfig::default(), "cluster.local");
+        // The one-off snapshot preparation, then the first proxy of each kind from the prepared
+        // snapshot (a clone: clones start without caches).
+        let prepared = snap.clone();
+        let (a0, c0) = (ALLOCS.load(Ordering::Relaxed), cpu());
+        isthmus_compile::prepare(&prepared);
+        let (prep_cpu, prep_allocs) = (cpu() - c0, ALLOCS.load(Ordering::Relaxed) - a0);
+        let mut firsts = String::new();
+        for t in ["gw.istio-system", "client.bench"] {
+            let p = prepared
+                .resolve_proxy(t, None)
+                .expect("bench proxy resolves");
+            let (a0, c0) = (ALLOCS.load(Ordering::Relaxed), cpu());
+            let c = isthmus_compile::compile(&prepared, &p);
+            let (first_cpu, first_allocs) = (cpu() - c0, ALLOCS.load(Ordering::Relaxed) - a0);
+            drop(c);
+            let _ = write!(
+                firsts,
+                "; first {t} cpu {first_cpu:?} with {first_allocs} allocations"
+            );
+        }
+        drop(prepared);
+        println!("{n} services: prepare cpu {prep_cpu:?} with {prep_allocs} allocations{firsts}");
         for t in ["gw.istio-system", "client.bench"] {
             let p = snap.resolve_proxy(t, None).expect("bench proxy resolves");
             let mut cpus = Vec::new();
