@@ -33,7 +33,7 @@ const MAX_VARIANTS: usize = 32;
 struct Variant {
     gateways: String,
     deps: DepLog,
-    used: Vec<(String, String)>,
+    used: Arc<Vec<(String, String)>>,
     routes: Arc<Vec<Route>>,
 }
 
@@ -154,7 +154,9 @@ pub(crate) fn http_routes<'a>(
     ctx.used_subsets.log = Some(Vec::new());
     let (routes, _) = translate_http(ctx, vs, rc, default_port);
     let deps = ctx.deps.borrow_mut().take().unwrap_or_default();
-    let used = ctx.used_subsets.log.take().unwrap_or_default();
+    let mut used = ctx.used_subsets.log.take().unwrap_or_default();
+    used.retain(|(h, s)| !crate::scope::routed_anywhere(ctx.snap, h, s));
+    let used = Arc::new(used);
     let routes = Arc::new(routes);
     if ctx.diags.len() != d0 || deps.foreign {
         return Routes {

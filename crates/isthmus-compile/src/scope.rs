@@ -440,7 +440,9 @@ pub(crate) struct DepLog {
 #[derive(Default)]
 pub struct UsedSubsets<'a> {
     set: FastSet<(&'a str, &'a str)>,
-    replayed: FastMap<String, FastSet<String>>,
+    /// Pair lists of reused results (shared, not copied); only pairs the snapshot-wide
+    /// [`RoutedSubsets`] does not already cover are kept in them, so usually none.
+    replayed: Vec<std::sync::Arc<Vec<(String, String)>>>,
     /// Pairs inserted while recording (a shareable build in progress).
     pub(crate) log: Option<Vec<(String, String)>>,
 }
@@ -457,22 +459,25 @@ impl<'a> UsedSubsets<'a> {
         self.set.contains(pair)
             || self
                 .replayed
-                .get(pair.0)
-                .is_some_and(|s| s.contains(pair.1))
+                .iter()
+                .any(|l| l.iter().any(|(h, s)| h == pair.0 && s == pair.1))
     }
 
     /// Marks pairs a reused result's build recorded.
-    pub(crate) fn replay(&mut self, pairs: &[(String, String)]) {
-        for (h, s) in pairs {
-            if self.contains(&(h.as_str(), s.as_str())) {
-                continue;
-            }
-            self.replayed
-                .entry(h.clone())
-                .or_default()
-                .insert(s.clone());
+    pub(crate) fn replay(&mut self, pairs: &std::sync::Arc<Vec<(String, String)>>) {
+        if !pairs.is_empty() {
+            self.replayed.push(pairs.clone());
         }
     }
+}
+
+/// Whether some VirtualService of the snapshot routes to `subset` of `host` (then marking the
+/// pair used per proxy adds nothing to the `SubsetNotRouted` check).
+pub(crate) fn routed_anywhere(snap: &Snapshot, host: &str, subset: &str) -> bool {
+    snap.extension::<RoutedSubsets>()
+        .get(snap)
+        .get(host)
+        .is_some_and(|s| s.contains(subset))
 }
 
 /// host → subsets that some VirtualService route (http, tcp or tls) of the snapshot targets.
