@@ -691,7 +691,7 @@ where
             cors.apply(resp.headers_mut());
             return wrap(resp, fin(entry, None, None));
         }
-        RouteAction::Route(t) => t.clone(),
+        RouteAction::Route(t) => t,
     };
     if let Some(f) = &route.spec.fault {
         // Envoy's fault filter runs before the router: delay first, then maybe abort.
@@ -767,16 +767,17 @@ where
             parts.headers.insert(http::header::HOST, v);
         }
     }
-    let mut upstream_path = path.clone();
+    let mut upstream_path = std::borrow::Cow::Borrowed(path.as_str());
     if let (Some(rw), Some(prefix)) = (&target.prefix_rewrite, &route.spec.matcher.prefix) {
         if let Some(rest) = path.get(prefix.len()..) {
-            upstream_path = format!("{rw}{rest}");
+            upstream_path = std::borrow::Cow::Owned(format!("{rw}{rest}"));
         }
     }
     let up_authority = hdr(&parts.headers, "host")
         .filter(|_| target.host_rewrite.is_some())
         .unwrap_or_else(|| authority.clone());
-    let retry = target.retry_policy.clone().unwrap_or_default();
+    let no_retry = RetryPolicy::default();
+    let retry = target.retry_policy.as_ref().unwrap_or(&no_retry);
     // Buffer the body only if a retry may need it and its size is known to fit; otherwise
     // stream it (Envoy likewise gives up retries when the retry buffer would overflow).
     let fits = body.is_end_stream()
@@ -816,7 +817,7 @@ where
         &cluster,
         parts,
         body_src,
-        &retry,
+        retry,
         deadline,
         &up_authority,
         &upstream_path,
