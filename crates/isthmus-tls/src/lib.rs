@@ -109,19 +109,35 @@ pub fn provider() -> Arc<CryptoProvider> {
 #[cfg(not(feature = "ring"))]
 fn build_provider() -> CryptoProvider {
     use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
-    CryptoProvider {
+    envoy_order(CryptoProvider {
         kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
         ..default_provider()
-    }
+    })
 }
 
 #[cfg(feature = "ring")]
 fn build_provider() -> CryptoProvider {
     use rustls::crypto::ring::{default_provider, kx_group};
-    CryptoProvider {
+    envoy_order(CryptoProvider {
         kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
         ..default_provider()
-    }
+    })
+}
+
+/// Cipher suites in BoringSSL's (Envoy's) TLS 1.3 order: AES-128-GCM-SHA256 first. Servers
+/// pick from this order ([`ServerTls`] ignores the client's order, as BoringSSL does for
+/// TLS 1.3), so a client that lists AES-256-GCM-SHA384 first still gets the SHA-256 key
+/// schedule: its ~30 HMACs per handshake cost about half of SHA-384's.
+fn envoy_order(mut p: CryptoProvider) -> CryptoProvider {
+    use rustls::CipherSuite as C;
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        C::TLS13_AES_128_GCM_SHA256 => 0,
+        C::TLS13_AES_256_GCM_SHA384 => 1,
+        C::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        _ => 3, // TLS 1.2 suites keep their relative order (stable sort).
+    };
+    p.cipher_suites.sort_by_key(rank);
+    p
 }
 
 /// A fresh session-ticket key set from the same crypto library as [`provider`] (AES-256-GCM

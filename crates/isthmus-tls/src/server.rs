@@ -228,6 +228,8 @@ impl ServerTls {
             }
         }
         .with_cert_resolver(certs);
+        // The server's cipher order wins (BoringSSL/Envoy behaviour; see `envoy_order`).
+        config.ignore_client_order = true;
         // Stateless resumption only (no server-side session cache to grow or to share).
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         if options.session_resumption {

@@ -139,6 +139,52 @@ async fn tickets_resume_only_when_enabled_and_never_across_a_rotation() {
     assert_eq!(server_kind(&mut rx).await, HandshakeKind::Resumed);
 }
 
+/// Like Envoy (BoringSSL), the server picks TLS_AES_128_GCM_SHA256 even when the client lists
+/// TLS_AES_256_GCM_SHA384 first (rustls' own client order): cheaper key schedule.
+#[tokio::test]
+async fn the_server_prefers_aes_128_gcm_sha256_over_the_clients_order() {
+    let ca = Ca::generate(TD).unwrap();
+    let server = ServerTls::new(svid(&ca, "prod", "api"), &ServerTlsOptions::simple()).unwrap();
+    let (addr, mut rx) = start(server).await;
+    // A client with the provider's default order (AES-256 first) and no verification needs.
+    let mut cp = (*provider()).clone();
+    cp.cipher_suites.sort_by_key(|s| match s.suite() {
+        isthmus_tls::rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 0,
+        _ => 1,
+    });
+    assert_eq!(
+        cp.cipher_suites[0].suite(),
+        isthmus_tls::rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let verifier = UpstreamServerVerifier::new(
+        ServerTrust::InsecureSkipVerify,
+        PeerSanPolicy::default(),
+        false,
+        provider(),
+    )
+    .unwrap();
+    let cfg = isthmus_tls::rustls::ClientConfig::builder_with_provider(Arc::new(cp))
+        .with_protocol_versions(&[&isthmus_tls::rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = isthmus_tls::server_name("api.prod.svc.cluster.local").unwrap();
+    let mut tls = isthmus_tls::tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(server_kind(&mut rx).await, HandshakeKind::Full);
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(isthmus_tls::rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}
+
 #[test]
 fn the_provider_is_aws_lc_with_envoys_key_exchange_groups() {
     use isthmus_tls::rustls::NamedGroup;
