@@ -14,7 +14,13 @@ Modes (first argument; default `l7`):
             ClientHello peek, upstream connect, relay of one request, close), with bench/instr.py's
             method; appends to $BENCH_OUT/instr.jsonl.
   sni       Same for keep-alive 1 KiB requests through passthrough (bench/instr.py's `sni`).
-Usage: ISTHMUS_BIN=... HARNESS_BIN=... alloc_probe.py [l7|idle|sni_new|sni] [label]
+  cpu       A/B CPU time of the proxy process (utime+stime from /proc) per TLS passthrough
+            request: ISTHMUS_BIN (label a) and ISTHMUS_BIN_B (label b) alternated REPEATS times,
+            each for SECS seconds of the harness `keepalive` (1 KiB, CPU_CONNS conns) and `new`
+            (one connection per request) loops, isthmus `--concurrency 1`, both pinned to
+            BENCH_SERVER_CPU like bench.py. Alternation spreads the shared machine's load over
+            both; the records carry the load average.
+Usage: ISTHMUS_BIN=... HARNESS_BIN=... alloc_probe.py [l7|idle|sni_new|sni|cpu] [label]
 """
 import json
 import os
@@ -146,6 +152,61 @@ def idle(label):
             f.write(json.dumps(r) + "\n")
 
 
+def proc_cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ab():
+    """A/B CPU per passthrough request (see the module doc)."""
+    import subprocess
+    import time
+
+    bins = {"a": os.environ["ISTHMUS_BIN"], "b": os.environ["ISTHMUS_BIN_B"]}
+    conns = os.environ.get("CPU_CONNS", "4")
+    instr = setup_instr()
+    origin = instr.start(["nginx", "-p", instr.WORK, "-e", f"{instr.WORK}/logs/nginx-err.log", "-g", "daemon off;",
+                          "-c", f"{instr.WORK}/origin.conf"], "origin")
+    out = []
+    try:
+        instr.wait_port(8080)
+        for rep in range(bench.REPEATS):
+            for who, binary in bins.items():
+                p = instr.start(["taskset", "-c", bench.SERVER_CPU, binary, "proxy", "--config",
+                                 f"{instr.WORK}/isthmus.json", "--admin-address", f"127.0.0.1:{6900 + OFF}",
+                                 "--concurrency", "1"], f"isthmus-cpu-{who}")
+                try:
+                    instr.wait_port(6443, 60)
+                    for mode, path in (("keepalive", "/1k.txt"), ("new", "/small.txt")):
+                        c0 = proc_cpu_s(p.pid)
+                        la = os.getloadavg()[0]
+                        r = subprocess.run(["taskset", "-c", bench.LOADGEN_CPU, bench.HARNESS, "tls", mode,
+                                            f"127.0.0.1:{6443 + OFF}", "backend.test", f"{instr.WORK}/ca.crt", path,
+                                            conns, str(bench.SECS)], capture_output=True, text=True, timeout=600)
+                        c1 = proc_cpu_s(p.pid)
+                        d = json.loads(r.stdout.strip().splitlines()[-1])
+                        rec = {"scenario": f"sni_{mode}", "who": who, "bin": binary, "repeat": rep,
+                               "loadavg": round(la, 2), "requests": d["ok"], "errors": d.get("errors", 0),
+                               "proxy_cpu_s": round(c1 - c0, 3),
+                               "cpu_us_per_req": round((c1 - c0) / max(d["ok"], 1) * 1e6, 2),
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                        print(json.dumps(rec), flush=True)
+                        out.append(rec)
+                finally:
+                    instr.stop(p)
+    finally:
+        instr.stop(origin)
+    os.makedirs(bench.OUT, exist_ok=True)
+    with open(os.path.join(bench.OUT, "cpu-ab.jsonl"), "a") as f:
+        for r in out:
+            f.write(json.dumps(r) + "\n")
+    for scen in ("sni_keepalive", "sni_new"):
+        for who in bins:
+            xs = sorted(r["cpu_us_per_req"] for r in out if r["scenario"] == scen and r["who"] == who)
+            print(scen, who, "cpu us/req", xs)
+
+
 def instructions(which, label):
     """Callgrind instructions per request/connection through passthrough (bench/instr.py).
     The proxy's admin port stays 6900 (instr.py's command line)."""
@@ -173,5 +234,7 @@ if __name__ == "__main__":
         idle(lab)
     elif mode in ("sni_new", "sni"):
         instructions(mode, lab)
+    elif mode == "cpu":
+        cpu_ab()
     else:
         sys.exit(f"unknown mode {mode!r}; see the module doc")
