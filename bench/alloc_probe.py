@@ -18,8 +18,9 @@ Modes (first argument; default `l7`):
             request: ISTHMUS_BIN (label a) and ISTHMUS_BIN_B (label b) alternated REPEATS times,
             each for SECS seconds of the harness `keepalive` (1 KiB, CPU_CONNS conns) and `new`
             (one connection per request) loops, isthmus `--concurrency 1`, both pinned to
-            BENCH_SERVER_CPU like bench.py. Alternation spreads the shared machine's load over
-            both; the records carry the load average.
+            BENCH_SERVER_CPU like bench.py; then the `bulk` download of a 256 MiB file (CPU-s
+            per GiB). Alternation spreads the shared machine's load over both; the records
+            carry the load average.
 Usage: ISTHMUS_BIN=... HARNESS_BIN=... alloc_probe.py [l7|idle|sni_new|sni|cpu] [label]
 """
 import json
@@ -166,6 +167,9 @@ def cpu_ab():
     bins = {"a": os.environ["ISTHMUS_BIN"], "b": os.environ["ISTHMUS_BIN_B"]}
     conns = os.environ.get("CPU_CONNS", "4")
     instr = setup_instr()
+    big = f"{instr.WORK}/www/big.bin"
+    if not os.path.exists(big) or os.path.getsize(big) != 256 << 20:
+        subprocess.run(f"head -c {256 << 20} /dev/urandom > {big}", shell=True, check=True)
     origin = instr.start(["nginx", "-p", instr.WORK, "-e", f"{instr.WORK}/logs/nginx-err.log", "-g", "daemon off;",
                           "-c", f"{instr.WORK}/origin.conf"], "origin")
     out = []
@@ -178,18 +182,21 @@ def cpu_ab():
                                  "--concurrency", "1"], f"isthmus-cpu-{who}")
                 try:
                     instr.wait_port(6443, 60)
-                    for mode, path in (("keepalive", "/1k.txt"), ("new", "/small.txt")):
+                    for mode, path in (("keepalive", "/1k.txt"), ("new", "/small.txt"), ("bulk", "/big.bin")):
                         c0 = proc_cpu_s(p.pid)
                         la = os.getloadavg()[0]
+                        n_conns, secs = ("1", "1") if mode == "bulk" else (conns, str(bench.SECS))
                         r = subprocess.run(["taskset", "-c", bench.LOADGEN_CPU, bench.HARNESS, "tls", mode,
                                             f"127.0.0.1:{6443 + OFF}", "backend.test", f"{instr.WORK}/ca.crt", path,
-                                            conns, str(bench.SECS)], capture_output=True, text=True, timeout=600)
+                                            n_conns, secs], capture_output=True, text=True, timeout=600)
                         c1 = proc_cpu_s(p.pid)
                         d = json.loads(r.stdout.strip().splitlines()[-1])
                         rec = {"scenario": f"sni_{mode}", "who": who, "bin": binary, "repeat": rep,
                                "loadavg": round(la, 2), "requests": d["ok"], "errors": d.get("errors", 0),
                                "proxy_cpu_s": round(c1 - c0, 3),
                                "cpu_us_per_req": round((c1 - c0) / max(d["ok"], 1) * 1e6, 2),
+                               "bytes": d.get("bytes", 0),
+                               "cpu_s_per_gib": round((c1 - c0) / max(d.get("bytes", 0), 1) * (1 << 30), 3),
                                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                         print(json.dumps(rec), flush=True)
                         out.append(rec)
@@ -201,10 +208,11 @@ def cpu_ab():
     with open(os.path.join(bench.OUT, "cpu-ab.jsonl"), "a") as f:
         for r in out:
             f.write(json.dumps(r) + "\n")
-    for scen in ("sni_keepalive", "sni_new"):
+    for scen in ("sni_keepalive", "sni_new", "sni_bulk"):
+        key = "cpu_s_per_gib" if scen == "sni_bulk" else "cpu_us_per_req"
         for who in bins:
-            xs = sorted(r["cpu_us_per_req"] for r in out if r["scenario"] == scen and r["who"] == who)
-            print(scen, who, "cpu us/req", xs)
+            xs = sorted(r[key] for r in out if r["scenario"] == scen and r["who"] == who)
+            print(scen, who, key, xs)
 
 
 def instructions(which, label):
