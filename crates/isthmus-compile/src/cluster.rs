@@ -134,28 +134,30 @@ fn service_clusters<'a>(
 }
 
 /// Snapshot preparation ([`crate::prepare`]): the outbound clusters of every service, for
-/// gateways and sidecars, with the DestinationRule a proxy in the service's own namespace
-/// selects (no workloadSelector match). A proxy that selects another DR misses the cache
-/// (the key holds the DR) and builds its own, so this only moves work, never changes output.
+/// each namespace holding gateways or sidecars, with the DestinationRule a label-less proxy
+/// there selects. A proxy that selects another DR (workloadSelector) misses the cache (the
+/// key holds the DR) and builds its own, so this only moves work, never changes output.
 pub(crate) fn prepare(snap: &isthmus_model::Snapshot) {
     let cache = snap.extension::<ClusterCache>();
     let no_labels = BTreeMap::new();
     for kind in [ProxyType::Router, ProxyType::Sidecar] {
-        let node = crate::synthetic_proxy(kind, &snap.mesh.root_namespace);
-        let mut ctx = Ctx::new(snap, &node);
-        let mut cfg = ProxyConfig::default();
-        for svc in &snap.services {
-            let dr = snap.destination_rule(&svc.namespace, &no_labels, svc);
-            service_clusters(
-                &mut ctx,
-                &mut cfg,
-                &cache,
-                svc,
-                dr,
-                kind == ProxyType::Router,
-            );
-            cfg.clusters.clear();
-            cfg.endpoints.clear();
+        for ns in crate::proxy_namespaces(snap, kind) {
+            let node = crate::synthetic_proxy(kind, &ns);
+            let mut ctx = Ctx::new(snap, &node);
+            let mut cfg = ProxyConfig::default();
+            for svc in &snap.services {
+                let dr = snap.destination_rule(&ns, &no_labels, svc);
+                service_clusters(
+                    &mut ctx,
+                    &mut cfg,
+                    &cache,
+                    svc,
+                    dr,
+                    kind == ProxyType::Router,
+                );
+                cfg.clusters.clear();
+                cfg.endpoints.clear();
+            }
         }
     }
 }

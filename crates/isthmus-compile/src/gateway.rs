@@ -636,21 +636,14 @@ fn gateway_vhost_of(
 }
 
 /// Snapshot preparation ([`crate::prepare`]): the route tables and vhosts of every HTTP(S)
-/// server of every Gateway, one server at a time, for a label-less gateway proxy in the
-/// Gateway's namespace. A gateway proxy whose lookups differ, or that merges several servers
-/// on one port into one vhost, builds what it misses itself.
+/// server of every Gateway, one server at a time, for a label-less gateway proxy in each
+/// namespace holding gateway workloads. A gateway proxy whose lookups differ, or that merges
+/// several servers on one port into one vhost, builds what it misses itself.
 pub(crate) fn prepare(snap: &isthmus_model::Snapshot) {
-    let mut by_ns: BTreeMap<&str, Vec<&GatewayConfig>> = BTreeMap::new();
-    for gw in &snap.gateways {
-        by_ns
-            .entry(gw.meta.namespace.as_str())
-            .or_default()
-            .push(gw);
-    }
-    for (ns, gws) in by_ns {
-        let node = crate::synthetic_proxy(ProxyType::Router, ns);
+    for ns in crate::proxy_namespaces(snap, ProxyType::Router) {
+        let node = crate::synthetic_proxy(ProxyType::Router, &ns);
         let mut ctx = Ctx::new(snap, &node);
-        for gw in gws {
+        for gw in &snap.gateways {
             for (i, s) in gw.spec.servers.iter().enumerate() {
                 let Some(p) = &s.port else { continue };
                 let mut e = Entry {

@@ -52,6 +52,19 @@ pub fn prepare(snapshot: &Snapshot) {
     gateway::prepare(snapshot);
 }
 
+/// The namespaces holding a proxy of `kind` (workloads with a sidecar or gateway), where
+/// [`prepare`] builds the shared parts from: DestinationRule selection and visibility depend
+/// on the proxy's namespace.
+pub(crate) fn proxy_namespaces(
+    snap: &Snapshot,
+    kind: ProxyType,
+) -> std::collections::BTreeSet<String> {
+    snap.proxies()
+        .filter(|(_, p)| p.kind == kind)
+        .map(|(_, p)| p.namespace)
+        .collect()
+}
+
 /// A proxy with no pod behind it, for [`prepare`]: no labels (so no workloadSelector config
 /// applies) in namespace `ns`.
 pub(crate) fn synthetic_proxy(kind: ProxyType, ns: &str) -> ProxyNode {

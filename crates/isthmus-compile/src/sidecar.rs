@@ -513,17 +513,12 @@ fn http_route_config(ctx: &mut Ctx, port: u32) -> RouteConfiguration {
 }
 
 /// Snapshot preparation ([`crate::prepare`]): the mesh route tables and vhosts of every
-/// namespace holding a mesh VirtualService, built for a label-less sidecar there (proxies
-/// elsewhere or with other lookups miss and build their own; the shared entries are keyed
-/// exactly, see `routecache`).
+/// namespace holding sidecars, built for a label-less sidecar there (proxies with other
+/// lookups or source labels miss and build their own; the shared entries are keyed exactly,
+/// see `routecache`).
 pub(crate) fn prepare(snap: &isthmus_model::Snapshot) {
-    let namespaces: BTreeSet<&str> = snap
-        .virtual_services
-        .iter()
-        .map(|v| v.meta.namespace.as_str())
-        .collect();
-    for ns in namespaces {
-        let node = crate::synthetic_proxy(ProxyType::Sidecar, ns);
+    for ns in crate::proxy_namespaces(snap, ProxyType::Sidecar) {
+        let node = crate::synthetic_proxy(ProxyType::Sidecar, &ns);
         let mut ctx = Ctx::new(snap, &node);
         let ports: BTreeSet<u32> = ctx
             .services
