@@ -143,10 +143,10 @@ pub fn forwarded_headers(
     tls: bool,
 ) -> Option<String> {
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    let existing = hdr(h, "x-forwarded-for").filter(|x| !x.is_empty());
+    let existing = hdr(h, X_FORWARDED_FOR).filter(|x| !x.is_empty());
     if !edge.use_remote_address {
         return existing;
     }
@@ -155,7 +155,7 @@ pub fn forwarded_headers(
         None => peer.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
     Some(xff)
 }
@@ -285,10 +285,20 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the (few) names present instead of a hashed removal per hop-by-hop name:
     // most messages carry none or one of them.
     let mut present: [bool; HOP_BY_HOP.len()] = [false; HOP_BY_HOP.len()];
+    let mut any = false;
     for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
-            present[i] = true;
+        // Names of other lengths cannot match: most keys cost one length check.
+        let s = k.as_str();
+        if !matches!(s.len(), 2 | 7 | 10 | 16 | 17 | 18) {
+            continue;
         }
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n.as_str() == s) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any && named.is_empty() {
+        return;
     }
     let found = HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p);
     for n in found.map(|(n, _)| n).chain(named.iter()) {
@@ -327,7 +337,13 @@ fn proto(v: Version) -> &'static str {
     }
 }
 
-fn hdr(h: &HeaderMap, n: &str) -> Option<String> {
+/// Header names the request path touches, pre-parsed (a `&str` key is parsed and
+/// validated on every lookup).
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn hdr<K: http::header::AsHeaderName>(h: &HeaderMap, n: K) -> Option<String> {
     // Header values are almost always ASCII: take the fast exact path before the lossy one.
     h.get(n).map(|v| match std::str::from_utf8(v.as_bytes()) {
         Ok(s) => s.to_owned(),
@@ -563,7 +579,7 @@ where
         .uri
         .authority()
         .map(|a| a.to_string())
-        .or_else(|| hdr(&parts.headers, "host"))
+        .or_else(|| hdr(&parts.headers, http::header::HOST))
         .unwrap_or_default();
     let path = parts
         .uri
@@ -594,9 +610,9 @@ where
     };
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key("x-request-id") {
+    if !parts.headers.contains_key(X_REQUEST_ID) {
         if let Ok(v) = HeaderValue::from_bytes(&uuid_v4()) {
-            parts.headers.insert("x-request-id", v);
+            parts.headers.insert(X_REQUEST_ID, v);
         }
     }
     let xff = forwarded_headers(&mut parts.headers, &edge, ctx.peer.ip(), ctx.tls_terminated);
@@ -607,10 +623,10 @@ where
         path: log_on.then(|| path.clone()),
         protocol: log_on.then(|| proto(downstream_version).to_string()),
         x_forwarded_for: xff,
-        user_agent: hdr(&parts.headers, "user-agent").filter(|_| log_on),
-        request_id: log_on
-            .then(|| hdr(&parts.headers, "x-request-id"))
+        user_agent: log_on
+            .then(|| hdr(&parts.headers, http::header::USER_AGENT))
             .flatten(),
+        request_id: log_on.then(|| hdr(&parts.headers, X_REQUEST_ID)).flatten(),
         authority: Some(authority.clone()),
         downstream_local_address: Some(ctx.local),
         downstream_remote_address: Some(ctx.peer),
@@ -773,7 +789,7 @@ where
             upstream_path = std::borrow::Cow::Owned(format!("{rw}{rest}"));
         }
     }
-    let up_authority = hdr(&parts.headers, "host")
+    let up_authority = hdr(&parts.headers, http::header::HOST)
         .filter(|_| target.host_rewrite.is_some())
         .unwrap_or_else(|| authority.clone());
     let no_retry = RetryPolicy::default();

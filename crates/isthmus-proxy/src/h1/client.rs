@@ -131,7 +131,7 @@ impl H1Conn {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let mut w: Vec<u8> = Vec::with_capacity(512);
+        let mut w: Vec<u8> = Vec::with_capacity(4096);
         codec::encode_request_head(&mut w, &parts.method, target, &parts.headers);
         let mut chunked = false;
         if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {

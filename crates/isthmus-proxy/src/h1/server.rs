@@ -326,7 +326,7 @@ async fn write_response(
     let (parts, mut body) = resp.into_parts();
     let status = parts.status.as_u16();
     let no_body = codec::bodyless(status, is_head);
-    let mut w: Vec<u8> = Vec::with_capacity(512);
+    let mut w: Vec<u8> = Vec::with_capacity(4096);
     codec::encode_response_head(&mut w, parts.status, &parts.headers);
     let mut chunked = false;
     if !no_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
