@@ -36,7 +36,6 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    no_huge_pages();
     // Built once per listener, not per connection (stat names, the bound address).
     let names = Arc::new(ListenerNames::new(&sh, name, l.local_addr().ok()));
     loop {
@@ -56,26 +55,6 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// Turn transparent huge pages off for this process (once, when the first listener starts),
-/// as mimalloc does itself with `MIMALLOC_ALLOW_THP=0`. mimalloc madvises its arenas for huge
-/// pages, so the heap grew in 2 MiB steps: 1000 idle passthrough connections (~1.1 MB of
-/// state) showed up as 2 MiB of RSS (2 KiB per connection), and the idle proxy started 5 MB
-/// larger. A proxy's heap is small, so huge pages buy it little TLB relief.
-fn no_huge_pages() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and touches no memory
-            // of ours; failure (old kernel) only leaves huge pages on.
-            let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-            if rc != 0 {
-                tracing::debug!(error = %std::io::Error::last_os_error(), "PR_SET_THP_DISABLE failed");
-            }
-        }
-    });
 }
 
 /// A connection's task. The setup (peek, TLS, upstream connect, or a whole HTTP connection)
