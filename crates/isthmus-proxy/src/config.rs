@@ -339,7 +339,12 @@ pub struct FaultDelay {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
+    /// The status line of the local reply: `httpStatus`, or 200 for a gRPC abort.
     pub http_status: u16,
+    /// `grpcStatus`: a gRPC "trailers-only" reply (HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status`, `grpc-message`), as Envoy's fault filter sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     /// Share of requests aborted, 0-100 (absent = 100).
     #[serde(default = "hundred")]
     pub percentage: f64,

@@ -504,6 +504,22 @@ fn local_reply(status: u16, body: &str) -> Response<RespBody> {
     r
 }
 
+/// A gRPC local reply as Envoy sends it for gRPC requests: "trailers-only", i.e. HTTP 200 with
+/// `grpc-status`/`grpc-message` in the headers and no body.
+fn grpc_local_reply(code: u32, message: &str) -> Response<RespBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
 /// Envoy's router marks the local reply of a circuit-breaker overflow (flag UO) with
 /// `x-envoy-overloaded: true`, and no Envoy retries a response carrying it: an overloaded
 /// gateway's 503 must reach the caller instead of being multiplied by every sidecar's retries.
@@ -725,7 +741,10 @@ where
             entry.response_code = a.http_status;
             entry.add_flag("FI");
             entry.response_code_details = Some("fault_filter_abort".into());
-            let mut resp = local_reply(a.http_status, "fault filter abort");
+            let mut resp = match a.grpc_status {
+                Some(code) => grpc_local_reply(code, "fault filter abort"),
+                None => local_reply(a.http_status, "fault filter abort"),
+            };
             apply_ops(resp.headers_mut(), &route.spec.response_headers);
             cors.apply(resp.headers_mut());
             return wrap(resp, fin(entry, cluster, None));

@@ -204,8 +204,8 @@ impl Conv {
     }
 
     /// Envoy's per-route `HTTPFault` → the runtime fault. An unset percentage is 0% (Envoy's
-    /// default FractionalPercent), so such a delay/abort is dropped; a gRPC abort cannot be
-    /// honoured (the runtime answers HTTP statuses only) and refuses the config.
+    /// default FractionalPercent), so such a delay/abort is dropped; a gRPC abort becomes a
+    /// trailers-only gRPC reply.
     fn fault(&mut self, what: &str, f: &x::route::HttpFault) -> Option<FaultInjection> {
         let pct = |p: &Option<x::route::FractionalPercent>| {
             p.as_ref().map(|p| p.as_percent()).unwrap_or(0.0)
@@ -218,21 +218,27 @@ impl Conv {
             })
         });
         let abort = f.abort.as_ref().and_then(|a| {
-            if a.grpc_status.is_some() {
-                self.problems.push(format!(
-                    "{what}: fault abort with grpcStatus is not supported by this proxy (only httpStatus)"
-                ));
-                return None;
+            if let Some(code) = a.grpc_status {
+                return Some(FaultAbort {
+                    http_status: 200,
+                    grpc_status: Some(code),
+                    percentage: pct(&a.percentage),
+                });
             }
             let status = a.http_status?;
-            match u16::try_from(status).ok().filter(|s| (200..600).contains(s)) {
+            match u16::try_from(status)
+                .ok()
+                .filter(|s| (200..600).contains(s))
+            {
                 Some(http_status) => Some(FaultAbort {
                     http_status,
+                    grpc_status: None,
                     percentage: pct(&a.percentage),
                 }),
                 None => {
-                    self.problems
-                        .push(format!("{what}: fault abort httpStatus {status} is not 200-599"));
+                    self.problems.push(format!(
+                        "{what}: fault abort httpStatus {status} is not 200-599"
+                    ));
                     None
                 }
             }

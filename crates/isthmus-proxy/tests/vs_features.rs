@@ -352,3 +352,91 @@ async fn cors_preflight_and_actual_requests_through_the_proxy() {
     assert!(o.stdout.starts_with("HTTP/1.1 200"), "{}", o.stdout);
     assert_eq!(header(&o.stdout, "access-control-allow-origin"), None);
 }
+
+/// A `fault.abort.grpcStatus` (Istio writes `grpcStatus` as the code number) is honoured as
+/// Envoy's fault filter does for gRPC: a trailers-only reply, HTTP 200 with `grpc-status` and
+/// `grpc-message`, flag FI, no upstream call. (Before, such a config was refused whole.)
+#[tokio::test]
+async fn grpc_status_fault_abort_is_a_trailers_only_grpc_reply() {
+    use isthmus_xds::route::PerFilterConfig;
+    let (origin, hits) = http_backend("web").await;
+    let path = bundle();
+    let text = std::fs::read_to_string(&path).expect("compiled bundle");
+    let mut x: isthmus_xds::ProxyConfig = serde_json::from_str(&text).expect("bundle JSON");
+    let mut rewritten = 0;
+    for rc in &mut x.routes {
+        for vh in &mut rc.virtual_hosts {
+            let vh = std::sync::Arc::make_mut(vh);
+            for r in std::sync::Arc::make_mut(&mut vh.routes).iter_mut() {
+                for pf in r.typed_per_filter_config.values_mut() {
+                    if let PerFilterConfig::Fault(f) = pf {
+                        if let Some(a) = f.abort.as_mut().filter(|a| a.http_status == Some(503)) {
+                            a.http_status = None;
+                            a.grpc_status = Some(14);
+                            f.delay = None;
+                            rewritten += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        rewritten > 0,
+        "the golden has a 503 abort to turn into a gRPC one"
+    );
+    let mut cfg = from_xds(&x).unwrap_or_else(|e| panic!("from_xds accepts a gRPC abort: {e}"));
+    for l in &mut cfg.listeners {
+        if l.bind_to_port {
+            l.address = "127.0.0.1:0".parse().unwrap();
+        }
+    }
+    for c in &mut cfg.clusters {
+        if c.name.contains("web.default") {
+            c.endpoints = vec![Endpoint {
+                address: origin.ip().to_string(),
+                port: origin.port(),
+                weight: 1,
+            }];
+            c.tls = None;
+        }
+    }
+    let (sink, log) = AccessLogSink::memory(isthmus_proxy::config::LogEncoding::Text);
+    let mut o = ProxyOptions::new(cfg);
+    o.admin_addr = Some("127.0.0.1:0".parse().unwrap());
+    o.access_log = Some(sink);
+    let p = TestProxy {
+        proxy: Proxy::start(o).await.expect("proxy starts"),
+        log,
+    };
+    let o = curl(&s(&["-i", "-H", &host(), &url(&p, "/fault/x")])).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("HTTP/1.1 200"), "{}", o.stdout);
+    assert_eq!(
+        header(&o.stdout, "grpc-status").as_deref(),
+        Some("14"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        header(&o.stdout, "grpc-message").as_deref(),
+        Some("fault filter abort"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        header(&o.stdout, "content-type").as_deref(),
+        Some("application/grpc"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(hits.get(), 0, "aborted before the router");
+    let line = p.wait_lines(1).await.remove(0);
+    let f = fields(&line);
+    assert_eq!(
+        (f[2].as_str(), f[4].as_str()),
+        ("200", "fault_filter_abort"),
+        "{line}"
+    );
+    assert!(f[3].split(',').any(|x| x == "FI"), "{line}");
+}
