@@ -31,6 +31,34 @@ pub mod admin;
 /// cheaper than glibc malloc, which took ~20% of the instructions per proxied request.
 pub mod alloc {
     pub use mimalloc::MiMalloc as Allocator;
+
+    /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`). mimalloc
+    /// madvises its arenas for huge pages, so the heap grows in 2 MiB steps: a proxy holding
+    /// 1000 idle connections (~1 MB of state) reads as 2 MiB more RSS and starts ~5 MB larger.
+    /// Call it first thing in `main`, before the heap grows: pages already faulted in as huge
+    /// pages stay so. Returns the OS error if the kernel refuses (memory use is then only less
+    /// tight; nothing else depends on it).
+    pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+        // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes no pointers; it only sets a
+        // per-process flag inherited by children.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn thp_disable_flag_is_set_for_the_process() {
+            super::disable_transparent_huge_pages().expect("prctl");
+            // SAFETY: PR_GET_THP_DISABLE takes no pointers and returns the flag.
+            let v = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+            assert_eq!(v, 1);
+        }
+    }
 }
 pub mod cluster;
 pub mod config;

@@ -56,6 +56,8 @@ pub struct InputArgs {
 }
 
 fn main() -> ExitCode {
+    // Before anything grows the heap (see the function's doc); failure only costs memory.
+    let thp = isthmus_proxy::alloc::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
@@ -63,6 +65,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = thp {
+        tracing::debug!("transparent huge pages stay on: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
