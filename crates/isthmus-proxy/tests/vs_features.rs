@@ -21,14 +21,23 @@ fn bundle() -> PathBuf {
         .join("../isthmus-compile/tests/golden/vs-fault-cors-mirror/gateway.json")
 }
 
-/// The compiled gateway with its listeners on loopback and every `web`/`shadow` cluster
-/// pointed at `origin`.
-fn gateway_config(origin: SocketAddr) -> ProxyConfig {
+/// The compiled gateway bundle as the compiler wrote it.
+fn bundle_xds() -> isthmus_xds::ProxyConfig {
     let path = bundle();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("compiled bundle {}: {e}", path.display()));
-    let x: isthmus_xds::ProxyConfig = serde_json::from_str(&text).expect("bundle JSON");
-    let mut cfg = from_xds(&x).unwrap_or_else(|e| panic!("from_xds: {e}"));
+    serde_json::from_str(&text).expect("bundle JSON")
+}
+
+/// The compiled gateway with its listeners on loopback and every `web`/`shadow` cluster
+/// pointed at `origin`.
+fn gateway_config(origin: SocketAddr) -> ProxyConfig {
+    runtime_on_loopback(&bundle_xds(), origin)
+}
+
+/// `x` converted by `from_xds`, listeners moved to loopback, `web`/`shadow` clusters sent to `origin`.
+fn runtime_on_loopback(x: &isthmus_xds::ProxyConfig, origin: SocketAddr) -> ProxyConfig {
+    let mut cfg = from_xds(x).unwrap_or_else(|e| panic!("from_xds: {e}"));
     for l in &mut cfg.listeners {
         if l.bind_to_port {
             l.address = "127.0.0.1:0".parse().unwrap();
@@ -47,15 +56,19 @@ fn gateway_config(origin: SocketAddr) -> ProxyConfig {
     cfg
 }
 
-async fn start_gateway(origin: SocketAddr) -> TestProxy {
+async fn start_proxy(cfg: ProxyConfig) -> TestProxy {
     let (sink, log) = AccessLogSink::memory(isthmus_proxy::config::LogEncoding::Text);
-    let mut o = ProxyOptions::new(gateway_config(origin));
+    let mut o = ProxyOptions::new(cfg);
     o.admin_addr = Some("127.0.0.1:0".parse().unwrap());
     o.access_log = Some(sink);
     TestProxy {
         proxy: Proxy::start(o).await.expect("proxy starts"),
         log,
     }
+}
+
+async fn start_gateway(origin: SocketAddr) -> TestProxy {
+    start_proxy(gateway_config(origin)).await
 }
 
 fn url(p: &TestProxy, path: &str) -> String {
@@ -360,9 +373,7 @@ async fn cors_preflight_and_actual_requests_through_the_proxy() {
 async fn grpc_status_fault_abort_is_a_trailers_only_grpc_reply() {
     use isthmus_xds::route::PerFilterConfig;
     let (origin, hits) = http_backend("web").await;
-    let path = bundle();
-    let text = std::fs::read_to_string(&path).expect("compiled bundle");
-    let mut x: isthmus_xds::ProxyConfig = serde_json::from_str(&text).expect("bundle JSON");
+    let mut x = bundle_xds();
     let mut rewritten = 0;
     for rc in &mut x.routes {
         for vh in &mut rc.virtual_hosts {
@@ -385,30 +396,7 @@ async fn grpc_status_fault_abort_is_a_trailers_only_grpc_reply() {
         rewritten > 0,
         "the golden has a 503 abort to turn into a gRPC one"
     );
-    let mut cfg = from_xds(&x).unwrap_or_else(|e| panic!("from_xds accepts a gRPC abort: {e}"));
-    for l in &mut cfg.listeners {
-        if l.bind_to_port {
-            l.address = "127.0.0.1:0".parse().unwrap();
-        }
-    }
-    for c in &mut cfg.clusters {
-        if c.name.contains("web.default") {
-            c.endpoints = vec![Endpoint {
-                address: origin.ip().to_string(),
-                port: origin.port(),
-                weight: 1,
-            }];
-            c.tls = None;
-        }
-    }
-    let (sink, log) = AccessLogSink::memory(isthmus_proxy::config::LogEncoding::Text);
-    let mut o = ProxyOptions::new(cfg);
-    o.admin_addr = Some("127.0.0.1:0".parse().unwrap());
-    o.access_log = Some(sink);
-    let p = TestProxy {
-        proxy: Proxy::start(o).await.expect("proxy starts"),
-        log,
-    };
+    let p = start_proxy(runtime_on_loopback(&x, origin)).await;
     let o = curl(&s(&["-i", "-H", &host(), &url(&p, "/fault/x")])).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.starts_with("HTTP/1.1 200"), "{}", o.stdout);
