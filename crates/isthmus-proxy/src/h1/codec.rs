@@ -411,13 +411,13 @@ impl BodyState {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let take = (buf.len() as u64).min(n);
-                    *self = if take == n {
+                    let (data, left) = split_bounded(buf, n);
+                    *self = if left == 0 {
                         BodyState::Done
                     } else {
-                        BodyState::Length(n - take)
+                        BodyState::Length(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 BodyState::ChunkSize => {
                     let Some(eol) = find_crlf(buf) else {
@@ -438,13 +438,13 @@ impl BodyState {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let take = (buf.len() as u64).min(n);
-                    *self = if take == n {
+                    let (data, left) = split_bounded(buf, n);
+                    *self = if left == 0 {
                         BodyState::ChunkEnd
                     } else {
-                        BodyState::ChunkData(n - take)
+                        BodyState::ChunkData(left)
                     };
-                    return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 BodyState::ChunkEnd => {
                     if buf.len() < 2 {
@@ -475,6 +475,12 @@ impl BodyState {
             }
         }
     }
+}
+
+/// Splits off at most `n` bytes of body from `buf`; returns them and how many of `n` remain.
+fn split_bounded(buf: &mut BytesMut, n: u64) -> (Bytes, u64) {
+    let take = (buf.len() as u64).min(n);
+    (buf.split_to(take as usize).freeze(), n - take)
 }
 
 fn find_crlf(b: &[u8]) -> Option<usize> {
